@@ -1,0 +1,1 @@
+"""Backend adapters: one module per kind of kernel (reference, vLLM attention, vLLM MLA)."""

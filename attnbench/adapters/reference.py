@@ -1,0 +1,97 @@
+"""The REFERENCE backend: exact attention in plain torch over the harness's paged cache.
+
+It runs on the CPU (and on a GPU), so the whole pipeline is exercised in CI. Its
+timed step is the same as a model step: write the new tokens into the cache, then
+attend over the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from attnbench import layers, reference
+from attnbench.cases import BenchCase
+from attnbench.runner import LayerCall
+from attnbench.shapes import AttentionShape, MLAShape
+from attnbench.workload import build_layout
+
+TIMED_REGION = "cache write + attention (plain torch, float32 math)"
+
+
+class ReferenceAttentionRunner:
+    mla_paths = None
+
+    def __init__(self, case: BenchCase) -> None:
+        shape = case.effective_shape
+        assert isinstance(shape, AttentionShape)
+        self.shape, self.case = shape, case
+        self.device = torch.device(case.run.device)
+        self.requests = case.requests
+        self.layout = build_layout(self.requests, shape.block_size, self.device, case.run.seed)
+        self.bytes_per_layer = layers.attention_buffer_bytes(self.layout, shape)
+        self.info: dict[str, Any] = {"kernel_path": "torch reference", "timed_region": TIMED_REGION,
+                                     "driven_through": "attnbench.reference"}
+
+    def estimate_bytes(self, num_layer_buffers: int) -> int:
+        return num_layer_buffers * self.bytes_per_layer
+
+    def make_layer(self, index: int) -> LayerCall:
+        layout, shape = self.layout, self.shape
+        buf = layers.make_attention_buffers(layout, shape, self.device, self.case.run.seed + 1 + index,
+                                            lambda: layers.plain_attention_cache(layout, shape, self.device))
+        scale = shape.head_dim ** -0.5
+
+        def run() -> None:
+            reference.write_kv(buf.key_cache, layout.slot_mapping, buf.key)
+            reference.write_kv(buf.value_cache, layout.slot_mapping, buf.value)
+            buf.output.copy_(reference.paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
+                                                       layout.query_lens, layout.kv_lens, scale))
+
+        return LayerCall(run, buf.output, layers.attention_oracle(buf, layout, scale),
+                         layers.attention_cache_check(buf, layout))
+
+    def close(self) -> None:
+        pass
+
+
+class ReferenceMLARunner:
+    def __init__(self, case: BenchCase) -> None:
+        shape = case.effective_shape
+        assert isinstance(shape, MLAShape)
+        self.shape, self.case = shape, case
+        self.device = torch.device(case.run.device)
+        self.requests = case.requests
+        self.mla_paths = None
+        self.layout = build_layout(self.requests, shape.block_size, self.device, case.run.seed)
+        self.bytes_per_layer = layers.mla_buffer_bytes(self.layout, shape)
+        self.info: dict[str, Any] = {"kernel_path": "torch reference (latent up-projected with kv_b_proj)",
+                                     "timed_region": TIMED_REGION, "driven_through": "attnbench.reference"}
+
+    def estimate_bytes(self, num_layer_buffers: int) -> int:
+        return num_layer_buffers * self.bytes_per_layer
+
+    def make_layer(self, index: int) -> LayerCall:
+        layout, shape = self.layout, self.shape
+        seed = self.case.run.seed + 1 + index
+        buf = layers.make_mla_buffers(layout, shape, self.device, seed)
+        weight = layers.make_kv_b_proj_weight(shape, self.device, seed + 10_000)
+        oracle = layers.mla_oracle(buf, layout, shape, weight)
+
+        def run() -> None:
+            reference.write_kv(buf.kv_cache, layout.slot_mapping, torch.cat([buf.kv_c, buf.k_pe], dim=-1))
+            buf.output.copy_(oracle())
+
+        return LayerCall(run, buf.output, oracle, layers.mla_cache_check(buf, layout))
+
+    def close(self) -> None:
+        pass
+
+
+def make_attention_runner(case: BenchCase) -> ReferenceAttentionRunner:
+    return ReferenceAttentionRunner(case)
+
+
+def make_mla_runner(case: BenchCase) -> ReferenceMLARunner:
+    return ReferenceMLARunner(case)

@@ -1,0 +1,80 @@
+"""One benchmark case: a backend x batch spec (x sweep value) at a shape, with run settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD, BackendInfo
+from attnbench.shapes import Shape, with_value
+from attnbench.study import AUTO, RunSettings
+from grammar import BatchRequest, parse_batch_spec
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    study: str
+    backend: BackendInfo
+    batch_spec: str
+    shape: Shape
+    run: RunSettings
+    sweep_param: str | None = None
+    sweep_value: Any = None  # an int, or AUTO for the backend's own default
+    pipeline: str | None = None  # decode_vs_prefill mode: "decode" or "prefill"
+    backend_settings: dict[str, Any] = field(default_factory=dict)  # from the study's per-backend section
+
+    @property
+    def family(self) -> str:
+        return self.backend.family
+
+    @property
+    def requests(self) -> list[BatchRequest]:
+        return parse_batch_spec(self.batch_spec)
+
+    @property
+    def effective_shape(self) -> Shape:
+        """The shape with a swept model dimension applied."""
+        if self.sweep_param and self.sweep_value not in (None, AUTO) and hasattr(self.shape, self.sweep_param):
+            return with_value(self.shape, self.sweep_param, self.sweep_value)
+        return self.shape
+
+    @property
+    def backend_params(self) -> dict[str, int]:
+        """Builder knobs to force (num_kv_splits, reorder_batch_threshold); absent = vLLM's choice."""
+        params = dict(self.backend_settings)
+        if self.sweep_param in (NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD):
+            if self.sweep_value == AUTO:
+                params.pop(self.sweep_param, None)
+            else:
+                params[self.sweep_param] = self.sweep_value
+        if self.pipeline is not None:
+            max_q = max(r.q_len for r in self.requests)
+            # decode pipeline: every request is short enough for the MQA path; prefill: none is
+            params[REORDER_BATCH_THRESHOLD] = max_q if self.pipeline == "decode" else max_q - 1
+        return params
+
+    @property
+    def unsupported_sweep(self) -> str | None:
+        """Why the swept backend knob does not apply to this backend, if it does not."""
+        if self.sweep_param in (NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD) and self.sweep_param not in self.backend.sweep_params:
+            if self.sweep_value == AUTO:
+                return None  # the default runs everywhere
+            return f"{self.backend.name} has no {self.sweep_param} knob in vLLM 0.26.0"
+        if self.pipeline is not None and REORDER_BATCH_THRESHOLD not in self.backend.sweep_params:
+            return f"{self.backend.name} has no decode/prefill pipeline split (reorder_batch_threshold)"
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Structured labels for extra_info and exports (never parsed back from ids)."""
+        return {
+            "study": self.study,
+            "family": self.family,
+            "backend": self.backend.name,
+            "batch_spec": self.batch_spec,
+            "shape": self.effective_shape.describe(),
+            "sweep_param": self.sweep_param,
+            "sweep_value": self.sweep_value,
+            "pipeline": self.pipeline,
+            "backend_params": self.backend_params,
+            "device": self.run.device,
+        }

@@ -1,0 +1,133 @@
+"""What the machine is: capability gating, measured peaks and provenance for machine_info."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+import shutil
+import subprocess
+from typing import Any
+
+from attnbench.backends import BackendInfo, capability_skip_reason
+
+
+def cuda_capability(device: Any = None) -> tuple[int, int] | None:
+    """The SM capability of ``device`` (or the current GPU); None without torch or a CUDA device."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability(device))  # type: ignore[return-value]
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def skip_reason(info: BackendInfo, device: Any) -> str | None:
+    """Why ``info`` cannot run on ``device`` here, or None."""
+    dev_type = getattr(device, "type", str(device).split(":")[0])
+    if info.needs_cuda and dev_type != "cuda":
+        return f"{info.name} needs a CUDA device (--device {device})"
+    if dev_type == "cuda":
+        reason = capability_skip_reason(info, cuda_capability(device))
+        if reason:
+            return reason
+    if info.needs_vllm and not vllm_installed():
+        return "vllm not installed (pip install -e '.[gpu]')"
+    return None
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def device_peaks(device: Any) -> dict[str, float]:
+    """Measured once per session: a large bf16 matmul (TFLOP/s) and a device-to-device copy (GB/s)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {}
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    src = torch.empty(2**30, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+
+    def best(fn, reps: int = 20) -> float:
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(reps):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e) / 1e3)
+        return min(times)
+
+    t_mm = best(lambda: torch.mm(a, b))
+    t_cp = best(lambda: dst.copy_(src))
+    del a, b, src, dst
+    torch.cuda.empty_cache()
+    return {"peak_bf16_tflops": 2 * n**3 / t_mm / 1e12, "peak_copy_gbps": 2 * 2**30 / t_cp / 1e9,
+            "peak_method": "best of 20: torch.mm bf16 8192^3; 1 GiB device-to-device copy (read+write bytes)"}
+
+
+def _nvidia_smi(fields: str) -> list[str] | None:
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [f.strip() for f in out.strip().splitlines()[0].split(",")] if out.strip() else None
+
+
+def machine_info(device: str = "cuda") -> dict[str, Any]:
+    """GPU and software provenance for pytest-benchmark's machine_info."""
+    info: dict[str, Any] = {
+        "torch": package_version("torch"), "triton": package_version("triton"),
+        "vllm": package_version("vllm"), "flashinfer": package_version("flashinfer-python"),
+        "pytest_benchmark": package_version("pytest-benchmark"),
+    }
+    try:
+        import torch
+    except ImportError:
+        return info
+    info["cuda_runtime"] = torch.version.cuda
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        info["gpu"] = None
+        return info
+    dev = torch.device(device)
+    props = torch.cuda.get_device_properties(dev)
+    info["gpu"] = {
+        "name": props.name,
+        "capability": f"{props.major}.{props.minor}",
+        "sm_count": props.multi_processor_count,
+        "memory_bytes": props.total_memory,
+        "l2_bytes": getattr(props, "L2_cache_size", None),
+    }
+    smi = _nvidia_smi("driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit")
+    if smi:
+        keys = ("driver", "sm_clock_mhz", "max_sm_clock_mhz", "mem_clock_mhz", "max_mem_clock_mhz", "power_limit_w")
+        info["gpu"].update(dict(zip(keys, smi)))
+    info["peaks"] = device_peaks(dev)
+    return info
+
+
+def gpu_slug(info: dict[str, Any]) -> str:
+    """A folder name for baselines, e.g. ``NVIDIA_H100_80GB_HBM3``."""
+    gpu = info.get("gpu") or {}
+    name = gpu.get("name") or "cpu"
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")

@@ -1,0 +1,190 @@
+"""The pytest plugin: options, study resolution, parametrization, hardware gating, provenance.
+
+Collection never needs a GPU or vLLM: backends are parametrized from the registry and
+gated by markers that skip at setup with a reason. A bad option, spec, backend or
+config key is a ``pytest.UsageError`` (exit code 4) with one line naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from attnbench import backends as registry
+from attnbench.cases import BenchCase
+from attnbench.study import Study, StudyError, build_study, check_shape, load_study_file
+
+STUDY_KEY = pytest.StashKey[Study]()
+ERRORS_KEY = pytest.StashKey[list]()
+
+_MODEL_OPTIONS = ("num_layers", "head_dim", "num_q_heads", "num_kv_heads", "block_size", "kv_lora_rank",
+                  "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "dtype", "kv_cache_dtype")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("attnbench", "vLLM attention benchmarks (command line > --bench-config YAML > defaults)")
+    group.addoption("--bench-config", metavar="FILE", help="YAML study (the seed's --config)")
+    group.addoption("--backends", "--backend", nargs="+", metavar="NAME",
+                    help="backends, as AttentionBackendEnum spells them or lowercase aliases")
+    group.addoption("--batch-specs", nargs="+", metavar="SPEC", help="batch specs, e.g. q2k 8q1s1k 2q2k_32q1s1k")
+    for name in _MODEL_OPTIONS:
+        kind = str if name in ("dtype", "kv_cache_dtype") else int
+        group.addoption(f"--{name.replace('_', '-')}", type=kind, metavar="N" if kind is int else "NAME",
+                        help=f"model {name}")
+    group.addoption("--device", help="cuda, cuda:N or cpu (default cuda)")
+    group.addoption("--repeats", type=int, metavar="N", help="most timed rounds per case (default 100)")
+    group.addoption("--warmup-iters", type=int, metavar="N", help="untimed rounds before timing (default 10)")
+    group.addoption("--noise-target", type=float, metavar="F",
+                    help="stop timing once the mean's relative standard error is below F (default 0.005; 0 = never)")
+    group.addoption("--cache-state", choices=("cold", "warm"), help="cold L2 (default) or warm")
+    group.addoption("--profile-memory", action="store_const", const=True, help="record peak device memory per case")
+    group.addoption("--sweep-param", metavar="NAME", help="num_kv_splits, reorder_batch_threshold or a model dimension")
+    group.addoption("--sweep-values", nargs="+", metavar="V", help="values of --sweep-param ('auto' = backend default)")
+    group.addoption("--sweep-include-auto", action="store_const", const=True, help="also run the backend's default")
+    group.addoption("--output-csv", metavar="FILE", help="write one CSV row per case")
+    group.addoption("--output-json", metavar="FILE", help="write one JSON record per case")
+    group.addoption("--seed", type=int, help="seed for every random input (default 0)")
+
+
+def _cli_values(config: pytest.Config) -> dict[str, Any]:
+    opt = config.getoption
+    return {
+        "backends": opt("backends"), "batch_specs": opt("batch_specs"), "device": opt("device"),
+        "repeats": opt("repeats"), "warmup_iters": opt("warmup_iters"), "noise_target": opt("noise_target"),
+        "cache_state": opt("cache_state"), "profile_memory": opt("profile_memory"), "seed": opt("seed"),
+        "sweep_param": opt("sweep_param"), "sweep_values": opt("sweep_values"),
+        "sweep_include_auto": opt("sweep_include_auto"),
+        "output_csv": opt("output_csv"), "output_json": opt("output_json"),
+        "model": {name: opt(name) for name in _MODEL_OPTIONS},
+    }
+
+
+def resolve_study(config: pytest.Config) -> Study:
+    path = config.getoption("bench_config")
+    yaml_fields = load_study_file(path) if path else None
+    return build_study(yaml_fields, _cli_values(config))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "bench_family(name, mode='standard'): a benchmark of 'attention' or 'mla' cases")
+    config.addinivalue_line("markers", "requires_cuda: needs a CUDA device")
+    config.addinivalue_line("markers", "requires_vllm: needs vLLM installed")
+    config.addinivalue_line("markers", "requires_capability(min, max): needs an SM capability in [min, max]")
+    try:
+        config.stash[STUDY_KEY] = resolve_study(config)
+    except StudyError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[ERRORS_KEY] = []
+
+
+def _backend_param(info: registry.BackendInfo, device: str) -> Any:
+    marks = []
+    if info.needs_cuda:
+        marks.append(pytest.mark.requires_cuda)
+    if info.min_capability or info.max_capability:
+        marks.append(pytest.mark.requires_capability(info.min_capability, info.max_capability))
+    if info.needs_vllm:
+        marks.append(pytest.mark.requires_vllm)
+    return pytest.param(info, id=info.name, marks=marks)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("bench_family")
+    if marker is None or "bench_case" not in metafunc.fixturenames:
+        return
+    family = marker.args[0]
+    mode = marker.kwargs.get("mode", "standard")
+    config = metafunc.config
+    study = config.stash[STUDY_KEY]
+    backends = study.backends_for(family)
+    if study.mode != mode or not backends:
+        metafunc.parametrize("bench_backend", [pytest.param(None, marks=pytest.mark.attnbench_unused)])
+        return
+    try:
+        check_shape(study, family)
+        specs = study.specs_for(family)
+    except (StudyError, ValueError) as exc:
+        config.stash[ERRORS_KEY].append(str(exc))
+        metafunc.parametrize("bench_backend", [pytest.param(None, marks=pytest.mark.attnbench_unused)])
+        return
+    metafunc.parametrize("bench_backend", [_backend_param(b, study.run.device) for b in backends])
+    metafunc.parametrize("bench_spec", specs, ids=specs)
+    if study.sweep is not None:
+        points = study.sweep.points()
+        metafunc.parametrize("bench_sweep_value", points, ids=[f"{study.sweep.param}={v}" for v in points])
+    if mode == "decode_vs_prefill":
+        metafunc.parametrize("bench_pipeline", ["decode", "prefill"], ids=["decode", "prefill"])
+
+
+@pytest.fixture
+def bench_backend() -> None:
+    return None
+
+
+@pytest.fixture
+def bench_spec() -> None:
+    return None
+
+
+@pytest.fixture
+def bench_sweep_value() -> None:
+    return None
+
+
+@pytest.fixture
+def bench_pipeline() -> None:
+    return None
+
+
+@pytest.fixture
+def bench_study(request: pytest.FixtureRequest) -> Study:
+    return request.config.stash[STUDY_KEY]
+
+
+@pytest.fixture
+def bench_case(bench_study: Study, bench_backend: registry.BackendInfo, bench_spec: str,
+               bench_sweep_value: Any, bench_pipeline: str | None) -> BenchCase:
+    """The case this test id stands for, composed from the parametrized axes and the study."""
+    return BenchCase(
+        study=bench_study.name,
+        backend=bench_backend,
+        batch_spec=bench_spec,
+        shape=bench_study.shape_for(bench_backend.family),
+        run=bench_study.run,
+        sweep_param=bench_study.sweep.param if bench_study.sweep else None,
+        sweep_value=bench_sweep_value,
+        pipeline=bench_pipeline,
+        backend_settings=bench_study.backend_settings.get(bench_backend.name, {}),
+    )
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    errors = config.stash.get(ERRORS_KEY, [])
+    if errors:
+        raise pytest.UsageError(errors[0])
+    unused = [item for item in items if item.get_closest_marker("attnbench_unused")]
+    if unused:
+        items[:] = [item for item in items if not item.get_closest_marker("attnbench_unused")]
+        config.hook.pytest_deselected(items=unused)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip, with a reason, cases this machine cannot run (SM capability, no GPU, no vLLM)."""
+    callspec = getattr(item, "callspec", None)
+    info = callspec.params.get("bench_backend") if callspec else None
+    if not isinstance(info, registry.BackendInfo):
+        return
+    from attnbench.hardware import skip_reason  # torch is imported only when a case is set up
+
+    study = item.config.stash[STUDY_KEY]
+    reason = skip_reason(info, study.run.device)
+    if reason:
+        pytest.skip(reason)
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    from attnbench.hardware import machine_info as describe
+
+    study = config.stash.get(STUDY_KEY, None)
+    machine_info["attnbench"] = describe(study.run.device if study else "cuda")

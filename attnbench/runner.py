@@ -1,0 +1,153 @@
+"""Run one case end to end: adapter -> correctness gate -> timer -> metrics.
+
+Both the pytest benchmarks and the seed-compatible Python API call ``execute``; there
+is one measurement, not two.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+from attnbench import hardware, metrics, timing
+from attnbench.cases import BenchCase
+from attnbench.verify import Verification, compare
+
+
+class SkipCase(Exception):
+    """The case cannot run here; the message is the reason (hardware, memory, unsupported knob)."""
+
+
+@dataclass
+class LayerCall:
+    """One layer's buffers and its attention step, as the timed region runs it."""
+
+    run: Callable[[], Any]  # one attention call; writes ``output`` in place
+    output: torch.Tensor
+    oracle: Callable[[], torch.Tensor]  # the reference result for this layer's current cache contents
+    check_cache: Callable[[], str | None] = lambda: None  # None, or why the cache write is wrong
+
+
+class CaseRunner(Protocol):
+    """What an adapter builds for one case. ``info`` says which path vLLM took."""
+
+    info: dict[str, Any]
+    bytes_per_layer: int  # one layer's buffers (cache, inputs, outputs) that a call touches
+    mla_paths: list[str] | None  # per request: "decode" or "prefill" (MLA only)
+    requests: list  # in execution order
+
+    def make_layer(self, index: int) -> LayerCall: ...
+
+    def estimate_bytes(self, num_layer_buffers: int) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def load_runner(case: BenchCase) -> CaseRunner:
+    module_name, factory = case.backend.adapter.split(":")
+    return getattr(importlib.import_module(module_name), factory)(case)
+
+
+@dataclass
+class CaseResult:
+    case: BenchCase
+    timing: timing.Timing
+    verification: Verification
+    metrics: dict[str, Any]
+    info: dict[str, Any]
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return self.timing.median
+
+    def extra_info(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.case.describe())
+        out["verified"] = self.verification.passed
+        out["verification"] = self.verification.as_dict()
+        out["timing"] = self.timing.info()
+        out["time_unit"] = "device seconds per attention call (one layer)" if self.timing.mode != "host" \
+            else "host seconds per attention call (one layer)"
+        out["cache_state"] = self.timing.cache_state
+        out["working_set_bytes"] = self.timing.working_set_bytes
+        out["l2_bytes"] = self.timing.l2_bytes
+        out.update(self.metrics)
+        out["backend_info"] = self.info
+        if self.memory:
+            out["memory"] = self.memory
+        return out
+
+
+def execute(case: BenchCase, *, time_it: bool = True) -> CaseResult:
+    """Build the case's layers through its adapter, verify, time and measure it."""
+    device = torch.device(case.run.device)
+    reason = hardware.skip_reason(case.backend, device) or case.unsupported_sweep
+    if reason:
+        raise SkipCase(reason)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    runner = load_runner(case)
+    try:
+        shape = case.effective_shape
+        l2 = timing.l2_bytes(device)
+        sets = timing.buffer_sets_needed(shape.num_layers * runner.bytes_per_layer, l2, case.run.cache_state)
+        n_buffers = shape.num_layers * sets
+        memory = _check_memory(runner, n_buffers, device, case.run.profile_memory)
+        layers = [runner.make_layer(i) for i in range(n_buffers)]
+        verification = _verify(layers[0], case) if case.run.verify else Verification.skipped("--no-verify")
+        if not verification.passed:
+            raise AssertionError(f"{case.backend.name} {case.batch_spec}: output does not match REFERENCE: "
+                                 f"{verification.summary()}")
+        if time_it:
+            t = timing.measure([layer.run for layer in layers], device=device, repeats=case.run.repeats,
+                               warmup_iters=case.run.warmup_iters, min_rounds=case.run.min_rounds,
+                               noise_target=case.run.noise_target, cache_state=case.run.cache_state,
+                               buffer_sets=sets, working_set_bytes=n_buffers * runner.bytes_per_layer)
+        else:
+            t = timing.Timing([], "none", 0, 0, "not-timed", case.run.cache_state, sets,
+                              n_buffers * runner.bytes_per_layer, l2)
+        if memory and device.type == "cuda":
+            memory["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        peaks = hardware.device_peaks(device)
+        mets = metrics.summarize(runner.requests, shape, t.median if t.samples else 0.0, peaks, runner.mla_paths)
+        mets["peaks"] = peaks
+        return CaseResult(case, t, verification, mets, dict(runner.info), memory)
+    finally:
+        runner.close()
+
+
+def _verify(layer: LayerCall, case: BenchCase) -> Verification:
+    if case.backend.is_reference:
+        return Verification.oracle()
+    layer.run()
+    if layer.output.is_cuda:
+        torch.cuda.synchronize(layer.output.device)
+    cache_problem = layer.check_cache()
+    expected = layer.oracle()
+    return compare(layer.output, expected, cache_problem=cache_problem, dtype=case.effective_shape.dtype)
+
+
+def _check_memory(runner: CaseRunner, n_buffers: int, device: torch.device, profile: bool) -> dict[str, Any]:
+    """Skip, with the numbers, a case whose buffers would not fit; record the estimate when profiling."""
+    if device.type != "cuda":
+        return {"kv_and_buffers_bytes": runner.estimate_bytes(n_buffers)} if profile else {}
+    need = runner.estimate_bytes(n_buffers)
+    free, total = torch.cuda.mem_get_info(device)
+    if need > 0.9 * free:
+        raise SkipCase(f"needs ~{need / 2**30:.1f} GiB for {n_buffers} layer buffers, "
+                       f"{free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
+    if profile:
+        torch.cuda.reset_peak_memory_stats(device)
+        return {"kv_and_buffers_bytes": need, "free_before_bytes": int(free)}
+    return {}
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b) if b else 0
+
+
+__all__ = ["BenchCase", "CaseResult", "CaseRunner", "LayerCall", "SkipCase", "execute", "math"]

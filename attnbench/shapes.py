@@ -1,0 +1,143 @@
+"""Model shapes: the dimensions one attention layer is benchmarked at."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+DTYPES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+class ShapeError(ValueError):
+    """An impossible or inconsistent shape."""
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """Standard (GQA) attention, Llama-3-8B-like defaults."""
+
+    num_q_heads: int = 32
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    block_size: int = 16
+    num_layers: int = 1
+    dtype: str = "bfloat16"
+    kv_cache_dtype: str = "auto"
+
+    family = "attention"
+
+    @property
+    def elem_bytes(self) -> int:
+        return DTYPES[self.dtype]
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.head_dim
+
+    @property
+    def v_head_dim(self) -> int:
+        return self.head_dim
+
+    def validate(self) -> None:
+        _positive(self, ("num_q_heads", "num_kv_heads", "head_dim", "block_size", "num_layers"))
+        if self.num_q_heads % self.num_kv_heads:
+            raise ShapeError(
+                f"num_q_heads={self.num_q_heads} is not a multiple of num_kv_heads={self.num_kv_heads} (GQA needs it)"
+            )
+        _check_dtypes(self)
+
+    def describe(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class MLAShape:
+    """Multi-head latent attention, DeepSeek-V3 defaults (head_dim 576 = 512 latent + 64 rope)."""
+
+    num_q_heads: int = 128
+    kv_lora_rank: int = 512
+    qk_nope_head_dim: int = 128
+    qk_rope_head_dim: int = 64
+    v_head_dim: int = 128
+    block_size: int = 64
+    num_layers: int = 1
+    dtype: str = "bfloat16"
+    kv_cache_dtype: str = "auto"
+    num_kv_heads: int = 1  # the latent cache has one head; kept so --num-kv-heads 1 is accepted
+
+    family = "mla"
+
+    @property
+    def elem_bytes(self) -> int:
+        return DTYPES[self.dtype]
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one latent cache entry (what vLLM calls head_size for MLA)."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    def validate(self) -> None:
+        _positive(self, ("num_q_heads", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+                         "v_head_dim", "block_size", "num_layers"))
+        if self.num_kv_heads != 1:
+            raise ShapeError(f"num_kv_heads={self.num_kv_heads}: MLA has exactly one latent KV head")
+        _check_dtypes(self)
+
+    def describe(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["head_dim"] = self.head_dim
+        return out
+
+
+Shape = AttentionShape | MLAShape
+
+# Keys a user may set (CLI, YAML `model:` or a sweep) per family.
+ATTENTION_KEYS = {f.name for f in fields(AttentionShape)}
+MLA_KEYS = {f.name for f in fields(MLAShape)} | {"head_dim"}
+
+
+def make_shape(family: str, overrides: dict[str, Any]) -> Shape:
+    """Build and validate the shape of ``family`` from user ``overrides`` (None values ignored)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if family == "attention":
+        unknown = set(given) - ATTENTION_KEYS
+        if unknown:
+            raise ShapeError(f"unknown model key(s) for standard attention: {', '.join(sorted(unknown))}")
+        shape: Shape = AttentionShape(**given)
+    else:
+        head_dim = given.pop("head_dim", None)
+        unknown = set(given) - MLA_KEYS
+        if unknown:
+            raise ShapeError(f"unknown model key(s) for MLA: {', '.join(sorted(unknown))}")
+        shape = MLAShape(**given)
+        # head_dim is derived for MLA; a given one must agree rather than be dropped silently.
+        if head_dim is not None and head_dim != shape.head_dim:
+            raise ShapeError(
+                f"head_dim={head_dim} disagrees with kv_lora_rank + qk_rope_head_dim = {shape.head_dim} for MLA"
+            )
+    shape.validate()
+    return shape
+
+
+def with_value(shape: Shape, key: str, value: Any) -> Shape:
+    new = replace(shape, **{key: value})
+    new.validate()
+    return new
+
+
+def _positive(shape: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(shape, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ShapeError(f"{name}={value!r} must be a positive integer")
+
+
+def _check_dtypes(shape: Any) -> None:
+    if shape.dtype not in DTYPES:
+        raise ShapeError(f"dtype={shape.dtype!r} must be one of {', '.join(DTYPES)}")
+    if shape.kv_cache_dtype not in ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3"):
+        raise ShapeError(f"kv_cache_dtype={shape.kv_cache_dtype!r} must be auto, bfloat16, float16 or fp8")

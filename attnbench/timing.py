@@ -1,0 +1,173 @@
+"""One timing utility for every backend: device seconds per attention call.
+
+On a GPU the steps of one round (every layer buffer set, back to back, as a model
+runs its layers) are captured once in a CUDA graph and replayed; CUDA events around
+each replay give device time, so host launch overhead is not counted as kernel
+time. If capture fails the same loop runs eagerly between events, and the mode says
+so. Cold L2 (the default) means a round rotates over enough independent buffer sets
+that its working set is at least ``COLD_FACTOR`` x the device's L2, so no call finds
+its inputs left in L2 by the previous one. On the CPU the host clock is used.
+
+Rounds stop at ``repeats`` or, after ``min_rounds``, once the mean's relative
+standard error falls under ``noise_target`` (nvbench-style noise-targeted stopping).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+COLD_FACTOR = 3
+MIN_CALLS_PER_ROUND = 8  # amortises the graph launch itself over several calls
+CHUNK = 10  # rounds recorded between host synchronisations
+
+Step = Callable[[], Any]
+
+
+@dataclass
+class Timing:
+    samples: list[float]  # seconds per attention call (one layer), one sample per round
+    mode: str  # "cuda-graph", "cuda-events" or "host"
+    calls_per_round: int
+    warmup_rounds: int
+    stopped_by: str  # "noise-target" or "repeats"
+    cache_state: str
+    buffer_sets: int
+    working_set_bytes: int
+    l2_bytes: int | None
+    capture_error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rounds(self) -> int:
+        return len(self.samples)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.samples)
+
+    @property
+    def rel_noise(self) -> float:
+        """Relative standard deviation of the samples (stddev / mean)."""
+        if len(self.samples) < 2:
+            return 0.0
+        return statistics.stdev(self.samples) / self.mean
+
+    @property
+    def rel_stderr(self) -> float:
+        return self.rel_noise / math.sqrt(len(self.samples)) if self.samples else float("inf")
+
+    def info(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("samples", "extra")}
+        out.update(rounds=self.rounds, rel_noise=self.rel_noise, rel_stderr=self.rel_stderr, **self.extra)
+        return out
+
+
+def l2_bytes(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.get_device_properties(device).L2_cache_size)
+
+
+def buffer_sets_needed(bytes_per_set: int, l2: int | None, cache_state: str) -> int:
+    """How many independent buffer sets make one round's working set >= COLD_FACTOR x L2."""
+    if cache_state == "warm" or not l2 or bytes_per_set <= 0:
+        return 1
+    return max(1, math.ceil(COLD_FACTOR * l2 / bytes_per_set))
+
+
+def should_stop(samples: Sequence[float], min_rounds: int, noise_target: float) -> bool:
+    if noise_target <= 0 or len(samples) < max(2, min_rounds):
+        return False
+    mean = statistics.fmean(samples)
+    return mean > 0 and statistics.stdev(samples) / mean / math.sqrt(len(samples)) <= noise_target
+
+
+def measure(steps: Sequence[Step], *, device: torch.device, repeats: int, warmup_iters: int,
+            min_rounds: int = 10, noise_target: float = 0.0, cache_state: str = "cold",
+            buffer_sets: int = 1, working_set_bytes: int = 0, use_graph: bool = True) -> Timing:
+    """Time ``steps`` (each one attention call) and return seconds per call, per round."""
+    if not steps:
+        raise ValueError("nothing to time")
+    common = dict(cache_state=cache_state, buffer_sets=buffer_sets, working_set_bytes=working_set_bytes,
+                  l2_bytes=l2_bytes(device))
+    if device.type != "cuda":
+        return _measure_host(list(steps), repeats, warmup_iters, min_rounds, noise_target, common)
+    return _measure_cuda(list(steps), device, repeats, warmup_iters, min_rounds, noise_target, use_graph, common)
+
+
+def _run_rounds(one_round: Callable[[], float], repeats: int, warmup: int, min_rounds: int,
+                noise_target: float) -> tuple[list[float], str]:
+    for _ in range(warmup):
+        one_round()
+    samples: list[float] = []
+    while len(samples) < repeats:
+        samples.append(one_round())
+        if should_stop(samples, min_rounds, noise_target):
+            return samples, "noise-target"
+    return samples, "repeats"
+
+
+def _measure_host(steps: list[Step], repeats: int, warmup: int, min_rounds: int, noise_target: float,
+                  common: dict[str, Any]) -> Timing:
+    def one_round() -> float:
+        start = time.perf_counter()
+        for step in steps:
+            step()
+        return (time.perf_counter() - start) / len(steps)
+
+    one_round()  # first call pays lazy initialisation; never a sample
+    samples, stopped = _run_rounds(one_round, repeats, warmup, min_rounds, noise_target)
+    return Timing(samples, "host", len(steps), warmup, stopped, **common)
+
+
+def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup: int, min_rounds: int,
+                  noise_target: float, use_graph: bool, common: dict[str, Any]) -> Timing:
+    inner = max(1, math.ceil(MIN_CALLS_PER_ROUND / len(steps)))
+    calls = inner * len(steps)
+
+    def body() -> None:
+        for _ in range(inner):
+            for step in steps:
+                step()
+
+    with torch.cuda.device(device):
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            body()  # eager warm-up on the capture stream: JIT, autotuning and workspace allocation happen here
+        torch.cuda.current_stream(device).wait_stream(stream)
+        torch.cuda.synchronize(device)
+
+        graph, capture_error = None, None
+        if use_graph:
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=stream):
+                    body()
+                torch.cuda.synchronize(device)
+            except Exception as exc:  # capture is not supported by every kernel path; fall back, and say so
+                graph, capture_error = None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                torch.cuda.synchronize(device)
+        run = graph.replay if graph is not None else body
+        mode = "cuda-graph" if graph is not None else "cuda-events"
+
+        def one_round() -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3 / calls
+
+        samples, stopped = _run_rounds(one_round, repeats, warmup, min_rounds, noise_target)
+    return Timing(samples, mode, calls, warmup, stopped, capture_error=capture_error, **common)

@@ -1,0 +1,65 @@
+"""The correctness gate: a backend's output against the REFERENCE on the same cache contents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# bf16/fp16 operands: ~2^-8 relative rounding per element; accumulated attention lands at 1e-3..1e-2.
+TOLERANCE = {"bfloat16": (2e-2, 5e-2), "float16": (1e-2, 2e-2), "float32": (1e-4, 1e-3)}  # (rel L2, max-abs / max|ref|)
+
+
+@dataclass(frozen=True)
+class Verification:
+    status: str  # "passed", "failed", "oracle" (this is the reference), "skipped"
+    rel_error: float | None = None
+    max_abs_error: float | None = None
+    ref_abs_max: float | None = None
+    nonfinite: int = 0
+    first_nonfinite: tuple[int, ...] | None = None
+    cache_problem: str | None = None
+    rel_tol: float | None = None
+    abs_tol: float | None = None
+    reason: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status in ("passed", "oracle")
+
+    @classmethod
+    def oracle(cls) -> "Verification":
+        return cls("oracle", reason="REFERENCE is the oracle (tested against a brute-force loop in tests/)")
+
+    @classmethod
+    def skipped(cls, reason: str) -> "Verification":
+        return cls("skipped", reason=reason)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def summary(self) -> str:
+        parts = [f"rel_error={self.rel_error:.3e} (tol {self.rel_tol:.0e})" if self.rel_error is not None else "",
+                 f"max_abs_error={self.max_abs_error:.3e} (tol {self.abs_tol:.3e})" if self.max_abs_error is not None else "",
+                 f"{self.nonfinite} NaN/inf, first at {self.first_nonfinite}" if self.nonfinite else "",
+                 f"cache write: {self.cache_problem}" if self.cache_problem else ""]
+        return ", ".join(p for p in parts if p)
+
+
+def compare(output: torch.Tensor, expected: torch.Tensor, *, dtype: str = "bfloat16",
+            cache_problem: str | None = None) -> Verification:
+    out = output.detach().float().reshape(expected.shape).cpu()
+    ref = expected.detach().float().cpu()
+    bad = ~torch.isfinite(out)
+    nonfinite = int(bad.sum())
+    first = tuple(int(i) for i in bad.nonzero()[0]) if nonfinite else None
+    diff = (out - ref).nan_to_num(nan=float("inf"))
+    rel = float(diff.norm() / ref.norm().clamp_min(1e-30))
+    max_abs = float(diff.abs().max())
+    ref_max = float(ref.abs().max())
+    rel_tol, abs_frac = TOLERANCE[dtype]
+    abs_tol = abs_frac * max(ref_max, 1e-6)
+    ok = nonfinite == 0 and rel <= rel_tol and max_abs <= abs_tol and cache_problem is None
+    return Verification("passed" if ok else "failed", rel, max_abs, ref_max, nonfinite, first, cache_problem,
+                        rel_tol, abs_tol)

@@ -1,0 +1,116 @@
+"""Workloads: a parsed batch turned into a physically honest paged batch.
+
+Backend-independent: the block table, slot mapping and sequence metadata that every
+layer of one case shares (as in a model, all layers share one block table). Each
+request owns its own randomly permuted physical blocks; block 0 is kept as the null
+block that pads block tables, as vLLM does. Tensors are built on the target device
+from a seeded generator; nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from grammar import BatchRequest
+
+NULL_BLOCK = 0
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    requests: tuple[BatchRequest, ...]  # in execution order
+    block_size: int
+    num_blocks: int  # physical blocks in every layer's cache, the null block included
+    query_start_loc: torch.Tensor  # int32 [B+1], on device
+    seq_lens: torch.Tensor  # int32 [B], on device
+    block_table: torch.Tensor  # int32 [B, max_blocks_per_req], on device, padded with NULL_BLOCK
+    slot_mapping: torch.Tensor  # int64 [T], on device: where each new token's K/V goes
+
+    @property
+    def num_reqs(self) -> int:
+        return len(self.requests)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(r.q_len for r in self.requests)
+
+    @property
+    def query_lens(self) -> list[int]:
+        return [r.q_len for r in self.requests]
+
+    @property
+    def kv_lens(self) -> list[int]:
+        return [r.kv_len for r in self.requests]
+
+    @property
+    def max_query_len(self) -> int:
+        return max(self.query_lens)
+
+    @property
+    def max_seq_len(self) -> int:
+        return max(self.kv_lens)
+
+
+def blocks_needed(requests: Sequence[BatchRequest], block_size: int) -> int:
+    return sum(math.ceil(r.kv_len / block_size) for r in requests)
+
+
+def build_layout(requests: Sequence[BatchRequest], block_size: int, device: str | torch.device,
+                 seed: int = 0) -> BatchLayout:
+    """Give every request its own randomly placed physical blocks and map new tokens to their slots."""
+    gen = torch.Generator().manual_seed(seed)
+    per_req = [math.ceil(r.kv_len / block_size) for r in requests]
+    total = sum(per_req)
+    physical = (torch.randperm(total, generator=gen) + 1).tolist()  # +1: block 0 is the null block
+    width = max(per_req)
+    table = torch.full((len(requests), width), NULL_BLOCK, dtype=torch.int32)
+    slots: list[int] = []
+    start = 0
+    for i, (req, n) in enumerate(zip(requests, per_req)):
+        mine = physical[start:start + n]
+        start += n
+        table[i, :n] = torch.tensor(mine, dtype=torch.int32)
+        for pos in range(req.context_len, req.kv_len):  # the new tokens sit at the end of the sequence
+            slots.append(mine[pos // block_size] * block_size + pos % block_size)
+    qsl = [0]
+    for r in requests:
+        qsl.append(qsl[-1] + r.q_len)
+    return BatchLayout(
+        requests=tuple(requests),
+        block_size=block_size,
+        num_blocks=total + 1,
+        query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=device),
+        seq_lens=torch.tensor([r.kv_len for r in requests], dtype=torch.int32, device=device),
+        block_table=table.to(device),
+        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+    )
+
+
+def decode_first(requests: Sequence[BatchRequest], threshold: int) -> list[BatchRequest]:
+    """Order as vLLM's scheduler reorders a batch for a backend: q_len <= threshold first (stable)."""
+    short = [r for r in requests if r.q_len <= threshold]
+    return short + [r for r in requests if r.q_len > threshold]
+
+
+def generator(device: str | torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
+
+
+def random_tensor(shape: Sequence[int], dtype: torch.dtype, device: str | torch.device,
+                  gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """Seeded normal data made on ``device`` (``gen`` must live there too)."""
+    return (torch.randn(tuple(shape), generator=gen, device=device, dtype=torch.float32) * scale).to(dtype)
+
+
+def fill_random_(tensor: torch.Tensor, gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """Fill an existing (possibly strided) cache tensor with seeded random data, never zeros."""
+    tensor.copy_(random_tensor(tensor.shape, tensor.dtype, tensor.device, gen, scale))
+    return tensor
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
