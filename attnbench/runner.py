@@ -7,9 +7,8 @@ is one measurement, not two.
 from __future__ import annotations
 
 import importlib
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, ContextManager, Protocol
 
 import torch
 
@@ -26,8 +25,8 @@ class SkipCase(Exception):
 class LayerCall:
     """One layer's buffers and its attention step, as the timed region runs it."""
 
-    run: Callable[[], Any]  # one attention call; writes ``output`` in place
-    output: torch.Tensor
+    run: Callable[[], Any]  # one attention call, as the timed region runs it
+    result: Callable[[], torch.Tensor]  # the output of the last call
     oracle: Callable[[], torch.Tensor]  # the reference result for this layer's current cache contents
     check_cache: Callable[[], str | None] = lambda: None  # None, or why the cache write is wrong
 
@@ -41,6 +40,8 @@ class CaseRunner(Protocol):
     requests: list  # in execution order
 
     def make_layer(self, index: int) -> LayerCall: ...
+
+    def context(self) -> ContextManager[Any]: ...  # entered around every eager call and the capture
 
     def estimate_bytes(self, num_layer_buffers: int) -> int: ...
 
@@ -98,7 +99,8 @@ def execute(case: BenchCase, *, time_it: bool = True) -> CaseResult:
         n_buffers = shape.num_layers * sets
         memory = _check_memory(runner, n_buffers, device, case.run.profile_memory)
         layers = [runner.make_layer(i) for i in range(n_buffers)]
-        verification = _verify(layers[0], case) if case.run.verify else Verification.skipped("--no-verify")
+        with runner.context():
+            verification = _verify(layers[0], case) if case.run.verify else Verification.skipped("--no-verify")
         if not verification.passed:
             raise AssertionError(f"{case.backend.name} {case.batch_spec}: output does not match REFERENCE: "
                                  f"{verification.summary()}")
@@ -106,15 +108,24 @@ def execute(case: BenchCase, *, time_it: bool = True) -> CaseResult:
             t = timing.measure([layer.run for layer in layers], device=device, repeats=case.run.repeats,
                                warmup_iters=case.run.warmup_iters, min_rounds=case.run.min_rounds,
                                noise_target=case.run.noise_target, cache_state=case.run.cache_state,
-                               buffer_sets=sets, working_set_bytes=n_buffers * runner.bytes_per_layer)
+                               buffer_sets=sets, working_set_bytes=n_buffers * runner.bytes_per_layer,
+                               context=runner.context)
         else:
             t = timing.Timing([], "none", 0, 0, "not-timed", case.run.cache_state, sets,
                               n_buffers * runner.bytes_per_layer, l2)
+        kernels = None
+        if device.type == "cuda" and case.run.kernel_profile:
+            kernels = timing.kernel_breakdown([layer.run for layer in layers], device, context=runner.context)
         if memory and device.type == "cuda":
             memory["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
         peaks = hardware.device_peaks(device)
         mets = metrics.summarize(runner.requests, shape, t.median if t.samples else 0.0, peaks, runner.mla_paths)
         mets["peaks"] = peaks
+        if kernels is not None:
+            mets["kernels"] = kernels
+            if t.samples and kernels["kernel_sum_s"]:
+                # graph replay time over the sum of the kernels' own durations: ~1 means kernel time
+                mets["kernels"]["timed_over_kernel_sum"] = t.median / kernels["kernel_sum_s"]
         return CaseResult(case, t, verification, mets, dict(runner.info), memory)
     finally:
         runner.close()
@@ -124,11 +135,12 @@ def _verify(layer: LayerCall, case: BenchCase) -> Verification:
     if case.backend.is_reference:
         return Verification.oracle()
     layer.run()
-    if layer.output.is_cuda:
-        torch.cuda.synchronize(layer.output.device)
+    output = layer.result()
+    if output.is_cuda:
+        torch.cuda.synchronize(output.device)
     cache_problem = layer.check_cache()
     expected = layer.oracle()
-    return compare(layer.output, expected, cache_problem=cache_problem, dtype=case.effective_shape.dtype)
+    return compare(output, expected, cache_problem=cache_problem, dtype=case.effective_shape.dtype)
 
 
 def _check_memory(runner: CaseRunner, n_buffers: int, device: torch.device, profile: bool) -> dict[str, Any]:
@@ -144,10 +156,3 @@ def _check_memory(runner: CaseRunner, n_buffers: int, device: torch.device, prof
         torch.cuda.reset_peak_memory_stats(device)
         return {"kv_and_buffers_bytes": need, "free_before_bytes": int(free)}
     return {}
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b) if b else 0
-
-
-__all__ = ["BenchCase", "CaseResult", "CaseRunner", "LayerCall", "SkipCase", "execute", "math"]

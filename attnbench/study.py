@@ -64,6 +64,7 @@ class RunSettings:
     min_rounds: int = 10
     seed: int = 0
     verify: bool = True
+    kernel_profile: bool = True  # one torch.profiler pass per GPU case: kernel durations and roles
 
 
 @dataclass(frozen=True)

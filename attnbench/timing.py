@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 
@@ -94,15 +95,22 @@ def should_stop(samples: Sequence[float], min_rounds: int, noise_target: float) 
 
 def measure(steps: Sequence[Step], *, device: torch.device, repeats: int, warmup_iters: int,
             min_rounds: int = 10, noise_target: float = 0.0, cache_state: str = "cold",
-            buffer_sets: int = 1, working_set_bytes: int = 0, use_graph: bool = True) -> Timing:
-    """Time ``steps`` (each one attention call) and return seconds per call, per round."""
+            buffer_sets: int = 1, working_set_bytes: int = 0, use_graph: bool = True,
+            context: Callable[[], ContextManager[Any]] = nullcontext) -> Timing:
+    """Time ``steps`` (each one attention call) and return seconds per call, per round.
+
+    ``context`` is entered around all host-side calls (e.g. vLLM's forward context); graph
+    replays run no Python and need none.
+    """
     if not steps:
         raise ValueError("nothing to time")
     common = dict(cache_state=cache_state, buffer_sets=buffer_sets, working_set_bytes=working_set_bytes,
                   l2_bytes=l2_bytes(device))
-    if device.type != "cuda":
-        return _measure_host(list(steps), repeats, warmup_iters, min_rounds, noise_target, common)
-    return _measure_cuda(list(steps), device, repeats, warmup_iters, min_rounds, noise_target, use_graph, common)
+    with context():
+        if device.type != "cuda":
+            return _measure_host(list(steps), repeats, warmup_iters, min_rounds, noise_target, common)
+        return _measure_cuda(list(steps), device, repeats, warmup_iters, min_rounds, noise_target, use_graph,
+                             common)
 
 
 def _run_rounds(one_round: Callable[[], float], repeats: int, warmup: int, min_rounds: int,
@@ -171,3 +179,56 @@ def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup:
 
         samples, stopped = _run_rounds(one_round, repeats, warmup, min_rounds, noise_target)
     return Timing(samples, mode, calls, warmup, stopped, capture_error=capture_error, **common)
+
+
+# Kernel names by role, for the attention kernel's share of a step (matched case-insensitively).
+KERNEL_ROLES = (
+    ("cache_write", ("reshape_and_cache", "concat_and_cache", "cache_kernel", "index_copy", "scatter")),
+    ("gemm", ("gemm", "bmm", "nvjet", "xmma", "cutlass_80", "sm90_xmma", "cublas", "matmul")),
+    ("attention", ("flash", "fmha", "mla", "attn", "attention", "decode", "prefill", "softmax", "merge_attn")),
+)
+
+
+def kernel_role(name: str) -> str:
+    low = name.lower()
+    for role, needles in KERNEL_ROLES:
+        if any(n in low for n in needles):
+            return role
+    return "other"
+
+
+def kernel_breakdown(steps: Sequence[Step], device: torch.device,
+                     context: Callable[[], ContextManager[Any]] = nullcontext) -> dict[str, Any]:
+    """Device time per kernel for one attention call, from torch.profiler (CUPTI) over eager calls.
+
+    One eager round over every buffer set (the same rotation, so the same cache state, as a timed
+    round). Kernel durations are device-side, without launch gaps: their sum per call is the kernel
+    time the graph-mode median should match, and the roles give the attention kernel's share.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    calls = len(steps)
+    with context():
+        for step in steps:
+            step()
+        torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for step in steps:
+                step()
+            torch.cuda.synchronize(device)
+    per_kernel: dict[str, float] = {}
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CUDA and evt.device_time_total > 0:
+            per_kernel[evt.name] = per_kernel.get(evt.name, 0.0) + evt.device_time_total / 1e6 / calls
+    by_role: dict[str, float] = {}
+    for name, seconds in per_kernel.items():
+        by_role[kernel_role(name)] = by_role.get(kernel_role(name), 0.0) + seconds
+    total = sum(per_kernel.values())
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:8]
+    return {
+        "kernel_sum_s": total,
+        "by_role_s": by_role,
+        "attention_share": by_role.get("attention", 0.0) / total if total else None,
+        "top_kernels": [{"name": n[:160], "seconds": s, "role": kernel_role(n)} for n, s in top],
+        "method": f"torch.profiler CUDA activity over one eager round of {calls} calls (same rotation as timing)",
+    }

@@ -90,10 +90,23 @@ def build_layout(requests: Sequence[BatchRequest], block_size: int, device: str 
     )
 
 
-def decode_first(requests: Sequence[BatchRequest], threshold: int) -> list[BatchRequest]:
-    """Order as vLLM's scheduler reorders a batch for a backend: q_len <= threshold first (stable)."""
-    short = [r for r in requests if r.q_len <= threshold]
-    return short + [r for r in requests if r.q_len > threshold]
+def scheduler_order(requests: Sequence[BatchRequest], threshold: int | None) -> list[BatchRequest]:
+    """Order a batch as vLLM's model runner does for a builder with ``reorder_batch_threshold``.
+
+    Mirrors ``reorder_batch_to_split_decodes_and_prefills``: decode (context, q <= threshold), then
+    long extends (context, q > threshold), then pure prefills (no context); stable within a region.
+    Spec-decode extends with q <= threshold count as decodes (they are done prefilling). No threshold
+    (FLASH_ATTN, TRITON_ATTN): vLLM does not reorder.
+    """
+    if threshold is None:
+        return list(requests)
+
+    def region(r: BatchRequest) -> int:
+        if r.is_prefill:
+            return 2
+        return 0 if r.q_len <= threshold else 1
+
+    return sorted(requests, key=region)
 
 
 def generator(device: str | torch.device, seed: int) -> torch.Generator:

@@ -7,7 +7,8 @@ attend over the cache.
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, ContextManager
 
 import torch
 
@@ -49,8 +50,11 @@ class ReferenceAttentionRunner:
             buf.output.copy_(reference.paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
                                                        layout.query_lens, layout.kv_lens, scale))
 
-        return LayerCall(run, buf.output, layers.attention_oracle(buf, layout, scale),
+        return LayerCall(run, lambda: buf.output, layers.attention_oracle(buf, layout, scale),
                          layers.attention_cache_check(buf, layout))
+
+    def context(self) -> ContextManager[Any]:
+        return nullcontext()
 
     def close(self) -> None:
         pass
@@ -83,7 +87,10 @@ class ReferenceMLARunner:
             reference.write_kv(buf.kv_cache, layout.slot_mapping, torch.cat([buf.kv_c, buf.k_pe], dim=-1))
             buf.output.copy_(oracle())
 
-        return LayerCall(run, buf.output, oracle, layers.mla_cache_check(buf, layout))
+        return LayerCall(run, lambda: buf.output, oracle, layers.mla_cache_check(buf, layout))
+
+    def context(self) -> ContextManager[Any]:
+        return nullcontext()
 
     def close(self) -> None:
         pass

@@ -1,0 +1,171 @@
+"""What every vLLM adapter shares: an offline environment, a local model config, VllmConfig,
+CommonAttentionMetadata from a BatchLayout, and restoring vLLM's process-global state.
+
+Nothing here reaches for the network: the model config is a ``config.json`` the harness
+writes into a temporary folder, and the hub is switched off before vLLM is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from attnbench.shapes import AttentionShape, MLAShape
+from attnbench.workload import BatchLayout
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1"}
+
+
+def prepare_environment() -> None:
+    """Offline switches and the tools FlashInfer's JIT needs (nvcc, ninja) on PATH; before importing vLLM."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    paths = os.environ.get("PATH", "").split(os.pathsep)
+    extra = [os.path.dirname(sys.executable)]
+    for cuda in (os.environ.get("CUDA_HOME"), "/usr/local/cuda", "/usr/local/cuda-13.0"):
+        if cuda and os.path.isdir(os.path.join(cuda, "bin")):
+            extra.append(os.path.join(cuda, "bin"))
+            os.environ.setdefault("CUDA_HOME", cuda)
+            break
+    try:
+        import ninja  # type: ignore[import-not-found]
+
+        extra.append(ninja.BIN_DIR)
+    except ImportError:
+        pass
+    os.environ["PATH"] = os.pathsep.join(dict.fromkeys([p for p in extra + paths if p]))
+
+
+def write_model_config(folder: Path, shape: AttentionShape | MLAShape) -> Path:
+    """A minimal local config.json whose attention dimensions match ``shape``."""
+    common = {"num_hidden_layers": shape.num_layers, "vocab_size": 32000, "max_position_embeddings": 1 << 20,
+              "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "torch_dtype": shape.dtype, "dtype": shape.dtype,
+              "tie_word_embeddings": False}
+    if isinstance(shape, AttentionShape):
+        cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+               "hidden_size": shape.num_q_heads * shape.head_dim, "intermediate_size": 4 * shape.num_q_heads * shape.head_dim,
+               "num_attention_heads": shape.num_q_heads, "num_key_value_heads": shape.num_kv_heads,
+               "head_dim": shape.head_dim, **common}
+    else:
+        cfg = {"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "hidden_size": 2048,
+               "num_attention_heads": shape.num_q_heads, "num_key_value_heads": shape.num_q_heads,
+               "kv_lora_rank": shape.kv_lora_rank, "q_lora_rank": None,
+               "qk_nope_head_dim": shape.qk_nope_head_dim, "qk_rope_head_dim": shape.qk_rope_head_dim,
+               "v_head_dim": shape.v_head_dim, "intermediate_size": 10944, "moe_intermediate_size": 1408,
+               "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1,
+               "first_k_dense_replace": 1, **common}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    return folder
+
+
+def limits_for(layout: BatchLayout) -> dict[str, int]:
+    """Scheduler limits that admit this batch (builders size their buffers from them)."""
+    block = layout.block_size
+    max_len = max(layout.max_seq_len, 2048)
+    max_len = -(-max_len // block) * block
+    return {"max_model_len": max_len, "max_num_seqs": max(layout.num_reqs, 8),
+            "max_num_batched_tokens": max(layout.num_tokens, max_len, 2048)}
+
+
+def make_vllm_config(backend_name: str, model_dir: Path, shape: AttentionShape | MLAShape,
+                     limits: dict[str, int]) -> Any:
+    from vllm.config import (AttentionConfig, CacheConfig, DeviceConfig, ModelConfig, ParallelConfig,
+                             SchedulerConfig, VllmConfig)
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    model_config = ModelConfig(model=str(model_dir), tokenizer=str(model_dir), skip_tokenizer_init=True,
+                               trust_remote_code=False, dtype=shape.dtype, seed=0,
+                               max_model_len=limits["max_model_len"])
+    cache_config = CacheConfig(block_size=shape.block_size,
+                               cache_dtype=shape.kv_cache_dtype if shape.kv_cache_dtype != "bfloat16" else "auto")
+    return VllmConfig(
+        model_config=model_config,
+        cache_config=cache_config,
+        scheduler_config=SchedulerConfig(max_num_seqs=limits["max_num_seqs"],
+                                         max_num_batched_tokens=limits["max_num_batched_tokens"],
+                                         max_model_len=limits["max_model_len"], is_encoder_decoder=False),
+        parallel_config=ParallelConfig(),
+        device_config=DeviceConfig(device="cuda"),
+        # use_trtllm_attention=False: otherwise FlashInfer probes NVIDIA's artifactory over the network
+        attention_config=AttentionConfig(backend=AttentionBackendEnum[backend_name], use_trtllm_attention=False),
+    )
+
+
+def common_metadata(layout: BatchLayout) -> Any:
+    from vllm.v1.attention.backend import CommonAttentionMetadata
+
+    q_lens = layout.query_lens
+    kv_lens = layout.kv_lens
+    seq_lens_cpu = torch.tensor(kv_lens, dtype=torch.int32)
+    positions = torch.cat([torch.arange(kv - q, kv) for q, kv in zip(q_lens, kv_lens)]).to(layout.seq_lens.device)
+    return CommonAttentionMetadata(
+        query_start_loc=layout.query_start_loc, query_start_loc_cpu=layout.query_start_loc.cpu(),
+        seq_lens=layout.seq_lens, num_reqs=layout.num_reqs, num_actual_tokens=layout.num_tokens,
+        max_query_len=layout.max_query_len, max_seq_len=layout.max_seq_len,
+        block_table_tensor=layout.block_table, slot_mapping=layout.slot_mapping, causal=True,
+        positions=positions, is_prefilling=torch.tensor([r.is_prefill or r.is_extend for r in layout.requests]),
+        seq_lens_cpu_upper_bound=seq_lens_cpu, _seq_lens_cpu=seq_lens_cpu,
+        _num_computed_tokens_cpu=torch.tensor([kv - q for q, kv in zip(q_lens, kv_lens)], dtype=torch.int32),
+    )
+
+
+def allocate_kv_cache(backend_cls: Any, num_blocks: int, block_size: int, num_kv_heads: int, head_size: int,
+                      dtype: torch.dtype, device: torch.device, cache_dtype: str = "auto") -> torch.Tensor:
+    """The backend's KV cache: allocated in its physical stride order, returned in its logical shape."""
+    shape = backend_cls.get_kv_cache_shape(num_blocks, block_size, num_kv_heads, head_size, cache_dtype_str=cache_dtype)
+    try:
+        order = tuple(backend_cls.get_kv_cache_stride_order())
+    except (AttributeError, NotImplementedError):
+        order = tuple(range(len(shape)))
+    physical = tuple(shape[i] for i in order)
+    inverse = [order.index(i) for i in range(len(order))]
+    return torch.empty(physical, dtype=dtype, device=device).permute(*inverse)
+
+
+@contextlib.contextmanager
+def restored_global_state() -> Iterator[None]:
+    """Undo process-global state a backend may set (KV layout override, default dtype) after a case."""
+    from vllm.v1.attention.backends import utils as backend_utils
+
+    layout_override = getattr(backend_utils, "_KV_CACHE_LAYOUT_OVERRIDE", None)
+    default_dtype = torch.get_default_dtype()
+    try:
+        yield
+    finally:
+        backend_utils.set_kv_cache_layout(layout_override)
+        torch.set_default_dtype(default_dtype)
+
+
+def init_workspace(device: torch.device) -> None:
+    from vllm.v1.worker.workspace import init_workspace_manager, is_workspace_manager_initialized
+
+    if not is_workspace_manager_initialized():
+        init_workspace_manager(device)
+
+
+class ModelDir:
+    """A temporary folder holding the case's config.json, removed on close."""
+
+    def __init__(self, shape: AttentionShape | MLAShape) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="attnbench-model-"))
+        write_model_config(self.path, shape)
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def vllm_version() -> str:
+    import vllm
+
+    return vllm.__version__

@@ -1,0 +1,202 @@
+"""vLLM MLA backends (FLASHMLA, FLASH_ATTN_MLA, TRITON_MLA; CUTLASS_MLA, FLASHINFER_MLA on SM100)
+driven through vLLM's own MLA layer.
+
+Path: ``vllm.model_executor.layers.attention.mla_attention.MLAAttention`` built with the backend
+class and a real, seeded ``ColumnParallelLinear`` kv_b_proj (``process_weights_after_loading``
+splits it into W_UK / W_UV as at model load), called as ``layer.forward(q, kv_c, k_pe)`` under
+vLLM's ``set_forward_context``. The timed region is the whole MLA step as a model runs it:
+latent-cache write (``do_kv_cache_update``), q absorption into the latent space (W_UK bmm),
+``forward_mqa`` for the decode rows, ``forward_mha`` (kv_b_proj up-projection + FA3 prefill) for
+the rest, and the V up-projection (W_UV bmm). The builder's ``reorder_batch_threshold`` (vLLM's
+default, or a swept / forced value) decides which rows take which path; the split is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+
+from attnbench import layers
+from attnbench.adapters import vllm_common
+from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD
+from attnbench.cases import BenchCase
+from attnbench.runner import LayerCall, SkipCase
+from attnbench.shapes import MLAShape
+from attnbench.workload import build_layout, scheduler_order, torch_dtype
+
+DRIVEN_THROUGH = "vllm MLAAttention layer forward under set_forward_context"
+TIMED_REGION = ("latent-cache write + q absorption (W_UK) + forward_mqa (decode rows) + forward_mha "
+                "(prefill rows, kv_b_proj up-projection) + V up-projection (W_UV)")
+
+
+def layer_name(index: int) -> str:
+    return f"model.layers.{index}.self_attn.mla_attn"
+
+
+class VllmMLARunner:
+    def __init__(self, case: BenchCase) -> None:
+        vllm_common.prepare_environment()
+        from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+        shape = case.effective_shape
+        assert isinstance(shape, MLAShape)
+        self.case, self.shape = case, shape
+        self.device = torch.device(case.run.device)
+        self.backend_cls = AttentionBackendEnum[case.backend.name].get_class()
+        self._check_support()
+        self._state = contextlib.ExitStack()
+        self._state.enter_context(vllm_common.restored_global_state())
+        try:
+            self._build(case, shape)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, case: BenchCase, shape: Any) -> None:
+        from vllm.config import set_current_vllm_config
+
+        self.model_dir = vllm_common.ModelDir(shape)
+        vllm_common.init_workspace(self.device)
+
+        provisional = build_layout(case.requests, shape.block_size, self.device, case.run.seed)
+        self.vllm_config = vllm_common.make_vllm_config(case.backend.name, self.model_dir.path, shape,
+                                                       vllm_common.limits_for(provisional))
+        self._config_ctx = lambda: set_current_vllm_config(self.vllm_config)
+        self.layers: list[Any] = []
+        params = case.backend_params
+        with self._config_ctx():
+            first = self._new_layer(0)
+            spec = first.get_kv_cache_spec(self.vllm_config)
+            self.builder = self.backend_cls.get_builder_cls()(spec, [first.layer_name], self.vllm_config, self.device)
+            self.default_threshold = getattr(self.builder, "reorder_batch_threshold", None)
+            if REORDER_BATCH_THRESHOLD in params:
+                self._force_threshold(params[REORDER_BATCH_THRESHOLD])
+            self.threshold = getattr(self.builder, "reorder_batch_threshold", None)
+            self.requests = scheduler_order(case.requests, self.threshold)
+            self.layout = build_layout(self.requests, shape.block_size, self.device, case.run.seed)
+            self.metadata = self.builder.build(common_prefix_len=0,
+                                               common_attn_metadata=vllm_common.common_metadata(self.layout))
+        n_dec = int(self.metadata.num_decodes or 0)
+        self.mla_paths = ["decode"] * n_dec + ["prefill"] * (len(self.requests) - n_dec)
+        self.bytes_per_layer = layers.mla_buffer_bytes(self.layout, shape)
+        self.info = self._describe()
+
+    def _check_support(self) -> None:
+        shape, cls, name = self.shape, self.backend_cls, self.case.backend.name
+        if hasattr(cls, "supports_head_size") and not cls.supports_head_size(shape.head_dim):
+            raise SkipCase(f"{name} does not support latent head size {shape.head_dim} "
+                           f"(kv_lora_rank + qk_rope_head_dim) in vLLM 0.26.0")
+        if hasattr(cls, "supports_block_size") and not cls.supports_block_size(shape.block_size):
+            sizes = getattr(cls, "get_supported_kernel_block_sizes", lambda: "?")()
+            raise SkipCase(f"{name} does not support block_size={shape.block_size} in vLLM 0.26.0 "
+                           f"(supported: {sizes})")
+        if NUM_KV_SPLITS in self.case.backend_params and name != "CUTLASS_MLA":
+            raise SkipCase(f"{name} has no num_kv_splits knob in vLLM 0.26.0")
+
+    def _force_threshold(self, value: int) -> None:
+        from vllm.model_executor.layers.attention.mla_attention import QueryLenSupport
+
+        support = getattr(self.builder, "query_len_support", None)
+        if value > 1 and support == QueryLenSupport.SINGLE_ONLY:
+            raise SkipCase(f"{self.case.backend.name} decodes single-token queries only "
+                           f"(query_len_support SINGLE_ONLY): reorder_batch_threshold={value} does not apply")
+        self.builder.reorder_batch_threshold = value
+
+    def _new_layer(self, index: int) -> Any:
+        from vllm.model_executor.layers.attention.mla_attention import MLAAttention
+        from vllm.model_executor.layers.linear import ColumnParallelLinear
+
+        shape = self.shape
+        dtype = torch_dtype(shape.dtype)
+        kv_b_proj = ColumnParallelLinear(shape.kv_lora_rank, shape.num_q_heads * (shape.qk_nope_head_dim + shape.v_head_dim),
+                                         bias=False, quant_config=None, params_dtype=dtype, disable_tp=True,
+                                         prefix=f"model.layers.{index}.self_attn.kv_b_proj")
+        weight = layers.make_kv_b_proj_weight(shape, self.device, self.case.run.seed + 10_001 + index)
+        kv_b_proj.weight.data = weight  # a real, seeded linear layer; the oracle reads the same tensor
+        layer = MLAAttention(num_heads=shape.num_q_heads, scale=layers.mla_scale(shape),
+                             qk_nope_head_dim=shape.qk_nope_head_dim, qk_rope_head_dim=shape.qk_rope_head_dim,
+                             v_head_dim=shape.v_head_dim, q_lora_rank=None, kv_lora_rank=shape.kv_lora_rank,
+                             kv_b_proj=kv_b_proj, cache_config=self.vllm_config.cache_config, quant_config=None,
+                             prefix=layer_name(index), attn_backend=self.backend_cls)
+        layer.to(self.device)
+        layer.process_weights_after_loading(dtype)  # W_UK_T / W_UV from kv_b_proj, default KV scales
+        layer.impl.dcp_world_size, layer.impl.dcp_rank = 1, 0  # no decode-context parallelism
+        if NUM_KV_SPLITS in self.case.backend_params:
+            layer.impl._num_kv_splits = int(self.case.backend_params[NUM_KV_SPLITS])
+        self.layers.append(layer)
+        return layer
+
+    def _describe(self) -> dict[str, Any]:
+        md, layer = self.metadata, self.layers[0]
+        prefill = getattr(md, "prefill", None)
+        decode = getattr(md, "decode", None)
+        info: dict[str, Any] = {
+            "driven_through": DRIVEN_THROUGH, "timed_region": TIMED_REGION,
+            "vllm_version": vllm_common.vllm_version(), "impl": type(layer.impl).__name__,
+            "builder": type(self.builder).__name__,
+            "reorder_batch_threshold": self.threshold, "default_reorder_batch_threshold": self.default_threshold,
+            "num_decodes": int(md.num_decodes or 0), "num_decode_tokens": int(md.num_decode_tokens or 0),
+            "num_prefills": int(md.num_prefills or 0),
+            "prefill_backend": type(layer.prefill_backend).__name__ if layer.prefill_backend is not None else None,
+            "chunked_context": getattr(prefill, "chunked_context", None) is not None if prefill else False,
+            "cudagraph_mode": str(self.vllm_config.compilation_config.cudagraph_mode),
+            "request_order": [f"q{r.q_len}s{r.kv_len}" for r in self.requests][:16],
+        }
+        if decode is not None:
+            info["decode_max_num_splits"] = getattr(decode, "max_num_splits", None)
+        if NUM_KV_SPLITS in self.case.backend_params:
+            info["num_kv_splits"] = self.case.backend_params[NUM_KV_SPLITS]
+        info["kernel_path"] = f"{type(layer.impl).__name__}.forward_mqa x{info['num_decodes']} requests" + (
+            f" + {info['prefill_backend']}.forward_mha x{info['num_prefills']}" if info["num_prefills"] else "")
+        return info
+
+    def estimate_bytes(self, num_layer_buffers: int) -> int:
+        return num_layer_buffers * self.bytes_per_layer
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        from vllm.forward_context import set_forward_context
+
+        names = [layer.layer_name for layer in self.layers]
+        with self._config_ctx(), set_forward_context(
+                {n: self.metadata for n in names}, self.vllm_config,
+                slot_mapping={n: self.layout.slot_mapping for n in names}):
+            yield
+
+    def make_layer(self, index: int) -> LayerCall:
+        shape, layout = self.shape, self.layout
+        if index >= len(self.layers):
+            with self._config_ctx():
+                self._new_layer(index)
+        layer = self.layers[index]
+        cache = vllm_common.allocate_kv_cache(self.backend_cls, layout.num_blocks, layout.block_size, 1,
+                                              shape.head_dim, torch_dtype(shape.dtype), self.device)
+        buf = layers.make_mla_buffers(layout, shape, self.device, self.case.run.seed + 1 + index, kv_cache=cache)
+        layer.kv_cache = buf.kv_cache
+        k_pe = buf.k_pe.unsqueeze(1)  # the model passes k_pe as [T, 1, rope]
+        out_shape = torch.Size((layout.num_tokens, shape.num_q_heads * shape.v_head_dim))
+        last: dict[str, torch.Tensor] = {}
+
+        def run() -> None:
+            last["out"] = layer.forward(buf.q, buf.kv_c, k_pe, output_shape=out_shape)
+
+        return LayerCall(run, lambda: last["out"],
+                         layers.mla_oracle(buf, layout, shape, layer.kv_b_proj.weight),
+                         layers.mla_cache_check(buf, layout))
+
+    def close(self) -> None:
+        config = getattr(self, "vllm_config", None)
+        if config is not None:
+            config.compilation_config.static_forward_context.clear()
+        self.layers = []
+        if hasattr(self, "model_dir"):
+            self.model_dir.close()
+        self._state.close()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def make_runner(case: BenchCase) -> VllmMLARunner:
+    return VllmMLARunner(case)
