@@ -15,6 +15,7 @@ import torch
 from attnbench import hardware, metrics, timing
 from attnbench.cases import BenchCase
 from attnbench.verify import Verification, compare
+from attnbench.workload import resolve_device
 
 
 class SkipCase(Exception):
@@ -85,10 +86,10 @@ class CaseResult:
 
 def execute(case: BenchCase, *, time_it: bool = True) -> CaseResult:
     """Build the case's layers through its adapter, verify, time and measure it."""
-    device = torch.device(case.run.device)
-    reason = hardware.skip_reason(case.backend, device) or case.unsupported_sweep
+    reason = hardware.skip_reason(case.backend, torch.device(case.run.device)) or case.unsupported_sweep
     if reason:
         raise SkipCase(reason)
+    device = resolve_device(case.run.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     runner = load_runner(case)

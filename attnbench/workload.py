@@ -125,5 +125,13 @@ def fill_random_(tensor: torch.Tensor, gen: torch.Generator, scale: float = 1.0)
     return tensor
 
 
+def resolve_device(name: str) -> torch.device:
+    """``cuda`` means the current GPU, with its index (vLLM builders and set_device want one)."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def torch_dtype(name: str) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]

@@ -16,7 +16,7 @@ from attnbench import layers, reference
 from attnbench.cases import BenchCase
 from attnbench.runner import LayerCall
 from attnbench.shapes import AttentionShape, MLAShape
-from attnbench.workload import build_layout
+from attnbench.workload import build_layout, resolve_device
 
 TIMED_REGION = "cache write + attention (plain torch, float32 math)"
 
@@ -28,7 +28,7 @@ class ReferenceAttentionRunner:
         shape = case.effective_shape
         assert isinstance(shape, AttentionShape)
         self.shape, self.case = shape, case
-        self.device = torch.device(case.run.device)
+        self.device = resolve_device(case.run.device)
         self.requests = case.requests
         self.layout = build_layout(self.requests, shape.block_size, self.device, case.run.seed)
         self.bytes_per_layer = layers.attention_buffer_bytes(self.layout, shape)
@@ -65,7 +65,7 @@ class ReferenceMLARunner:
         shape = case.effective_shape
         assert isinstance(shape, MLAShape)
         self.shape, self.case = shape, case
-        self.device = torch.device(case.run.device)
+        self.device = resolve_device(case.run.device)
         self.requests = case.requests
         self.mla_paths = None
         self.layout = build_layout(self.requests, shape.block_size, self.device, case.run.seed)

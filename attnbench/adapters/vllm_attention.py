@@ -22,7 +22,7 @@ from attnbench.adapters import vllm_common
 from attnbench.cases import BenchCase
 from attnbench.runner import LayerCall
 from attnbench.shapes import AttentionShape
-from attnbench.workload import build_layout, scheduler_order, torch_dtype
+from attnbench.workload import build_layout, resolve_device, scheduler_order, torch_dtype
 
 DRIVEN_THROUGH = "vllm Attention layer forward under set_forward_context (do_kv_cache_update, then impl.forward)"
 TIMED_REGION = "KV-cache write + attention (the layer step)"
@@ -42,7 +42,7 @@ class VllmAttentionRunner:
         shape = case.effective_shape
         assert isinstance(shape, AttentionShape)
         self.case, self.shape = case, shape
-        self.device = torch.device(case.run.device)
+        self.device = resolve_device(case.run.device)
         self.backend_cls = AttentionBackendEnum[case.backend.name].get_class()
         self._check_support()
         self._state = contextlib.ExitStack()
@@ -144,10 +144,13 @@ class VllmAttentionRunner:
             yield
 
     def make_layer(self, index: int) -> LayerCall:
+        with self._config_ctx():  # layer construction and the cache's stride order read the current config
+            return self._make_layer(index)
+
+    def _make_layer(self, index: int) -> LayerCall:
         shape, layout = self.shape, self.layout
         if index >= len(self.layers):
-            with self._config_ctx():
-                self._new_layer(index)
+            self._new_layer(index)
         layer = self.layers[index]
 
         def allocate() -> layers.AttentionCache:

@@ -169,3 +169,23 @@ def vllm_version() -> str:
     import vllm
 
     return vllm.__version__
+
+
+def ensure_single_process_groups() -> None:
+    """vLLM's distributed groups at world size 1, as a single-GPU server has them.
+
+    Real parallel layers (kv_b_proj is a ColumnParallelLinear) read the tensor-parallel rank at
+    construction, so the groups must exist; a free loopback port keeps this off the network.
+    """
+    from vllm.distributed import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        return
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    parallel_state.init_distributed_environment(world_size=1, rank=0, local_rank=0,
+                                                distributed_init_method=f"tcp://127.0.0.1:{port}", backend="nccl")
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=1)

@@ -24,7 +24,7 @@ from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD
 from attnbench.cases import BenchCase
 from attnbench.runner import LayerCall, SkipCase
 from attnbench.shapes import MLAShape
-from attnbench.workload import build_layout, scheduler_order, torch_dtype
+from attnbench.workload import build_layout, resolve_device, scheduler_order, torch_dtype
 
 DRIVEN_THROUGH = "vllm MLAAttention layer forward under set_forward_context"
 TIMED_REGION = ("latent-cache write + q absorption (W_UK) + forward_mqa (decode rows) + forward_mha "
@@ -43,7 +43,7 @@ class VllmMLARunner:
         shape = case.effective_shape
         assert isinstance(shape, MLAShape)
         self.case, self.shape = case, shape
-        self.device = torch.device(case.run.device)
+        self.device = resolve_device(case.run.device)
         self.backend_cls = AttentionBackendEnum[case.backend.name].get_class()
         self._check_support()
         self._state = contextlib.ExitStack()
@@ -67,6 +67,7 @@ class VllmMLARunner:
         self.layers: list[Any] = []
         params = case.backend_params
         with self._config_ctx():
+            vllm_common.ensure_single_process_groups()
             first = self._new_layer(0)
             spec = first.get_kv_cache_spec(self.vllm_config)
             self.builder = self.backend_cls.get_builder_cls()(spec, [first.layer_name], self.vllm_config, self.device)
@@ -166,10 +167,13 @@ class VllmMLARunner:
             yield
 
     def make_layer(self, index: int) -> LayerCall:
+        with self._config_ctx():  # layer construction and the cache's stride order read the current config
+            return self._make_layer(index)
+
+    def _make_layer(self, index: int) -> LayerCall:
         shape, layout = self.shape, self.layout
         if index >= len(self.layers):
-            with self._config_ctx():
-                self._new_layer(index)
+            self._new_layer(index)
         layer = self.layers[index]
         cache = vllm_common.allocate_kv_cache(self.backend_cls, layout.num_blocks, layout.block_size, 1,
                                               shape.head_dim, torch_dtype(shape.dtype), self.device)

@@ -1,0 +1,331 @@
+"""Regression verdicts against a saved baseline, aware of each run's measured noise.
+
+For every case present in both runs (matched by ``attnbench.results.case_key``: family,
+backend, batch spec, shape, sweep value, pipeline, backend knobs, cache state; records
+without those fields are matched by pytest fullname) we estimate
+
+    r = median(new) / median(baseline)          (time ratio: r > 1 means the new run is slower)
+
+and a two-sided confidence interval [lo, hi] for r (default 95 %):
+
+* with per-round samples on both sides (``stats.data`` in pytest-benchmark JSON, which
+  ``--benchmark-json`` always writes and ``--benchmark-save`` writes with
+  ``--benchmark-save-data``; ``samples`` in attnbench records) and at least
+  ``MIN_BOOTSTRAP_ROUNDS`` rounds each: a percentile bootstrap. Both sample sets are
+  resampled with replacement ``BOOTSTRAP_RESAMPLES`` times, the ratio of the resampled
+  medians is taken each time, and [lo, hi] are its quantiles. The generator is seeded from
+  the case key, so a verdict is reproducible.
+* otherwise, from the summary statistics: the standard error of each median is
+  1.2533 * sigma / sqrt(rounds), with sigma = IQR / 1.349 (robust to outliers; stddev when
+  the IQR is missing or zero), and the log-ratio gets a normal interval:
+  log r +- z * sqrt((se_b / median_b)^2 + (se_n / median_n)^2).
+
+With a practical threshold t (default 2 %, ``--verdict-threshold``), the verdict is
+
+    SAME    1 - t <= lo  and  hi <= 1 + t   the whole interval is within +-t: no change that matters
+    SLOWER  lo > 1 + t                      the whole interval is beyond +t: a real regression
+    FASTER  hi < 1 - t                      the whole interval is beyond -t: a real improvement
+    UNSURE  anything else                   the interval straddles a threshold: the runs are too
+                                            noisy (or too short) to tell; measure more rounds
+
+So a 6 % slowdown measured with 15 % round-to-round noise is UNSURE, while a 3 % slowdown
+with 0.3 % noise is SLOWER, where a fixed "flag anything over 5 %" rule gets both wrong.
+A case with fewer than two rounds on either side has no measurable spread and is UNSURE.
+Cases only in the new run are NEW; cases of the baseline that the new run did not time are
+MISSING. Neither fails a run.
+
+GPU check: runs on different GPU models are not comparable. The GPU model is
+``machine_info["attnbench"]["gpu"]["name"]`` (``None`` there means no GPU: a CPU run). A
+mismatch is an error unless ``--allow-gpu-mismatch`` turns it into a warning.
+
+Offline use (baseline first; exit 1 on SLOWER, 2 on a GPU mismatch or unreadable input)::
+
+    python benchmark.py compare BASELINE.json NEW.json [--verdict-json FILE]
+    python -m attnbench.compare BASELINE.json NEW.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from attnbench.exports import ResultsFileError, load_results
+from attnbench.results import BenchmarkResult, case_key, describe_key
+
+FASTER, SLOWER, SAME, UNSURE, NEW, MISSING = "FASTER", "SLOWER", "SAME", "UNSURE", "NEW", "MISSING"
+THRESHOLD = 0.02
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+MIN_BOOTSTRAP_ROUNDS = 5
+_MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)  # 1.2533: asymptotic SE of a normal sample's median, in sigmas
+_IQR_PER_SIGMA = 1.349
+
+
+@dataclass
+class Verdict:
+    label: str
+    verdict: str
+    ratio: float | None = None  # new median / baseline median
+    ci_low: float | None = None
+    ci_high: float | None = None
+    method: str | None = None  # "bootstrap" or "summary"
+    baseline_median: float | None = None  # seconds
+    new_median: float | None = None
+    baseline_rounds: int = 0
+    new_rounds: int = 0
+    matched_by: str | None = None  # "case" (structured fields) or "fullname"
+    note: str | None = None
+    key: tuple = ()
+
+    @property
+    def change_pct(self) -> float | None:
+        return (self.ratio - 1.0) * 100.0 if self.ratio is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["key"] = list(self.key)
+        out["change_pct"] = self.change_pct
+        return out
+
+    def line(self) -> str:
+        """One line per case, for the offline command and logs."""
+        if self.ratio is None:
+            known = [f"baseline {_us(self.baseline_median)} us" if self.baseline_median else "",
+                     f"new {_us(self.new_median)} us" if self.new_median else "", self.note or ""]
+            return f"{self.verdict:<7} {'':>8}  {'':<20}  {self.label}  ({'; '.join(k for k in known if k)})"
+        ci = (f"[{(self.ci_low - 1) * 100:+.1f}%, {(self.ci_high - 1) * 100:+.1f}%]"
+              if self.ci_low is not None else "[no spread]")
+        times = f"{_us(self.baseline_median)} -> {_us(self.new_median)} us"
+        tail = f"{times}, {self.method or '-'}" + (f"; {self.note}" if self.note else "")
+        return f"{self.verdict:<7} {self.change_pct:+7.1f}%  {ci:<20}  {self.label}  ({tail})"
+
+
+def classify(ci_low: float | None, ci_high: float | None, threshold: float = THRESHOLD) -> str:
+    """The verdict for a confidence interval [ci_low, ci_high] of the time ratio new / baseline."""
+    if ci_low is None or ci_high is None:
+        return UNSURE
+    if ci_low > 1.0 + threshold:
+        return SLOWER
+    if ci_high < 1.0 - threshold:
+        return FASTER
+    if ci_low >= 1.0 - threshold and ci_high <= 1.0 + threshold:
+        return SAME
+    return UNSURE
+
+
+def ratio_interval(baseline: BenchmarkResult, new: BenchmarkResult, confidence: float = CONFIDENCE,
+                   seed: int = 0) -> tuple[float, float | None, float | None, str, str | None]:
+    """(ratio, ci_low, ci_high, method, note) for new / baseline median times."""
+    ratio = new.median_time / baseline.median_time  # type: ignore[operator]
+    if baseline.rounds < 2 or new.rounds < 2:
+        return ratio, None, None, "none", "fewer than 2 rounds: spread unknown"
+    if len(baseline.samples) >= MIN_BOOTSTRAP_ROUNDS and len(new.samples) >= MIN_BOOTSTRAP_ROUNDS:
+        interval = _bootstrap(baseline.samples, new.samples, confidence, seed)
+        if interval is not None:
+            return ratio, interval[0], interval[1], "bootstrap", None
+    se_b, se_n = _median_se(baseline), _median_se(new)
+    if se_b is None or se_n is None:
+        return ratio, None, None, "none", "no spread recorded"
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    spread = math.sqrt((se_b / baseline.median_time) ** 2 + (se_n / new.median_time) ** 2)  # type: ignore[operator]
+    return ratio, ratio * math.exp(-z * spread), ratio * math.exp(z * spread), "summary", None
+
+
+def compare_results(baseline: Sequence[BenchmarkResult], new: Sequence[BenchmarkResult], *,
+                    threshold: float = THRESHOLD, confidence: float = CONFIDENCE) -> list[Verdict]:
+    """A verdict per case of ``new`` (NEW if the baseline lacks it), then MISSING for untimed baseline cases."""
+    base_by_key = {case_key(b): b for b in baseline if b.timed}
+    base_by_name = {b.fullname: b for b in baseline if b.timed and b.fullname}
+    used: set[int] = set()
+    verdicts: list[Verdict] = []
+    for result in new:
+        key = case_key(result)
+        base, matched_by = base_by_key.get(key), "case"
+        if base is None and result.fullname and (key[0] == "fullname" or _unstructured(base_by_name.get(result.fullname))):
+            # only records without structured fields fall back to the test id; otherwise an id that
+            # names a different shape (--num-q-heads) would be compared as if it were the same case
+            base, matched_by = base_by_name.get(result.fullname), "fullname"
+        label = describe_key(result)
+        if base is None:
+            if result.timed:
+                verdicts.append(Verdict(label, NEW, new_median=result.median_time, new_rounds=result.rounds, key=key))
+            continue
+        used.add(id(base))
+        if not result.timed:
+            verdicts.append(Verdict(label, MISSING, baseline_median=base.median_time, baseline_rounds=base.rounds,
+                                    note=f"{result.status}: {result.error}" if result.error else result.status,
+                                    matched_by=matched_by, key=key))
+            continue
+        seed = zlib.crc32(repr(key).encode())
+        ratio, lo, hi, method, note = ratio_interval(base, result, confidence, seed)
+        verdicts.append(Verdict(label, classify(lo, hi, threshold), ratio, lo, hi, method, base.median_time,
+                                result.median_time, base.rounds, result.rounds, matched_by, note, key))
+    for base in baseline:
+        if base.timed and id(base) not in used and base_by_key.get(case_key(base)) is base:
+            verdicts.append(Verdict(describe_key(base), MISSING, baseline_median=base.median_time,
+                                    baseline_rounds=base.rounds, note="not in the new run", key=case_key(base)))
+    return verdicts
+
+
+def counts(verdicts: Sequence[Verdict]) -> dict[str, int]:
+    out = {v: 0 for v in (FASTER, SLOWER, SAME, UNSURE, NEW, MISSING)}
+    for v in verdicts:
+        out[v.verdict] += 1
+    return out
+
+
+# ------------------------------------------------------------------ GPU check
+
+class GpuMismatch(Exception):
+    """Baseline and new run were measured on different GPU models."""
+
+
+def gpu_name(machine_info: dict[str, Any] | None) -> str | None:
+    """The GPU model in ``machine_info``: a name, "none (CPU)" for a run without a GPU, None if unrecorded."""
+    attn = (machine_info or {}).get("attnbench")
+    if not isinstance(attn, dict) or "gpu" not in attn:
+        return None
+    gpu = attn.get("gpu")
+    if not gpu:
+        return "none (CPU)"
+    return str(gpu.get("name")) if isinstance(gpu, dict) and gpu.get("name") else None
+
+
+def check_gpu(baseline_gpu: str | None, new_gpu: str | None, allow_mismatch: bool) -> str | None:
+    """Raise GpuMismatch on different GPU models (unless allowed); return a warning to show, if any."""
+    if baseline_gpu is None or new_gpu is None:
+        missing = "baseline" if baseline_gpu is None else "new run"
+        return f"the {missing} does not record its GPU model; cannot check that the runs are comparable"
+    if baseline_gpu == new_gpu:
+        return None
+    message = f"GPU model differs: baseline {baseline_gpu!r}, new run {new_gpu!r}"
+    if not allow_mismatch:
+        raise GpuMismatch(f"{message}; timings are not comparable (pass --allow-gpu-mismatch to compare anyway)")
+    return f"{message}; compared anyway (--allow-gpu-mismatch): verdicts reflect the hardware too"
+
+
+# ------------------------------------------------------------------ output
+
+def verdict_table(verdicts: Sequence[Verdict], title: str = "Verdicts vs baseline") -> Any:
+    """A rich Table of the verdicts."""
+    from rich.table import Table
+
+    styles = {SLOWER: "bold red", FASTER: "bold green", SAME: "", UNSURE: "yellow", NEW: "cyan", MISSING: "magenta"}
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("case", "left"), ("verdict", "left"), ("change", "right"), ("CI of change", "right"),
+                          ("baseline µs", "right"), ("new µs", "right"), ("rounds", "right"), ("how", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for v in verdicts:
+        ci = (f"{(v.ci_low - 1) * 100:+.1f}% .. {(v.ci_high - 1) * 100:+.1f}%" if v.ci_low is not None
+              and v.ci_high is not None else "-")
+        change = f"{v.change_pct:+.1f}%" if v.change_pct is not None else "-"
+        how = ", ".join(p for p in (v.method, None if v.matched_by in (None, "case") else f"matched by {v.matched_by}",
+                                     v.note) if p)
+        table.add_row(v.label, f"[{styles[v.verdict]}]{v.verdict}[/]" if styles[v.verdict] else v.verdict, change, ci,
+                      _us(v.baseline_median), _us(v.new_median), f"{v.baseline_rounds}/{v.new_rounds}", how)
+    return table
+
+
+def write_verdict_json(path: str | Path, verdicts: Sequence[Verdict], *, baseline: str, new: str,
+                       threshold: float, confidence: float, baseline_gpu: str | None, new_gpu: str | None,
+                       warnings: Sequence[str] = ()) -> Path:
+    doc = {
+        "baseline": baseline, "new": new, "threshold": threshold, "confidence": confidence,
+        "definition": "ratio = new median / baseline median; SAME if CI within [1-t, 1+t], SLOWER if CI low > 1+t, "
+                      "FASTER if CI high < 1-t, else UNSURE (see attnbench.compare)",
+        "gpu": {"baseline": baseline_gpu, "new": new_gpu}, "warnings": list(warnings),
+        "counts": counts(verdicts), "cases": [v.to_dict() for v in verdicts],
+    }
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``compare BASELINE NEW``: one verdict line per case; exit 1 on SLOWER, 2 on GPU mismatch or bad input."""
+    parser = argparse.ArgumentParser(prog="benchmark.py compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("baseline", help="baseline results (pytest-benchmark JSON, or attnbench JSON/JSONL)")
+    parser.add_argument("new", help="new results, same formats")
+    parser.add_argument("--threshold", type=float, default=THRESHOLD,
+                        help=f"practical threshold t as a fraction (default {THRESHOLD}: +-2%%)")
+    parser.add_argument("--confidence", type=float, default=CONFIDENCE, help="confidence level (default 0.95)")
+    parser.add_argument("--allow-gpu-mismatch", action="store_true", help="compare runs from different GPU models")
+    parser.add_argument("--verdict-json", metavar="FILE", help="also write the verdicts as JSON")
+    parser.add_argument("--no-fail", action="store_true", help="exit 0 even if a case is SLOWER")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if not 0 < args.confidence < 1 or args.threshold < 0:
+        parser.error("--confidence must be in (0, 1) and --threshold >= 0")
+    try:
+        base, new = load_results(args.baseline), load_results(args.new)
+    except ResultsFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    base_gpu, new_gpu = gpu_name(base.machine_info), gpu_name(new.machine_info)
+    try:
+        warning = check_gpu(base_gpu, new_gpu, args.allow_gpu_mismatch)
+    except GpuMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    verdicts = compare_results(base.results, new.results, threshold=args.threshold, confidence=args.confidence)
+    for v in verdicts:
+        print(v.line())
+    tally = counts(verdicts)
+    print(", ".join(f"{n} {name}" for name, n in tally.items() if n) or "no cases to compare")
+    if args.verdict_json:
+        write_verdict_json(args.verdict_json, verdicts, baseline=args.baseline, new=args.new, threshold=args.threshold,
+                           confidence=args.confidence, baseline_gpu=base_gpu, new_gpu=new_gpu,
+                           warnings=[warning] if warning else [])
+    return 1 if tally[SLOWER] and not args.no_fail else 0
+
+
+# ------------------------------------------------------------------ helpers
+
+def _unstructured(result: BenchmarkResult | None) -> bool:
+    return result is not None and case_key(result)[0] == "fullname"
+
+
+def _median_se(result: BenchmarkResult) -> float | None:
+    sigma = None
+    if result.iqr_time:
+        sigma = result.iqr_time / _IQR_PER_SIGMA
+    elif result.std_time is not None:
+        sigma = result.std_time
+    if sigma is None:
+        return None
+    return _MEDIAN_SE_FACTOR * sigma / math.sqrt(result.rounds)
+
+
+def _bootstrap(base: Sequence[float], new: Sequence[float], confidence: float,
+               seed: int) -> tuple[float, float] | None:
+    try:
+        import numpy as np
+    except ImportError:  # the summary-statistics interval still applies
+        return None
+    rng = np.random.default_rng(seed)
+    b, n = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
+    med_b = np.median(b[rng.integers(0, len(b), (BOOTSTRAP_RESAMPLES, len(b)))], axis=1)
+    med_n = np.median(n[rng.integers(0, len(n), (BOOTSTRAP_RESAMPLES, len(n)))], axis=1)
+    alpha = (1.0 - confidence) / 2
+    lo, hi = np.quantile(med_n / med_b, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def _us(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    us = seconds * 1e6
+    return f"{us:.4g}" if us < 1000 else f"{us:.0f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""PNG plots over ``BenchmarkResult``s, from a live session (``--plot``) or saved results.
+
+* ``backend_bars``    per batch spec, one bar per backend (median time, log scale when the
+                      specs span more than 20x), for studies without a sweep.
+* ``sweep_heatmap``   per backend, batch spec x sweep value, coloured by speed-up over the
+                      default ("auto"; the first value when auto was not run); the best value
+                      of each spec is outlined.
+* ``crossover_plot``  decode_vs_prefill: one panel per batch size, x = query length, y = time,
+                      a solid line for the decode pipeline and a dashed one for prefill per
+                      backend, and a dotted vertical line at the crossover (``report.crossover_table``).
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no display, no global
+backend switch), so this works in pytest workers and headless machines.
+
+    python benchmark.py plot RESULTS.json --out DIR
+    python -m attnbench.plots RESULTS.json --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from attnbench.report import crossover_table, group_results
+from attnbench.results import BenchmarkResult
+from attnbench.study import AUTO
+
+_LOG_SCALE_SPAN = 20.0  # use a log time axis when the largest time is more than this many times the smallest
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+def _sorted_specs(results: Sequence[BenchmarkResult]) -> list[str]:
+    keys = {}
+    for r in results:
+        try:
+            keys.setdefault(r.batch_spec, r.size_key)
+        except ValueError:
+            keys.setdefault(r.batch_spec, (float("inf"), float("inf"), r.batch_spec))
+    return sorted(keys, key=lambda s: keys[s])
+
+
+def backend_bars(results: Sequence[BenchmarkResult], path: str | Path, title: str = "") -> Path | None:
+    """Grouped bars: x = batch spec (by size), one bar per backend, y = median µs. None if nothing timed."""
+    timed = [r for r in results if r.timed and r.variant is None]
+    if not timed:
+        return None
+    specs = _sorted_specs(timed)
+    backends = list(dict.fromkeys(r.backend for r in results if r.variant is None))
+    by_cell = {(r.batch_spec, r.backend): r for r in results if r.variant is None}
+    fig = _figure(max(6.0, 1.0 + len(specs) * (0.35 + 0.25 * len(backends))), 4.5)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(backends))
+    times = [r.median_time * 1e6 for r in timed]  # type: ignore[operator]
+    from matplotlib.patches import Patch
+
+    colors = _backend_colors(backends)
+    handles = []  # explicit: an empty bar series (a backend skipped everywhere) has no legend colour of its own
+    for i, backend in enumerate(backends):
+        xs, ys, errs, missing = [], [], [], []
+        for x, spec in enumerate(specs):
+            r = by_cell.get((spec, backend))
+            offset = x - 0.4 + width * (i + 0.5)
+            if r is not None and r.timed:
+                xs.append(offset)
+                ys.append(r.median_time * 1e6)  # type: ignore[operator]
+                errs.append((r.iqr_time or 0.0) * 1e6 / 2)
+            elif r is not None:
+                missing.append((offset, "skip" if r.status == "skipped" else r.status))
+        bars = ax.bar(xs, ys, width, yerr=errs, capsize=2, color=colors[backend])
+        handles.append(Patch(color=colors[backend], label=backend if ys else f"{backend} (not timed)"))
+        ax.bar_label(bars, labels=[_short_us(y) for y in ys], fontsize=7, rotation=90, padding=2)
+        for offset, text in missing:
+            ax.text(offset, 0.02, text, transform=ax.get_xaxis_transform(), rotation=90, ha="center", va="bottom",
+                    fontsize=7, color="grey")
+    if max(times) / min(times) > _LOG_SCALE_SPAN:
+        ax.set_yscale("log")
+    ax.margins(y=0.25)
+    ax.set_xlim(-0.5, len(specs) - 0.5)
+    ax.set_xticks(range(len(specs)), specs, rotation=30, ha="right")
+    ax.set_ylabel("median µs per layer call (lower is better)")
+    ax.set_title(title or "Backends per batch spec")
+    ax.legend(handles=handles, fontsize=8)
+    return _save(fig, path)
+
+
+def sweep_heatmap(results: Sequence[BenchmarkResult], path: str | Path, title: str = "") -> Path | None:
+    """Per backend: batch spec x sweep value, colour = speed-up over the default; best value outlined."""
+    swept = [r for r in results if r.sweep_param and r.pipeline is None]
+    if not any(r.timed for r in swept):
+        return None
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.patches import Rectangle
+
+    param = swept[0].sweep_param
+    backends = [b for b in dict.fromkeys(r.backend for r in swept) if any(r.timed and r.backend == b for r in swept)]
+    values = _sweep_order(r.sweep_value for r in swept)
+    specs = _sorted_specs(swept)
+    cells = {(r.backend, r.batch_spec, str(r.sweep_value)): r for r in swept}
+    reference = AUTO if AUTO in values else values[0]
+    fig = _figure(max(5.0, 1.5 + 0.9 * len(values)) * len(backends), max(3.0, 1.2 + 0.45 * len(specs)))
+    axes = fig.subplots(1, len(backends), squeeze=False)[0]
+    grids, speedups = [], []
+    for backend in backends:
+        grid: list[list[float | None]] = []
+        for spec in specs:
+            ref = cells.get((backend, spec, str(reference)))
+            row = []
+            for v in values:
+                r = cells.get((backend, spec, str(v)))
+                ok = r is not None and r.timed and ref is not None and ref.timed
+                row.append(ref.median_time / r.median_time if ok else None)  # type: ignore[union-attr,operator]
+            grid.append(row)
+            speedups += [s for s in row if s is not None]
+        grids.append(grid)
+    lo, hi = min(speedups + [0.99]), max(speedups + [1.01])
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=min(lo, 0.99), vmax=max(hi, 1.01))
+    image = None
+    for ax, backend, grid in zip(axes, backends, grids):
+        import numpy as np
+
+        data = np.array([[np.nan if s is None else s for s in row] for row in grid], dtype=float)
+        image = ax.imshow(np.ma.masked_invalid(data), cmap="RdYlGn", norm=norm, aspect="auto")
+        ax.set_facecolor("#dddddd")  # cells with no timing (skipped, failed, no reference)
+        for y, row in enumerate(grid):
+            times = [cells.get((backend, specs[y], str(v))) for v in values]
+            timed = [(t.median_time, x) for x, t in enumerate(times) if t is not None and t.timed]
+            best_x = min(timed)[1] if timed else None
+            for x, s in enumerate(row):
+                r = times[x]
+                text = f"{s:.2f}x" if s is not None else ("skip" if r is not None and r.status == "skipped" else
+                                                          "–" if r is None or not r.timed else "n/a")
+                ax.text(x, y, text, ha="center", va="center", fontsize=8,
+                        fontweight="bold" if x == best_x else "normal")
+            if best_x is not None:
+                ax.add_patch(Rectangle((best_x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
+        ax.set_xticks(range(len(values)), [str(v) for v in values])
+        ax.set_yticks(range(len(specs)), specs)
+        ax.set_xlabel(param)
+        ax.set_title(backend)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label=f"speed-up vs {reference}", shrink=0.9)
+    fig.suptitle(f"{title or 'Sweep'}: speed-up of each {param} over {param}={reference} (outlined: fastest per spec)")
+    return _save(fig, path)
+
+
+def crossover_plot(results: Sequence[BenchmarkResult], path: str | Path, title: str = "") -> Path | None:
+    """decode_vs_prefill: one panel per batch size, time against q for both pipelines of each backend."""
+    crossovers = crossover_table(results)
+    if not crossovers:
+        return None
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 16, not 2^4 or 16.0
+    panels: dict[tuple[int, Any], list] = defaultdict(list)
+    for c in crossovers:
+        panels[(c.batch_size, c.kv_len)].append(c)
+    keys = sorted(panels, key=lambda k: (k[0], k[1] or 0))
+    ncols = min(3, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig = _figure(4.6 * ncols, 3.6 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    colors = _backend_colors(c.backend for c in crossovers)
+    for ax, key in zip(axes, keys):
+        batch_size, kv = key
+        for c in panels[key]:
+            qs = c.q_lens
+            color = colors[c.backend]
+            ax.plot(qs, [c.times[q][0] * 1e6 for q in qs], "-o", color=color, markersize=3,
+                    label=f"{c.backend} decode")
+            ax.plot(qs, [c.times[q][1] * 1e6 for q in qs], "--s", color=color, markersize=3,
+                    label=f"{c.backend} prefill")
+            if c.decode_up_to is not None:
+                ax.axvline(c.decode_up_to, color=color, linestyle=":", linewidth=1)
+                ax.annotate(f"decode ≤ q{c.decode_up_to}", (c.decode_up_to, 1), xycoords=("data", "axes fraction"),
+                            xytext=(3, -12), textcoords="offset points", fontsize=7, color=color)
+        qs_all = sorted({q for c in panels[key] for q in c.q_lens})
+        if len(qs_all) > 1 and qs_all[-1] / qs_all[0] > 16:
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(plain)
+        times = [t * 1e6 for c in panels[key] for pair in c.times.values() for t in pair]
+        if max(times) / min(times) > _LOG_SCALE_SPAN:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(plain)
+        ax.set_xlabel("query length q")
+        ax.set_ylabel("median µs per layer call")
+        ax.set_title(f"batch size {batch_size}" + (f", kv {kv}" if kv else ""))
+        ax.legend(fontsize=7)
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    fig.suptitle(title or "Decode vs prefill pipeline")
+    return _save(fig, path)
+
+
+PLOTS: dict[str, Callable[..., Path | None]] = {"bars": backend_bars, "sweep": sweep_heatmap,
+                                                "crossover": crossover_plot}
+
+
+def make_plots(results: Sequence[BenchmarkResult], out_dir: str | Path, stem: str = "attnbench") -> list[Path]:
+    """Every plot that applies, per study x family: ``<out_dir>/<stem>.<study>.<family>.<kind>.png``."""
+    written = []
+    for (study, family), group in group_results(results).items():
+        for kind, plot in PLOTS.items():
+            name = f"{stem}.{_slug(study)}.{_slug(family)}.{kind}.png"
+            path = plot(group, Path(out_dir) / name, title=f"{study} · {family}")
+            if path is not None:
+                written.append(path)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``plot RESULTS --out DIR``: write every applicable PNG; exit 1 if the file has nothing to plot."""
+    from attnbench.exports import ResultsFileError, load_results
+
+    parser = argparse.ArgumentParser(prog="benchmark.py plot", description="Plot saved attnbench results.")
+    parser.add_argument("results", help="attnbench JSON/JSONL, seed JSON or pytest-benchmark JSON")
+    parser.add_argument("--out", default=".", metavar="DIR", help="folder for the PNGs (default: .)")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        loaded = load_results(args.results)
+    except ResultsFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stem = Path(args.results).name.split(".")[0] or "attnbench"
+    written = make_plots(loaded.results, args.out, stem)
+    for path in written:
+        print(path)
+    if not written:
+        print(f"nothing to plot in {args.results}: no timed results", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _short_us(us: float) -> str:
+    return f"{us:.0f}" if us >= 100 else f"{us:.3g}"
+
+
+def _sweep_order(values: Any) -> list[Any]:
+    unique = list(dict.fromkeys(values))
+    # auto first, then numbers ascending
+    return sorted(unique, key=lambda v: (v != AUTO, not isinstance(v, (int, float)),
+                                         v if isinstance(v, (int, float)) else 0, str(v)))
+
+
+def _backend_colors(backends: Any) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"]
+    return {b: palette(i % 10) for i, b in enumerate(dict.fromkeys(backends))}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "x"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""pytest hooks of the reporting layer: per-case results, journal, exports, resume, verdicts, plots.
+
+Flow of one session:
+
+1. ``pytest_runtest_makereport`` (on the process that ran the test, an xdist worker too)
+   turns each benchmark case's outcome into a ``BenchmarkResult`` from structured data:
+   the ``benchmark`` fixture's ``extra_info`` and samples, else the ``bench_case`` (skips
+   and failures), and attaches it to the report as a plain dict (``attnbench_result``) so
+   it crosses xdist's process boundary with the report.
+2. ``pytest_runtest_logreport`` (in the controlling process) appends it to the journal
+   ``<output>.partial.jsonl`` (fsync per line) and to the session's list.
+3. ``pytest_sessionfinish`` writes the final CSV/JSON from the journal, the plots, and the
+   verdicts against ``--baseline-json`` (failing the run on SLOWER with ``--fail-on-regression``).
+4. ``pytest_terminal_summary`` prints the tables.
+
+``--resume FILE`` deselects cases FILE already timed (matched by ``case_key``) and carries
+FILE's rows into the outputs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from attnbench import backends as registry
+from attnbench.cases import BenchCase
+from attnbench.compare import (SLOWER, THRESHOLD, GpuMismatch, Verdict, check_gpu, compare_results, counts,
+                               gpu_name, verdict_table, write_verdict_json)
+from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, load_results,
+                               merge_results, partial_path)
+from attnbench.plugin import STUDY_KEY
+from attnbench.results import FAILED, PASSED, SKIPPED, BenchmarkResult, case_key
+from attnbench.study import Study
+
+REPORT_ATTRIBUTE = "attnbench_result"  # the per-case record carried on a TestReport
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("attnbench-reporting", "attnbench reporting (summary table, exports, resume, "
+                                                    "baselines, plots); --output-csv/--output-json are above")
+    group.addoption("--resume", metavar="FILE",
+                    help="skip cases already timed in FILE (a .partial.jsonl journal or an --output-json file) "
+                         "and carry its rows into the outputs")
+    group.addoption("--baseline-json", metavar="FILE",
+                    help="compare this run against FILE (pytest-benchmark JSON, or attnbench JSON) at the end")
+    group.addoption("--verdict-json", metavar="FILE", help="write the baseline verdicts to FILE")
+    group.addoption("--verdict-threshold", type=float, default=THRESHOLD, metavar="F",
+                    help=f"practical threshold for SAME/SLOWER/FASTER as a fraction (default {THRESHOLD})")
+    group.addoption("--fail-on-regression", action="store_true",
+                    help="exit non-zero when a case is SLOWER than --baseline-json")
+    group.addoption("--allow-gpu-mismatch", action="store_true",
+                    help="compare against a baseline from another GPU model (a warning instead of an error)")
+    group.addoption("--plot", action="store_true", help="write PNG plots next to the outputs")
+    group.addoption("--plot-dir", metavar="DIR", help="folder for --plot (default: next to --output-json/-csv, "
+                                                      "else ./results)")
+    group.addoption("--no-bench-summary", action="store_true", help="do not print the attnbench summary table")
+
+
+@pytest.hookimpl(trylast=True)  # after attnbench.plugin has resolved the study
+def pytest_configure(config: pytest.Config) -> None:
+    study = config.stash.get(STUDY_KEY, None)
+    if study is None:
+        return
+    config.pluginmanager.register(ReportingSession(config, study), "attnbench-reporting-session")
+
+
+def is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def case_for_item(item: pytest.Item) -> BenchCase | None:
+    """The case a benchmark item stands for; None for items that are not benchmark cases.
+
+    Uses the ``bench_case`` fixture value once set up; before that (collection, or a skip at
+    setup) it composes the case from the parametrized axes exactly as that fixture does."""
+    case = getattr(item, "funcargs", {}).get("bench_case")
+    if isinstance(case, BenchCase):
+        return case
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec else {}
+    info = params.get("bench_backend")
+    if not isinstance(info, registry.BackendInfo):
+        return None
+    study: Study = item.config.stash[STUDY_KEY]
+    return BenchCase(
+        study=study.name, backend=info, batch_spec=params["bench_spec"], shape=study.shape_for(info.family),
+        run=study.run, sweep_param=study.sweep.param if study.sweep else None,
+        sweep_value=params.get("bench_sweep_value"), pipeline=params.get("bench_pipeline"),
+        backend_settings=study.backend_settings.get(info.name, {}),
+    )
+
+
+def result_for(item: pytest.Item, call: pytest.CallInfo[Any], report: pytest.TestReport) -> BenchmarkResult | None:
+    """The case's result from this phase's report: setup (skips, errors) or call (everything else)."""
+    if call.when == "teardown" or (call.when == "setup" and report.passed):
+        return None
+    case = case_for_item(item)
+    if case is None:
+        return None
+    if report.skipped:
+        return BenchmarkResult.from_case(case, SKIPPED, _skip_reason(call, report), fullname=item.nodeid)
+    if report.failed:
+        message = call.excinfo.exconly() if call.excinfo else str(report.longrepr)
+        return BenchmarkResult.from_case(case, FAILED, message, fullname=item.nodeid)
+    bench = getattr(item, "funcargs", {}).get("benchmark")
+    info = dict(getattr(bench, "extra_info", None) or {})
+    if not info:  # the test passed without recording (not a run_benchmark body)
+        return BenchmarkResult.from_case(case, PASSED, fullname=item.nodeid)
+    stats = getattr(bench, "stats", None)
+    samples = list(stats.stats.data) if stats is not None else []
+    timer = (getattr(stats, "options", None) or {}).get("timer")
+    return BenchmarkResult.from_extra_info(info, samples, timer=timer, fullname=item.nodeid)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    report = yield
+    result = result_for(item, call, report)
+    if result is not None:
+        # a plain dict: xdist serialises every report attribute, so it reaches the controller
+        setattr(report, REPORT_ATTRIBUTE, result.to_record())
+    return report
+
+
+def _skip_reason(call: pytest.CallInfo[Any], report: pytest.TestReport) -> str:
+    value = call.excinfo.value if call.excinfo else None
+    if getattr(value, "msg", None):
+        return str(value.msg)
+    if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    return str(report.longrepr)
+
+
+@dataclass(eq=False)  # a plugin object must stay hashable
+class ReportingSession:
+    """The reporting state of one pytest session, registered as a plugin object."""
+
+    config: pytest.Config
+    study: Study
+    results: list[BenchmarkResult] = field(default_factory=list)  # this session's, in completion order
+    resumed: LoadedResults | None = None
+    done_keys: set[tuple] = field(default_factory=set)
+    baseline: LoadedResults | None = None
+    baseline_gpu: str | None = None
+    new_gpu: str | None = None
+    verdicts: list[Verdict] | None = None
+    journal: Journal | None = None
+    final: list[BenchmarkResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # lines for the summary: files written, warnings
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        opt = self.config.getoption
+        self.resume_path = opt("resume")
+        if self.resume_path:
+            try:
+                self.resumed = load_results(self.resume_path)
+            except ResultsFileError as exc:
+                raise pytest.UsageError(f"--resume: {exc}") from None
+            self.done_keys = {case_key(r) for r in self.resumed.results if r.timed}
+        baseline_path = opt("baseline_json")
+        if baseline_path and not is_xdist_worker(self.config):
+            try:
+                self.baseline = load_results(baseline_path)
+            except ResultsFileError as exc:
+                raise pytest.UsageError(f"--baseline-json: {exc}") from None
+            # checked before any case runs: a mismatch found after hours of measuring helps nobody
+            self.baseline_gpu, self.new_gpu = gpu_name(self.baseline.machine_info), current_gpu_name(self.study)
+            try:
+                warning = check_gpu(self.baseline_gpu, self.new_gpu, opt("allow_gpu_mismatch"))
+            except GpuMismatch as exc:
+                raise pytest.UsageError(f"--baseline-json {baseline_path}: {exc}") from None
+            if warning:
+                self.warnings.append(warning)
+
+    @property
+    def output_path(self) -> str | None:
+        return self.study.output_json or self.study.output_csv
+
+    # ------------------------------------------------------------ collection
+
+    @pytest.hookimpl(trylast=True)  # after attnbench.plugin dropped the unused benchmarks
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        if not self.done_keys:
+            return
+        done = []
+        for item in items:
+            case = case_for_item(item)
+            if case is not None and BenchmarkResult.from_case(case, PASSED).key() in self.done_keys:
+                done.append(item)
+        if done:
+            items[:] = [item for item in items if item not in done]
+            config.hook.pytest_deselected(items=done)
+            self.notes.append(f"--resume: {len(done)} case(s) already done in {self.resume_path} were deselected; "
+                              f"their rows are carried into the outputs")
+
+    # ------------------------------------------------------------ running
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if is_xdist_worker(self.config) or not self.output_path:
+            return
+        path = partial_path(self.output_path)
+        if path.exists() and not _same_file(path, self.resume_path):
+            kept = path.with_name(f"{path.name.removesuffix('.jsonl')}.{_stamp()}.jsonl")
+            os.replace(path, kept)
+            self.notes.append(f"an unfinished journal from an earlier run was kept as {kept} "
+                              f"(--resume {kept} reuses its rows)")
+        self.journal = Journal(path, seed=self.resumed.results if self.resumed else ())
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = getattr(report, REPORT_ATTRIBUTE, None)
+        if record is None or is_xdist_worker(self.config):
+            return
+        result = BenchmarkResult.from_record(record)
+        self.results.append(result)
+        if self.journal is not None:
+            self.journal.append(result)
+
+    # ------------------------------------------------------------ the end
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if is_xdist_worker(self.config):
+            return
+        carried = self.resumed.results if self.resumed else []
+        self.final = merge_results([*carried, *self.results])
+        if self.journal is not None:
+            self.journal.close()
+            self._write_outputs()
+        if self.config.getoption("plot") and any(r.timed for r in self.final):
+            self._write_plots()
+        if self.baseline is not None:
+            self._compare(session)
+
+    def _write_outputs(self) -> None:
+        assert self.journal is not None
+        rows = merge_results(load_results(self.journal.path).results)  # the journal is the record of truth
+        formatter = ResultsFormatter(machine_info=session_machine_info(self.study))
+        written = []
+        if self.study.output_csv:
+            written.append(formatter.save_csv(rows, self.study.output_csv))
+        if self.study.output_json:
+            written.append(formatter.save_json(rows, self.study.output_json))
+        if self.study.output_json:
+            self.journal.path.unlink()  # everything in it is in the JSON, which --resume reads too
+        else:
+            self.notes.append(f"journal kept at {self.journal.path} (--resume reads it; it cannot read CSV)")
+        self.notes.append(f"wrote {len(rows)} result(s) to {', '.join(map(str, written))}")
+
+    def _write_plots(self) -> None:
+        from attnbench.plots import make_plots
+
+        out = self.config.getoption("plot_dir")
+        stem = "attnbench"
+        if out is None and self.output_path:
+            out, stem = str(Path(self.output_path).parent), Path(self.output_path).name.split(".")[0] or stem
+        paths = make_plots(self.final, out or "results", stem)
+        self.notes.append(f"wrote {len(paths)} plot(s): {', '.join(map(str, paths))}" if paths else
+                          "--plot: nothing to plot")
+
+    def _compare(self, session: pytest.Session) -> None:
+        assert self.baseline is not None
+        opt = self.config.getoption
+        threshold = opt("verdict_threshold")
+        self.verdicts = compare_results(self.baseline.results, self.final, threshold=threshold)
+        if opt("verdict_json"):
+            path = write_verdict_json(opt("verdict_json"), self.verdicts, baseline=opt("baseline_json"),
+                                      new="(this pytest session)", threshold=threshold, confidence=0.95,
+                                      baseline_gpu=self.baseline_gpu, new_gpu=self.new_gpu, warnings=self.warnings)
+            self.notes.append(f"wrote verdicts to {path}")
+        slower = counts(self.verdicts)[SLOWER]
+        if slower and opt("fail_on_regression"):
+            self.warnings.append(f"{slower} case(s) SLOWER than {opt('baseline_json')}: failing the run "
+                                 f"(--fail-on-regression)")
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's, which may raise on --benchmark-compare-fail
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if is_xdist_worker(self.config):
+            return
+        writer = self.config.get_terminal_writer()
+        from attnbench.report import render_summary
+
+        shown = self.final or self.results
+        ran = [r for r in shown if r.status != SKIPPED]
+        if shown and not self.config.getoption("no_bench_summary"):
+            terminalreporter.write_sep("=", "attnbench summary")
+            if ran:
+                terminalreporter.write(render_summary(shown, width=writer.fullwidth, color=writer.hasmarkup))
+            else:
+                terminalreporter.write_line(f"no benchmark case ran: {len(shown)} skipped (reasons above with -rs)")
+        if self.verdicts is not None:
+            from attnbench.report import render_renderables
+
+            title = f"Verdicts vs {self.config.getoption('baseline_json')} (threshold ±{100 * self.config.getoption('verdict_threshold'):g}%)"
+            terminalreporter.write(render_renderables([verdict_table(self.verdicts, title)], writer.fullwidth,
+                                                      writer.hasmarkup))
+            tally = counts(self.verdicts)
+            terminalreporter.write_line(", ".join(f"{n} {k}" for k, n in tally.items() if n) or "no cases compared",
+                                        red=bool(tally[SLOWER]), green=not tally[SLOWER])
+        for line in self.notes:
+            terminalreporter.write_line(f"attnbench: {line}")
+        for line in self.warnings:
+            terminalreporter.write_line(f"attnbench WARNING: {line}", yellow=True, bold=True)
+
+
+def current_gpu_name(study: Study) -> str:
+    """This machine's GPU model as ``compare.gpu_name`` reads it from machine_info."""
+    if not study.run.device.startswith("cuda"):
+        return "none (CPU)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "none (CPU)"
+    return torch.cuda.get_device_properties(torch.device(study.run.device)).name
+
+
+def session_machine_info(study: Study) -> dict[str, Any]:
+    from attnbench.hardware import machine_info
+
+    return {"node": platform.node(), "python": platform.python_version(), "system": platform.system(),
+            "attnbench": machine_info(study.run.device)}
+
+
+def _same_file(path: Path, other: str | None) -> bool:
+    return other is not None and Path(other).exists() and os.path.samefile(path, other)
+
+
+def _stamp() -> str:
+    return _dt.datetime.now().strftime("%Y%m%dT%H%M%S")

@@ -1,0 +1,243 @@
+"""The work model: attended pairs, FLOPs, compulsory bytes, phases, bounds and the summary."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnbench import metrics, reference
+from attnbench.shapes import AttentionShape, MLAShape
+from grammar import BatchRequest, parse_batch_spec
+
+PEAKS = {"peak_bf16_tflops": 900.0, "peak_copy_gbps": 3000.0}
+PF, PB = 900e12, 3000e9
+
+
+def _brute_pairs(q_len: int, kv_len: int) -> int:
+    context = kv_len - q_len
+    count = 0
+    for j in range(q_len):
+        for i in range(kv_len):
+            if i <= context + j:
+                count += 1
+    return count
+
+
+@settings(max_examples=150, deadline=None)
+@given(q=st.integers(1, 48), extra=st.integers(0, 150))
+def test_attended_pairs_is_the_causal_mask_count(q, extra):
+    kv = q + extra
+    expected = _brute_pairs(q, kv)
+    assert int(reference.causal_mask(q, kv, torch.device("cpu")).sum()) == expected
+    assert metrics.attended_pairs(q, kv) == expected
+    assert metrics.request_work(BatchRequest(q, kv), AttentionShape()).pairs == expected
+
+
+@pytest.mark.parametrize("q, kv, pairs", [(1, 1, 1), (1, 1024, 1024), (4, 4, 10), (4, 1024, 4 * 1020 + 10),
+                                          (2048, 2048, 2048 * 2049 // 2)])
+def test_attended_pairs_worked_examples(q, kv, pairs):
+    assert metrics.attended_pairs(q, kv) == pairs
+
+
+def test_total_pairs_sums_requests():
+    reqs = parse_batch_spec("2q7s9_q3")
+    assert metrics.total_pairs(reqs) == 2 * _brute_pairs(7, 9) + _brute_pairs(3, 3)
+
+
+@pytest.mark.parametrize("shape", [AttentionShape(), AttentionShape(num_q_heads=16, num_kv_heads=2, head_dim=64),
+                                   AttentionShape(num_q_heads=8, num_kv_heads=8, head_dim=256, dtype="float32")])
+@pytest.mark.parametrize("q, kv", [(1, 1000), (5, 5), (16, 1024), (300, 777)])
+def test_standard_attention_flops(shape, q, kv):
+    work = metrics.request_work(BatchRequest(q, kv), shape)
+    d_qk = d_v = shape.head_dim
+    assert work.flops == 2 * shape.num_q_heads * (d_qk + d_v) * _brute_pairs(q, kv)
+    assert work.requests == 1 and work.tokens == q
+
+
+# ------------------------------------------------------------------------------------------- phases
+
+MIXED = "2q2k_q4s1k_32q1s1k"
+
+
+def test_phase_split_of_a_mixed_batch():
+    shape = AttentionShape()
+    phases = metrics.phase_work(parse_batch_spec(MIXED), shape)
+    assert set(phases) == {"prefill", "extend", "decode", "total"}
+    assert (phases["prefill"].requests, phases["prefill"].tokens) == (2, 4096)
+    assert (phases["extend"].requests, phases["extend"].tokens) == (1, 4)
+    assert (phases["decode"].requests, phases["decode"].tokens) == (32, 32)
+    assert phases["prefill"].pairs == 2 * _brute_pairs(2048, 2048)
+    assert phases["extend"].pairs == _brute_pairs(4, 1024)
+    assert phases["decode"].pairs == 32 * 1024
+    total = phases["total"]
+    for field in ("pairs", "flops", "bytes", "requests", "tokens"):
+        assert getattr(total, field) == sum(getattr(phases[p], field) for p in ("prefill", "extend", "decode"))
+    assert total.requests == 35 and total.tokens == 4132
+
+
+def test_empty_phases_are_left_out():
+    phases = metrics.phase_work(parse_batch_spec("8q1s1k"), AttentionShape())
+    assert set(phases) == {"decode", "total"}
+    assert phases["total"] == phases["decode"]
+
+
+def test_work_addition_is_fieldwise():
+    a, b = metrics.Work(1, 2, 3, 4, 5), metrics.Work(10, 20, 30, 40, 50)
+    assert a + b == metrics.Work(11, 22, 33, 44, 55)
+
+
+# -------------------------------------------------------------------------------------------- bytes
+
+def test_bytes_grow_with_kv_len_and_are_rounded_to_whole_blocks():
+    shape = AttentionShape(block_size=16)
+    nbytes = [metrics.request_work(BatchRequest(1, kv), shape).bytes for kv in range(1, 100)]
+    assert all(a <= b for a, b in zip(nbytes, nbytes[1:]))
+    by_kv = dict(zip(range(1, 100), nbytes))
+    assert by_kv[17] == by_kv[32]  # both read two whole 16-token pages
+    assert by_kv[1] == by_kv[16]
+    assert by_kv[16] < by_kv[17]
+    # one more page of K and V for every KV head
+    page = shape.elem_bytes * 16 * shape.num_kv_heads * 2 * shape.head_dim
+    assert by_kv[33] - by_kv[17] == page
+    assert by_kv[17] - by_kv[16] == page
+
+
+def test_bytes_grow_with_new_tokens():
+    shape = AttentionShape()
+    one, two = (metrics.request_work(BatchRequest(q, 64), shape).bytes for q in (1, 2))
+    # at least one more query row in and one more output row out
+    assert two - one >= 2 * shape.elem_bytes * shape.num_q_heads * shape.head_dim
+
+
+def test_bytes_scale_with_element_size():
+    half = metrics.request_work(BatchRequest(3, 100), AttentionShape(dtype="bfloat16")).bytes
+    full = metrics.request_work(BatchRequest(3, 100), AttentionShape(dtype="float32")).bytes
+    assert full == 2 * half
+
+
+# -------------------------------------------------------------------------------------------- bound
+
+def test_a_decode_batch_is_memory_bound_and_a_long_prefill_compute_bound():
+    shape = AttentionShape()
+    decode = metrics.phase_work(parse_batch_spec("32q1s1k"), shape)["total"]
+    prefill = metrics.phase_work(parse_batch_spec("q8k"), shape)["total"]
+    assert metrics.bound(decode, PF, PB) == "memory"
+    assert metrics.bound(prefill, PF, PB) == "compute"
+    assert metrics.floor_seconds(decode, PF, PB) == pytest.approx(decode.bytes / PB)
+    assert metrics.floor_seconds(prefill, PF, PB) == pytest.approx(prefill.flops / PF)
+
+
+def test_no_peaks_means_no_bound():
+    work = metrics.phase_work(parse_batch_spec("q1k"), AttentionShape())["total"]
+    assert metrics.bound(work, None, PB) is None and metrics.bound(work, PF, None) is None
+    assert metrics.floor_seconds(work, None, None) is None
+
+
+def test_mixed_batch_bound_per_phase():
+    out = metrics.summarize(parse_batch_spec("q8k_32q1s1k"), AttentionShape(), 1e-3, PEAKS)
+    assert out["phases"]["prefill"]["bound"] == "compute"
+    assert out["phases"]["decode"]["bound"] == "memory"
+
+
+# ---------------------------------------------------------------------------------------------- MLA
+# From metrics.py: decode = MQA over the latent (q absorbed to rank + rope; scores over rank + rope,
+# values over the rank-wide latent; latent cache read once, whole pages; new latent read and written;
+# output rank wide). Prefill = MHA: every cached latent up-projected with kv_b_proj, attention over
+# qk = nope + rope and v, plus the kv_b_proj weight read once.
+
+MLA = MLAShape(num_q_heads=16, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+               block_size=64)
+
+
+def test_mla_decode_formula():
+    req = BatchRequest(1, 1000)
+    h, rank, latent, e = 16, 512, 576, 2
+    pairs = 1000
+    work = metrics.request_work(req, MLA)
+    assert work.pairs == pairs
+    assert work.flops == 2 * h * (latent + rank) * pairs
+    paged = 1024  # 16 pages of 64
+    assert work.bytes == e * (1 * h * latent + paged * latent + 2 * 1 * latent + 1 * h * rank)
+
+
+def test_mla_prefill_formula():
+    req = BatchRequest(300, 300)
+    h, rank, latent, nope, rope, v, e = 16, 512, 576, 128, 64, 128, 2
+    pairs = _brute_pairs(300, 300)
+    work = metrics.request_work(req, MLA)
+    up_projection = 2 * 300 * rank * h * (nope + v)
+    assert work.flops == 2 * h * ((nope + rope) + v) * pairs + up_projection
+    paged = 320  # 5 pages of 64
+    assert work.bytes == e * (300 * h * (nope + rope) + paged * latent + 2 * 300 * latent + 300 * h * v
+                              + h * (nope + v) * rank)
+
+
+def test_mla_default_path_and_override():
+    spec_decode = BatchRequest(4, 1024)
+    assert metrics.default_mla_path(BatchRequest(1, 1024)) == "decode"
+    assert metrics.default_mla_path(spec_decode) == "prefill"
+    assert metrics.default_mla_path(BatchRequest(1, 1)) == "prefill"  # no context: a one-token prefill
+    forced = metrics.request_work(spec_decode, MLA, "decode")
+    assert forced.flops == 2 * 16 * (576 + 512) * _brute_pairs(4, 1024)
+    assert metrics.request_work(spec_decode, MLA) == metrics.request_work(spec_decode, MLA, "prefill")
+    reqs = [spec_decode, BatchRequest(1, 1024)]
+    by_path = metrics.phase_work(reqs, MLA, ["decode", "decode"])
+    assert by_path["extend"].flops == forced.flops
+
+
+def test_mla_decode_is_memory_bound_and_prefill_compute_bound():
+    decode = metrics.phase_work(parse_batch_spec("64q1s1k"), MLA)["total"]
+    prefill = metrics.phase_work(parse_batch_spec("q4k"), MLA)["total"]
+    assert metrics.bound(decode, PF, PB) == "memory"
+    assert metrics.bound(prefill, PF, PB) == "compute"
+
+
+# ---------------------------------------------------------------------------------------- summarize
+
+def test_summarize_fields_and_arithmetic():
+    reqs = parse_batch_spec(MIXED)
+    shape = AttentionShape()
+    seconds = 2.5e-3
+    total = metrics.phase_work(reqs, shape)["total"]
+    out = metrics.summarize(reqs, shape, seconds, PEAKS)
+    assert out["attended_pairs"] == total.pairs == metrics.total_pairs(reqs)
+    assert out["flops"] == total.flops and out["bytes"] == total.bytes
+    assert out["tflops"] == pytest.approx(total.flops / seconds / 1e12)
+    assert out["gbps"] == pytest.approx(total.bytes / seconds / 1e9)
+    floor = max(total.flops / PF, total.bytes / PB)
+    assert out["pct_of_peak"] == pytest.approx(100 * floor / seconds)
+    assert out["pct_peak_flops"] == pytest.approx(100 * (total.flops / seconds) / PF)
+    assert out["pct_peak_bandwidth"] == pytest.approx(100 * (total.bytes / seconds) / PB)
+    assert out["bound"] == ("compute" if total.flops / PF >= total.bytes / PB else "memory")
+    assert set(out["phases"]) == {"prefill", "extend", "decode"}
+    decode = out["phases"]["decode"]
+    assert set(decode) == {"requests", "tokens", "attended_pairs", "flops", "bytes", "bound", "floor_s"}
+    assert (decode["requests"], decode["tokens"], decode["attended_pairs"]) == (32, 32, 32 * 1024)
+    assert decode["floor_s"] == pytest.approx(max(decode["flops"] / PF, decode["bytes"] / PB))
+    assert sum(p["flops"] for p in out["phases"].values()) == out["flops"]
+
+
+def test_pct_of_peak_is_100_at_the_floor():
+    reqs = parse_batch_spec("32q1s1k")
+    total = metrics.phase_work(reqs, AttentionShape())["total"]
+    floor = max(total.flops / PF, total.bytes / PB)
+    out = metrics.summarize(reqs, AttentionShape(), floor, PEAKS)
+    assert out["pct_of_peak"] == pytest.approx(100.0)
+    assert out["pct_peak_bandwidth"] == pytest.approx(100.0)  # memory bound: bandwidth is the floor
+
+
+def test_summarize_without_peaks_or_time():
+    reqs = parse_batch_spec("q1s1k")
+    no_peaks = metrics.summarize(reqs, AttentionShape(), 1e-3)
+    assert no_peaks["bound"] is None and no_peaks["pct_of_peak"] is None
+    assert no_peaks["pct_peak_flops"] is None and no_peaks["pct_peak_bandwidth"] is None
+    assert no_peaks["tflops"] == pytest.approx(no_peaks["flops"] / 1e-3 / 1e12)
+    assert no_peaks["phases"]["decode"]["floor_s"] is None
+    untimed = metrics.summarize(reqs, AttentionShape(), 0.0, PEAKS)
+    assert untimed["tflops"] is None and untimed["gbps"] is None and untimed["pct_of_peak"] is None
+    assert untimed["flops"] > 0 and untimed["bound"] == "memory"
+    assert not math.isnan(untimed["bytes"])
