@@ -6,15 +6,15 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 t0=$(date +%s)
-mkdir -p /tmp/site && tar -xJf .device/vllm026_sm90_site.tar.xz -C /tmp/site || exit 3
+[ -f /tmp/site/vllm/__init__.py ] || { mkdir -p /tmp/site && tar -xJf .device/vllm026_sm90_site.tar.xz -C /tmp/site; } || exit 3
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 export FLASHINFER_WORKSPACE_BASE=/tmp/fi
 mkdir -p /tmp/fi/.cache
-if [ -f .device/flashinfer_cache.tar.xz ]; then tar -xJf .device/flashinfer_cache.tar.xz -C /tmp/fi/.cache; fi
+if [ -f .device/flashinfer_cache.tar.xz ] && [ ! -d /tmp/fi/.cache/flashinfer ]; then tar -xJf .device/flashinfer_cache.tar.xz -C /tmp/fi/.cache; fi
 before=$(find /tmp/fi/.cache -type f 2>/dev/null | wc -l)
 echo "setup $(( $(date +%s) - t0 ))s; flashinfer cache files: $before"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.used --format=csv,noheader
-python3 -m pytest -p no:cacheprovider "$@" 2>&1 | tee "$OUT/pytest.log"
+python3 -m pytest -p no:cacheprovider "$@" 2>&1 | tee "$OUT/${LOG_NAME:-pytest}.log"
 rc=${PIPESTATUS[0]}
 after=$(find /tmp/fi/.cache -type f 2>/dev/null | wc -l)
 if [ "$after" != "$before" ] && [ -d /tmp/fi/.cache/flashinfer ]; then

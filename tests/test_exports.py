@@ -1,0 +1,199 @@
+"""BenchmarkResult (from every source), CSV/JSON exports, the journal, and loading results back."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from attnbench import backends
+from attnbench.cases import BenchCase
+from attnbench.exports import (CSV_COLUMNS, SEED_CSV_COLUMNS, Journal, ResultsFileError, ResultsFormatter,
+                               load_results, merge_results, partial_path)
+from attnbench.results import FAILED, PASSED, SKIPPED, BenchmarkResult, case_key
+from attnbench.study import build_study
+
+DATA = Path(__file__).parent / "data"
+
+
+def cpu_case(spec: str = "2q16_2q1s64", **model: int) -> BenchCase:
+    study = build_study(None, {"device": "cpu", "repeats": 4, "warmup_iters": 0, "profile_memory": True,
+                               "model": {"num_q_heads": 8, **model}})
+    info = backends.lookup("REFERENCE", "attention")
+    assert info is not None
+    return BenchCase(study=study.name, backend=info, batch_spec=spec, shape=study.shape_for("attention"),
+                     run=study.run)
+
+
+@pytest.fixture(scope="module")
+def measured() -> tuple[BenchCase, object]:
+    from attnbench.runner import execute
+
+    case = cpu_case()
+    return case, execute(case)
+
+
+def recorded_entries() -> list[dict]:
+    return json.loads((DATA / "cpu_run.json").read_text())["benchmarks"]
+
+
+# ------------------------------------------------------------------ the model
+
+def test_from_case_result_takes_times_work_and_memory_from_the_measurement(measured) -> None:
+    case, case_result = measured
+    result = BenchmarkResult.from_case_result(case_result)
+    samples = case_result.timing.samples
+    assert (result.backend, result.batch_spec, result.family) == ("REFERENCE", "2q16_2q1s64", "attention")
+    assert (result.num_q_heads, result.num_kv_heads, result.head_dim, result.dtype) == (8, 8, 128, "bfloat16")
+    assert result.rounds == len(samples) == 4
+    assert result.median_time == pytest.approx(statistics.median(samples))
+    assert result.mean_time == pytest.approx(statistics.fmean(samples))
+    assert result.min_time == min(samples) and result.max_time == max(samples)
+    assert result.flops == case_result.metrics["flops"] and result.flops > 0
+    assert result.tflops == pytest.approx(result.flops / result.median_time / 1e12)
+    assert result.throughput == pytest.approx(34 / result.median_time)  # 2x16 + 2x1 new tokens
+    assert result.verified is True and result.status == PASSED
+    assert result.kv_memory_bytes == case_result.memory["kv_and_buffers_bytes"] > 0  # --profile-memory on CPU
+
+
+def test_every_source_of_one_case_gives_the_same_key(measured) -> None:
+    case, case_result = measured
+    from_case = BenchmarkResult.from_case(case, SKIPPED, "why")
+    from_measurement = BenchmarkResult.from_case_result(case_result)
+    from_record = BenchmarkResult.from_record(json.loads(json.dumps(from_measurement.to_record())))
+    assert case_key(from_case) == case_key(from_measurement) == case_key(from_record)
+
+
+def test_key_separates_cases_that_share_a_test_id() -> None:
+    # the same test id at another shape (--num-q-heads) is another case
+    a = BenchmarkResult.from_case(cpu_case(num_q_heads=8), PASSED, fullname="t[REFERENCE-q1]")
+    b = BenchmarkResult.from_case(cpu_case(num_q_heads=16), PASSED, fullname="t[REFERENCE-q1]")
+    assert case_key(a) != case_key(b)
+
+
+def test_from_benchmark_json_reads_samples_when_saved_and_summary_otherwise() -> None:
+    entry = recorded_entries()[0]
+    with_data = BenchmarkResult.from_benchmark_json(entry)
+    assert with_data.samples == entry["stats"]["data"]
+    assert with_data.median_time == pytest.approx(entry["stats"]["median"])
+    assert with_data.fullname == entry["fullname"] and with_data.timer == "time.perf_counter"
+    summary_only = {**entry, "stats": {k: v for k, v in entry["stats"].items() if k != "data"}}
+    without = BenchmarkResult.from_benchmark_json(summary_only)
+    assert without.samples == []
+    assert (without.median_time, without.std_time, without.iqr_time, without.rounds) == (
+        entry["stats"]["median"], entry["stats"]["stddev"], entry["stats"]["iqr"], entry["stats"]["rounds"])
+
+
+def test_record_round_trip_is_lossless(measured) -> None:
+    result = BenchmarkResult.from_case_result(measured[1], fullname="x::y")
+    assert BenchmarkResult.from_record(json.loads(json.dumps(result.to_record()))) == result
+
+
+def test_record_carries_the_seed_keys() -> None:
+    result = BenchmarkResult(backend="FLASH_ATTN", batch_spec="q2k", num_layers=1, median_time=1e-3,
+                             peak_memory_bytes=3 * 2**20)
+    record = result.to_record()
+    assert record["config"]["backend"] == "FLASH_ATTN" and record["config"]["num_layers"] == 1
+    assert record["memory_allocated_mb"] == 3.0
+    assert "throughput_tokens_per_sec" in record
+
+
+# ------------------------------------------------------------------ CSV / JSON
+
+def test_csv_has_the_seed_columns_first_and_one_row_per_case(tmp_path: Path, measured) -> None:
+    passed = BenchmarkResult.from_case_result(measured[1])
+    skipped = BenchmarkResult.from_case(measured[0], SKIPPED, "FLASH_ATTN needs a CUDA device")
+    path = ResultsFormatter().save_csv([passed, skipped], tmp_path / "out" / "r.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0].keys())[:len(SEED_CSV_COLUMNS)] == SEED_CSV_COLUMNS
+    assert len(rows) == 2
+    assert float(rows[0]["mean_time"]) == pytest.approx(passed.mean_time)
+    assert rows[0]["status"] == "passed" and rows[1]["status"] == "skipped"
+    assert rows[1]["error"] == "FLASH_ATTN needs a CUDA device"
+    assert rows[1]["mean_time"] == ""  # unknown stays empty, never a fake 0
+    assert int(rows[0]["kv_memory_bytes"]) == passed.kv_memory_bytes
+
+
+def test_json_adds_machine_info_and_loads_back(tmp_path: Path, measured) -> None:
+    result = BenchmarkResult.from_case_result(measured[1])
+    info = {"attnbench": {"gpu": {"name": "NVIDIA H100 80GB HBM3"}}}
+    path = ResultsFormatter(machine_info=info).save_json([result], tmp_path / "r.json")
+    doc = json.loads(path.read_text())
+    assert doc["machine_info"] == info and doc["schema"].startswith("attnbench.results/")
+    loaded = load_results(path)
+    assert loaded.kind == "attnbench-json" and loaded.machine_info == info
+    assert loaded.results == [result]
+
+
+def test_loads_seed_json_and_pytest_benchmark_json(tmp_path: Path) -> None:
+    seed = [{"config": {"backend": "flash", "batch_spec": "q2k", "num_layers": 10}, "mean_time": 0.001,
+             "std_time": 1e-5, "min_time": 0.0009, "max_time": 0.0011, "throughput_tokens_per_sec": 2e6,
+             "error": None}]
+    (tmp_path / "seed.json").write_text(json.dumps(seed))
+    [r] = load_results(tmp_path / "seed.json").results
+    assert (r.backend, r.batch_spec, r.num_layers, r.mean_time, r.status) == ("flash", "q2k", 10, 0.001, PASSED)
+    bench = load_results(DATA / "cpu_run.json")
+    assert bench.kind == "pytest-benchmark" and len(bench.results) == len(recorded_entries())
+    assert bench.machine_info["attnbench"]["torch"]
+
+
+def test_unreadable_results_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text('{"neither": 1}')
+    with pytest.raises(ResultsFileError, match="bad.json"):
+        load_results(tmp_path / "bad.json")
+    with pytest.raises(ResultsFileError, match="no such results file"):
+        load_results(tmp_path / "missing.json")
+
+
+# ------------------------------------------------------------------ journal
+
+def test_journal_line_is_on_disk_as_soon_as_it_is_appended(tmp_path: Path) -> None:
+    path = partial_path(tmp_path / "results.json")
+    assert path.name == "results.json.partial.jsonl"
+    journal = Journal(path)
+    journal.append(BenchmarkResult(backend="A", batch_spec="q1s1k", median_time=1e-5, rounds=3))
+    # read while the writer is still open: nothing is waiting in a buffer
+    assert [r.backend for r in load_results(path).results] == ["A"]
+    journal.append(BenchmarkResult(backend="B", batch_spec="q1s1k", status=FAILED, error="boom"))
+    assert [r.error for r in load_results(path).results] == [None, "boom"]
+    journal.close()
+
+
+def test_journal_tolerates_a_line_cut_by_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "r.partial.jsonl"
+    journal = Journal(path)
+    journal.append(BenchmarkResult(backend="A", batch_spec="q1s1k"))
+    journal.close()
+    with open(path, "a") as f:
+        f.write('{"backend": "B", "batch_sp')  # the process died mid-write
+    with pytest.warns(UserWarning, match="unreadable line"):
+        loaded = load_results(path)
+    assert [r.backend for r in loaded.results] == ["A"]
+
+
+def test_journal_seeded_from_itself_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "r.partial.jsonl"
+    first = Journal(path)
+    first.append(BenchmarkResult(backend="A", batch_spec="q1s1k"))
+    first.close()
+    carried = load_results(path).results
+    second = Journal(path, seed=carried)  # resuming from the very file being rewritten
+    second.append(BenchmarkResult(backend="B", batch_spec="q1s1k"))
+    second.close()
+    assert [r.backend for r in load_results(path).results] == ["A", "B"]
+
+
+def test_merge_keeps_one_result_per_case_the_latest() -> None:
+    old = BenchmarkResult(backend="A", batch_spec="q1s1k", status=FAILED, error="flaky")
+    other = BenchmarkResult(backend="B", batch_spec="q1s1k", median_time=2e-5)
+    new = BenchmarkResult(backend="A", batch_spec="q1s1k", median_time=1e-5)
+    merged = merge_results([old, other, new])
+    assert merged == [new, other]
+
+
+def test_csv_columns_are_unique() -> None:
+    assert len(CSV_COLUMNS) == len(set(CSV_COLUMNS))
