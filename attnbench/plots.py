@@ -96,7 +96,7 @@ def backend_bars(results: Sequence[BenchmarkResult], path: str | Path, title: st
     ax.margins(y=0.25)
     ax.set_xlim(-0.5, len(specs) - 0.5)
     ax.set_xticks(range(len(specs)), specs, rotation=30, ha="right")
-    ax.set_ylabel("median µs per layer call (lower is better)")
+    ax.set_ylabel("median µs per layer call, IQR whiskers\n(lower is better)")
     ax.set_title(title or "Backends per batch spec")
     ax.legend(handles=handles, fontsize=8)
     return _save(fig, path)

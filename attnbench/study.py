@@ -207,6 +207,10 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
             run[key] = float(value)
         else:  # device, repeats, warmup_iters, profile_memory at the top level
             run[key] = _typed(value, _BENCH_KEYS[key], where, key)
+    if "device" in run:
+        key = "device" if "device" in raw else "benchmark.device"
+        _check(run["device"] == "cpu" or run["device"].startswith("cuda"), where, key,
+               f"must be cpu, cuda or cuda:N, got {run['device']!r}")
     for k in ("repeats", "warmup_iters"):
         if k in run:
             _check(run[k] >= (1 if k == "repeats" else 0), where, k, "out of range")
@@ -216,7 +220,9 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
     return out
 
 
-def _maybe_backend(key: str) -> bool:
+def _maybe_backend(key: Any) -> bool:
+    if not isinstance(key, str):
+        return False  # YAML keys like 123 or `on` (True) fall through to the unknown-key error
     try:
         registry.canonical_name(key)
     except registry.UnknownBackendError:

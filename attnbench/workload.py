@@ -93,10 +93,12 @@ def build_layout(requests: Sequence[BatchRequest], block_size: int, device: str 
 def scheduler_order(requests: Sequence[BatchRequest], threshold: int | None) -> list[BatchRequest]:
     """Order a batch as vLLM's model runner does for a builder with ``reorder_batch_threshold``.
 
-    Mirrors ``reorder_batch_to_split_decodes_and_prefills``: decode (context, q <= threshold), then
-    long extends (context, q > threshold), then pure prefills (no context); stable within a region.
-    Spec-decode extends with q <= threshold count as decodes (they are done prefilling). No threshold
-    (FLASH_ATTN, TRITON_ATTN): vLLM does not reorder.
+    Mirrors the regions of vLLM 0.26.0's ``reorder_batch_to_split_decodes_and_prefills``: decode
+    (has context, q <= threshold), then long extends (has context, q > threshold), then pure
+    prefills (no context, whatever q: 0.26.0 puts every first chunk last). Spec-decode extends with
+    q <= threshold count as decodes (they are done prefilling). vLLM swaps rows rather than sorting;
+    the order inside a region changes no row's path, so this keeps it stable for reproducible ids.
+    No threshold (FLASH_ATTN, TRITON_ATTN): vLLM does not reorder.
     """
     if threshold is None:
         return list(requests)

@@ -158,3 +158,18 @@ def test_benchmark_save_and_compare_round_trip(pytester):
     assert len(rows) == 2  # the current run and the saved one, side by side
     assert any("(NOW)" in row for row in rows)
     assert any(f"({run_id}_base" in row for row in rows)  # the table may truncate the saved run's name
+
+
+def test_a_shipped_yaml_study_drives_collection(pytester):
+    yaml = pytest.importorskip("yaml")
+    config = REPO / "configs" / "cutlass_numsplits.yaml"
+    assert config.is_file()
+    raw = yaml.safe_load(config.read_text())
+    sweep = raw["parameter_sweep"]
+    points = (["auto"] if sweep.get("include_auto") else []) + [v for v in sweep["values"] if v != "auto"]
+    expected = {f"test_mla[CUTLASS_MLA-{spec}-{sweep['param_name']}={v}]" for spec in raw["batch_specs"]
+                for v in points}
+    result = run(pytester, BENCH_ATTENTION, BENCH_MLA, "--collect-only", "-q", "--bench-config", str(config))
+    assert result.ret == 0, "\n".join(result.outlines[-20:] + result.errlines)
+    ids = collected_ids(result)
+    assert len(ids) == len(expected) and set(ids) == expected  # no standard-attention case: none is named

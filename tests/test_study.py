@@ -259,6 +259,16 @@ def test_bad_cli_values(cli, token):
     assert token in str(info.value)
 
 
+@pytest.mark.parametrize("text", ["device: gpu\n", "benchmark:\n  device: gpu\n"],
+                         ids=["top-level", "benchmark-section"])
+def test_a_bad_device_in_yaml_is_blamed_on_the_file(tmp_path, text):
+    """The user never typed --device: the error must point at the YAML file and its key."""
+    path = write(tmp_path, text, "dev.yaml")
+    with pytest.raises(StudyError) as info:
+        build_study(load_study_file(path), {})
+    assert str(path) in str(info.value) and "device" in str(info.value) and "gpu" in str(info.value)
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1"])
 def test_good_devices(device):
     assert build_study(None, {"device": device}).run.device == device

@@ -1,0 +1,106 @@
+"""PNG plots from BenchmarkResults (live or saved)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from attnbench import plots  # noqa: E402
+from attnbench.exports import ResultsFormatter, load_results  # noqa: E402
+from attnbench.results import SKIPPED, BenchmarkResult  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+
+
+def timed(backend: str, spec: str, seconds: float, **fields) -> BenchmarkResult:
+    fields.setdefault("study", "s")
+    fields.setdefault("family", "mla")
+    return BenchmarkResult(backend=backend, batch_spec=spec, median_time=seconds, mean_time=seconds,
+                           std_time=seconds * 0.01, iqr_time=seconds * 0.01, rounds=10, **fields)
+
+
+def image(path: Path):
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return imread(path)
+
+
+def assert_drawn(path: Path) -> None:
+    pixels = image(path)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 300
+    assert pixels[..., :3].std() > 0.05  # not a blank canvas
+
+
+def sweep_results() -> list[BenchmarkResult]:
+    out = []
+    for spec, base in (("64q1s1k", 40e-6), ("8q1s16k", 150e-6)):
+        for value, factor in (("auto", 1.0), (1, 1.3), (4, 0.9)):
+            out.append(timed("CUTLASS_MLA", spec, base * factor, sweep_param="num_kv_splits", sweep_value=value))
+        out.append(BenchmarkResult("FLASHINFER_MLA", spec, family="mla", study="s", status=SKIPPED,
+                                   error="no knob", sweep_param="num_kv_splits", sweep_value=4))
+    return out
+
+
+def pipeline_results() -> list[BenchmarkResult]:
+    out = []
+    for batch in (1, 16):
+        for q in (1, 2, 4, 8, 16, 32, 64):
+            spec = (f"{batch}" if batch > 1 else "") + f"q{q}s1k"
+            out.append(timed("FLASHMLA", spec, 10e-6 * batch * q, pipeline="decode"))
+            out.append(timed("FLASHMLA", spec, 40e-6 * batch + 2e-6 * batch * q, pipeline="prefill"))
+    return out
+
+
+def test_backend_bars_from_recorded_run(tmp_path: Path) -> None:
+    results = load_results(DATA / "cpu_run.json").results
+    attention = [r for r in results if r.family == "attention"]
+    path = plots.backend_bars(attention, tmp_path / "bars.png", title="cpu run")
+    assert path == tmp_path / "bars.png"
+    assert_drawn(path)
+
+
+def test_sweep_heatmap(tmp_path: Path) -> None:
+    path = plots.sweep_heatmap(sweep_results(), tmp_path / "sweep.png")
+    assert_drawn(path)
+
+
+def test_crossover_plot(tmp_path: Path) -> None:
+    path = plots.crossover_plot(pipeline_results(), tmp_path / "cross.png")
+    assert_drawn(path)
+
+
+def test_plots_that_do_not_apply_draw_nothing(tmp_path: Path) -> None:
+    standard = load_results(DATA / "cpu_run.json").results
+    assert plots.sweep_heatmap(standard, tmp_path / "a.png") is None
+    assert plots.crossover_plot(standard, tmp_path / "b.png") is None
+    assert plots.backend_bars(pipeline_results(), tmp_path / "c.png") is None  # every result has a pipeline
+    assert plots.backend_bars([BenchmarkResult("A", "q1s1k", status=SKIPPED)], tmp_path / "d.png") is None
+    assert not list(tmp_path.iterdir())
+
+
+def test_make_plots_names_files_per_study_family_and_kind(tmp_path: Path) -> None:
+    results = sweep_results() + [timed("A", "q1s1k", 1e-5, study="other study", family="attention")]
+    written = plots.make_plots(results, tmp_path, stem="run")
+    assert sorted(p.name for p in written) == ["run.other_study.attention.bars.png", "run.s.mla.sweep.png"]
+
+
+def test_plot_command_on_saved_json(tmp_path: Path, capsys) -> None:
+    saved = ResultsFormatter().save_json(pipeline_results() + sweep_results(), tmp_path / "results.json")
+    assert plots.main([str(saved), "--out", str(tmp_path / "png")]) == 0
+    printed = capsys.readouterr().out.split()
+    assert sorted(Path(p).name for p in printed) == ["results.s.mla.crossover.png", "results.s.mla.sweep.png"]
+    for p in printed:
+        assert_drawn(Path(p))
+
+
+def test_plot_command_with_nothing_to_plot(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "skips.json"
+    ResultsFormatter().save_json([BenchmarkResult("A", "q1s1k", status=SKIPPED, error="x")], path)
+    assert plots.main([str(path), "--out", str(tmp_path)]) == 1
+    assert "nothing to plot" in capsys.readouterr().err
+    assert json.loads(path.read_text())["results"]

@@ -1,0 +1,173 @@
+"""The summary tables and the decode/prefill crossover analysis."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from attnbench.report import crossover_table, format_time_us, render_summary
+from attnbench.results import FAILED, SKIPPED, BenchmarkResult
+
+
+def timed(backend: str, spec: str, seconds: float, noise: float = 0.01, **fields) -> BenchmarkResult:
+    fields.setdefault("study", "s")
+    fields.setdefault("family", "attention")
+    return BenchmarkResult(backend=backend, batch_spec=spec, median_time=seconds, mean_time=seconds,
+                           std_time=seconds * noise, rounds=20, **fields)
+
+
+def rows(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("│")]
+
+
+# ------------------------------------------------------------------ digits
+
+@pytest.mark.parametrize("seconds, noise, shown", [
+    (13.37e-6, 0.02, "13.4"),  # noise 0.27 µs: tenths are the last meaningful digit
+    (13.37e-6, 0.002, "13.37"),  # noise 0.027 µs: hundredths
+    (13.37e-6, 0.2, "13"),  # noise 2.7 µs: whole µs
+    (4567.8e-6, 0.01, "4568"),  # noise 46 µs: never rounded into the tens, no exponent
+    (0.5123e-6, None, "0.512"),  # no noise estimate: 3 significant digits
+    (13.37e-6, 0.0, "13.4"),
+])
+def test_time_keeps_the_digits_the_noise_supports(seconds: float, noise: float | None, shown: str) -> None:
+    assert format_time_us(seconds, noise) == shown
+
+
+# ------------------------------------------------------------------ the standard table
+
+def test_rows_are_ordered_by_size_not_by_spelling_or_arrival() -> None:
+    results = [timed("A", spec, 1e-5) for spec in ("q2k", "8q1s1k", "q1s4k", "q1s1k", "2q2k_32q1s1k")]
+    order = [row.split("│")[1].strip() for row in rows(render_summary(results))]
+    # total new tokens, then total kv: q1s1k (1, 1k) < q1s4k (1, 4k) < 8q1s1k (8) < q2k (2048) < mixed (4128)
+    assert order == ["q1s1k", "q1s4k", "8q1s1k", "q2k", "2q2k_32q1s1k"]
+
+
+def test_vs_best_compares_backends_within_a_row() -> None:
+    text = render_summary([timed("FAST", "q1s1k", 10e-6), timed("SLOW", "q1s1k", 12.5e-6)])
+    [row] = rows(text)
+    assert "best" in row and "+25%" in row
+
+
+def test_rates_come_from_the_result() -> None:
+    r = timed("A", "q1s1k", 10e-6, tflops=1.234, gbps=987.6, pct_of_peak=42.0)
+    [row] = rows(render_summary([r]))
+    assert "1.23" in row and "988" in row and "42" in row
+
+
+def test_peak_and_memory_columns_only_when_known() -> None:
+    plain = render_summary([timed("A", "q1s1k", 10e-6)])
+    assert "% peak" not in plain and "MiB" not in plain
+    with_both = render_summary([timed("A", "q1s1k", 10e-6, pct_of_peak=50.0, peak_memory_bytes=3 * 2**20)])
+    assert "% peak" in with_both and "MiB" in with_both and "3.0" in with_both
+    estimate = render_summary([timed("A", "q1s1k", 10e-6, kv_memory_bytes=2**20)])
+    assert "~1.0" in estimate  # an estimate (no measured peak) is marked as such
+
+
+def test_skips_share_a_numbered_footnote_with_their_reason() -> None:
+    reason = "FLASH_ATTN requires SM80+ (found none)"
+    results = [timed("REFERENCE", "q1s1k", 1e-5), timed("REFERENCE", "q2k", 1e-3),
+               BenchmarkResult("FLASH_ATTN", "q1s1k", family="attention", study="s", status=SKIPPED, error=reason),
+               BenchmarkResult("FLASH_ATTN", "q2k", family="attention", study="s", status=SKIPPED, error=reason)]
+    text = render_summary(results)
+    assert all("skip[1]" in row for row in rows(text))
+    assert text.count(reason) == 1 and "[1] skipped (2): " + reason in text
+
+
+def test_failures_are_red_with_their_error() -> None:
+    error = "AssertionError: FLASH_ATTN q1s1k: output does not match REFERENCE: rel_error=3.1e-01"
+    results = [timed("REFERENCE", "q1s1k", 1e-5),
+               BenchmarkResult("FLASH_ATTN", "q1s1k", family="attention", study="s", status=FAILED, error=error)]
+    plain = render_summary(results)
+    assert "FAILED[1]" in plain and error in plain
+    colored = render_summary(results, color=True)
+    red_failed = re.search(r"\x1b\[[0-9;]*31m[^\x1b]*FAILED\[1\]", colored)
+    red_error = re.search(r"\x1b\[[0-9;]*31m[^\x1b]*rel_error=3\.1e-01", colored)
+    assert red_failed and red_error
+
+
+def test_grouping_uses_structured_fields_not_test_ids() -> None:
+    # misleading ids must not matter: the study and family fields decide the tables
+    a = timed("REFERENCE", "q1s1k", 1e-5, study="alpha", family="attention", fullname="test_mla[x]")
+    b = timed("REFERENCE", "q1s1k", 2e-5, study="beta", family="mla", fullname="test_attention[x]")
+    text = render_summary([a, b])
+    assert "alpha · attention" in text and "beta · mla" in text
+    assert len(rows(text)) == 2  # one row in each table, not two backends in one
+
+
+def test_not_timed_results_say_so() -> None:
+    r = BenchmarkResult("REFERENCE", "q1s1k", family="attention", study="s")  # --benchmark-disable / xdist
+    assert "not timed" in render_summary([r])
+
+
+# ------------------------------------------------------------------ sweeps and pipelines
+
+def test_sweep_table_has_a_column_per_backend_and_value_and_drops_all_skipped_columns() -> None:
+    results = []
+    for value, seconds in (("auto", 10e-6), (1, 14e-6), (4, 8e-6)):
+        results.append(timed("CUTLASS_MLA", "q1s1k", seconds, sweep_param="num_kv_splits", sweep_value=value))
+    results.append(timed("FLASHINFER_MLA", "q1s1k", 11e-6, sweep_param="num_kv_splits", sweep_value="auto"))
+    results.append(BenchmarkResult("FLASHINFER_MLA", "q1s1k", family="attention", study="s", status=SKIPPED,
+                                   error="no num_kv_splits knob", sweep_param="num_kv_splits", sweep_value=4))
+    text = render_summary(results)
+    header = "\n".join(line for line in text.splitlines() if line.startswith("┃"))
+    assert header.count("CUTLASS_MLA") == 3 and header.count("FLASHINFER_MLA") == 1
+    assert "sweep of num_kv_splits" in text and "no num_kv_splits knob" in text
+    assert "best" in text and "+75%" in text  # 14 µs vs the best, 8 µs
+
+
+# ------------------------------------------------------------------ crossover
+
+def pipelines(backend: str, batch_size: int, times: dict[int, tuple[float, float]], kv: int = 1024,
+              study: str = "reorder") -> list[BenchmarkResult]:
+    out = []
+    for q, (decode, prefill) in times.items():
+        spec = (f"{batch_size}" if batch_size > 1 else "") + f"q{q}s{kv}"
+        out.append(timed(backend, spec, decode, pipeline="decode", study=study, family="mla"))
+        out.append(timed(backend, spec, prefill, pipeline="prefill", study=study, family="mla"))
+    return out
+
+
+def test_crossover_finds_the_largest_q_where_decode_wins_and_both_speedups() -> None:
+    results = pipelines("FLASHMLA", 4, {1: (10e-6, 40e-6), 2: (20e-6, 40e-6), 4: (30e-6, 36e-6),
+                                        8: (60e-6, 40e-6), 16: (120e-6, 40e-6)})
+    [c] = crossover_table(results)
+    assert (c.backend, c.batch_size, c.kv_len, c.q_lens) == ("FLASHMLA", 4, 1024, [1, 2, 4, 8, 16])
+    assert (c.decode_up_to, c.prefill_from, c.flips) == (4, 8, 1)
+    assert c.decode_speedup == pytest.approx((4.0 * 2.0 * 1.2) ** (1 / 3))  # geometric mean over q <= 4
+    assert c.prefill_speedup == pytest.approx((1.5 * 3.0) ** 0.5)  # over q > 4
+
+
+def test_crossover_when_one_pipeline_always_wins() -> None:
+    always_prefill = pipelines("FLASHMLA", 64, {1: (50e-6, 40e-6), 2: (90e-6, 45e-6)})
+    always_decode = pipelines("FLASHMLA", 1, {1: (5e-6, 40e-6), 2: (6e-6, 41e-6)})
+    by_size = {c.batch_size: c for c in crossover_table(always_prefill + always_decode)}
+    assert by_size[64].decode_up_to is None and by_size[64].prefill_from == 1
+    assert by_size[64].decode_speedup is None and by_size[64].prefill_speedup == pytest.approx((1.25 * 2) ** 0.5)
+    assert by_size[1].decode_up_to == 2 and by_size[1].prefill_from is None and by_size[1].prefill_speedup is None
+
+
+def test_crossover_flags_a_noisy_boundary() -> None:
+    # decode wins at 1, loses at 2, wins again at 4: the largest winning q is 4, and 3 flips say the boundary is noisy
+    [c] = crossover_table(pipelines("FLASHMLA", 2, {1: (10e-6, 20e-6), 2: (21e-6, 20e-6), 4: (19e-6, 20e-6),
+                                                     8: (40e-6, 20e-6)}))
+    assert (c.decode_up_to, c.prefill_from, c.flips) == (4, 8, 3)
+
+
+def test_crossover_splits_kv_lengths_and_ignores_unpaired_or_untimed_cases() -> None:
+    results = pipelines("FLASHMLA", 2, {1: (1e-5, 2e-5), 8: (3e-5, 2e-5)}, kv=1024)
+    results += pipelines("FLASHMLA", 2, {1: (1e-5, 2e-5), 8: (1e-5, 2e-5)}, kv=4096)
+    results.append(timed("FLASHMLA", "2q16s1024", 1e-5, pipeline="decode", study="reorder", family="mla"))
+    results.append(BenchmarkResult("FLASHMLA", "2q32s1024", family="mla", study="reorder", pipeline="decode",
+                                   status=SKIPPED, error="x"))
+    rows_ = crossover_table(results)
+    assert [(c.kv_len, c.q_lens, c.decode_up_to) for c in rows_] == [(1024, [1, 8], 1), (4096, [1, 8], 8)]
+
+
+def test_crossover_appears_under_the_pipeline_table() -> None:
+    text = render_summary(pipelines("FLASHMLA", 4, {1: (1e-5, 4e-5), 8: (6e-5, 4e-5)}))
+    assert "decode vs prefill" in text and "Decode vs prefill crossover" in text
+    [crossover_row] = [r for r in rows(text) if r.split("│")[1].strip() == "FLASHMLA"]
+    cells = [c.strip() for c in crossover_row.split("│")[1:-1]]
+    assert cells[1:3] == ["4", "1024"] and cells[4] == "1" and cells[6] == "8"

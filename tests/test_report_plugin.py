@@ -1,0 +1,213 @@
+"""The reporting plugin end to end: real pytest sessions of the CPU benchmark path, in subprocesses."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attnbench.exports import load_results, partial_path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+CPU = ["--device", "cpu", "--num-q-heads", "8", "--repeats", "3", "--warmup-iters", "0", "-p", "no:cacheprovider"]
+FAST_SPECS = ["2q16_2q1s64", "q1s256"]  # a few ms per round on the CPU reference
+
+
+def run_pytest(*args: str, cwd: Path = ROOT, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = _env()
+    return subprocess.run([sys.executable, "-m", "pytest", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _env() -> dict[str, str]:
+    # the inner session must not inherit the outer one's xdist worker identity or options
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    env.update(PYTHONPATH=str(ROOT), COLUMNS="220")
+    return env
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One session with every output on: CSV, JSON, plots, memory, pytest-benchmark JSON and storage."""
+    out = tmp_path_factory.mktemp("first")
+    proc = run_pytest("bench_attention", "bench_mla", *CPU, "-k", "REFERENCE or FLASH_ATTN",
+                      "--batch-specs", *FAST_SPECS, "--profile-memory",
+                      "--output-csv", str(out / "r.csv"), "--output-json", str(out / "r.json"), "--plot",
+                      "--benchmark-json", str(out / "bench.json"),
+                      "--benchmark-storage", f"file://{out / 'storage'}", "--benchmark-save", "base")
+    return out, proc
+
+
+def test_session_prints_a_table_per_study_and_family(first_run) -> None:
+    out, proc = first_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = proc.stdout.split("attnbench summary", 1)[1]
+    assert "cli · attention" in summary and "cli · mla" in summary
+    assert "FLASH_ATTN needs a CUDA device (--device cpu)" in summary  # the skip reason, as a footnote
+    assert "MiB" in summary  # --profile-memory
+    # pytest-benchmark's own table is still there
+    assert "test_attention[REFERENCE-2q16_2q1s64]" in proc.stdout and "Rounds" in proc.stdout
+
+
+def test_session_writes_csv_json_and_plots_and_removes_its_journal(first_run) -> None:
+    out, proc = first_run
+    rows = read_csv(out / "r.csv")
+    assert len(rows) == 8  # 2 families x (REFERENCE + one skipped GPU backend) x 2 specs
+    by_status = {s: [r for r in rows if r["status"] == s] for s in ("passed", "skipped")}
+    assert len(by_status["passed"]) == 4 and len(by_status["skipped"]) == 4
+    assert all(r["backend"] == "REFERENCE" and float(r["median_time"]) > 0 and int(r["kv_memory_bytes"]) > 0
+               for r in by_status["passed"])
+    assert all("needs a CUDA device" in r["error"] for r in by_status["skipped"])
+    doc = json.loads((out / "r.json").read_text())
+    assert doc["machine_info"]["attnbench"]["gpu"] is None and len(doc["results"]) == 8
+    assert {r["batch_spec"] for r in doc["results"]} == set(FAST_SPECS)
+    assert not partial_path(out / "r.json").exists()
+    assert (out / "r.cli.attention.bars.png").stat().st_size > 10_000
+    assert (out / "r.cli.mla.bars.png").stat().st_size > 10_000
+
+
+def test_csv_times_match_pytest_benchmark_json(first_run) -> None:
+    out, _ = first_run
+    ours = {(r["family"], r["batch_spec"]): float(r["median_time"]) for r in read_csv(out / "r.csv")
+            if r["status"] == "passed"}
+    theirs = json.loads((out / "bench.json").read_text())["benchmarks"]
+    assert len(theirs) == 4
+    for entry in theirs:
+        info = entry["extra_info"]
+        assert ours[(info["family"], info["batch_spec"])] == pytest.approx(entry["stats"]["median"])
+
+
+def test_baseline_verdicts_fail_the_run_and_pytest_benchmark_compare_still_works(first_run, tmp_path: Path) -> None:
+    out, _ = first_run
+    doc = json.loads((out / "bench.json").read_text())
+    for entry in doc["benchmarks"]:  # a baseline 1000x faster: this run is SLOWER whatever the CPU noise
+        stats = entry["stats"]
+        for name in ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3", "ld15iqr", "hd15iqr", "total"):
+            stats[name] *= 1e-3
+        stats["data"] = [x * 1e-3 for x in stats["data"]]
+    baseline = tmp_path / "fast_baseline.json"
+    baseline.write_text(json.dumps(doc))
+    verdict_json = tmp_path / "verdicts.json"
+    proc = run_pytest("bench_attention", "bench_mla", *CPU, "-k", "REFERENCE", "--batch-specs", *FAST_SPECS,
+                      "--baseline-json", str(baseline), "--fail-on-regression", "--verdict-json", str(verdict_json),
+                      "--benchmark-storage", f"file://{out / 'storage'}", "--benchmark-compare", "0001",
+                      "--benchmark-compare-fail", "median:100000%")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    Path("/tmp/dbg_out.txt").write_text(proc.stdout + "\nSTDERR\n" + proc.stderr)
+    assert "4 passed" in proc.stdout  # every test passed: the exit status is the regression's
+    assert "Verdicts vs" in proc.stdout and "4 SLOWER" in proc.stdout
+    assert "failing the run (--fail-on-regression)" in proc.stdout
+    assert "(0001_base)" in proc.stdout  # pytest-benchmark's comparison ran too
+    verdicts = json.loads(verdict_json.read_text())
+    assert verdicts["counts"]["SLOWER"] == 4
+    assert {c["label"] for c in verdicts["cases"]} == {f"REFERENCE {fam} {spec}" for fam in ("attention", "mla")
+                                                       for spec in FAST_SPECS}
+
+
+def test_baseline_from_another_gpu_is_refused_before_anything_runs() -> None:
+    args = ["bench_attention", *CPU, "-k", "REFERENCE", "--batch-specs", "q1s256",
+            "--baseline-json", str(DATA / "verdict_baseline.json")]
+    refused = run_pytest(*args)
+    assert refused.returncode == 4  # a usage error
+    assert "GPU model differs" in refused.stderr and "NVIDIA H100 80GB HBM3" in refused.stderr
+    allowed = run_pytest(*args, "--allow-gpu-mismatch", "--collect-only", "-q")
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert "attnbench WARNING: GPU model differs" in allowed.stdout
+
+
+FAKE_BENCH = '''
+import pytest
+from attnbench.recording import run_benchmark
+
+pytestmark = pytest.mark.bench_family("attention")
+
+
+def test_fake_kernel(bench_case, benchmark):
+    if bench_case.batch_spec == "q1s512":
+        raise AssertionError("fake kernel wrote NaN at (0, 3)")
+    if bench_case.batch_spec == "q1s128":
+        pytest.skip("fake: not supported for this spec")
+    run_benchmark(bench_case, benchmark)
+'''
+
+
+def test_failures_and_skips_reach_the_table_and_outputs(tmp_path: Path) -> None:
+    (tmp_path / "test_fake_bench.py").write_text(FAKE_BENCH)
+    proc = run_pytest("-p", "attnbench.plugin", "-p", "attnbench.reporting_plugin", "test_fake_bench.py", *CPU,
+                      "--backends", "REFERENCE", "FLASH_ATTN", "--batch-specs", "q1s256", "q1s512", "q1s128",
+                      "--output-csv", "out.csv", "--color=yes", cwd=tmp_path)
+    assert proc.returncode == 1  # the failed case fails the run
+    rows = {(r["backend"], r["batch_spec"]): r for r in read_csv(tmp_path / "out.csv")}
+    assert len(rows) == 6
+    assert rows[("REFERENCE", "q1s256")]["status"] == "passed" and rows[("REFERENCE", "q1s256")]["median_time"]
+    failed = rows[("REFERENCE", "q1s512")]
+    assert failed["status"] == "failed" and "AssertionError: fake kernel wrote NaN at (0, 3)" in failed["error"]
+    call_skip = rows[("REFERENCE", "q1s128")]
+    assert call_skip["status"] == "skipped" and call_skip["error"] == "fake: not supported for this spec"
+    assert all(rows[("FLASH_ATTN", s)]["status"] == "skipped" for s in ("q1s256", "q1s512", "q1s128"))
+    summary = proc.stdout.split("attnbench summary", 1)[1]
+    assert re.search(r"\x1b\[[0-9;]*31m[^\x1b]*FAILED\[\d\]", summary)
+    assert re.search(r"\x1b\[[0-9;]*31m[^\x1b]*fake kernel wrote NaN", summary)
+    assert "fake: not supported for this spec" in summary
+
+
+def test_a_killed_study_keeps_its_finished_cases_and_resume_skips_them(tmp_path: Path) -> None:
+    out = tmp_path / "study.json"
+    journal = partial_path(out)
+    slow = subprocess.Popen(  # a fast case, then one that would take a minute
+        [sys.executable, "-m", "pytest", "bench_attention", "-k", "REFERENCE", "--device", "cpu", "--num-q-heads",
+         "8", "-p", "no:cacheprovider", "--batch-specs", "2q16_2q1s64", "q2k", "--repeats", "100",
+         "--noise-target", "0", "--output-json", str(out)],
+        cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while not (journal.exists() and journal.read_text().endswith("\n")):
+            assert slow.poll() is None, "the study ended before it could be killed"
+            assert time.monotonic() < deadline, "no case was journaled"
+            time.sleep(0.05)
+    finally:
+        slow.kill()  # SIGKILL: no sessionfinish, no final outputs
+        slow.wait()
+    assert not out.exists()
+    [done] = load_results(journal).results
+    assert (done.batch_spec, done.status, done.rounds) == ("2q16_2q1s64", "passed", 100)
+
+    resumed = run_pytest("bench_attention", *CPU, "-k", "REFERENCE", "--batch-specs", "2q16_2q1s64", "q1s256",
+                         "--resume", str(journal), "--output-json", str(out))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "1 case(s) already done" in resumed.stdout and "1 passed" in resumed.stdout
+    final = {r.batch_spec: r for r in load_results(out).results}
+    assert set(final) == {"2q16_2q1s64", "q1s256"}
+    assert final["2q16_2q1s64"].samples == done.samples  # carried, not re-measured
+    assert final["q1s256"].rounds == 3
+    assert not journal.exists()
+
+
+def test_under_xdist_results_reach_the_controller(tmp_path: Path) -> None:
+    pytest.importorskip("xdist")
+    out = tmp_path / "r.csv"
+    stale = partial_path(out)
+    stale.write_text('{"backend": "OLD", "batch_spec": "q1s1k"}\n')  # left by a crashed earlier run
+    proc = run_pytest("bench_attention", "bench_mla", *CPU, "-n", "2", "-k", "REFERENCE",
+                      "--batch-specs", *FAST_SPECS, "--output-csv", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = read_csv(out)
+    assert len(rows) == 4 and all(r["status"] == "passed" for r in rows)
+    assert all(r["median_time"] == "" for r in rows)  # pytest-benchmark disables timing under xdist
+    assert "not timed" in proc.stdout
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("r.csv.partial.") and p != stale]
+    assert len(kept) == 1 and "OLD" in kept[0].read_text()  # the earlier run's rows were set aside, not lost
+    assert stale.exists()  # CSV cannot be resumed from, so this run's journal stays
