@@ -284,7 +284,8 @@ def _vs_best(r: BenchmarkResult, best: float | None) -> str:
         return ""
     if r.median_time == best:
         return "[bold green]best[/bold green]"
-    return f"+{(r.median_time / best - 1) * 100:.0f}%"  # type: ignore[operator]
+    pct = (r.median_time / best - 1) * 100  # type: ignore[operator]
+    return f"+{pct:.1f}%" if pct < 10 else f"+{pct:.0f}%"
 
 
 def _metrics_table(study: str, family: str, group: Sequence[BenchmarkResult]) -> tuple[Any, Any]:

@@ -144,6 +144,7 @@ class ReportingSession:
     config: pytest.Config
     study: Study
     results: list[BenchmarkResult] = field(default_factory=list)  # this session's, in completion order
+    resume_path: str | None = None
     resumed: LoadedResults | None = None
     done_keys: set[tuple] = field(default_factory=set)
     baseline: LoadedResults | None = None
@@ -195,23 +196,26 @@ class ReportingSession:
             if case is not None and BenchmarkResult.from_case(case, PASSED).key() in self.done_keys:
                 done.append(item)
         if done:
-            items[:] = [item for item in items if item not in done]
+            done_ids = {id(item) for item in done}
+            items[:] = [item for item in items if id(item) not in done_ids]
             config.hook.pytest_deselected(items=done)
             self.notes.append(f"--resume: {len(done)} case(s) already done in {self.resume_path} were deselected; "
                               f"their rows are carried into the outputs")
 
     # ------------------------------------------------------------ running
 
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        if is_xdist_worker(self.config) or not self.output_path:
-            return
-        path = partial_path(self.output_path)
-        if path.exists() and not _same_file(path, self.resume_path):
-            kept = path.with_name(f"{path.name.removesuffix('.jsonl')}.{_stamp()}.jsonl")
-            os.replace(path, kept)
-            self.notes.append(f"an unfinished journal from an earlier run was kept as {kept} "
-                              f"(--resume {kept} reuses its rows)")
-        self.journal = Journal(path, seed=self.resumed.results if self.resumed else ())
+    def _journal(self) -> Journal | None:
+        """The journal, opened at the first result: a session that measures nothing (--collect-only,
+        a usage error, an empty selection) leaves no files behind."""
+        if self.journal is None and self.output_path and not is_xdist_worker(self.config):
+            path = partial_path(self.output_path)
+            if path.exists() and not _same_file(path, self.resume_path):
+                kept = path.with_name(f"{path.name.removesuffix('.jsonl')}.{_stamp()}.jsonl")
+                os.replace(path, kept)
+                self.notes.append(f"an unfinished journal from an earlier run was kept as {kept} "
+                                  f"(--resume {kept} reuses its rows)")
+            self.journal = Journal(path, seed=self.resumed.results if self.resumed else ())
+        return self.journal
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = getattr(report, REPORT_ATTRIBUTE, None)
@@ -219,8 +223,9 @@ class ReportingSession:
             return
         result = BenchmarkResult.from_record(record)
         self.results.append(result)
-        if self.journal is not None:
-            self.journal.append(result)
+        journal = self._journal()
+        if journal is not None:
+            journal.append(result)
 
     # ------------------------------------------------------------ the end
 
@@ -229,6 +234,8 @@ class ReportingSession:
             return
         carried = self.resumed.results if self.resumed else []
         self.final = merge_results([*carried, *self.results])
+        if carried and not self.config.option.collectonly:
+            self._journal()  # every case was already done: the outputs still get the carried rows
         if self.journal is not None:
             self.journal.close()
             self._write_outputs()
@@ -294,7 +301,8 @@ class ReportingSession:
             if ran:
                 terminalreporter.write(render_summary(shown, width=writer.fullwidth, color=writer.hasmarkup))
             else:
-                terminalreporter.write_line(f"no benchmark case ran: {len(shown)} skipped (reasons above with -rs)")
+                terminalreporter.write_line(f"no benchmark case ran: {len(shown)} skipped "
+                                            f"(their reasons are in pytest's short summary, -rs)")
         if self.verdicts is not None:
             from attnbench.report import render_renderables
 
