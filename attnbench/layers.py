@@ -154,3 +154,20 @@ def mla_cache_check(buf: MLABuffers, layout: BatchLayout) -> Callable[[], str | 
             return f"{int(bad.sum())} of {bad.numel()} new latent entries not at their slots"
         return None
     return check
+
+
+def oracle_transient_bytes(layout: BatchLayout, num_heads: int, head_width: int) -> int:
+    """Peak float32 memory of the oracle for its largest request: scores + probabilities + gathered K/V."""
+    return max(4 * (2 * num_heads * r.q_len * r.kv_len + 2 * r.kv_len * num_heads * head_width)
+               for r in layout.requests)
+
+
+def mla_step_transient_bytes(layout: BatchLayout, shape: MLAShape, paths: list[str]) -> int:
+    """Intermediates vLLM's MLA step allocates beyond the layer buffers (measured order of magnitude):
+    absorbed q and the latent output for decode rows (bf16 + fp32 split-KV partials), and the
+    up-projected K/V of new + cached tokens for prefill rows."""
+    h = layout.requests and shape.num_q_heads
+    rows = list(zip(layout.requests, paths))
+    decode = sum(r.q_len for r, p in rows if p == "decode") * h * shape.kv_lora_rank * (2 + 2 + 4)
+    prefill = sum(r.kv_len for r, p in rows if p != "decode") * h * (shape.qk_head_dim + shape.v_head_dim) * 2
+    return decode + prefill

@@ -6,7 +6,9 @@ is one measurement, not two.
 
 from __future__ import annotations
 
+import gc
 import importlib
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Protocol
 
@@ -92,6 +94,33 @@ def execute(case: BenchCase, *, time_it: bool = True) -> CaseResult:
     device = resolve_device(case.run.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    failure: Exception | None = None
+    try:
+        return _execute(case, device, time_it)
+    except (SkipCase, VerificationFailed):
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised below without the frames that hold the buffers
+        failure = CaseFailed(f"{case.backend.name} {case.batch_spec}: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}\n"
+                             + "".join(traceback.format_exception(exc)[-6:]))
+    finally:
+        if device.type == "cuda":
+            # A failed case's tensors live on in its traceback frames; dropping them and emptying the
+            # cache keeps one failure (an OOM, say) from failing every case after it.
+            gc.collect()
+            torch.cuda.empty_cache()
+    raise failure
+
+
+class CaseFailed(RuntimeError):
+    """A case raised inside vLLM or the harness; the message carries the original error and its tail."""
+
+
+class VerificationFailed(AssertionError):
+    """The backend's output does not match the REFERENCE."""
+
+
+def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult:
     runner = load_runner(case)
     try:
         shape = case.effective_shape
@@ -103,7 +132,7 @@ def execute(case: BenchCase, *, time_it: bool = True) -> CaseResult:
         with runner.context():
             verification = _verify(layers[0], case) if case.run.verify else Verification.skipped("--no-verify")
         if not verification.passed:
-            raise AssertionError(f"{case.backend.name} {case.batch_spec}: output does not match REFERENCE: "
+            raise VerificationFailed(f"{case.backend.name} {case.batch_spec}: output does not match REFERENCE: "
                                  f"{verification.summary()}")
         if time_it:
             t = timing.measure([layer.run for layer in layers], device=device, repeats=case.run.repeats,

@@ -131,7 +131,8 @@ class VllmAttentionRunner:
         return info
 
     def estimate_bytes(self, num_layer_buffers: int) -> int:
-        return num_layer_buffers * self.bytes_per_layer
+        return (num_layer_buffers * self.bytes_per_layer
+                + layers.oracle_transient_bytes(self.layout, self.shape.num_q_heads, 2 * self.shape.head_dim))
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:

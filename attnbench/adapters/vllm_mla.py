@@ -154,7 +154,9 @@ class VllmMLARunner:
         return info
 
     def estimate_bytes(self, num_layer_buffers: int) -> int:
-        return num_layer_buffers * self.bytes_per_layer
+        shape, layout = self.shape, self.layout
+        return (num_layer_buffers * self.bytes_per_layer + layers.mla_step_transient_bytes(layout, shape, self.mla_paths)
+                + layers.oracle_transient_bytes(layout, shape.num_q_heads, shape.qk_head_dim + shape.v_head_dim))
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
