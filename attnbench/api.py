@@ -1,0 +1,87 @@
+"""The seed's Python API: ``BenchmarkConfig`` -> ``run_mla_benchmark`` / ``run_attention_benchmark``
+-> ``BenchmarkResult``.
+
+It builds the same ``BenchCase`` the pytest plugin builds and calls the same
+``runner.execute``: one measurement, not a second one. ``BenchmarkResult.mean_time`` is
+device seconds per attention call (one layer) on a GPU, host seconds on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from attnbench import backends as registry
+from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD
+from attnbench.cases import BenchCase
+from attnbench.results import BenchmarkResult
+from attnbench.runner import SkipCase, execute
+from attnbench.shapes import make_shape
+from attnbench.study import RunSettings
+from grammar import parse_batch_spec
+
+__all__ = ["BenchmarkConfig", "BenchmarkResult", "run_attention_benchmark", "run_mla_benchmark"]
+
+
+@dataclass
+class BenchmarkConfig:
+    """One case, as the seed's ``common.BenchmarkConfig`` described it. None = the family's default."""
+
+    backend: str
+    batch_spec: str
+    num_layers: int | None = None
+    head_dim: int | None = None
+    num_q_heads: int | None = None
+    num_kv_heads: int | None = None
+    block_size: int | None = None
+    device: str = "cuda"
+    repeats: int = 100
+    warmup_iters: int = 10
+    profile_memory: bool = False
+    kv_cache_dtype: str | None = None
+    dtype: str | None = None
+    kv_lora_rank: int | None = None
+    qk_nope_head_dim: int | None = None
+    qk_rope_head_dim: int | None = None
+    v_head_dim: int | None = None
+    cache_state: str = "cold"
+    noise_target: float = 0.005
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # seed fields this suite does not use
+
+    def model_overrides(self) -> dict[str, Any]:
+        keys = ("num_layers", "head_dim", "num_q_heads", "num_kv_heads", "block_size", "kv_cache_dtype", "dtype",
+                "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        return {k: getattr(self, k) for k in keys}
+
+
+def _run(family: str, config: BenchmarkConfig, params: dict[str, int]) -> BenchmarkResult:
+    info = registry.lookup(config.backend, family)  # type: ignore[arg-type]
+    if info is None:
+        registry.canonical_name(config.backend)  # raises with the list of valid names if unknown
+        raise ValueError(f"{config.backend} is not a {family} backend")
+    parse_batch_spec(config.batch_spec)
+    case = BenchCase(
+        study="api", backend=info, batch_spec=config.batch_spec.strip(),
+        shape=make_shape(family, config.model_overrides()),
+        run=RunSettings(device=config.device, repeats=config.repeats, warmup_iters=config.warmup_iters,
+                        profile_memory=config.profile_memory, cache_state=config.cache_state,  # type: ignore[arg-type]
+                        noise_target=config.noise_target, seed=config.seed),
+        backend_settings=params)
+    try:
+        return BenchmarkResult.from_case_result(execute(case))
+    except SkipCase as exc:
+        return BenchmarkResult.from_case(case, "skipped", str(exc))
+
+
+def run_mla_benchmark(backend: str, config: BenchmarkConfig, num_kv_splits: int | None = None,
+                      reorder_batch_threshold: int | None = None) -> BenchmarkResult:
+    """Time one MLA case; the optional knobs force CUTLASS_MLA's split count or the builder's threshold."""
+    params = {k: v for k, v in ((NUM_KV_SPLITS, num_kv_splits), (REORDER_BATCH_THRESHOLD, reorder_batch_threshold))
+              if v is not None}
+    return _run("mla", BenchmarkConfig(**{**config.__dict__, "backend": backend}), params)
+
+
+def run_attention_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
+    """Time one standard-attention case."""
+    return _run("attention", config, {})
