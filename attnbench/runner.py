@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Protocol
@@ -164,13 +165,16 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
 def _verify(layer: LayerCall, case: BenchCase) -> Verification:
     if case.backend.is_reference:
         return Verification.oracle()
-    layer.run()
+    start = time.perf_counter()
+    layer.run()  # the first call: JIT compilation (FlashInfer, Triton) and autotuning happen here, untimed
     output = layer.result()
     if output.is_cuda:
         torch.cuda.synchronize(output.device)
+    first_call_s = time.perf_counter() - start
     cache_problem = layer.check_cache()
     expected = layer.oracle()
-    return compare(output, expected, cache_problem=cache_problem, dtype=case.effective_shape.dtype)
+    return compare(output, expected, cache_problem=cache_problem, dtype=case.effective_shape.dtype,
+                   first_call_s=first_call_s)
 
 
 def _check_memory(runner: CaseRunner, n_buffers: int, device: torch.device, profile: bool) -> dict[str, Any]:

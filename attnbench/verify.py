@@ -23,6 +23,7 @@ class Verification:
     rel_tol: float | None = None
     abs_tol: float | None = None
     reason: str | None = None
+    first_call_s: float | None = None  # host seconds of the first (untimed) call, JIT compilation included
 
     @property
     def passed(self) -> bool:
@@ -48,7 +49,7 @@ class Verification:
 
 
 def compare(output: torch.Tensor, expected: torch.Tensor, *, dtype: str = "bfloat16",
-            cache_problem: str | None = None) -> Verification:
+            cache_problem: str | None = None, first_call_s: float | None = None) -> Verification:
     out = output.detach().float().reshape(expected.shape).cpu()
     ref = expected.detach().float().cpu()
     bad = ~torch.isfinite(out)
@@ -62,4 +63,4 @@ def compare(output: torch.Tensor, expected: torch.Tensor, *, dtype: str = "bfloa
     abs_tol = abs_frac * max(ref_max, 1e-6)
     ok = nonfinite == 0 and rel <= rel_tol and max_abs <= abs_tol and cache_problem is None
     return Verification("passed" if ok else "failed", rel, max_abs, ref_max, nonfinite, first, cache_problem,
-                        rel_tol, abs_tol)
+                        rel_tol, abs_tol, first_call_s=first_call_s)
