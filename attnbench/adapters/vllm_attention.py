@@ -12,8 +12,7 @@ and bound to ``layer.kv_cache``, and called as ``layer.forward(q, k, v)`` under 
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, ContextManager, Iterator
+from typing import Any
 
 import torch
 
@@ -21,8 +20,7 @@ from attnbench import layers
 from attnbench.adapters import vllm_common
 from attnbench.cases import BenchCase
 from attnbench.runner import LayerCall
-from attnbench.shapes import AttentionShape
-from attnbench.workload import build_layout, resolve_device, scheduler_order, torch_dtype
+from attnbench.workload import torch_dtype
 
 DRIVEN_THROUGH = "vllm Attention layer forward under set_forward_context (do_kv_cache_update, then impl.forward)"
 TIMED_REGION = "KV-cache write + attention (the layer step)"
@@ -32,59 +30,7 @@ def layer_name(index: int) -> str:
     return f"model.layers.{index}.self_attn.attn"
 
 
-class VllmAttentionRunner:
-    mla_paths = None
-
-    def __init__(self, case: BenchCase) -> None:
-        vllm_common.prepare_environment()
-        from vllm.v1.attention.backends.registry import AttentionBackendEnum
-
-        shape = case.effective_shape
-        assert isinstance(shape, AttentionShape)
-        self.case, self.shape = case, shape
-        self.device = resolve_device(case.run.device)
-        self.backend_cls = AttentionBackendEnum[case.backend.name].get_class()
-        self._check_support()
-        self._state = contextlib.ExitStack()
-        self._state.enter_context(vllm_common.restored_global_state())
-        try:
-            self._build(case, shape)
-        except BaseException:
-            self.close()
-            raise
-
-    def _build(self, case: BenchCase, shape: Any) -> None:
-        from vllm.config import set_current_vllm_config
-
-        self.model_dir = vllm_common.ModelDir(shape)
-
-        # Limits and layout depend on the order the builder wants; build a provisional layout first.
-        provisional = build_layout(case.requests, shape.block_size, self.device, case.run.seed)
-        self.vllm_config = vllm_common.make_vllm_config(case.backend.name, self.model_dir.path, shape,
-                                                       vllm_common.limits_for(provisional))
-        self._config_ctx = lambda: set_current_vllm_config(self.vllm_config)
-        self.layers: list[Any] = []
-        with self._config_ctx():
-            first = self._new_layer(0)
-            spec = first.get_kv_cache_spec(self.vllm_config)
-            self.builder = self.backend_cls.get_builder_cls()(spec, [first.layer_name], self.vllm_config, self.device)
-            threshold = getattr(self.builder, "reorder_batch_threshold", None)
-            self.requests = scheduler_order(case.requests, threshold)
-            self.layout = build_layout(self.requests, shape.block_size, self.device, case.run.seed)
-            self.metadata = self.builder.build(common_prefix_len=0,
-                                               common_attn_metadata=vllm_common.common_metadata(self.layout))
-        self.bytes_per_layer = layers.attention_buffer_bytes(self.layout, shape)
-        self.info = self._describe(threshold)
-
-    def _check_support(self) -> None:
-        from attnbench.runner import SkipCase
-
-        shape, cls = self.shape, self.backend_cls
-        if hasattr(cls, "supports_head_size") and not cls.supports_head_size(shape.head_dim):
-            raise SkipCase(f"{self.case.backend.name} does not support head_dim={shape.head_dim} in vLLM 0.26.0")
-        if hasattr(cls, "supports_block_size") and not cls.supports_block_size(shape.block_size):
-            raise SkipCase(f"{self.case.backend.name} does not support block_size={shape.block_size} in vLLM 0.26.0")
-
+class VllmAttentionRunner(vllm_common.VllmLayerRunner):
     def _new_layer(self, index: int) -> Any:
         from vllm.model_executor.layers.attention import Attention
 
@@ -97,16 +43,12 @@ class VllmAttentionRunner:
         self.layers.append(layer)
         return layer
 
-    def _describe(self, threshold: int | None) -> dict[str, Any]:
-        md, impl = self.metadata, self.layers[0].impl
-        info: dict[str, Any] = {
-            "driven_through": DRIVEN_THROUGH, "timed_region": TIMED_REGION,
-            "vllm_version": vllm_common.vllm_version(), "impl": type(impl).__name__,
-            "builder": type(self.builder).__name__, "reorder_batch_threshold": threshold,
-            "request_order": [f"q{r.q_len}s{r.kv_len}" for r in self.requests][:16],
-            "cudagraph_mode": str(self.vllm_config.compilation_config.cudagraph_mode),
-        }
-        name = self.case.backend.name
+    def _after_build(self) -> None:
+        self.bytes_per_layer = layers.attention_buffer_bytes(self.layout, self.shape)
+
+    def _describe(self) -> dict[str, Any]:
+        md, impl, name = self.metadata, self.layers[0].impl, self.case.backend.name
+        info: dict[str, Any] = {"driven_through": DRIVEN_THROUGH, "timed_region": TIMED_REGION}
         if name == "FLASH_ATTN":
             info["kernel_path"] = f"FlashAttention {getattr(impl, 'vllm_flash_attn_version', '?')} varlen"
             info["fa_version"] = getattr(impl, "vllm_flash_attn_version", None)
@@ -121,10 +63,9 @@ class VllmAttentionRunner:
             parts = []
             for kind in ("decode", "prefill"):
                 sub = getattr(md, kind, None)
-                if sub is None:
-                    continue
-                wrapper = getattr(sub, "wrapper", None)
-                parts.append(f"{kind}: {type(wrapper or sub).__name__} backend={getattr(wrapper, '_backend', '?')}")
+                if sub is not None:
+                    wrapper = getattr(sub, "wrapper", None)
+                    parts.append(f"{kind}: {type(wrapper or sub).__name__} backend={getattr(wrapper, '_backend', '?')}")
             info["kernel_path"] = "FlashInfer " + "; ".join(parts)
             info["num_decodes"] = getattr(md, "num_decodes", None)
             info["num_prefills"] = getattr(md, "num_prefills", None)
@@ -134,25 +75,8 @@ class VllmAttentionRunner:
         return (num_layer_buffers * self.bytes_per_layer
                 + layers.oracle_transient_bytes(self.layout, self.shape.num_q_heads, 2 * self.shape.head_dim))
 
-    @contextlib.contextmanager
-    def context(self) -> Iterator[None]:
-        from vllm.forward_context import set_forward_context
-
-        names = [layer.layer_name for layer in self.layers]
-        with self._config_ctx(), set_forward_context(
-                {n: self.metadata for n in names}, self.vllm_config,
-                slot_mapping={n: self.layout.slot_mapping for n in names}):
-            yield
-
-    def make_layer(self, index: int) -> LayerCall:
-        with self._config_ctx():  # layer construction and the cache's stride order read the current config
-            return self._make_layer(index)
-
     def _make_layer(self, index: int) -> LayerCall:
-        shape, layout = self.shape, self.layout
-        if index >= len(self.layers):
-            self._new_layer(index)
-        layer = self.layers[index]
+        shape, layout, layer = self.shape, self.layout, self.layers[index]
 
         def allocate() -> layers.AttentionCache:
             kv = vllm_common.allocate_kv_cache(self.backend_cls, layout.num_blocks, layout.block_size,
@@ -170,17 +94,6 @@ class VllmAttentionRunner:
 
         return LayerCall(run, lambda: last["out"], layers.attention_oracle(buf, layout, shape.head_dim ** -0.5),
                          layers.attention_cache_check(buf, layout))
-
-    def close(self) -> None:
-        config = getattr(self, "vllm_config", None)
-        if config is not None:
-            config.compilation_config.static_forward_context.clear()
-        self.layers = []
-        if hasattr(self, "model_dir"):
-            self.model_dir.close()
-        self._state.close()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
 
 def logical_views(kv: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:

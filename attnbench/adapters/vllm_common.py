@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 
 from attnbench.shapes import AttentionShape, MLAShape
-from attnbench.workload import BatchLayout
+from attnbench.workload import BatchLayout, build_layout, resolve_device, scheduler_order
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1"}
@@ -189,3 +189,122 @@ def ensure_single_process_groups() -> None:
     parallel_state.init_distributed_environment(world_size=1, rank=0, local_rank=0,
                                                 distributed_init_method=f"tcp://127.0.0.1:{port}", backend="nccl")
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
+
+
+class VllmLayerRunner:
+    """The lifecycle every vLLM adapter shares (a ``runner.CaseRunner``).
+
+    Build: local config.json -> VllmConfig -> the first real layer (registered in the config's
+    static_forward_context) -> the backend's metadata builder -> requests in the order vLLM's
+    runner gives that builder -> one BatchLayout and one metadata object shared by all layers,
+    as in a model. Each call runs under the config and vLLM's forward context; ``close`` undoes
+    process-global state. Subclasses make the layer and its buffers (``_new_layer``,
+    ``_make_layer``) and describe the kernel path (``_describe``).
+    """
+
+    mla_paths: list[str] | None = None
+
+    def __init__(self, case: Any) -> None:
+        prepare_environment()
+        from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+        self.case, self.shape = case, case.effective_shape
+        self.device = resolve_device(case.run.device)
+        self.backend_cls = AttentionBackendEnum[case.backend.name].get_class()
+        self.layers: list[Any] = []
+        self._check_support()
+        self._state = contextlib.ExitStack()
+        self._state.enter_context(restored_global_state())
+        try:
+            self._build()
+        except BaseException:
+            self.close()  # never leak global state or temp folders into the next case
+            raise
+
+    def _check_support(self) -> None:
+        from attnbench.runner import SkipCase
+
+        shape, cls, name = self.shape, self.backend_cls, self.case.backend.name
+        if hasattr(cls, "supports_head_size") and not cls.supports_head_size(shape.head_dim):
+            raise SkipCase(f"{name} does not support head size {shape.head_dim} in vLLM 0.26.0")
+        if hasattr(cls, "supports_block_size") and not cls.supports_block_size(shape.block_size):
+            sizes = getattr(cls, "get_supported_kernel_block_sizes", lambda: "?")()
+            raise SkipCase(f"{name} does not support block_size={shape.block_size} in vLLM 0.26.0 "
+                           f"(supported: {sizes})")
+
+    def _prepare_process(self) -> None:
+        """Process-wide vLLM setup a layer kind needs before its first layer (none by default)."""
+
+    def _configure_builder(self) -> None:
+        """Force builder knobs (e.g. a swept reorder_batch_threshold) before the batch is ordered."""
+
+    def _build(self) -> None:
+        from vllm.config import set_current_vllm_config
+
+        case, shape = self.case, self.shape
+        self.model_dir = ModelDir(shape)
+        # Scheduler limits only need the batch's sizes, which do not depend on its order.
+        provisional = build_layout(case.requests, shape.block_size, self.device, case.run.seed)
+        self.vllm_config = make_vllm_config(case.backend.name, self.model_dir.path, shape, limits_for(provisional))
+        self._config_ctx = lambda: set_current_vllm_config(self.vllm_config)
+        with self._config_ctx():
+            self._prepare_process()
+            first = self._new_layer(0)
+            spec = first.get_kv_cache_spec(self.vllm_config)
+            self.builder = self.backend_cls.get_builder_cls()(spec, [first.layer_name], self.vllm_config, self.device)
+            self.default_threshold = getattr(self.builder, "reorder_batch_threshold", None)
+            self._configure_builder()
+            self.threshold = getattr(self.builder, "reorder_batch_threshold", None)
+            self.requests = scheduler_order(case.requests, self.threshold)
+            self.layout = build_layout(self.requests, shape.block_size, self.device, case.run.seed)
+            self.metadata = self.builder.build(common_prefix_len=0, common_attn_metadata=common_metadata(self.layout))
+        self._after_build()
+        self.info = {**self._common_info(), **self._describe()}
+
+    def _after_build(self) -> None:
+        """Derive what depends on the metadata (bytes per layer, MLA decode/prefill split)."""
+
+    def _common_info(self) -> dict[str, Any]:
+        return {
+            "vllm_version": vllm_version(), "impl": type(self.layers[0].impl).__name__,
+            "builder": type(self.builder).__name__, "reorder_batch_threshold": self.threshold,
+            "default_reorder_batch_threshold": self.default_threshold,
+            "request_order": [f"q{r.q_len}s{r.kv_len}" for r in self.requests][:16],
+            "cudagraph_mode": str(self.vllm_config.compilation_config.cudagraph_mode),
+        }
+
+    def _describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _new_layer(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def _make_layer(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def make_layer(self, index: int) -> Any:
+        with self._config_ctx():  # layer construction and the cache's stride order read the current config
+            if index >= len(self.layers):
+                self._new_layer(index)
+            return self._make_layer(index)
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        from vllm.forward_context import set_forward_context
+
+        names = [layer.layer_name for layer in self.layers]
+        with self._config_ctx(), set_forward_context(
+                {n: self.metadata for n in names}, self.vllm_config,
+                slot_mapping={n: self.layout.slot_mapping for n in names}):
+            yield
+
+    def close(self) -> None:
+        config = getattr(self, "vllm_config", None)
+        if config is not None:
+            config.compilation_config.static_forward_context.clear()
+        self.layers = []
+        if hasattr(self, "model_dir"):
+            self.model_dir.close()
+        self._state.close()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

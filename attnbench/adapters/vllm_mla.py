@@ -13,8 +13,7 @@ default, or a swept / forced value) decides which rows take which path; the spli
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -23,8 +22,7 @@ from attnbench.adapters import vllm_common
 from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD
 from attnbench.cases import BenchCase
 from attnbench.runner import LayerCall, SkipCase
-from attnbench.shapes import MLAShape
-from attnbench.workload import build_layout, resolve_device, scheduler_order, torch_dtype
+from attnbench.workload import torch_dtype
 
 DRIVEN_THROUGH = "vllm MLAAttention layer forward under set_forward_context"
 TIMED_REGION = ("latent-cache write + q absorption (W_UK) + forward_mqa (decode rows) + forward_mha "
@@ -35,72 +33,23 @@ def layer_name(index: int) -> str:
     return f"model.layers.{index}.self_attn.mla_attn"
 
 
-class VllmMLARunner:
-    def __init__(self, case: BenchCase) -> None:
-        vllm_common.prepare_environment()
-        from vllm.v1.attention.backends.registry import AttentionBackendEnum
-
-        shape = case.effective_shape
-        assert isinstance(shape, MLAShape)
-        self.case, self.shape = case, shape
-        self.device = resolve_device(case.run.device)
-        self.backend_cls = AttentionBackendEnum[case.backend.name].get_class()
-        self._check_support()
-        self._state = contextlib.ExitStack()
-        self._state.enter_context(vllm_common.restored_global_state())
-        try:
-            self._build(case, shape)
-        except BaseException:
-            self.close()
-            raise
-
-    def _build(self, case: BenchCase, shape: Any) -> None:
-        from vllm.config import set_current_vllm_config
-
-        self.model_dir = vllm_common.ModelDir(shape)
-        vllm_common.init_workspace(self.device)
-
-        provisional = build_layout(case.requests, shape.block_size, self.device, case.run.seed)
-        self.vllm_config = vllm_common.make_vllm_config(case.backend.name, self.model_dir.path, shape,
-                                                       vllm_common.limits_for(provisional))
-        self._config_ctx = lambda: set_current_vllm_config(self.vllm_config)
-        self.layers: list[Any] = []
-        params = case.backend_params
-        with self._config_ctx():
-            vllm_common.ensure_single_process_groups()
-            first = self._new_layer(0)
-            spec = first.get_kv_cache_spec(self.vllm_config)
-            self.builder = self.backend_cls.get_builder_cls()(spec, [first.layer_name], self.vllm_config, self.device)
-            self.default_threshold = getattr(self.builder, "reorder_batch_threshold", None)
-            if REORDER_BATCH_THRESHOLD in params:
-                self._force_threshold(params[REORDER_BATCH_THRESHOLD])
-            self.threshold = getattr(self.builder, "reorder_batch_threshold", None)
-            self.requests = scheduler_order(case.requests, self.threshold)
-            self.layout = build_layout(self.requests, shape.block_size, self.device, case.run.seed)
-            self.metadata = self.builder.build(common_prefix_len=0,
-                                               common_attn_metadata=vllm_common.common_metadata(self.layout))
-        n_dec = int(self.metadata.num_decodes or 0)
-        self.mla_paths = ["decode"] * n_dec + ["prefill"] * (len(self.requests) - n_dec)
-        self.bytes_per_layer = layers.mla_buffer_bytes(self.layout, shape)
-        self.info = self._describe()
-
+class VllmMLARunner(vllm_common.VllmLayerRunner):
     def _check_support(self) -> None:
-        shape, cls, name = self.shape, self.backend_cls, self.case.backend.name
-        if hasattr(cls, "supports_head_size") and not cls.supports_head_size(shape.head_dim):
-            raise SkipCase(f"{name} does not support latent head size {shape.head_dim} "
-                           f"(kv_lora_rank + qk_rope_head_dim) in vLLM 0.26.0")
-        if hasattr(cls, "supports_block_size") and not cls.supports_block_size(shape.block_size):
-            sizes = getattr(cls, "get_supported_kernel_block_sizes", lambda: "?")()
-            raise SkipCase(f"{name} does not support block_size={shape.block_size} in vLLM 0.26.0 "
-                           f"(supported: {sizes})")
-        if NUM_KV_SPLITS in self.case.backend_params and name != "CUTLASS_MLA":
-            raise SkipCase(f"{name} has no num_kv_splits knob in vLLM 0.26.0")
+        super()._check_support()
+        if NUM_KV_SPLITS in self.case.backend_params and self.case.backend.name != "CUTLASS_MLA":
+            raise SkipCase(f"{self.case.backend.name} has no num_kv_splits knob in vLLM 0.26.0")
 
-    def _force_threshold(self, value: int) -> None:
+    def _prepare_process(self) -> None:
+        vllm_common.init_workspace(self.device)
+        vllm_common.ensure_single_process_groups()
+
+    def _configure_builder(self) -> None:
         from vllm.model_executor.layers.attention.mla_attention import QueryLenSupport
 
-        support = getattr(self.builder, "query_len_support", None)
-        if value > 1 and support == QueryLenSupport.SINGLE_ONLY:
+        value = self.case.backend_params.get(REORDER_BATCH_THRESHOLD)
+        if value is None:
+            return
+        if value > 1 and getattr(self.builder, "query_len_support", None) == QueryLenSupport.SINGLE_ONLY:
             raise SkipCase(f"{self.case.backend.name} decodes single-token queries only "
                            f"(query_len_support SINGLE_ONLY): reorder_batch_threshold={value} does not apply")
         self.builder.reorder_batch_threshold = value
@@ -129,21 +78,21 @@ class VllmMLARunner:
         self.layers.append(layer)
         return layer
 
+    def _after_build(self) -> None:
+        n_dec = int(self.metadata.num_decodes or 0)
+        self.mla_paths = ["decode"] * n_dec + ["prefill"] * (len(self.requests) - n_dec)
+        self.bytes_per_layer = layers.mla_buffer_bytes(self.layout, self.shape)
+
     def _describe(self) -> dict[str, Any]:
         md, layer = self.metadata, self.layers[0]
         prefill = getattr(md, "prefill", None)
         decode = getattr(md, "decode", None)
         info: dict[str, Any] = {
             "driven_through": DRIVEN_THROUGH, "timed_region": TIMED_REGION,
-            "vllm_version": vllm_common.vllm_version(), "impl": type(layer.impl).__name__,
-            "builder": type(self.builder).__name__,
-            "reorder_batch_threshold": self.threshold, "default_reorder_batch_threshold": self.default_threshold,
             "num_decodes": int(md.num_decodes or 0), "num_decode_tokens": int(md.num_decode_tokens or 0),
             "num_prefills": int(md.num_prefills or 0),
             "prefill_backend": type(layer.prefill_backend).__name__ if layer.prefill_backend is not None else None,
             "chunked_context": getattr(prefill, "chunked_context", None) is not None if prefill else False,
-            "cudagraph_mode": str(self.vllm_config.compilation_config.cudagraph_mode),
-            "request_order": [f"q{r.q_len}s{r.kv_len}" for r in self.requests][:16],
         }
         if decode is not None:
             info["decode_max_num_splits"] = getattr(decode, "max_num_splits", None)
@@ -158,25 +107,8 @@ class VllmMLARunner:
         return (num_layer_buffers * self.bytes_per_layer + layers.mla_step_transient_bytes(layout, shape, self.mla_paths)
                 + layers.oracle_transient_bytes(layout, shape.num_q_heads, shape.qk_head_dim + shape.v_head_dim))
 
-    @contextlib.contextmanager
-    def context(self) -> Iterator[None]:
-        from vllm.forward_context import set_forward_context
-
-        names = [layer.layer_name for layer in self.layers]
-        with self._config_ctx(), set_forward_context(
-                {n: self.metadata for n in names}, self.vllm_config,
-                slot_mapping={n: self.layout.slot_mapping for n in names}):
-            yield
-
-    def make_layer(self, index: int) -> LayerCall:
-        with self._config_ctx():  # layer construction and the cache's stride order read the current config
-            return self._make_layer(index)
-
     def _make_layer(self, index: int) -> LayerCall:
-        shape, layout = self.shape, self.layout
-        if index >= len(self.layers):
-            self._new_layer(index)
-        layer = self.layers[index]
+        shape, layout, layer = self.shape, self.layout, self.layers[index]
         cache = vllm_common.allocate_kv_cache(self.backend_cls, layout.num_blocks, layout.block_size, 1,
                                               shape.head_dim, torch_dtype(shape.dtype), self.device)
         buf = layers.make_mla_buffers(layout, shape, self.device, self.case.run.seed + 1 + index, kv_cache=cache)
@@ -191,17 +123,6 @@ class VllmMLARunner:
         return LayerCall(run, lambda: last["out"],
                          layers.mla_oracle(buf, layout, shape, layer.kv_b_proj.weight),
                          layers.mla_cache_check(buf, layout))
-
-    def close(self) -> None:
-        config = getattr(self, "vllm_config", None)
-        if config is not None:
-            config.compilation_config.static_forward_context.clear()
-        self.layers = []
-        if hasattr(self, "model_dir"):
-            self.model_dir.close()
-        self._state.close()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
 
 def make_runner(case: BenchCase) -> VllmMLARunner:

@@ -1,0 +1,777 @@
+#!/usr/bin/env python3
+"""Render a folder of committed pytest-benchmark baselines as markdown.
+
+    python tools/results_markdown.py baselines/NVIDIA_H100_80GB_HBM3 --out docs/RESULTS_H100.md --plots docs/plots
+    python tools/results_markdown.py baselines/NVIDIA_H100_80GB_HBM3 --short      # README tables, to stdout
+
+BASELINE_DIR is searched recursively for pytest-benchmark JSON files (``<gpu>/<machine>/NNNN_<study>.json``).
+Every file is read with ``attnbench.exports.load_results``; the cases of all files are merged with
+``attnbench.exports.merge_results`` (one result per ``case_key``; a passing result is preferred, and
+among passing ones the later file wins, so a rerun replaces the run it repeats). The crossover comes
+from ``attnbench.report.crossover_table`` and the plots from ``attnbench.plots``.
+
+pytest-benchmark JSON holds passed cases only, so skipped and failed cases are taken from the pytest
+logs next to the JSON (``BASELINE_DIR/logs`` or ``BASELINE_DIR/../logs``, or ``--logs``): the
+``SKIPPED [n] where: reason`` lines of ``-rs`` and the ``___ test_id ___`` sections of failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # run as a script from a checkout without installing attnbench
+    sys.path.insert(0, str(_ROOT))
+
+from attnbench.exports import LoadedResults, ResultsFileError, load_results, merge_results  # noqa: E402
+from attnbench.report import Crossover, crossover_table  # noqa: E402
+from attnbench.results import PASSED, BenchmarkResult  # noqa: E402
+
+# Column order of the tables; a backend not named here follows, in first-seen order.
+STANDARD_BACKENDS = ("FLASH_ATTN", "TRITON_ATTN", "FLASHINFER")
+MLA_BACKENDS = ("FLASHMLA", "FLASH_ATTN_MLA", "TRITON_MLA")
+STUDY_TITLES = {
+    "standard_attention": "Standard attention (GQA: 32 query heads, 8 KV heads, head_dim 128)",
+    "mla_decode": "MLA decode",
+    "mla_mixed_batch": "MLA mixed batches (decodes + prefills in one step)",
+    "speculative_decode": "Speculative decode (q 2..8 per request): reorder_batch_threshold sweep",
+    "reorder_threshold": "Decode vs prefill pipeline crossover (MLA)",
+}
+MISSING = "–"
+
+
+class BaselineError(ValueError):
+    """A baseline folder that cannot be rendered: names the folder and why."""
+
+
+# ------------------------------------------------------------------ loading
+
+@dataclass
+class LogNote:
+    """A case the JSON cannot hold: skipped (``count`` cases share ``reason``) or failed (one test)."""
+
+    log: str
+    status: str  # "skipped" or "failed"
+    reason: str
+    count: int = 1
+    test: str | None = None  # the failed test's id, e.g. test_mla[FLASHMLA-256q256s1k-decode]
+    rerun_passed_in: str | None = None  # the JSON file whose passing result supersedes the failure
+
+
+@dataclass
+class Baseline:
+    directory: Path
+    files: list[tuple[Path, LoadedResults]]
+    results: list[BenchmarkResult]  # merged: one per case
+    source: dict[int, str] = field(default_factory=dict)  # id(result) -> the JSON file's name
+    logs_dir: Path | None = None
+    log_notes: list[LogNote] = field(default_factory=list)
+
+    @property
+    def machine_infos(self) -> list[dict[str, Any]]:
+        return [loaded.machine_info for _, loaded in self.files if loaded.machine_info]
+
+    def study(self, name: str) -> list[BenchmarkResult]:
+        return [r for r in self.results if r.study == name]
+
+    def studies(self) -> list[str]:
+        return list(dict.fromkeys(r.study or "-" for r in self.results))
+
+
+def load_baseline(directory: str | os.PathLike[str], logs: str | os.PathLike[str] | None = None) -> Baseline:
+    root = Path(directory)
+    if not root.is_dir():
+        raise BaselineError(f"{root}: no such baseline directory "
+                            "(expected a folder such as baselines/NVIDIA_H100_80GB_HBM3)")
+    paths = sorted(root.rglob("*.json"))
+    if not paths:
+        raise BaselineError(f"{root}: no pytest-benchmark JSON files under it "
+                            "(expected <gpu>/<machine>/NNNN_<study>.json)")
+    files: list[tuple[Path, LoadedResults]] = []
+    everything: list[BenchmarkResult] = []
+    source: dict[int, str] = {}
+    for path in paths:
+        loaded = load_results(path)  # ResultsFileError names the file
+        files.append((path, loaded))
+        for result in loaded.results:
+            source[id(result)] = path.name
+            everything.append(result)
+    # merge_results keeps the last result of a case: order failures first so a pass always wins
+    merged = merge_results(sorted(everything, key=lambda r: r.status == PASSED))
+    if not any(r.timed for r in merged):
+        raise BaselineError(f"{root}: the JSON files hold no timed results")
+    logs_dir = Path(logs) if logs is not None else next(
+        (d for d in (root / "logs", root.parent / "logs") if d.is_dir()), None)
+    baseline = Baseline(root, files, merged, source, logs_dir)
+    if logs_dir is not None:
+        baseline.log_notes = read_log_notes(logs_dir, baseline)
+    return baseline
+
+
+_SKIP_LINE = re.compile(r"^SKIPPED \[(\d+)\] [^:]+:\d+: (.*)$")
+_FAIL_LINE = re.compile(r"^FAILED (\S+?)(?: - (.*))?$")
+_FAIL_HEADER = re.compile(r"^_{3,} (\S+) _{3,}$")
+
+
+def read_log_notes(logs_dir: Path, baseline: Baseline | None = None) -> list[LogNote]:
+    """Skipped and failed cases from pytest logs (``-rs`` summary lines and failure sections)."""
+    notes: list[LogNote] = []
+    for log in sorted(logs_dir.glob("*.log")):
+        failed: dict[str, str] = {}
+        current: str | None = None
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            if m := _SKIP_LINE.match(line):
+                notes.append(LogNote(log.name, "skipped", m.group(2).strip(), int(m.group(1))))
+            elif m := _FAIL_HEADER.match(line):
+                current = m.group(1)
+                failed.setdefault(current, "")
+            elif current and line.startswith("E ") and not failed[current]:
+                failed[current] = line[1:].strip()
+            elif m := _FAIL_LINE.match(line):
+                test = m.group(1).split("::")[-1]
+                if not failed.get(test):
+                    failed[test] = (m.group(2) or "").strip()
+        for test, reason in failed.items():
+            note = LogNote(log.name, "failed", reason or "see the log", test=test)
+            if baseline is not None:
+                note.rerun_passed_in = next((baseline.source.get(id(r)) for r in baseline.results
+                                             if r.passed and (r.fullname or "").endswith(f"::{test}")), None)
+            notes.append(note)
+    return notes
+
+
+# ------------------------------------------------------------------ formatting
+
+def sig3(value: float | None) -> str:
+    """3 significant digits, never an exponent: 0.512, 23.5, 108, and whole numbers from 1000 up (1012)."""
+    if value is None or not math.isfinite(value):
+        return MISSING
+    if value == 0:
+        return "0"
+    decimals = max(0, 2 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{decimals}f}"
+    if decimals and len(text.replace("-", "").replace(".", "").lstrip("0")) > 3:  # 99.95 -> "100.0"
+        text = f"{value:.{decimals - 1}f}"
+    return text
+
+
+def us(result: BenchmarkResult | None) -> str:
+    """The median in µs (3 significant digits), or a dash when the case has no timing."""
+    if result is None or not result.timed:
+        return MISSING
+    return sig3(result.median_time * 1e6)  # type: ignore[operator]
+
+
+def pct(fraction: float | None) -> str:
+    return MISSING if fraction is None else f"{fraction * 100:.0f} %"
+
+
+def speedup(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.2f}×"
+
+
+def rate(result: BenchmarkResult) -> str:
+    """The rate of the bound resource at the median (GB/s if memory-bound, else TFLOP/s), with % of peak."""
+    if result.bound == "memory" and result.gbps is not None:
+        text = f"{sig3(result.gbps)} GB/s"
+    elif result.tflops is not None:
+        text = f"{sig3(result.tflops)} TFLOP/s"
+    elif result.gbps is not None:
+        text = f"{sig3(result.gbps)} GB/s"
+    else:
+        return MISSING
+    if result.pct_of_peak is not None:
+        text += f" ({result.pct_of_peak:.0f} %)"
+    return text
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[bool] | None = None) -> str:
+    """A GitHub markdown table; ``right[i]`` right-aligns column i (default: all but the first)."""
+    right = list(right) if right is not None else [False] + [True] * (len(headers) - 1)
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |",
+             "|" + "|".join("---:" if r else ":---" for r in right) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def ordered_backends(results: Iterable[BenchmarkResult], preferred: Sequence[str]) -> list[str]:
+    seen = list(dict.fromkeys(r.backend for r in results))
+    return [b for b in preferred if b in seen] + [b for b in seen if b not in preferred]
+
+
+def sorted_specs(results: Iterable[BenchmarkResult]) -> list[str]:
+    """Batch specs by size (total new tokens, then total KV), as attnbench's own tables order them."""
+    keys: dict[str, tuple[Any, ...]] = {}
+    for r in results:
+        if r.batch_spec not in keys:
+            try:
+                keys[r.batch_spec] = r.size_key
+            except ValueError:
+                keys[r.batch_spec] = (math.inf, math.inf, r.batch_spec)
+    return sorted(keys, key=lambda s: keys[s])
+
+
+def fastest(cells: dict[str, BenchmarkResult]) -> tuple[str, BenchmarkResult] | None:
+    timed = [(r.median_time, label, r) for label, r in cells.items() if r.timed]
+    if not timed:
+        return None
+    _, label, r = min(timed, key=lambda t: t[0])
+    return label, r
+
+
+def info(result: BenchmarkResult | None, section: str, key: str) -> Any:
+    """``extra_info[section][key]`` as the result kept it (under ``extra``), or None."""
+    if result is None:
+        return None
+    return (result.extra.get(section) or {}).get(key)
+
+
+def split(result: BenchmarkResult | None) -> str:
+    """How vLLM's builder split the batch: decode requests / prefill requests."""
+    decodes, prefills = info(result, "backend_info", "num_decodes"), info(result, "backend_info", "num_prefills")
+    if decodes is None and prefills is None:
+        return MISSING
+    return f"{decodes or 0} d + {prefills or 0} p"
+
+
+_PATH_SHORTHANDS = ((re.compile(r"^triton unified_attention "), ""), (re.compile(r"^FlashInfer "), ""),
+                    (re.compile(r"Batch\w+Wrapper backend="), ""))
+
+
+def short_kernel_path(path: str | None, limit: int = 40) -> str:
+    if not path:
+        return MISSING
+    for pattern, repl in _PATH_SHORTHANDS:
+        path = pattern.sub(repl, path)
+    return path if len(path) <= limit else path[:limit - 1] + "…"
+
+
+def wins_line(winners: Sequence[str], rows: int) -> str:
+    if not winners:
+        return ""
+    counts = Counter(winners)
+    return "Fastest: " + ", ".join(f"{label} {n}/{rows}" for label, n in counts.most_common()) + "."
+
+
+# ------------------------------------------------------------------ sections
+
+def header(baseline: Baseline, command: str) -> str:
+    infos = baseline.machine_infos
+    ab = (infos[0].get("attnbench") or {}) if infos else {}
+    gpu = ab.get("gpu") or {}
+    name = gpu.get("name") or _device_names(baseline) or "unknown GPU"
+    lines = [f"# Attention kernel results: {name}", "",
+             f"Generated by `{command}` from {len(baseline.files)} pytest-benchmark files "
+             f"({len(baseline.results)} cases); do not edit by hand.", ""]
+    rows: list[tuple[str, str]] = []
+    if gpu:
+        memory = f"{gpu['memory_bytes'] / 2**30:.1f} GiB" if gpu.get("memory_bytes") else "?"
+        l2 = f"{gpu['l2_bytes'] / 2**20:.0f} MiB L2" if gpu.get("l2_bytes") else "? L2"
+        rows.append(("GPU", f"{name} (SM {gpu.get('capability', '?')}, {gpu.get('sm_count', '?')} SMs, "
+                            f"{memory}, {l2})"))
+        rows.append(("Driver", f"{gpu.get('driver', '?')}, CUDA runtime {ab.get('cuda_runtime', '?')}"))
+        rows.append(("Clocks", f"SM {gpu.get('sm_clock_mhz', '?')} MHz (max {gpu.get('max_sm_clock_mhz', '?')}), "
+                               f"memory {gpu.get('mem_clock_mhz', '?')} MHz (max {gpu.get('max_mem_clock_mhz', '?')}), "
+                               f"power limit {gpu.get('power_limit_w', '?')} W"))
+    versions = [(label, ab.get(key)) for label, key in (("torch", "torch"), ("Triton", "triton"), ("vLLM", "vllm"),
+                                                         ("FlashInfer", "flashinfer"),
+                                                         ("pytest-benchmark", "pytest_benchmark"))]
+    python = infos[0].get("python_version") if infos else None
+    rows.append(("Software", ", ".join(f"{label} {v}" for label, v in versions if v)
+                 + (f", Python {python}" if python else "")))
+    peaks = [i["attnbench"]["peaks"] for i in infos if (i.get("attnbench") or {}).get("peaks")]
+    if peaks:
+        flops = [p["peak_bf16_tflops"] for p in peaks if p.get("peak_bf16_tflops")]
+        copy = [p["peak_copy_gbps"] for p in peaks if p.get("peak_copy_gbps")]
+        rows.append(("Measured peaks", f"bf16 matmul {_span(flops)} TFLOP/s, copy {_span(copy)} GB/s "
+                                       f"(per run, {len(peaks)} runs; {peaks[0].get('peak_method', '')})"))
+    lines.append(md_table(("", ""), rows, right=(False, False)))
+    return "\n".join(lines)
+
+
+def _device_names(baseline: Baseline) -> str | None:
+    names = {r.device for r in baseline.results if r.device}
+    return ", ".join(sorted(names)) if names else None
+
+
+def _span(values: Sequence[float]) -> str:
+    if not values:
+        return "?"
+    lo, hi = min(values), max(values)
+    return sig3(lo) if sig3(lo) == sig3(hi) else f"{sig3(lo)}–{sig3(hi)}"
+
+
+def methodology(baseline: Baseline) -> str:
+    results = baseline.results
+    modes = Counter(info(r, "timing", "mode") or "?" for r in results)
+    caches = Counter(r.cache_state or info(r, "timing", "cache_state") or "?" for r in results)
+    timers = Counter(r.timer or "?" for r in results)
+    units = Counter(r.extra.get("time_unit") or "seconds per call" for r in results)
+    statuses = Counter((r.extra.get("verification") or {}).get("status") or ("passed" if r.verified else "none")
+                       for r in results)
+    verified = sum(1 for r in results if r.verified)
+    rel_errors = [v["rel_error"] for r in results if (v := r.extra.get("verification") or {}).get("rel_error")
+                  is not None]
+    tolerances = sorted({v["rel_tol"] for r in results if (v := r.extra.get("verification") or {}).get("rel_tol")})
+    rounds = [r.rounds for r in results if r.rounds]
+    stopped = Counter(info(r, "timing", "stopped_by") or "?" for r in results)
+    sets = [info(r, "timing", "buffer_sets") for r in results if info(r, "timing", "buffer_sets")]
+    ratios = [r.extra["working_set_bytes"] / r.extra["l2_bytes"] for r in results
+              if r.extra.get("working_set_bytes") and r.extra.get("l2_bytes")]
+    regions = {(r.family or "-"): info(r, "backend_info", "timed_region") for r in results
+               if info(r, "backend_info", "timed_region")}
+    methods = Counter(info(r, "kernels", "method") and re.sub(r"\d+ calls", "N calls", info(r, "kernels", "method"))
+                      for r in results if info(r, "kernels", "method"))
+    lines = ["## How the numbers were measured", "",
+             f"- **Unit**: {_counted(units)}; the tables show the **median in µs** to 3 significant digits "
+             "(whole µs from 1000 up). Lower is better.",
+             f"- **Timing**: mode {_counted(modes)}; pytest-benchmark timer {_counted(timers)}. "
+             f"{min(rounds)}–{max(rounds)} rounds per case (stopped by: {_counted(stopped)})."
+             if rounds else f"- **Timing**: mode {_counted(modes)}.",
+             f"- **Cache state**: {_counted(caches)} L2"
+             + (f": each call of a round reads the next of {min(sets)}–{max(sets)} buffer sets, a working set of "
+                f"{min(ratios):.1f}–{max(ratios):.0f}× the L2, so no call finds its inputs in L2." if sets and ratios
+                else "."),
+             f"- **Verification**: {verified}/{len(results)} cases verified against the REFERENCE implementation "
+             f"(status {_counted(statuses)}"
+             + (f"; largest relative error {max(rel_errors):.2g}, tolerance {', '.join(f'{t:g}' for t in tolerances)}"
+                if rel_errors else "") + ").",
+             ]
+    for family, region in regions.items():
+        lines.append(f"- **Timed region ({family})**: {region}.")
+    if methods:
+        lines.append(f"- **Kernel breakdown**: {_counted(methods)}. *graph/kernel-sum* is the CUDA-graph median "
+                     "over the sum of the kernels' device times (≈1: the graph adds no gaps); *attention share* is "
+                     "the fraction of that kernel time spent in kernels classified as attention "
+                     "(`attnbench.timing.KERNEL_ROLES`).")
+    lines.append("- **Rates** at the median: TFLOP/s or GB/s of the bound resource (`bound` from the roofline model), "
+                 "with % of the measured peak above.")
+    return "\n".join(lines)
+
+
+def _counted(counter: Counter[str]) -> str:
+    if len(counter) == 1:
+        return f"`{next(iter(counter))}`"
+    return ", ".join(f"`{k}` ({n})" for k, n in counter.most_common())
+
+
+def sources(baseline: Baseline) -> str:
+    rows = []
+    for path, loaded in baseline.files:
+        studies = ", ".join(dict.fromkeys(r.study or "-" for r in loaded.results))
+        backends = ", ".join(dict.fromkeys(r.backend for r in loaded.results))
+        rows.append((f"`{path.relative_to(baseline.directory)}`", studies, backends, str(len(loaded.results))))
+    return "## Sources\n\n" + md_table(("file", "study", "backends", "passed cases"), rows,
+                                       right=(False, False, False, True))
+
+
+def backend_table(results: Sequence[BenchmarkResult], preferred: Sequence[str],
+                  extra: Sequence[tuple[str, Callable[[dict[str, BenchmarkResult]], str]]] = (),
+                  bold_best: bool = True, with_rate: bool = True) -> tuple[str, list[str]]:
+    """Rows = batch spec, one µs column per backend, the fastest, its rate, then ``extra`` columns."""
+    plain = [r for r in results if r.variant is None]
+    backends = ordered_backends(plain, preferred)
+    cells = {(r.batch_spec, r.backend): r for r in plain}
+    headers = ["batch spec"] + [f"{b} µs" for b in backends] + ["fastest"]
+    if with_rate:
+        headers.append("rate of fastest (% peak)")
+    headers += [name for name, _ in extra]
+    rows, winners = [], []
+    for spec in sorted_specs(plain):
+        row_cells = {b: cells[(spec, b)] for b in backends if (spec, b) in cells}
+        best = fastest(row_cells)
+        row = [spec]
+        for b in backends:
+            text = us(row_cells.get(b))
+            row.append(f"**{text}**" if bold_best and best and best[0] == b else text)
+        row.append(best[0] if best else MISSING)
+        if with_rate:
+            row.append(rate(best[1]) if best else MISSING)
+        row += [show(row_cells) for _, show in extra]
+        rows.append(row)
+        if best:
+            winners.append(best[0])
+    return md_table(headers, rows), winners
+
+
+def standard_section(results: Sequence[BenchmarkResult]) -> str:
+    backends = ordered_backends(results, STANDARD_BACKENDS)
+    extra: list[tuple[str, Callable[[dict[str, BenchmarkResult]], str]]] = []
+    constant: list[str] = []
+    for b in backends:  # a kernel path that never changes is said once, under the table
+        paths = {info(r, "backend_info", "kernel_path") for r in results if r.backend == b}
+        paths.discard(None)
+        if len(paths) == 1:
+            constant.append(f"{b}: {next(iter(paths))}")
+        elif paths:
+            extra.append((f"{b} path", lambda cells, b=b: short_kernel_path(info(cells.get(b), "backend_info",
+                                                                                  "kernel_path"))))
+    if "FLASH_ATTN" in backends:
+        extra.append(("FLASH_ATTN graph/kernel-sum",
+                      lambda cells: _ratio(info(cells.get("FLASH_ATTN"), "kernels", "timed_over_kernel_sum"))))
+    table, winners = backend_table(results, STANDARD_BACKENDS, extra)
+    notes = [wins_line(winners, len(winners))]
+    if constant:
+        notes.append("Kernel path throughout: " + "; ".join(constant) + ".")
+    return _section("standard_attention", results, table, notes)
+
+
+def _ratio(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.2f}"
+
+
+def _section(study: str, results: Sequence[BenchmarkResult], table: str, notes: Sequence[str]) -> str:
+    shape = results[0].shape if results else {}
+    dims = ", ".join(f"{k}={v}" for k, v in shape.items() if k not in ("num_layers", "kv_cache_dtype"))
+    parts = [f"## {STUDY_TITLES.get(study, study)}", "", f"Study `{study}`; {dims}.", "", table]
+    notes = [n for n in notes if n]
+    if notes:
+        parts += ["", *notes]
+    return "\n".join(parts)
+
+
+def _shares(backends: Sequence[str], with_split: bool) -> list[tuple[str, Callable[[dict[str, BenchmarkResult]], str]]]:
+    out: list[tuple[str, Callable[[dict[str, BenchmarkResult]], str]]] = []
+    for b in backends:
+        if with_split:
+            out.append((f"{b} split · attention share",
+                        lambda cells, b=b: f"{split(cells.get(b))} · "
+                                           f"{pct(info(cells.get(b), 'kernels', 'attention_share'))}"))
+        else:
+            out.append((f"{b} attention share", lambda cells, b=b: pct(info(cells.get(b), "kernels",
+                                                                                "attention_share"))))
+    return out
+
+
+def _share_notes(results: Sequence[BenchmarkResult]) -> list[str]:
+    """Name what a 0 % attention share means: no kernel matched the attention role."""
+    notes = []
+    for backend in ordered_backends(results, MLA_BACKENDS):
+        mine = [r for r in results if r.backend == backend and info(r, "kernels", "attention_share") is not None]
+        zero = [r for r in mine if info(r, "kernels", "attention_share") == 0]
+        if mine and zero:
+            unmatched = Counter(k["name"] for r in zero for k in info(r, "kernels", "top_kernels") or []
+                                if k.get("role") == "other")
+            names = ", ".join(f"`{n}`" for n, _ in unmatched.most_common(3))
+            notes.append(f"{backend}'s attention share is 0 % in {len(zero)}/{len(mine)} cases: none of its kernels "
+                         f"matched the attention role of `attnbench.timing.KERNEL_ROLES`; its largest unclassified "
+                         f"kernels are {names} (Triton's MLA decode kernels), so the share is not measured, not zero.")
+    return notes
+
+
+def mla_decode_section(results: Sequence[BenchmarkResult]) -> str:
+    backends = ordered_backends(results, MLA_BACKENDS)
+    table, winners = backend_table(results, MLA_BACKENDS, _shares(backends, with_split=False))
+    prefills = [r for r in results if info(r, "backend_info", "num_prefills")]
+    path = ("Every request of every case ran through the decode (MQA) path (num_prefills = 0)." if not prefills else
+            f"{len(prefills)} cases sent requests through the prefill path: "
+            + ", ".join(f"{r.backend} {r.batch_spec} ({split(r)})" for r in prefills) + ".")
+    return _section("mla_decode", results, table, [wins_line(winners, len(winners)), path, *_share_notes(results)])
+
+
+def mla_mixed_section(results: Sequence[BenchmarkResult]) -> str:
+    backends = ordered_backends(results, MLA_BACKENDS)
+    table, winners = backend_table(results, MLA_BACKENDS, _shares(backends, with_split=True))
+    thresholds = {b: sorted({str(info(r, "backend_info", "reorder_batch_threshold")) for r in results
+                             if r.backend == b}) for b in backends}
+    notes = [wins_line(winners, len(winners)),
+             "*split*: requests vLLM's metadata builder sent down the decode (d) and the prefill (p) path; the "
+             "default reorder_batch_threshold is " + ", ".join(f"{b} {'/'.join(t)}" for b, t in thresholds.items())
+             + " (a request with q ≤ threshold is a decode).", *_share_notes(results)]
+    return _section("mla_mixed_batch", results, table, notes)
+
+
+def sweep_section(results: Sequence[BenchmarkResult], study: str) -> str:
+    swept = [r for r in results if r.sweep_param is not None]
+    param = swept[0].sweep_param if swept else "?"
+    backends = ordered_backends(swept, MLA_BACKENDS)
+    values = _sweep_values(r.sweep_value for r in swept)
+    cells = {(r.batch_spec, r.backend, str(r.sweep_value)): r for r in swept}
+    headers, columns = ["batch spec"], []
+    for b in backends:
+        for v in values:
+            label = str(v)
+            resolved = {info(r, "backend_info", "reorder_batch_threshold") for r in swept
+                        if r.backend == b and str(r.sweep_value) == label}
+            if label == "auto" and len(resolved) == 1:
+                label = f"auto (={next(iter(resolved))})"
+            headers.append(f"{b} {label}")
+            columns.append((b, str(v)))
+    headers.append("fastest")
+    rows, winners, absent = [], [], 0
+    for spec in sorted_specs(swept):
+        row_cells = {f"{b} {v}": cells[(spec, b, v)] for b, v in columns if (spec, b, v) in cells}
+        best = fastest(row_cells)
+        row = [spec]
+        for b, v in columns:
+            r = cells.get((spec, b, v))
+            absent += r is None
+            text = us(r) if r is not None else f"{MISSING}¹"
+            row.append(f"**{text}**" if best and r is best[1] else text)
+        row.append(best[0] if best else MISSING)
+        rows.append(row)
+        if best:
+            winners.append(best[0])
+    path_row = ["path"]
+    for b, v in columns:
+        column = [r for (_, cb, cv), r in cells.items() if (cb, cv) == (b, v)]
+        path_row.append(_path_kind(column))
+    rows.append(path_row + [""])
+    notes = [wins_line(winners, len(winners)),
+             f"Columns: backend × `{param}`; *auto* is the backend's default (resolved value in brackets). The *path* "
+             "row: where the builder sent the requests (all decode, all prefill, or mixed)."]
+    if absent:
+        notes.append(f"¹ not in the JSON ({absent} cells): the case was skipped or failed; see "
+                     "[Skipped and failed cases](#skipped-and-failed-cases).")
+    return _section(study, swept, md_table(headers, rows), notes)
+
+
+def _path_kind(results: Sequence[BenchmarkResult]) -> str:
+    if not results:
+        return MISSING
+    decodes = sum(info(r, "backend_info", "num_decodes") or 0 for r in results)
+    prefills = sum(info(r, "backend_info", "num_prefills") or 0 for r in results)
+    return "decode" if not prefills else "prefill" if not decodes else "mixed"
+
+
+def _sweep_values(values: Iterable[Any]) -> list[Any]:
+    unique = list(dict.fromkeys(values))
+    return sorted(unique, key=lambda v: (v != "auto", not isinstance(v, (int, float)),
+                                         v if isinstance(v, (int, float)) else 0, str(v)))
+
+
+def crossovers(results: Sequence[BenchmarkResult]) -> list[Crossover]:
+    return crossover_table(results)
+
+
+def crossover_long(rows: Sequence[Crossover]) -> str:
+    table = md_table(("backend", "batch size", "kv", "q tested", "decode faster up to q", "decode speed-up",
+                      "prefill faster from q", "prefill speed-up", "note"),
+                     [(c.backend, str(c.batch_size), "varies" if c.kv_len is None else str(c.kv_len),
+                       f"{c.q_lens[0]}..{c.q_lens[-1]} ({len(c.q_lens)})",
+                       "never" if c.decode_up_to is None else str(c.decode_up_to), speedup(c.decode_speedup),
+                       "never" if c.prefill_from is None else str(c.prefill_from), speedup(c.prefill_speedup),
+                       f"{c.flips} flips: noisy or non-monotonic" if c.flips > 1 else "")
+                      for c in rows],
+                     right=(False, True, True, True, True, True, True, True, False))
+    return table
+
+
+def crossover_pivot(rows: Sequence[Crossover]) -> str:
+    """Rows = batch size, one column per backend: 'decode faster up to q' and the speed-ups either side."""
+    backends = ordered_backends(rows, ("FLASH_ATTN_MLA", "FLASHMLA"))  # type: ignore[arg-type]
+    by_key = {(c.backend, c.batch_size, c.kv_len): c for c in rows}
+    keys = sorted({(c.batch_size, c.kv_len) for c in rows}, key=lambda k: (k[0], k[1] or 0))
+    multi_kv = len({kv for _, kv in keys}) > 1
+    body = []
+    for size, kv in keys:
+        row = [f"{size}" + (f" (kv {kv})" if multi_kv else "")]
+        for b in backends:
+            c = by_key.get((b, size, kv))
+            if c is None:
+                row.append(MISSING)
+                continue
+            up_to = "never" if c.decode_up_to is None else f"q ≤ {c.decode_up_to}"
+            row.append(f"{up_to} · {speedup(c.decode_speedup)} / {speedup(c.prefill_speedup)}")
+        body.append(row)
+    return md_table(["batch size", *backends], body)
+
+
+def crossover_section(results: Sequence[BenchmarkResult]) -> str:
+    rows = crossovers(results)
+    if not rows:
+        return ""
+    kvs = sorted({c.kv_len for c in rows if c.kv_len is not None})
+    qs = sorted({q for c in rows for q in c.q_lens})
+    parts = [f"## {STUDY_TITLES['reorder_threshold']}", "",
+             f"Study `reorder_threshold` (decode_vs_prefill mode): every batch of N requests q{{q}}s"
+             f"{'/'.join(str(k) for k in kvs) or '?'} is timed twice, with reorder_batch_threshold ≥ q (the decode, "
+             "MQA pipeline) and < q (the prefill, MHA pipeline); merged from every file of the study, a passing rerun "
+             f"replacing a failed case. q tested: {', '.join(str(q) for q in qs)}.", "",
+             "*Decode faster up to q* is the reorder_batch_threshold to pick for that batch size (the true crossover "
+             "lies between it and *prefill faster from q*); the speed-ups are geometric means over the q on each side.",
+             "", crossover_long(rows), "", "Compact (decode faster up to q · decode speed-up / prefill speed-up):", "",
+             crossover_pivot(rows)]
+    noisy = [c for c in rows if c.flips > 1]
+    if noisy:
+        parts += ["", "Noisy or non-monotonic: " + ", ".join(f"{c.backend} batch {c.batch_size}" for c in noisy) + "."]
+    return "\n".join(parts)
+
+
+def generic_section(study: str, results: Sequence[BenchmarkResult]) -> str:
+    table, winners = backend_table(results, ())
+    return _section(study, results, table, [wins_line(winners, len(winners))])
+
+
+def skipped_section(baseline: Baseline) -> str:
+    in_json = [r for r in baseline.results if not r.passed]
+    lines = ["## Skipped and failed cases", ""]
+    if in_json:
+        rows = [(r.study or "-", r.backend, r.batch_spec + (f" {r.variant}" if r.variant else ""), r.status,
+                 (r.error or "").splitlines()[0][:160] if r.error else "") for r in in_json]
+        lines += [md_table(("study", "backend", "case", "status", "reason"), rows, right=(False,) * 5), ""]
+    if not baseline.log_notes:
+        if not in_json:
+            lines.append("The JSON files hold passed cases only (pytest-benchmark saves nothing else) and no pytest "
+                         "logs were found, so skipped and failed cases are unknown.")
+        return "\n".join(lines)
+    lines.append("pytest-benchmark JSON holds passed cases only; these come from the pytest logs "
+                 f"(`{baseline.logs_dir}`).")
+    lines.append("")
+    rows = []
+    for n in baseline.log_notes:
+        what = n.test if n.test else f"{n.count} case{'s' if n.count != 1 else ''}"
+        outcome = n.status
+        if n.rerun_passed_in:
+            outcome += f" (rerun passed: `{n.rerun_passed_in}`)"
+        rows.append((f"`{n.log}`", what, outcome, _clip(n.reason, 180)))
+    lines.append(md_table(("log", "cases", "status", "reason"), rows, right=(False, False, False, False)))
+    skipped_backends = sorted({m.group(1) for n in baseline.log_notes if n.status == "skipped"
+                               for m in [re.match(r"(\w+) requires (SM\d+\+)", n.reason)] if m})
+    if skipped_backends:
+        lines += ["", "Not runnable on this GPU: " + ", ".join(skipped_backends)
+                  + " (" + "; ".join(sorted({n.reason for n in baseline.log_notes if n.status == "skipped"
+                                             and re.match(r"\w+ requires SM", n.reason)})) + ")."]
+    return "\n".join(lines)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+# ------------------------------------------------------------------ plots
+
+def write_plots(baseline: Baseline, out_dir: Path) -> list[tuple[str, Path]]:
+    """The four figures of the results page, via ``attnbench.plots``; returns (caption, path) of those drawn."""
+    from attnbench import plots
+
+    gpu = _gpu_name(baseline)
+    wanted = [
+        ("Standard attention: backends per batch spec", plots.backend_bars, "standard_attention",
+         "standard_attention_backends.png"),
+        ("MLA decode: backends per batch spec", plots.backend_bars, "mla_decode", "mla_decode_backends.png"),
+        ("MLA decode vs prefill pipeline per batch size", plots.crossover_plot, "reorder_threshold",
+         "reorder_threshold_crossover.png"),
+        ("Speculative decode: reorder_batch_threshold sweep", plots.sweep_heatmap, "speculative_decode",
+         "speculative_decode_threshold_sweep.png"),
+    ]
+    written = []
+    for caption, plot, study, name in wanted:
+        results = baseline.study(study)
+        if results:
+            path = plot(results, out_dir / name, title=f"{caption} ({gpu})")
+            if path is not None:
+                written.append((caption, path))
+    return written
+
+
+def _gpu_name(baseline: Baseline) -> str:
+    for i in baseline.machine_infos:
+        name = ((i.get("attnbench") or {}).get("gpu") or {}).get("name")
+        if name:
+            return name
+    return _device_names(baseline) or "?"
+
+
+def plots_section(plots: Sequence[tuple[str, Path]], out: Path | None) -> str:
+    if not plots:
+        return ""
+    lines = ["## Plots", ""]
+    for caption, path in plots:
+        target = Path(os.path.relpath(path, out.parent)) if out is not None else path
+        lines += [f"![{caption}]({target.as_posix()})", ""]
+    return "\n".join(lines).rstrip()
+
+
+# ------------------------------------------------------------------ documents
+
+def render(baseline: Baseline, command: str, plots: Sequence[tuple[str, Path]] = (), out: Path | None = None) -> str:
+    sections = [header(baseline, command), methodology(baseline)]
+    known = {"standard_attention": standard_section, "mla_decode": mla_decode_section,
+             "mla_mixed_batch": mla_mixed_section}
+    for study in baseline.studies():
+        results = baseline.study(study)
+        if study in known:
+            sections.append(known[study](results))
+        elif any(r.pipeline for r in results):
+            sections.append(crossover_section(results))
+        elif any(r.sweep_param for r in results):
+            sections.append(sweep_section(results, study))
+        else:
+            sections.append(generic_section(study, results))
+    sections += [skipped_section(baseline), plots_section(plots, out), sources(baseline)]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def render_short(baseline: Baseline) -> str:
+    """The README excerpt: a compact standard-attention table and the crossover pivot."""
+    infos = baseline.machine_infos
+    vllm = ((infos[0].get("attnbench") or {}).get("vllm")) if infos else None
+    parts = []
+    standard = baseline.study("standard_attention")
+    if standard:
+        table, _ = backend_table(standard, STANDARD_BACKENDS, with_rate=False)
+        parts += [f"Standard attention on {_gpu_name(baseline)}" + (f", vLLM {vllm}" if vllm else "")
+                  + ": median µs per layer call (CUDA-graph replay, cold L2, verified against the reference; "
+                    "fastest in bold).", "", table]
+    rows = crossovers([r for r in baseline.results if r.pipeline])
+    if rows:
+        parts += ["", "MLA decode vs prefill crossover: largest q at which the decode pipeline is still faster "
+                      "(the reorder_batch_threshold to pick) · decode speed-up below / prefill speed-up above.", "",
+                  crossover_pivot(rows)]
+    return "\n".join(parts).lstrip("\n") + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="results_markdown.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("baseline_dir", metavar="BASELINE_DIR",
+                        help="folder of pytest-benchmark JSON files, searched recursively")
+    parser.add_argument("--out", metavar="FILE", help="write the markdown here (default: stdout)")
+    parser.add_argument("--short", action="store_true",
+                        help="only a compact standard-attention table and the crossover table (for the README)")
+    parser.add_argument("--plots", metavar="DIR", help="also draw the PNGs into DIR and link them from the page")
+    parser.add_argument("--logs", metavar="DIR", help="pytest logs (default: BASELINE_DIR/logs or ../logs)")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        baseline = load_baseline(args.baseline_dir, args.logs)
+    except (BaselineError, ResultsFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else None
+    if args.short:
+        text = render_short(baseline)
+    else:
+        drawn = write_plots(baseline, Path(args.plots)) if args.plots else []
+        command = " ".join(["python tools/results_markdown.py", _display_path(args.baseline_dir)]
+                           + (["--out", _display_path(args.out)] if args.out else [])
+                           + (["--plots", _display_path(args.plots)] if args.plots else []))
+        text = render(baseline, command, drawn, out)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        print(out)
+    return 0
+
+
+def _display_path(path: str) -> str:
+    """A path as the command line of the page should show it: relative to the checkout when inside it."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(_ROOT).as_posix()
+    except ValueError:
+        return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
