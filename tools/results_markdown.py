@@ -339,8 +339,8 @@ def methodology(baseline: Baseline) -> str:
              if rounds else f"- **Timing**: mode {_counted(modes)}.",
              f"- **Cache state**: {_counted(caches)} L2"
              + (f": each call of a round reads the next of {min(sets)}–{max(sets)} buffer sets, a working set of "
-                f"{min(ratios):.1f}–{max(ratios):.0f}× the L2, so no call finds its inputs in L2." if sets and ratios
-                else "."),
+                f"{min(ratios):.1f}–{max(ratios):.0f}× the L2, so a call's inputs have left L2 before they are "
+                "read again." if sets and ratios else "."),
              f"- **Verification**: {verified}/{len(results)} cases verified against the REFERENCE implementation "
              f"(status {_counted(statuses)}"
              + (f"; largest relative error {max(rel_errors):.2g}, tolerance {', '.join(f'{t:g}' for t in tolerances)}"
@@ -374,8 +374,10 @@ def sources(baseline: Baseline) -> str:
                                        right=(False, False, False, True))
 
 
-def backend_table(results: Sequence[BenchmarkResult], preferred: Sequence[str],
-                  extra: Sequence[tuple[str, Callable[[dict[str, BenchmarkResult]], str]]] = (),
+Extra = tuple[str, Callable[[dict[str, BenchmarkResult]], str], bool]  # header, cell of a row, right-aligned
+
+
+def backend_table(results: Sequence[BenchmarkResult], preferred: Sequence[str], extra: Sequence[Extra] = (),
                   bold_best: bool = True, with_rate: bool = True) -> tuple[str, list[str]]:
     """Rows = batch spec, one µs column per backend, the fastest, its rate, then ``extra`` columns."""
     plain = [r for r in results if r.variant is None]
@@ -384,7 +386,8 @@ def backend_table(results: Sequence[BenchmarkResult], preferred: Sequence[str],
     headers = ["batch spec"] + [f"{b} µs" for b in backends] + ["fastest"]
     if with_rate:
         headers.append("rate of fastest (% peak)")
-    headers += [name for name, _ in extra]
+    headers += [name for name, _, _ in extra]
+    right = [False] + [True] * len(backends) + [False] + ([True] if with_rate else []) + [r for _, _, r in extra]
     rows, winners = [], []
     for spec in sorted_specs(plain):
         row_cells = {b: cells[(spec, b)] for b in backends if (spec, b) in cells}
@@ -396,16 +399,16 @@ def backend_table(results: Sequence[BenchmarkResult], preferred: Sequence[str],
         row.append(best[0] if best else MISSING)
         if with_rate:
             row.append(rate(best[1]) if best else MISSING)
-        row += [show(row_cells) for _, show in extra]
+        row += [show(row_cells) for _, show, _ in extra]
         rows.append(row)
         if best:
             winners.append(best[0])
-    return md_table(headers, rows), winners
+    return md_table(headers, rows, right), winners
 
 
 def standard_section(results: Sequence[BenchmarkResult]) -> str:
     backends = ordered_backends(results, STANDARD_BACKENDS)
-    extra: list[tuple[str, Callable[[dict[str, BenchmarkResult]], str]]] = []
+    extra: list[Extra] = []
     constant: list[str] = []
     for b in backends:  # a kernel path that never changes is said once, under the table
         paths = {info(r, "backend_info", "kernel_path") for r in results if r.backend == b}
@@ -414,10 +417,10 @@ def standard_section(results: Sequence[BenchmarkResult]) -> str:
             constant.append(f"{b}: {next(iter(paths))}")
         elif paths:
             extra.append((f"{b} path", lambda cells, b=b: short_kernel_path(info(cells.get(b), "backend_info",
-                                                                                  "kernel_path"))))
+                                                                                  "kernel_path")), False))
     if "FLASH_ATTN" in backends:
         extra.append(("FLASH_ATTN graph/kernel-sum",
-                      lambda cells: _ratio(info(cells.get("FLASH_ATTN"), "kernels", "timed_over_kernel_sum"))))
+                      lambda cells: _ratio(info(cells.get("FLASH_ATTN"), "kernels", "timed_over_kernel_sum")), True))
     table, winners = backend_table(results, STANDARD_BACKENDS, extra)
     notes = [wins_line(winners, len(winners))]
     if constant:
@@ -433,22 +436,22 @@ def _section(study: str, results: Sequence[BenchmarkResult], table: str, notes: 
     shape = results[0].shape if results else {}
     dims = ", ".join(f"{k}={v}" for k, v in shape.items() if k not in ("num_layers", "kv_cache_dtype"))
     parts = [f"## {STUDY_TITLES.get(study, study)}", "", f"Study `{study}`; {dims}.", "", table]
-    notes = [n for n in notes if n]
-    if notes:
-        parts += ["", *notes]
+    for note in notes:  # each its own paragraph
+        if note:
+            parts += ["", note]
     return "\n".join(parts)
 
 
-def _shares(backends: Sequence[str], with_split: bool) -> list[tuple[str, Callable[[dict[str, BenchmarkResult]], str]]]:
-    out: list[tuple[str, Callable[[dict[str, BenchmarkResult]], str]]] = []
+def _shares(backends: Sequence[str], with_split: bool) -> list[Extra]:
+    out: list[Extra] = []
     for b in backends:
         if with_split:
             out.append((f"{b} split · attention share",
                         lambda cells, b=b: f"{split(cells.get(b))} · "
-                                           f"{pct(info(cells.get(b), 'kernels', 'attention_share'))}"))
+                                           f"{pct(info(cells.get(b), 'kernels', 'attention_share'))}", True))
         else:
             out.append((f"{b} attention share", lambda cells, b=b: pct(info(cells.get(b), "kernels",
-                                                                                "attention_share"))))
+                                                                                "attention_share")), True))
     return out
 
 
@@ -458,14 +461,47 @@ def _share_notes(results: Sequence[BenchmarkResult]) -> list[str]:
     for backend in ordered_backends(results, MLA_BACKENDS):
         mine = [r for r in results if r.backend == backend and info(r, "kernels", "attention_share") is not None]
         zero = [r for r in mine if info(r, "kernels", "attention_share") == 0]
-        if mine and zero:
-            unmatched = Counter(k["name"] for r in zero for k in info(r, "kernels", "top_kernels") or []
-                                if k.get("role") == "other")
-            names = ", ".join(f"`{n}`" for n, _ in unmatched.most_common(3))
-            notes.append(f"{backend}'s attention share is 0 % in {len(zero)}/{len(mine)} cases: none of its kernels "
-                         f"matched the attention role of `attnbench.timing.KERNEL_ROLES`; its largest unclassified "
-                         f"kernels are {names} (Triton's MLA decode kernels), so the share is not measured, not zero.")
+        if not (mine and zero):
+            continue
+        unmatched: Counter[str] = Counter()
+        for r in zero:
+            for k in info(r, "kernels", "top_kernels") or []:
+                name = k.get("name") or ""
+                if k.get("role") == "other" and not _LIBRARY_KERNEL.search(name):
+                    unmatched[name] += k.get("seconds") or 0.0
+        names = ", ".join(f"`{_clip(n, 60)}`" for n, _ in unmatched.most_common(3)) or "unknown"
+        notes.append(f"{backend}'s attention share reads 0 % in {len(zero)}/{len(mine)} cases because none of its "
+                     f"kernels matched the attention role of `attnbench.timing.KERNEL_ROLES` (its largest "
+                     f"unclassified kernels: {names}): the share is unmeasured, not zero.")
     return notes
+
+
+_LIBRARY_KERNEL = re.compile(r"at::native|^Memset|^Memcpy")
+
+
+def _split_notes(results: Sequence[BenchmarkResult]) -> list[str]:
+    """Cases where the builder sent requests with q <= reorder_batch_threshold down the prefill path."""
+    notes = []
+    for r in results:
+        threshold = info(r, "backend_info", "reorder_batch_threshold")
+        decodes = info(r, "backend_info", "num_decodes")
+        if not isinstance(threshold, int) or decodes is None:
+            continue
+        try:
+            eligible = sum(1 for q in _q_lens(r) if q <= threshold)
+        except ValueError:
+            continue
+        if decodes < eligible:
+            notes.append(f"{r.backend} {r.batch_spec}: {eligible} requests have q ≤ its threshold {threshold}, "
+                         f"but only {decodes} took the decode path ({split(r)}); the other "
+                         f"{eligible - decodes} ran through the prefill pipeline ({us(r)} µs).")
+    return notes
+
+
+def _q_lens(result: BenchmarkResult) -> list[int]:
+    from grammar import parse_batch_spec
+
+    return [request.q_len for request in parse_batch_spec(result.batch_spec)]
 
 
 def mla_decode_section(results: Sequence[BenchmarkResult]) -> str:
@@ -486,7 +522,7 @@ def mla_mixed_section(results: Sequence[BenchmarkResult]) -> str:
     notes = [wins_line(winners, len(winners)),
              "*split*: requests vLLM's metadata builder sent down the decode (d) and the prefill (p) path; the "
              "default reorder_batch_threshold is " + ", ".join(f"{b} {'/'.join(t)}" for b, t in thresholds.items())
-             + " (a request with q ≤ threshold is a decode).", *_share_notes(results)]
+             + " (a request with q ≤ threshold is a decode).", *_split_notes(results), *_share_notes(results)]
     return _section("mla_mixed_batch", results, table, notes)
 
 
@@ -521,18 +557,28 @@ def sweep_section(results: Sequence[BenchmarkResult], study: str) -> str:
         rows.append(row)
         if best:
             winners.append(best[0])
-    path_row = ["path"]
+    path_row, slow = ["path"], []
+    best_of = {spec: min((r.median_time for (s, _, _), r in cells.items() if s == spec and r.timed), default=None)
+               for spec in sorted_specs(swept)}
     for b, v in columns:
         column = [r for (_, cb, cv), r in cells.items() if (cb, cv) == (b, v)]
-        path_row.append(_path_kind(column))
+        kind = _path_kind(column)
+        path_row.append(kind)
+        ratios = [r.median_time / best_of[r.batch_spec] for r in column  # type: ignore[operator]
+                  if kind == "prefill" and r.timed and best_of.get(r.batch_spec)]
+        if ratios:
+            slow.append(f"{b} {v} {min(ratios):.0f}–{max(ratios):.0f}×")
     rows.append(path_row + [""])
     notes = [wins_line(winners, len(winners)),
              f"Columns: backend × `{param}`; *auto* is the backend's default (resolved value in brackets). The *path* "
              "row: where the builder sent the requests (all decode, all prefill, or mixed)."]
+    if slow:
+        notes.append("Columns on the prefill path are slower than the row's fastest by " + ", ".join(slow) + ".")
     if absent:
         notes.append(f"¹ not in the JSON ({absent} cells): the case was skipped or failed; see "
                      "[Skipped and failed cases](#skipped-and-failed-cases).")
-    return _section(study, swept, md_table(headers, rows), notes)
+    right = [False] + [True] * len(columns) + [False]
+    return _section(study, swept, md_table(headers, rows, right), notes)
 
 
 def _path_kind(results: Sequence[BenchmarkResult]) -> str:
@@ -654,21 +700,26 @@ def write_plots(baseline: Baseline, out_dir: Path) -> list[tuple[str, Path]]:
     """The four figures of the results page, via ``attnbench.plots``; returns (caption, path) of those drawn."""
     from attnbench import plots
 
-    gpu = _gpu_name(baseline)
-    wanted = [
-        ("Standard attention: backends per batch spec", plots.backend_bars, "standard_attention",
-         "standard_attention_backends.png"),
-        ("MLA decode: backends per batch spec", plots.backend_bars, "mla_decode", "mla_decode_backends.png"),
-        ("MLA decode vs prefill pipeline per batch size", plots.crossover_plot, "reorder_threshold",
+    gpu = _gpu_name(baseline).replace("NVIDIA ", "")
+    # caption (the page), title (the figure: short, sweep_heatmap appends its own explanation), plot, study, file
+    wanted: list[tuple[str, str, Callable[..., Path | None], str, str]] = [
+        ("Standard attention: median µs per backend and batch spec", f"Standard attention, {gpu}",
+         plots.backend_bars, "standard_attention", "standard_attention_backends.png"),
+        ("MLA decode: median µs per backend and batch spec", f"MLA decode, {gpu}",
+         plots.backend_bars, "mla_decode", "mla_decode_backends.png"),
+        ("MLA decode vs prefill pipeline: time against q, one panel per batch size",
+         f"MLA decode vs prefill pipeline, {gpu}", plots.crossover_plot, "reorder_threshold",
          "reorder_threshold_crossover.png"),
-        ("Speculative decode: reorder_batch_threshold sweep", plots.sweep_heatmap, "speculative_decode",
-         "speculative_decode_threshold_sweep.png"),
+        ("Speculative decode: speed-up of each reorder_batch_threshold over the backend's default",
+         "Speculative decode", plots.sweep_heatmap, "speculative_decode", "speculative_decode_threshold_sweep.png"),
     ]
     written = []
-    for caption, plot, study, name in wanted:
+    for caption, title, plot, study, name in wanted:
         results = baseline.study(study)
+        order = {b: i for i, b in enumerate(ordered_backends(results, STANDARD_BACKENDS + MLA_BACKENDS))}
+        results.sort(key=lambda r: order[r.backend])  # stable: the legend follows the tables' column order
         if results:
-            path = plot(results, out_dir / name, title=f"{caption} ({gpu})")
+            path = plot(results, out_dir / name, title=title)
             if path is not None:
                 written.append((caption, path))
     return written
@@ -721,14 +772,27 @@ def render_short(baseline: Baseline) -> str:
     if standard:
         table, _ = backend_table(standard, STANDARD_BACKENDS, with_rate=False)
         parts += [f"Standard attention on {_gpu_name(baseline)}" + (f", vLLM {vllm}" if vllm else "")
-                  + ": median µs per layer call (CUDA-graph replay, cold L2, verified against the reference; "
-                    "fastest in bold).", "", table]
+                  + f": median µs per layer call ({how_measured(standard)}; fastest in bold).", "", table]
     rows = crossovers([r for r in baseline.results if r.pipeline])
     if rows:
-        parts += ["", "MLA decode vs prefill crossover: largest q at which the decode pipeline is still faster "
-                      "(the reorder_batch_threshold to pick) · decode speed-up below / prefill speed-up above.", "",
-                  crossover_pivot(rows)]
+        qs = sorted({q for c in rows for q in c.q_lens})
+        kvs = sorted({c.kv_len for c in rows if c.kv_len is not None})
+        parts += ["", "MLA decode vs prefill crossover (q tested: " + ", ".join(str(q) for q in qs)
+                  + (f"; kv {'/'.join(str(k) for k in kvs)}" if kvs else "") + "): the largest q at which the "
+                  "decode pipeline is still faster, i.e. the reorder_batch_threshold to pick · decode speed-up "
+                  "below / prefill speed-up above it.", "", crossover_pivot(rows)]
     return "\n".join(parts).lstrip("\n") + "\n"
+
+
+def how_measured(results: Sequence[BenchmarkResult]) -> str:
+    """'CUDA-graph replay, cold L2, all verified against the reference', from the results themselves."""
+    modes = sorted({info(r, "timing", "mode") or "?" for r in results})
+    caches = sorted({r.cache_state or "?" for r in results})
+    verified = sum(1 for r in results if r.verified)
+    mode_text = "CUDA-graph replay" if modes == ["cuda-graph"] else "timing " + "/".join(modes)
+    check = ("all verified against the reference" if verified == len(results)
+             else f"{verified}/{len(results)} verified against the reference")
+    return f"{mode_text}, {'/'.join(caches)} L2, {check}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
