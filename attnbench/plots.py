@@ -19,6 +19,7 @@ backend switch), so this works in pytest workers and headless machines.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from collections import defaultdict
@@ -30,6 +31,7 @@ from attnbench.results import BenchmarkResult
 from attnbench.study import AUTO
 
 _LOG_SCALE_SPAN = 20.0  # use a log time axis when the largest time is more than this many times the smallest
+_MAX_WIDTH = 14.0  # inches: backend_bars grows with the number of specs and backends up to this
 
 
 def _figure(width: float, height: float) -> Any:
@@ -66,7 +68,7 @@ def backend_bars(results: Sequence[BenchmarkResult], path: str | Path, title: st
     specs = _sorted_specs(timed)
     backends = list(dict.fromkeys(r.backend for r in results if r.variant is None))
     by_cell = {(r.batch_spec, r.backend): r for r in results if r.variant is None}
-    fig = _figure(max(6.0, 1.0 + len(specs) * (0.35 + 0.25 * len(backends))), 4.5)
+    fig = _figure(min(_MAX_WIDTH, max(6.0, 1.0 + len(specs) * (0.35 + 0.25 * len(backends)))), 4.5)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(backends))
     times = [r.median_time * 1e6 for r in timed]  # type: ignore[operator]
@@ -87,7 +89,7 @@ def backend_bars(results: Sequence[BenchmarkResult], path: str | Path, title: st
                 missing.append((offset, "skip" if r.status == "skipped" else r.status))
         bars = ax.bar(xs, ys, width, yerr=errs, capsize=2, color=colors[backend])
         handles.append(Patch(color=colors[backend], label=backend if ys else f"{backend} (not timed)"))
-        ax.bar_label(bars, labels=[_short_us(y) for y in ys], fontsize=7, rotation=90, padding=2)
+        ax.bar_label(bars, labels=[_short_us(y) for y in ys], fontsize=7, rotation=90, padding=4)
         for offset, text in missing:
             ax.text(offset, 0.02, text, transform=ax.get_xaxis_transform(), rotation=90, ha="center", va="bottom",
                     fontsize=7, color="grey")
@@ -107,8 +109,9 @@ def sweep_heatmap(results: Sequence[BenchmarkResult], path: str | Path, title: s
     swept = [r for r in results if r.sweep_param and r.pipeline is None]
     if not any(r.timed for r in swept):
         return None
-    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.colors import LogNorm
     from matplotlib.patches import Rectangle
+    from matplotlib.ticker import FuncFormatter
 
     param = swept[0].sweep_param
     backends = [b for b in dict.fromkeys(r.backend for r in swept) if any(r.timed and r.backend == b for r in swept)]
@@ -131,14 +134,17 @@ def sweep_heatmap(results: Sequence[BenchmarkResult], path: str | Path, title: s
             grid.append(row)
             speedups += [s for s in row if s is not None]
         grids.append(grid)
-    lo, hi = min(speedups + [0.99]), max(speedups + [1.01])
-    norm = TwoSlopeNorm(vcenter=1.0, vmin=min(lo, 0.99), vmax=max(hi, 1.01))
+    # symmetric on a log scale, so 1x sits mid-colour and 2x / 0.5x get the same strength; at least
+    # 0.8x..1.25x, so run-to-run noise of a few per cent stays pale
+    span = max([1.25] + [max(s, 1 / s) for s in speedups if s > 0])
+    norm = LogNorm(vmin=1 / span, vmax=span)
     image = None
     for ax, backend, grid in zip(axes, backends, grids):
         import numpy as np
 
         data = np.array([[np.nan if s is None else s for s in row] for row in grid], dtype=float)
         image = ax.imshow(np.ma.masked_invalid(data), cmap="RdYlGn", norm=norm, aspect="auto")
+        cmap = image.get_cmap()
         ax.set_facecolor("#dddddd")  # cells with no timing (skipped, failed, no reference)
         for y, row in enumerate(grid):
             times = [cells.get((backend, specs[y], str(v))) for v in values]
@@ -148,7 +154,8 @@ def sweep_heatmap(results: Sequence[BenchmarkResult], path: str | Path, title: s
                 r = times[x]
                 text = f"{s:.2f}x" if s is not None else ("skip" if r is not None and r.status == "skipped" else
                                                           "–" if r is None or not r.timed else "n/a")
-                ax.text(x, y, text, ha="center", va="center", fontsize=8,
+                dark = s is not None and _luminance(cmap(norm(s))) < 0.4  # the deep red / green ends
+                ax.text(x, y, text, ha="center", va="center", fontsize=8, color="white" if dark else "black",
                         fontweight="bold" if x == best_x else "normal")
             if best_x is not None:
                 ax.add_patch(Rectangle((best_x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
@@ -157,7 +164,8 @@ def sweep_heatmap(results: Sequence[BenchmarkResult], path: str | Path, title: s
         ax.set_xlabel(param)
         ax.set_title(backend)
     if image is not None:
-        fig.colorbar(image, ax=list(axes), label=f"speed-up vs {reference}", shrink=0.9)
+        bar = fig.colorbar(image, ax=list(axes), label=f"speed-up vs {reference}", shrink=0.9)
+        bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     fig.suptitle(f"{title or 'Sweep'}: speed-up of each {param} over {param}={reference} (outlined: fastest per spec)")
     return _save(fig, path)
 
@@ -179,8 +187,12 @@ def crossover_plot(results: Sequence[BenchmarkResult], path: str | Path, title: 
     fig = _figure(4.6 * ncols, 3.6 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     colors = _backend_colors(c.backend for c in crossovers)
+    order = {b: i for i, b in enumerate(colors)}  # stacks each backend's "decode ≤ q" label at its own height
+    legend: dict[str, Any] = {}  # label -> handle, over all panels (a backend may be missing from some)
     for ax, key in zip(axes, keys):
         batch_size, kv = key
+        qs_all = sorted({q for c in panels[key] for q in c.q_lens})
+        q_mid = (qs_all[0] * qs_all[-1]) ** 0.5  # geometric: the x axis is log when q spans widely
         for c in panels[key]:
             qs = c.q_lens
             color = colors[c.backend]
@@ -189,10 +201,15 @@ def crossover_plot(results: Sequence[BenchmarkResult], path: str | Path, title: 
             ax.plot(qs, [c.times[q][1] * 1e6 for q in qs], "--s", color=color, markersize=3,
                     label=f"{c.backend} prefill")
             if c.decode_up_to is not None:
-                ax.axvline(c.decode_up_to, color=color, linestyle=":", linewidth=1)
-                ax.annotate(f"decode ≤ q{c.decode_up_to}", (c.decode_up_to, 1), xycoords=("data", "axes fraction"),
-                            xytext=(3, -12), textcoords="offset points", fontsize=7, color=color)
-        qs_all = sorted({q for c in panels[key] for q in c.q_lens})
+                q = c.decode_up_to
+                ax.axvline(q, color=color, linestyle=":", linewidth=1)
+                right = q > q_mid  # label to the left of the line, so it stays inside the axes
+                ax.annotate(f"decode ≤ q{q}", (q, 0), xycoords=("data", "axes fraction"),
+                            xytext=(-3 if right else 3, 4 + 10 * order[c.backend]), textcoords="offset points",
+                            ha="right" if right else "left", va="bottom", fontsize=7, color=color,
+                            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.5})
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
         if len(qs_all) > 1 and qs_all[-1] / qs_all[0] > 16:
             ax.set_xscale("log", base=2)
             ax.xaxis.set_major_formatter(plain)
@@ -200,12 +217,17 @@ def crossover_plot(results: Sequence[BenchmarkResult], path: str | Path, title: 
         if max(times) / min(times) > _LOG_SCALE_SPAN:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(plain)
+        labelled = [order[c.backend] for c in panels[key] if c.decode_up_to is not None]
+        if labelled:  # lower the y axis so the stacked "decode ≤ q" labels sit below every data point
+            band = (4 + 10 * max(labelled) + 12) / (72 * 3.6 - 80)  # label band / plot height (~200 pt)
+            _lower_bottom(ax, min(times), band)
         ax.set_xlabel("query length q")
         ax.set_ylabel("median µs per layer call")
         ax.set_title(f"batch size {batch_size}" + (f", kv {kv}" if kv else ""))
-        ax.legend(fontsize=7)
     for ax in axes[len(keys):]:
         ax.set_visible(False)
+    # one legend for the figure, below the panels (the figure is constrained, so "outside" makes room)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=min(4, len(legend)), fontsize=8)
     fig.suptitle(title or "Decode vs prefill pipeline")
     return _save(fig, path)
 
@@ -251,6 +273,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _short_us(us: float) -> str:
     return f"{us:.0f}" if us >= 100 else f"{us:.3g}"
+
+
+def _lower_bottom(ax: Any, lowest: float, band: float) -> None:
+    """Lower the y axis' bottom so ``lowest`` sits ``band`` (a fraction of the height) above it."""
+    log = ax.get_yscale() == "log"
+    scale = (lambda v: math.log10(v)) if log else (lambda v: v)
+    unscale = (lambda v: 10 ** v) if log else (lambda v: v)
+    bottom, top = (scale(v) for v in ax.get_ylim())
+    wanted = (scale(lowest) - band * top) / (1 - band)
+    if wanted < bottom:
+        ax.set_ylim(unscale(wanted), unscale(top))
+
+
+def _luminance(rgba: Sequence[float]) -> float:
+    red, green, blue = rgba[:3]
+    return 0.299 * red + 0.587 * green + 0.114 * blue
 
 
 def _sweep_order(values: Any) -> list[Any]:

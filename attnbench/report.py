@@ -128,6 +128,62 @@ def _crossover(study: str | None, family: str | None, backend: str, batch_size: 
                      _geomean([times[q][0] / times[q][1] for q in above]), flips, times)
 
 
+# ------------------------------------------------------------------ sweeps
+
+@dataclass
+class BestSweepValue:
+    """The fastest value of a swept knob for one backend and batch spec, against the backend's default."""
+
+    backend: str
+    batch_spec: str
+    param: str
+    best_value: Any
+    best_time: float
+    auto_time: float | None  # the "auto" (backend default) point, when it was run
+    values_timed: int
+    noise: float = 0.0  # the larger relative noise of the best and the auto point
+
+    @property
+    def within_noise(self) -> bool:
+        """True when best and auto differ by less than twice their measured noise: no real winner."""
+        gain = self.speedup_over_auto
+        return gain is not None and gain - 1 < 2 * self.noise
+
+    @property
+    def speedup_over_auto(self) -> float | None:
+        return self.auto_time / self.best_time if self.auto_time and self.best_time else None
+
+
+def best_sweep_values(results: Iterable[BenchmarkResult]) -> list[BestSweepValue]:
+    """Per backend and batch spec of a sweep, the value with the lowest median time."""
+    by_case: dict[tuple[str, str, str], list[BenchmarkResult]] = defaultdict(list)
+    for r in results:
+        if r.sweep_param and r.timed:
+            by_case[(r.backend, r.batch_spec, r.sweep_param)].append(r)
+    rows = []
+    for (backend, spec, param), group in by_case.items():
+        best = min(group, key=lambda r: r.median_time)  # type: ignore[arg-type, return-value]
+        auto = next((r for r in group if str(r.sweep_value) == "auto"), None)
+        noise = max((x.rel_noise or 0.0) for x in (best, auto) if x is not None)
+        rows.append(BestSweepValue(backend, spec, param, best.sweep_value, best.median_time,  # type: ignore[arg-type]
+                                   auto.median_time if auto else None, len(group), noise))
+    rows.sort(key=lambda b: (b.param, b.backend, next((r.size_key for r in by_case[(b.backend, b.batch_spec, b.param)]))))
+    return rows
+
+
+def best_sweep_renderable(rows: Sequence[BestSweepValue]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"Best {rows[0].param} per batch spec", title_justify="left")
+    for name in ("backend", "batch spec", "best value", "µs", "vs auto", "values timed", "note"):
+        table.add_column(name, justify="left" if name in ("backend", "batch spec", "note") else "right")
+    for b in rows:
+        table.add_row(b.backend, b.batch_spec, str(b.best_value), f"{b.best_time * 1e6:.4g}",
+                      _speedup(b.speedup_over_auto), str(b.values_timed),
+                      "within noise of auto" if b.within_noise and str(b.best_value) != "auto" else "")
+    return table
+
+
 def _geomean(values: Sequence[float]) -> float | None:
     if not values:
         return None
@@ -190,6 +246,9 @@ def summary_renderables(results: Sequence[BenchmarkResult]) -> list[Any]:
         crossovers = crossover_table(group)
         if crossovers:
             out.append(crossover_renderable(crossovers))
+        best = best_sweep_values(group)
+        if best:
+            out.append(best_sweep_renderable(best))
     return out
 
 

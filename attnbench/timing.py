@@ -185,7 +185,10 @@ def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup:
 KERNEL_ROLES = (
     ("cache_write", ("reshape_and_cache", "concat_and_cache", "cache_kernel", "index_copy", "scatter")),
     ("gemm", ("gemm", "bmm", "nvjet", "xmma", "cutlass_80", "sm90_xmma", "cublas", "matmul")),
-    ("attention", ("flash", "fmha", "mla", "attn", "attention", "decode", "prefill", "softmax", "merge_attn")),
+    # data movement around attention that name-matching below would otherwise count as attention
+    ("other", ("concatmlak", "prepare_varlen_num_blocks", "elementwise", "copy_kernel")),
+    ("attention", ("flash", "fmha", "mla", "attn", "attention", "decode", "prefill", "softmax", "merge_attn",
+                   "_fwd_grouped_kernel", "_fwd_kernel_stage", "reduce_segments", "unified_attention")),
 )
 
 

@@ -91,14 +91,13 @@ def build_layout(requests: Sequence[BatchRequest], block_size: int, device: str 
 
 
 def scheduler_order(requests: Sequence[BatchRequest], threshold: int | None) -> list[BatchRequest]:
-    """Order a batch as vLLM's model runner does for a builder with ``reorder_batch_threshold``.
+    """Order a batch exactly as vLLM 0.26.0's model runner does for a builder's ``reorder_batch_threshold``.
 
-    Mirrors the regions of vLLM 0.26.0's ``reorder_batch_to_split_decodes_and_prefills``: decode
-    (has context, q <= threshold), then long extends (has context, q > threshold), then pure
-    prefills (no context, whatever q: 0.26.0 puts every first chunk last). Spec-decode extends with
-    q <= threshold count as decodes (they are done prefilling). vLLM swaps rows rather than sorting;
-    the order inside a region changes no row's path, so this keeps it stable for reproducible ids.
-    No threshold (FLASH_ATTN, TRITON_ATTN): vLLM does not reorder.
+    Mirrors ``reorder_batch_to_split_decodes_and_prefills``: regions decode (has context,
+    q <= threshold; spec-decode extends included), long extend (has context, q > threshold), then
+    pure prefill (no context, whatever q). Rows already in their target region stay where they
+    are; the misplaced rows fill the misplaced slots in region order (stable), which is what
+    vLLM's swap cycles produce. No threshold (FLASH_ATTN, TRITON_ATTN): vLLM does not reorder.
     """
     if threshold is None:
         return list(requests)
@@ -108,7 +107,14 @@ def scheduler_order(requests: Sequence[BatchRequest], threshold: int | None) -> 
             return 2
         return 0 if r.q_len <= threshold else 1
 
-    return sorted(requests, key=region)
+    regions = [region(r) for r in requests]
+    target = sorted(regions)
+    misplaced = [i for i, (have, want) in enumerate(zip(regions, target)) if have != want]
+    sources = sorted(misplaced, key=lambda i: regions[i])
+    ordered = list(requests)
+    for src, dst in zip(sources, misplaced):
+        ordered[dst] = requests[src]
+    return ordered
 
 
 def generator(device: str | torch.device, seed: int) -> torch.Generator:

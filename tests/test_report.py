@@ -171,3 +171,30 @@ def test_crossover_appears_under_the_pipeline_table() -> None:
     [crossover_row] = [r for r in rows(text) if r.split("│")[1].strip() == "FLASHMLA"]
     cells = [c.strip() for c in crossover_row.split("│")[1:-1]]
     assert cells[1:3] == ["4", "1024"] and cells[4] == "1" and cells[6] == "8"
+
+
+def test_best_sweep_value_per_spec_against_auto():
+    from attnbench.report import best_sweep_values
+    from attnbench.results import BenchmarkResult
+
+    def r(backend, spec, value, us):
+        return BenchmarkResult(backend=backend, batch_spec=spec, family="mla", study="s",
+                               sweep_param="reorder_batch_threshold", sweep_value=value,
+                               median_time=us * 1e-6, mean_time=us * 1e-6, rounds=10)
+
+    rows = best_sweep_values([r("FLASHMLA", "16q4s1k", "auto", 110.0), r("FLASHMLA", "16q4s1k", 1, 7000.0),
+                              r("FLASHMLA", "16q4s1k", 8, 100.0), r("FLASH_ATTN_MLA", "16q4s1k", "auto", 75.0),
+                              r("FLASH_ATTN_MLA", "16q4s1k", 1, 7100.0)])
+    by_backend = {b.backend: b for b in rows}
+    assert by_backend["FLASHMLA"].best_value == 8
+    assert by_backend["FLASHMLA"].speedup_over_auto == pytest.approx(1.1)
+    assert by_backend["FLASH_ATTN_MLA"].best_value == "auto"
+    assert by_backend["FLASH_ATTN_MLA"].values_timed == 2
+
+
+def test_best_sweep_value_within_noise_is_flagged():
+    from attnbench.report import BestSweepValue
+
+    close = BestSweepValue("FLASHMLA", "16q4s1k", "reorder_batch_threshold", 8, 100e-6, 101e-6, 3, noise=0.01)
+    clear = BestSweepValue("FLASHMLA", "16q4s1k", "reorder_batch_threshold", 8, 100e-6, 120e-6, 3, noise=0.01)
+    assert close.within_noise and not clear.within_noise

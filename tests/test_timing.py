@@ -201,3 +201,20 @@ def test_timing_info_drops_samples_and_adds_derived_fields():
     assert info["rounds"] == 2 and info["note"] == "x"
     assert info["rel_noise"] == pytest.approx(statistics.stdev([1.0, 3.0]) / 2.0)
     assert (info["mode"], info["calls_per_round"], info["buffer_sets"]) == ("host", 2, 3)
+
+
+@pytest.mark.parametrize("name, role", [
+    ("void cutlass::device_kernel<flash::FlashAttnFwdSm90<...>>", "attention"),
+    ("_fwd_grouped_kernel_stage1", "attention"),  # TRITON_MLA decode
+    ("reduce_segments", "attention"),  # TRITON_ATTN 3D split-softmax reduction
+    ("flashinfer::BatchPrefillWithPagedKVCacheKernel<...>", "attention"),  # 'prefill' must not read as 'fill'
+    ("void vllm::reshape_and_cache_flash_kernel<__nv_bfloat16>", "cache_write"),
+    ("void vllm::concat_and_cache_mla_kernel<...>", "cache_write"),
+    ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT", "gemm"),
+    ("void flashinfer::ConcatMLAKKernel<...>", "other"),  # a copy, despite 'mla' in its name
+    ("flash::prepare_varlen_num_blocks_kernel", "other"),
+])
+def test_kernel_roles(name, role):
+    from attnbench.timing import kernel_role
+
+    assert kernel_role(name) == role

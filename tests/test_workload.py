@@ -111,12 +111,14 @@ def test_scheduler_order_without_threshold_keeps_the_batch_order():
     assert scheduler_order(reqs, None) == reqs
 
 
-def test_scheduler_order_is_a_stable_partition():
+def test_scheduler_order_moves_only_misplaced_rows():
     reqs = [BatchRequest(5, 10), BatchRequest(1, 11), BatchRequest(3, 12), BatchRequest(1, 13),
             BatchRequest(8, 8), BatchRequest(2, 15), BatchRequest(9, 9), BatchRequest(4, 40)]
     ordered = scheduler_order(reqs, threshold=2)
-    # decodes 11, 13, 15; extends 10, 12, 40; prefills 8, 9 -- each group in its original order
-    assert [r.kv_len for r in ordered] == [11, 13, 15, 10, 12, 40, 8, 9]
+    # regions [ext, dec, ext, dec, pre, dec, pre, ext] -> target [dec x3, ext x3, pre x2]. Rows 1 (kv 11) and
+    # 6 (kv 9) already sit in their target region and stay; the misplaced slots 0,2,3,4,5,7 take rows
+    # 3,5,0,2,7,4 (the misplaced rows sorted stably by region), as vLLM's swap cycles do.
+    assert [r.kv_len for r in ordered] == [13, 11, 15, 10, 12, 40, 9, 8]
 
 
 @pytest.mark.parametrize("requests, threshold, expected_regions", [
@@ -154,9 +156,16 @@ def test_scheduler_order_properties(shapes, threshold):
     assert sorted(ordered, key=key) == sorted(reqs, key=key)  # a permutation (prefills may repeat)
     regions = [_region(r, threshold) for r in ordered]
     assert regions == sorted(regions)  # decodes, then extends, then prefills
-    for region in (0, 1, 2):
-        assert [r for r in ordered if _region(r, threshold) == region] == \
-            [r for r in reqs if _region(r, threshold) == region]  # stable inside each region
+    original = [_region(r, threshold) for r in reqs]
+    for i, (before, want) in enumerate(zip(original, sorted(original))):
+        if before == want:
+            assert ordered[i] is reqs[i]  # a row already in its region is not moved (vLLM swaps only misplaced rows)
+
+
+def test_scheduler_order_matches_vllm_swap_cycles():
+    """vLLM's own interleaved example: regions [prefill, decode, extend, decode] -> rows [3, 1, 2, 0]."""
+    prefill, decode_a, extend, decode_b = BatchRequest(8, 8), BatchRequest(1, 9), BatchRequest(8, 30), BatchRequest(1, 20)
+    assert scheduler_order([prefill, decode_a, extend, decode_b], 4) == [decode_b, decode_a, extend, prefill]
 
 
 # ------------------------------------------------------------------------------------------ cache fill

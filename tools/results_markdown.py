@@ -91,7 +91,10 @@ def load_baseline(directory: str | os.PathLike[str], logs: str | os.PathLike[str
     if not root.is_dir():
         raise BaselineError(f"{root}: no such baseline directory "
                             "(expected a folder such as baselines/NVIDIA_H100_80GB_HBM3)")
-    paths = sorted(root.rglob("*.json"))
+    logs_dir = Path(logs) if logs is not None else next(
+        (d for d in (root / "logs", root.parent / "logs") if d.is_dir()), None)
+    # the logs folder may hold other JSON (compare verdicts): results are the JSON files outside it
+    paths = sorted(p for p in root.rglob("*.json") if logs_dir is None or logs_dir.resolve() not in p.resolve().parents)
     if not paths:
         raise BaselineError(f"{root}: no pytest-benchmark JSON files under it "
                             "(expected <gpu>/<machine>/NNNN_<study>.json)")
@@ -108,8 +111,6 @@ def load_baseline(directory: str | os.PathLike[str], logs: str | os.PathLike[str
     merged = merge_results(sorted(everything, key=lambda r: r.status == PASSED))
     if not any(r.timed for r in merged):
         raise BaselineError(f"{root}: the JSON files hold no timed results")
-    logs_dir = Path(logs) if logs is not None else next(
-        (d for d in (root / "logs", root.parent / "logs") if d.is_dir()), None)
     baseline = Baseline(root, files, merged, source, logs_dir)
     if logs_dir is not None:
         baseline.log_notes = read_log_notes(logs_dir, baseline)
@@ -122,9 +123,16 @@ _FAIL_HEADER = re.compile(r"^_{3,} (\S+) _{3,}$")
 
 
 def read_log_notes(logs_dir: Path, baseline: Baseline | None = None) -> list[LogNote]:
-    """Skipped and failed cases from pytest logs (``-rs`` summary lines and failure sections)."""
+    """Skipped and failed cases from pytest logs (``-rs`` summary lines and failure sections).
+
+    With a ``baseline``, only the logs of its studies are read: a log is named after its study
+    (``<study>[_<suffix>].log``, as tools/device_studies.sh names them); other logs (a compare run,
+    an ad-hoc check) are not part of the baseline."""
     notes: list[LogNote] = []
+    studies = tuple(baseline.studies()) if baseline is not None else ()
     for log in sorted(logs_dir.glob("*.log")):
+        if studies and not any(log.stem == s or log.stem.startswith(f"{s}_") for s in studies):
+            continue
         failed: dict[str, str] = {}
         current: str | None = None
         for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -221,11 +229,17 @@ def sorted_specs(results: Iterable[BenchmarkResult]) -> list[str]:
 
 
 def fastest(cells: dict[str, BenchmarkResult]) -> tuple[str, BenchmarkResult] | None:
-    timed = [(r.median_time, label, r) for label, r in cells.items() if r.timed]
+    timed = [(float(r.median_time or 0.0), label, r) for label, r in cells.items() if r.timed]
     if not timed:
         return None
     _, label, r = min(timed, key=lambda t: t[0])
     return label, r
+
+
+def per_backend(backend: str,
+                show: Callable[[BenchmarkResult | None], str]) -> Callable[[dict[str, BenchmarkResult]], str]:
+    """A cell function for ``backend_table``'s extra columns: ``show`` of that backend's result in the row."""
+    return lambda cells: show(cells.get(backend))
 
 
 def info(result: BenchmarkResult | None, section: str, key: str) -> Any:
@@ -416,11 +430,11 @@ def standard_section(results: Sequence[BenchmarkResult]) -> str:
         if len(paths) == 1:
             constant.append(f"{b}: {next(iter(paths))}")
         elif paths:
-            extra.append((f"{b} path", lambda cells, b=b: short_kernel_path(info(cells.get(b), "backend_info",
-                                                                                  "kernel_path")), False))
+            extra.append((f"{b} path", per_backend(b, lambda r: short_kernel_path(info(r, "backend_info",
+                                                                                        "kernel_path"))), False))
     if "FLASH_ATTN" in backends:
         extra.append(("FLASH_ATTN graph/kernel-sum",
-                      lambda cells: _ratio(info(cells.get("FLASH_ATTN"), "kernels", "timed_over_kernel_sum")), True))
+                      per_backend("FLASH_ATTN", lambda r: _ratio(info(r, "kernels", "timed_over_kernel_sum"))), True))
     table, winners = backend_table(results, STANDARD_BACKENDS, extra)
     notes = [wins_line(winners, len(winners))]
     if constant:
@@ -447,11 +461,10 @@ def _shares(backends: Sequence[str], with_split: bool) -> list[Extra]:
     for b in backends:
         if with_split:
             out.append((f"{b} split · attention share",
-                        lambda cells, b=b: f"{split(cells.get(b))} · "
-                                           f"{pct(info(cells.get(b), 'kernels', 'attention_share'))}", True))
+                        per_backend(b, lambda r: f"{split(r)} · {pct(info(r, 'kernels', 'attention_share'))}"), True))
         else:
-            out.append((f"{b} attention share", lambda cells, b=b: pct(info(cells.get(b), "kernels",
-                                                                                "attention_share")), True))
+            out.append((f"{b} attention share",
+                        per_backend(b, lambda r: pct(info(r, "kernels", "attention_share"))), True))
     return out
 
 
@@ -463,13 +476,14 @@ def _share_notes(results: Sequence[BenchmarkResult]) -> list[str]:
         zero = [r for r in mine if info(r, "kernels", "attention_share") == 0]
         if not (mine and zero):
             continue
-        unmatched: Counter[str] = Counter()
+        unmatched: dict[str, float] = defaultdict(float)
         for r in zero:
             for k in info(r, "kernels", "top_kernels") or []:
                 name = k.get("name") or ""
                 if k.get("role") == "other" and not _LIBRARY_KERNEL.search(name):
                     unmatched[name] += k.get("seconds") or 0.0
-        names = ", ".join(f"`{_clip(n, 60)}`" for n, _ in unmatched.most_common(3)) or "unknown"
+        largest = sorted(unmatched, key=lambda n: -unmatched[n])[:3]
+        names = ", ".join(f"`{_clip(n, 60)}`" for n in largest) or "unknown"
         notes.append(f"{backend}'s attention share reads 0 % in {len(zero)}/{len(mine)} cases because none of its "
                      f"kernels matched the attention role of `attnbench.timing.KERNEL_ROLES` (its largest "
                      f"unclassified kernels: {names}): the share is unmeasured, not zero.")
@@ -558,8 +572,8 @@ def sweep_section(results: Sequence[BenchmarkResult], study: str) -> str:
         if best:
             winners.append(best[0])
     path_row, slow = ["path"], []
-    best_of = {spec: min((r.median_time for (s, _, _), r in cells.items() if s == spec and r.timed), default=None)
-               for spec in sorted_specs(swept)}
+    best_of = {spec: min((float(r.median_time or 0.0) for (s, _, _), r in cells.items() if s == spec and r.timed),
+                         default=None) for spec in sorted_specs(swept)}
     for b, v in columns:
         column = [r for (_, cb, cv), r in cells.items() if (cb, cv) == (b, v)]
         kind = _path_kind(column)
@@ -671,16 +685,16 @@ def skipped_section(baseline: Baseline) -> str:
                          "logs were found, so skipped and failed cases are unknown.")
         return "\n".join(lines)
     lines.append("pytest-benchmark JSON holds passed cases only; these come from the pytest logs "
-                 f"(`{baseline.logs_dir}`).")
+                 f"(`{_display_path(str(baseline.logs_dir))}`).")
     lines.append("")
-    rows = []
+    log_rows = []
     for n in baseline.log_notes:
         what = n.test if n.test else f"{n.count} case{'s' if n.count != 1 else ''}"
         outcome = n.status
         if n.rerun_passed_in:
             outcome += f" (rerun passed: `{n.rerun_passed_in}`)"
-        rows.append((f"`{n.log}`", what, outcome, _clip(n.reason, 180)))
-    lines.append(md_table(("log", "cases", "status", "reason"), rows, right=(False, False, False, False)))
+        log_rows.append((f"`{n.log}`", what, outcome, _clip(n.reason, 180)))
+    lines.append(md_table(("log", "cases", "status", "reason"), log_rows, right=(False, False, False, False)))
     skipped_backends = sorted({m.group(1) for n in baseline.log_notes if n.status == "skipped"
                                for m in [re.match(r"(\w+) requires (SM\d+\+)", n.reason)] if m})
     if skipped_backends:
