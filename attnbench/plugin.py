@@ -78,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[ERRORS_KEY] = []
 
 
-def _backend_param(info: registry.BackendInfo, device: str) -> Any:
+def _backend_param(info: registry.BackendInfo) -> Any:
     marks = []
     if info.needs_cuda:
         marks.append(pytest.mark.requires_cuda)
@@ -108,7 +108,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         config.stash[ERRORS_KEY].append(str(exc))
         metafunc.parametrize("bench_backend", [pytest.param(None, marks=pytest.mark.attnbench_unused)])
         return
-    metafunc.parametrize("bench_backend", [_backend_param(b, study.run.device) for b in backends])
+    metafunc.parametrize("bench_backend", [_backend_param(b) for b in backends])
     metafunc.parametrize("bench_spec", specs, ids=specs)
     if study.sweep is not None:
         points = study.sweep.points()

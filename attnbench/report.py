@@ -381,7 +381,7 @@ def _metrics_table(study: str, family: str, group: Sequence[BenchmarkResult]) ->
             row.append(_time_cell(r, notes, f"{backend} {spec}") if r is not None else "")
             if backend not in timed_backends:
                 continue
-            for name, show in metrics:
+            for _name, show in metrics:
                 if r is None or not r.timed:
                     row.append("")
                 else:

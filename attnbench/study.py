@@ -308,8 +308,6 @@ def build_study(yaml_fields: dict[str, Any] | None, cli: dict[str, Any],
     for key in ("device", "repeats", "warmup_iters", "profile_memory", "cache_state", "noise_target", "seed"):
         if cli.get(key) is not None:
             run_fields[key] = cli[key]
-    if "device" in run_fields and run_fields["device"].startswith("cuda:"):
-        run_fields["device"] = run_fields["device"]  # kept as given: cuda:N selects the GPU
     model = dict(y.pop("model", {}))
     for key, value in (cli.get("model") or {}).items():
         if value is not None:

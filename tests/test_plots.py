@@ -104,3 +104,65 @@ def test_plot_command_with_nothing_to_plot(tmp_path: Path, capsys) -> None:
     assert plots.main([str(path), "--out", str(tmp_path)]) == 1
     assert "nothing to plot" in capsys.readouterr().err
     assert json.loads(path.read_text())["results"]
+
+
+@pytest.fixture
+def figures(monkeypatch) -> list:
+    """The matplotlib Figures the plots save, in order."""
+    saved: list = []
+    real_save = plots._save
+
+    def keep(fig, path):
+        saved.append(fig)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return saved
+
+
+def test_backend_bars_width_is_capped(tmp_path: Path, figures) -> None:
+    many = [timed(b, f"{n}q1s1k", n * 1e-6) for n in range(1, 41) for b in ("A", "B", "C")]
+    pixels = image(plots.backend_bars(many, tmp_path / "wide.png"))
+    assert figures[0].get_figwidth() == plots._MAX_WIDTH
+    assert pixels.shape[1] == round(plots._MAX_WIDTH * figures[0].dpi)
+    plots.backend_bars(many[:6], tmp_path / "narrow.png")
+    assert figures[1].get_figwidth() < plots._MAX_WIDTH
+
+
+def test_sweep_heatmap_colours_noise_pale_and_is_symmetric_in_log(tmp_path: Path, figures) -> None:
+    from matplotlib.colors import LogNorm
+
+    noise = [timed("A", spec, base * factor, sweep_param="p", sweep_value=value)
+             for spec, base in (("q1s1k", 1e-5), ("q1s2k", 2e-5)) for value, factor in (("auto", 1.0), (2, 0.99))]
+    plots.sweep_heatmap(noise, tmp_path / "noise.png")
+    norm = figures[0].axes[0].images[0].norm
+    assert isinstance(norm, LogNorm)
+    assert norm.vmax == pytest.approx(1.25) and norm.vmin == pytest.approx(1 / 1.25)  # 1.01x stays near the middle
+    plots.sweep_heatmap(sweep_results(), tmp_path / "sweep.png")
+    norm = figures[1].axes[0].images[0].norm
+    assert norm.vmax == pytest.approx(1.3)  # the 1/1.3x cell sets the span
+    assert norm.vmin * norm.vmax == pytest.approx(1.0)
+    colourbar = figures[1].axes[-1]
+    assert any(t.get_text().endswith("x") for t in colourbar.get_yticklabels())
+
+
+def test_crossover_plot_has_one_figure_legend_below_the_panels(tmp_path: Path, figures) -> None:
+    results = pipeline_results() + [timed("FLASH_ATTN_MLA", r.batch_spec, r.median_time * 0.8, pipeline=r.pipeline)
+                                    for r in pipeline_results()]
+    plots.crossover_plot(results, tmp_path / "cross.png")
+    fig = figures[0]
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "FLASHMLA decode", "FLASHMLA prefill", "FLASH_ATTN_MLA decode", "FLASH_ATTN_MLA prefill"]
+    renderer = fig.canvas.get_renderer()
+    legend_box = legend.get_window_extent(renderer)
+    assert all(legend_box.y1 <= ax.get_tightbbox(renderer).y0 + 1 for ax in fig.axes if ax.get_visible())
+    assert sum(len(ax.texts) for ax in fig.axes) == 2 * 2  # both backends cross over in both panels
+    for ax in fig.axes:  # the "decode ≤ q" labels stay inside their panel and apart from each other
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        frame = ax.get_window_extent(renderer)
+        for box in boxes:
+            assert frame.x0 <= box.x0 and box.x1 <= frame.x1
+        for i, a in enumerate(boxes):
+            assert not any(a.overlaps(b) for b in boxes[i + 1:])
