@@ -173,3 +173,17 @@ def test_a_shipped_yaml_study_drives_collection(pytester):
     assert result.ret == 0, "\n".join(result.outlines[-20:] + result.errlines)
     ids = collected_ids(result)
     assert len(ids) == len(expected) and set(ids) == expected  # no standard-attention case: none is named
+
+
+def test_benchmark_histogram_and_compare_fail_work_on_the_recorded_stats(pytester):
+    storage = pytester.path / "storage"
+    common = [BENCH_ATTENTION, "-k", "REFERENCE", "--device", "cpu", "--batch-specs", "q1s1k", "--repeats", "4",
+              "--warmup-iters", "0", "--num-q-heads", "8", f"--benchmark-storage=file://{storage}"]
+    hist = pytester.path / "hist" / "h"
+    result = run(pytester, *common, "--benchmark-save=base", f"--benchmark-histogram={hist}")
+    assert result.ret == 0, "\n".join(result.outlines[-30:])
+    svgs = list(hist.parent.glob("h*.svg"))
+    assert svgs and "REFERENCE" in svgs[0].read_text()
+    # a 1000000% allowance never fails; the option itself must be accepted on our device-time stats
+    compared = run(pytester, *common, "--benchmark-compare", "--benchmark-compare-fail=median:1000000%")
+    assert compared.ret == 0, "\n".join(compared.outlines[-30:])
