@@ -24,12 +24,16 @@ HERE = Path(__file__).resolve().parent
 # seed flag -> pytest option of this suite (same spelling unless noted)
 _VALUE_FLAGS = ("--num-layers", "--head-dim", "--num-q-heads", "--num-kv-heads", "--block-size", "--device",
                 "--repeats", "--warmup-iters", "--sweep-param", "--output-csv", "--output-json", "--kv-cache-dtype",
-                "--kv-lora-rank", "--qk-nope-head-dim", "--qk-rope-head-dim", "--v-head-dim", "--cache-state")
+                "--kv-lora-rank", "--qk-nope-head-dim", "--qk-rope-head-dim", "--v-head-dim", "--cache-state",
+                "--dtype", "--seed", "--noise-target")
 _LIST_FLAGS = ("--backends", "--batch-specs", "--sweep-values")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # allow_abbrev=False: a prefix of a seed flag is not that flag, so pytest's own short spellings
+    # (--co, --sw, --lf, ...) pass through instead of being swallowed as --config / ambiguous --sweep-*
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--config", help="YAML study (pytest: --bench-config)")
     p.add_argument("--backends", "--backend", nargs="+", dest="backends")
     p.add_argument("--batch-specs", nargs="+")

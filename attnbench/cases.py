@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD, BackendInfo
-from attnbench.shapes import Shape, with_value
+from attnbench.shapes import Shape, sweepable_keys, with_value
 from attnbench.study import AUTO, RunSettings
 from grammar import BatchRequest, parse_batch_spec
 
@@ -34,7 +34,7 @@ class BenchCase:
     @property
     def effective_shape(self) -> Shape:
         """The shape with a swept model dimension applied."""
-        if self.sweep_param and self.sweep_value not in (None, AUTO) and hasattr(self.shape, self.sweep_param):
+        if self.sweep_param in sweepable_keys(self.family) and self.sweep_value not in (None, AUTO):
             return with_value(self.shape, self.sweep_param, self.sweep_value)
         return self.shape
 

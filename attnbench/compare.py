@@ -1,8 +1,8 @@
 """Regression verdicts against a saved baseline, aware of each run's measured noise.
 
 For every case present in both runs (matched by ``attnbench.results.case_key``: family,
-backend, batch spec, shape, sweep value, pipeline, backend knobs, cache state; records
-without those fields are matched by pytest fullname) we estimate
+backend, batch spec, shape, sweep value, pipeline, backend knobs, cache state, device kind;
+records without those fields are matched by pytest fullname) we estimate
 
     r = median(new) / median(baseline)          (time ratio: r > 1 means the new run is slower)
 

@@ -12,16 +12,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import json
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable
 
-from attnbench.results import SHAPE_FIELDS, BenchmarkResult, case_key
+from attnbench.results import SHAPE_FIELDS, BenchmarkResult, RecordError, case_key
 
 SCHEMA = "attnbench.results/1"
 
@@ -121,11 +123,29 @@ class ResultsFileError(ValueError):
     """A results file that cannot be read: names the file and why."""
 
 
+class _NotRecords(ResultsFileError):
+    """A journal whose lines are JSON but none of them a result record."""
+
+
 def load_results(path: str | os.PathLike[str]) -> LoadedResults:
+    """Read a results file of any kind ``load_results`` knows (see the module docstring).
+
+    Anything unreadable — a missing file, a binary or non-UTF-8 file, JSON of the wrong shape, a record with
+    a missing or mistyped field — is a ``ResultsFileError`` naming the file and what is wrong, never a bare
+    TypeError / UnicodeDecodeError. (Unreadable lines of a journal are skipped with a warning, since a crash
+    can cut its last line short; a journal with no readable line at all is an error.)"""
     p = Path(path)
     if not p.is_file():
-        raise ResultsFileError(f"{p}: no such results file")
-    text = p.read_text(encoding="utf-8")
+        raise ResultsFileError(f"{p}: no such results file" + (" (it is a directory)" if p.is_dir() else ""))
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ResultsFileError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ResultsFileError(f"{p}: not a text results file (byte {exc.start} is not UTF-8: "
+                               f"{raw[exc.start:exc.start + 1]!r})") from None
     stripped = text.lstrip()
     if not stripped:
         return LoadedResults([], None, "journal")
@@ -133,21 +153,47 @@ def load_results(path: str | os.PathLike[str]) -> LoadedResults:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         if stripped.startswith("{"):  # several JSON objects, one a line: a journal
-            loaded = _load_journal(p, text)
-            if loaded.results:
-                return loaded
+            try:
+                return _load_journal(p, text)
+            except _NotRecords:  # JSON lines, but not records: say which and why
+                raise
+            except ResultsFileError:
+                pass
         raise ResultsFileError(f"{p}: not JSON: {exc}") from None
     if isinstance(doc, list):
-        return LoadedResults([BenchmarkResult.from_record(r) for r in doc], None, "seed-json")
+        return LoadedResults(_records(p, doc, "record", BenchmarkResult.from_record), None, "seed-json")
     if isinstance(doc, dict) and "benchmarks" in doc:
-        results = [BenchmarkResult.from_benchmark_json(e) for e in doc["benchmarks"]]
-        return LoadedResults(results, doc.get("machine_info"), "pytest-benchmark")
+        results = _records(p, doc["benchmarks"], "benchmarks", BenchmarkResult.from_benchmark_json)
+        return LoadedResults(results, _machine_info(p, doc), "pytest-benchmark")
     if isinstance(doc, dict) and "results" in doc:
-        return LoadedResults([BenchmarkResult.from_record(r) for r in doc["results"]], doc.get("machine_info"),
-                             "attnbench-json")
+        results = _records(p, doc["results"], "results", BenchmarkResult.from_record)
+        return LoadedResults(results, _machine_info(p, doc), "attnbench-json")
     if isinstance(doc, dict) and "backend" in doc:  # a journal of one line
         return _load_journal(p, text)
-    raise ResultsFileError(f"{p}: neither attnbench results, a journal, nor pytest-benchmark JSON")
+    found = f"an object with keys {', '.join(sorted(doc)[:6]) or 'none'}" if isinstance(doc, dict) else \
+        f"a JSON {type(doc).__name__}"
+    raise ResultsFileError(f"{p}: neither attnbench results, a journal, nor pytest-benchmark JSON (found {found})")
+
+
+def _records(p: Path, items: Any, what: str, build: Any) -> list[BenchmarkResult]:
+    """``build`` over a list of records, naming the file and the record on the first malformed one."""
+    if not isinstance(items, list):
+        raise ResultsFileError(f"{p}: {what!r} is a JSON {type(items).__name__}, expected a list of records")
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(build(item))
+        except RecordError as exc:
+            where = f"record {i + 1} of {len(items)}" if what == "record" else f"{what}[{i}]"
+            raise ResultsFileError(f"{p}: {where}: {exc}") from None
+    return out
+
+
+def _machine_info(p: Path, doc: dict[str, Any]) -> dict[str, Any] | None:
+    info = doc.get("machine_info")
+    if info is not None and not isinstance(info, dict):
+        raise ResultsFileError(f"{p}: machine_info is a JSON {type(info).__name__}, expected an object")
+    return info
 
 
 def merge_results(results: Iterable[BenchmarkResult]) -> list[BenchmarkResult]:
@@ -159,18 +205,29 @@ def merge_results(results: Iterable[BenchmarkResult]) -> list[BenchmarkResult]:
 
 
 def _load_journal(p: Path, text: str) -> LoadedResults:
-    results, notes = [], []
-    lines = text.splitlines()
-    for number, line in enumerate(lines, 1):
+    """The readable lines of a journal; a ResultsFileError when none is (the first problem, named)."""
+    results, notes, problems = [], [], []
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            results.append(BenchmarkResult.from_record(json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as exc:
-            # a crash can cut the last line short; anything earlier is corruption worth a warning too
-            note = f"{p}:{number}: unreadable line skipped ({exc})"
-            notes.append(note)
-            warnings.warn(note, stacklevel=2)
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            notes.append(f"{p}:{number}: unreadable line skipped ({exc})")
+            continue
+        try:
+            results.append(BenchmarkResult.from_record(record))
+        except (RecordError, TypeError) as exc:
+            notes.append(f"{p}:{number}: unreadable line skipped ({exc})")
+            if isinstance(record, dict):  # a JSON object that is not a result: worth naming if none is
+                problems.append(f"{p}: line {number}: {exc}")
+    if not results:
+        if problems:
+            raise _NotRecords(problems[0])
+        raise ResultsFileError(f"{p}: not JSON: {notes[0] if notes else 'no records'}")
+    for note in notes:
+        # a crash can cut the last line short; anything earlier is corruption worth a warning too
+        warnings.warn(note, stacklevel=3)
     return LoadedResults(results, None, "journal", notes)
 
 
@@ -179,15 +236,44 @@ def _line(result: BenchmarkResult) -> str:
 
 
 def _atomic_write(path: Path, write: Any, newline: str | None = None) -> Path:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
+    """Write through a temporary file and rename, so a reader never sees half a file.
+
+    The temporary ``.NAME.tmpPID`` is removed whatever happens: a failed write or rename leaves no litter."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline=newline) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline=newline) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):  # gone already after a successful rename
+            tmp.unlink(missing_ok=True)
     return path
+
+
+def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be written as an output file (None when it can).
+
+    Probes what ``_atomic_write`` will do: the path must not be a directory, and a file must be creatable in
+    its folder (or, when folders are missing, in the nearest existing one, which must be a directory).
+    Nothing is left behind: the probe file is removed and no folder is created."""
+    p = Path(path)
+    if p.is_dir():
+        return "it is a directory"
+    folder = p.parent
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a directory"
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".attnbench-probe.")
+    except OSError as exc:
+        return f"cannot create a file in {folder}: {exc.strerror or exc}"
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 def _now() -> str:

@@ -31,10 +31,6 @@ class AttentionBuffers:
     value_cache: torch.Tensor
     output: torch.Tensor  # [T, Hq, D]
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.query, self.key, self.value, self.kv_cache, self.output))
-
 
 def plain_attention_cache(layout: BatchLayout, shape: AttentionShape, device: torch.device) -> AttentionCache:
     kv = torch.empty(2, layout.num_blocks, layout.block_size, shape.num_kv_heads, shape.head_dim,
@@ -72,13 +68,11 @@ def attention_oracle(buf: AttentionBuffers, layout: BatchLayout, scale: float) -
 
 
 def attention_cache_check(buf: AttentionBuffers, layout: BatchLayout) -> Callable[[], str | None]:
-    """After a step: every new token's K/V must sit at its slot (exact: the cache has the input dtype)."""
+    """After a step: every new token's K/V must sit at its slot (exact: the cache has the model dtype)."""
     def check() -> str | None:
         flat_k = buf.key_cache.reshape(-1, *buf.key_cache.shape[2:])
         flat_v = buf.value_cache.reshape(-1, *buf.value_cache.shape[2:])
         for name, flat, new in (("key", flat_k, buf.key), ("value", flat_v, buf.value)):
-            if flat.dtype != new.dtype:
-                return None  # a quantised cache cannot be compared exactly; the output check still applies
             bad = (flat.index_select(0, layout.slot_mapping) != new).flatten(1).any(dim=1)
             if bool(bad.any()):
                 return f"{int(bad.sum())} of {bad.numel()} new {name} entries not at their slots"
@@ -93,10 +87,6 @@ class MLABuffers:
     k_pe: torch.Tensor  # [T, rope]: new tokens' rotary key part
     kv_cache: torch.Tensor  # the backend's latent cache [NB, BS, rank + rope]
     output: torch.Tensor  # [T, H * v_head_dim]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.q, self.kv_c, self.k_pe, self.kv_cache, self.output))
 
 
 def mla_buffer_bytes(layout: BatchLayout, shape: MLAShape) -> int:
@@ -146,8 +136,6 @@ def mla_oracle(buf: MLABuffers, layout: BatchLayout, shape: MLAShape, kv_b_proj_
 def mla_cache_check(buf: MLABuffers, layout: BatchLayout) -> Callable[[], str | None]:
     def check() -> str | None:
         flat = buf.kv_cache.reshape(-1, buf.kv_cache.shape[-1])
-        if flat.dtype != buf.kv_c.dtype:
-            return None
         new = torch.cat([buf.kv_c, buf.k_pe], dim=-1)
         bad = (flat.index_select(0, layout.slot_mapping) != new).any(dim=1)
         if bool(bad.any()):
@@ -166,7 +154,7 @@ def mla_step_transient_bytes(layout: BatchLayout, shape: MLAShape, paths: list[s
     """Intermediates vLLM's MLA step allocates beyond the layer buffers (measured order of magnitude):
     absorbed q and the latent output for decode rows (bf16 + fp32 split-KV partials), and the
     up-projected K/V of new + cached tokens for prefill rows."""
-    h = layout.requests and shape.num_q_heads
+    h = shape.num_q_heads
     rows = list(zip(layout.requests, paths))
     decode = sum(r.q_len for r, p in rows if p == "decode") * h * shape.kv_lora_rank * (2 + 2 + 4)
     prefill = sum(r.kv_len for r, p in rows if p != "decode") * h * (shape.qk_head_dim + shape.v_head_dim) * 2

@@ -13,7 +13,8 @@ import pytest
 
 from attnbench import backends as registry
 from attnbench.cases import BenchCase
-from attnbench.study import Study, StudyError, build_study, check_shape, load_study_file
+from attnbench.shapes import ShapeError, sweepable_keys, with_value
+from attnbench.study import AUTO, BACKEND_PARAMS, Study, StudyError, build_study, check_shape, load_study_file
 
 STUDY_KEY = pytest.StashKey[Study]()
 ERRORS_KEY = pytest.StashKey[list]()
@@ -45,6 +46,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--output-csv", metavar="FILE", help="write one CSV row per case")
     group.addoption("--output-json", metavar="FILE", help="write one JSON record per case")
     group.addoption("--seed", type=int, help="seed for every random input (default 0)")
+    group.addoption("--no-kernel-profile", action="store_true",
+                    help="skip the per-case torch.profiler pass (kernel durations, attention share)")
 
 
 def _cli_values(config: pytest.Config) -> dict[str, Any]:
@@ -53,6 +56,7 @@ def _cli_values(config: pytest.Config) -> dict[str, Any]:
         "backends": opt("backends"), "batch_specs": opt("batch_specs"), "device": opt("device"),
         "repeats": opt("repeats"), "warmup_iters": opt("warmup_iters"), "noise_target": opt("noise_target"),
         "cache_state": opt("cache_state"), "profile_memory": opt("profile_memory"), "seed": opt("seed"),
+        "no_kernel_profile": opt("no_kernel_profile"),
         "sweep_param": opt("sweep_param"), "sweep_values": opt("sweep_values"),
         "sweep_include_auto": opt("sweep_include_auto"),
         "output_csv": opt("output_csv"), "output_json": opt("output_json"),
@@ -101,11 +105,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if study.mode != mode or not backends:
         metafunc.parametrize("bench_backend", [pytest.param(None, marks=pytest.mark.attnbench_unused)])
         return
+    sweep = study.sweep
+    if sweep is not None and sweep.param not in BACKEND_PARAMS and sweep.param not in sweepable_keys(family):
+        # a model-dimension sweep of the other family (e.g. kv_lora_rank): nothing to run here
+        metafunc.parametrize("bench_backend", [pytest.param(None, marks=pytest.mark.attnbench_unused)])
+        return
     try:
-        check_shape(study, family)
+        shape = check_shape(study, family)
         specs = study.specs_for(family)
+        if sweep is not None and sweep.param not in BACKEND_PARAMS:
+            for value in sweep.points():
+                if value != AUTO:
+                    try:
+                        with_value(shape, sweep.param, value)
+                    except ShapeError as exc:
+                        raise StudyError(f"--sweep-values: {sweep.param}={value}: {exc}") from None
     except (StudyError, ValueError) as exc:
-        config.stash[ERRORS_KEY].append(str(exc))
+        # command-line dimensions apply to every collected family; say how to aim them at one
+        hint = "" if study.source else {"attention": " (dimensions meant for MLA? run only bench_mla)",
+                                        "mla": " (dimensions meant for standard attention? run only bench_attention)"}[family]
+        config.stash[ERRORS_KEY].append(f"{exc}{hint}")
         metafunc.parametrize("bench_backend", [pytest.param(None, marks=pytest.mark.attnbench_unused)])
         return
     metafunc.parametrize("bench_backend", [_backend_param(b) for b in backends])

@@ -318,8 +318,9 @@ def _caption(group: Sequence[BenchmarkResult]) -> str:
     if timers:
         unit += f"; timer: {', '.join(sorted(timers))}"
     marks = "✓ verified against REFERENCE, ref = the reference itself, – not verified"
-    where = ", ".join(p for p in (f"device {first.device}" if first.device else "",
-                                  f"{first.cache_state} L2" if first.cache_state else "") if p)
+    on_gpu = bool(first.device) and str(first.device).startswith("cuda")
+    cache = (f"{first.cache_state} L2" if on_gpu else "L2 not controlled (host timer)") if first.cache_state else ""
+    where = ", ".join(p for p in (f"device {first.device}" if first.device else "", cache) if p)
     return ". ".join(p for p in (f"{shape}; {where}" if shape and where else shape or where, unit, marks) if p) + "."
 
 

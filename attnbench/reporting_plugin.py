@@ -33,7 +33,7 @@ from attnbench.cases import BenchCase
 from attnbench.compare import (SLOWER, THRESHOLD, GpuMismatch, Verdict, check_gpu, compare_results, counts,
                                gpu_name, verdict_table, write_verdict_json)
 from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, load_results,
-                               merge_results, partial_path)
+                               merge_results, partial_path, unwritable_reason)
 from attnbench.plugin import STUDY_KEY
 from attnbench.results import FAILED, PASSED, SKIPPED, BenchmarkResult, case_key
 from attnbench.study import Study
@@ -158,6 +158,8 @@ class ReportingSession:
 
     def __post_init__(self) -> None:
         opt = self.config.getoption
+        if not is_xdist_worker(self.config):
+            self._check_outputs_writable()
         self.resume_path = opt("resume")
         if self.resume_path:
             try:
@@ -179,6 +181,17 @@ class ReportingSession:
                 raise pytest.UsageError(f"--baseline-json {baseline_path}: {exc}") from None
             if warning:
                 self.warnings.append(warning)
+
+    def _check_outputs_writable(self) -> None:
+        """An output that cannot be written is a usage error now, not a crash after every case has run."""
+        for option, path in (("--output-json", self.study.output_json), ("--output-csv", self.study.output_csv)):
+            if not path:
+                continue
+            reason = unwritable_reason(path)
+            if reason is not None:
+                given = self.config.getoption(option[2:].replace("-", "_"))
+                where = option if given else f"{self.study.source or 'the study file'}: output.{option[9:]}"
+                raise pytest.UsageError(f"{where} {path}: cannot write the results there: {reason}")
 
     @property
     def output_path(self) -> str | None:

@@ -14,7 +14,7 @@ Times are seconds per attention call of one layer (``CaseResult.timing`` samples
 ``mean_time`` means the same thing as the seed's ``BenchmarkResult.mean_time``.
 
 Cases are identified across files by ``case_key``: structured fields (family, backend,
-batch spec, shape, sweep, pipeline, backend knobs, cache state), never a parsed test id;
+batch spec, shape, sweep, pipeline, backend knobs, cache state, device kind), never a parsed test id;
 a record without them (a plain pytest-benchmark test) falls back to its fullname.
 """
 
@@ -43,6 +43,28 @@ SHAPE_FIELDS = ("num_layers", "head_dim", "num_q_heads", "num_kv_heads", "block_
 _LIFTED_INFO = {"study", "family", "backend", "batch_spec", "shape", "sweep_param", "sweep_value", "pipeline",
                 "backend_params", "device", "verified", "cache_state", "flops", "bytes", "tflops", "gbps",
                 "pct_of_peak", "bound", "memory"}
+
+
+class RecordError(ValueError):
+    """A record or pytest-benchmark entry that is not a well-formed result; the message says what is wrong.
+
+    ``exports.load_results`` turns it into a ``ResultsFileError`` naming the file and the record."""
+
+
+# Field types a stored record must have (None always allowed except where noted), checked before use so a
+# malformed file is one clear error, never a TypeError deep in the reporting code.
+_NUMBER = "a number"
+_STR = "a string"
+_FIELD_TYPES: dict[str, str] = {
+    **{name: _NUMBER for name in ("mean_time", "median_time", "std_time", "min_time", "max_time", "iqr_time",
+                                  "throughput", "flops", "bytes", "tflops", "gbps", "pct_of_peak",
+                                  "peak_memory_bytes", "kv_memory_bytes", "rounds")},
+    **{name: _NUMBER for name in SHAPE_FIELDS if name not in ("dtype", "kv_cache_dtype")},
+    **{name: _STR for name in ("backend", "batch_spec", "family", "study", "dtype", "kv_cache_dtype", "sweep_param",
+                               "pipeline", "device", "cache_state", "status", "error", "timer", "bound", "fullname")},
+    "verified": "true or false", "backend_params": "an object", "extra": "an object", "samples": "a list of numbers",
+}
+_NOT_NULL = {"backend", "batch_spec", "status", "rounds", "samples", "backend_params", "extra"}
 
 
 @dataclass
@@ -178,19 +200,32 @@ class BenchmarkResult:
 
     @classmethod
     def from_benchmark_json(cls, entry: dict[str, Any]) -> "BenchmarkResult":
-        """One entry of pytest-benchmark's ``benchmarks`` list (only passed tests are saved there)."""
-        stats = entry.get("stats") or {}
-        data = [float(s) for s in stats.get("data") or []]
+        """One entry of pytest-benchmark's ``benchmarks`` list (only passed tests are saved there).
+
+        Raises ``RecordError`` naming the field when the entry is malformed."""
+        _require(isinstance(entry, dict), f"benchmark entry is {_kind(entry)}, expected an object")
+        stats = _container(entry, "stats", "stats") or {}
+        raw = stats.get("data") or []
+        _require(isinstance(raw, list), f"stats.data is {_kind(raw)}, expected a list of numbers")
+        for i, sample in enumerate(raw):
+            _require(_is_number(sample), f"stats.data[{i}] is {_show(sample)}, expected a number")
+        data = [float(s) for s in raw]
         if data:
             times = _times_from_samples(data)
         else:  # --benchmark-save keeps only the summary unless --benchmark-save-data
+            for key in ("mean", "median", "stddev", "min", "max", "iqr", "rounds"):
+                value = stats.get(key)
+                _require(value is None or _is_number(value), f"stats.{key} is {_show(value)}, expected a number")
             times = {"mean_time": stats.get("mean"), "median_time": stats.get("median"),
                      "std_time": stats.get("stddev"), "min_time": stats.get("min"), "max_time": stats.get("max"),
                      "iqr_time": stats.get("iqr"), "rounds": int(stats.get("rounds") or 0)}
-        info = dict(entry.get("extra_info") or {})
+        info = dict(_container(entry, "extra_info", "extra_info") or {})
         info.setdefault("backend", None)
         info.setdefault("batch_spec", None)
-        timer = (entry.get("options") or {}).get("timer")
+        _check_info(info)
+        timer = (_container(entry, "options", "options") or {}).get("timer")
+        for key, value in (("fullname", entry.get("fullname")), ("name", entry.get("name")), ("options.timer", timer)):
+            _require(value is None or isinstance(value, str), f"{key} is {_show(value)}, expected a string")
         return cls._from_info(info, times, data, status=PASSED, error=None, timer=timer,
                               fullname=entry.get("fullname"), fallback_name=entry.get("name"))
 
@@ -260,29 +295,48 @@ class BenchmarkResult:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "BenchmarkResult":
+        """A result from ``to_record``'s dict (or a seed record). Raises ``RecordError`` when it is not one."""
+        _require(isinstance(record, dict), f"record is {_kind(record)}, expected an object")
         if "backend" not in record and "config" in record:  # a seed record: only config + times
             return cls._from_seed_record(record)
+        for required in ("backend", "batch_spec"):
+            _require(required in record, f"record has no {required!r} (keys: {_keys(record)})")
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in record.items() if k in names})
+        kwargs = {k: v for k, v in record.items() if k in names}
+        _check_fields(kwargs)
+        return cls(**kwargs)
 
     @classmethod
     def _from_seed_record(cls, record: dict[str, Any]) -> "BenchmarkResult":
-        config = record.get("config") or {}
+        config = _container(record, "config", "config") or {}
         names = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in config.items() if k in names}
+        for required in ("backend", "batch_spec"):
+            _require(required in kwargs, f"seed record's config has no {required!r} (keys: {_keys(config)})")
         error = record.get("error")
-        return cls(**kwargs, mean_time=record.get("mean_time"), std_time=record.get("std_time"),
-                   min_time=record.get("min_time"), max_time=record.get("max_time"),
-                   throughput=record.get("throughput_tokens_per_sec"),
-                   status=FAILED if error else PASSED, error=error)
+        kwargs.update(mean_time=record.get("mean_time"), std_time=record.get("std_time"),
+                      min_time=record.get("min_time"), max_time=record.get("max_time"),
+                      throughput=record.get("throughput_tokens_per_sec"),
+                      status=FAILED if error else PASSED, error=error)
+        _check_fields(kwargs, renamed={"throughput": "throughput_tokens_per_sec"})
+        return cls(**kwargs)
 
 
 def case_key(result: BenchmarkResult) -> tuple:
-    """The structured identity of a case, stable across runs, files and machines."""
+    """The structured identity of a case, stable across runs, files and machines.
+
+    The device kind is part of it ("cpu" / "cuda": a CPU timing is not a GPU case's timing, so a CPU journal
+    given to --resume deselects nothing of a GPU run); the device index is not (``cuda:1`` is ``cuda``)."""
     if not result.batch_spec:
         return ("fullname", result.fullname or result.backend)
     return ("case", result.family, result.backend, result.batch_spec, _canon(result.shape), result.sweep_param,
-            _canon(result.sweep_value), result.pipeline, _canon(result.backend_params), result.cache_state)
+            _canon(result.sweep_value), result.pipeline, _canon(result.backend_params), result.cache_state,
+            device_kind(result.device))
+
+
+def device_kind(device: str | None) -> str | None:
+    """``cuda:1`` -> ``cuda``, ``cpu`` -> ``cpu``; None (unrecorded) stays None."""
+    return device.split(":", 1)[0].strip().lower() or None if isinstance(device, str) else device
 
 
 def describe_key(result: BenchmarkResult) -> str:
@@ -298,6 +352,74 @@ def describe_key(result: BenchmarkResult) -> str:
 def _canon(value: Any) -> str:
     # json with sorted keys: dicts compare by content, and 4 vs "4" (CLI strings) stay distinct only if typed so
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise RecordError(message)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return f"{text[:40]}..." if len(text) > 43 else text
+
+
+def _keys(record: dict[str, Any]) -> str:
+    keys = sorted(map(str, record))
+    return ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") if keys else "none"
+
+
+def _container(parent: dict[str, Any], key: str, label: str) -> dict[str, Any] | None:
+    """``parent[key]`` when it is an object or absent/null; a RecordError otherwise."""
+    value = parent.get(key)
+    _require(value is None or isinstance(value, dict), f"{label} is {_show(value)}, expected an object")
+    return value
+
+
+def _check_value(name: str, value: Any, label: str | None = None) -> None:
+    label = label or name
+    expected = _FIELD_TYPES.get(name)
+    if expected is None:
+        return
+    if value is None:
+        _require(name not in _NOT_NULL, f"{label} is null, expected {expected}")
+        return
+    ok = {_NUMBER: _is_number(value), _STR: isinstance(value, str), "true or false": isinstance(value, bool),
+          "an object": isinstance(value, dict),
+          "a list of numbers": isinstance(value, list) and all(_is_number(v) for v in value)}[expected]
+    _require(ok, f"{label} is {_show(value)}, expected {expected}")
+
+
+def _check_fields(values: dict[str, Any], renamed: dict[str, str] | None = None) -> None:
+    for name, value in values.items():
+        _check_value(name, value, (renamed or {}).get(name))
+    status = values.get("status", PASSED)
+    _require(status in STATUSES, f"status is {_show(status)}, expected one of {', '.join(STATUSES)}")
+
+
+def _check_info(info: dict[str, Any]) -> None:
+    """The ``extra_info`` keys that become fields (pytest-benchmark JSON), checked before they are used."""
+    for name in ("backend", "batch_spec", "family", "study", "sweep_param", "pipeline", "device", "cache_state",
+                 "bound", "verified", "flops", "bytes", "tflops", "gbps", "pct_of_peak", "backend_params"):
+        if info.get(name) is not None:
+            _check_value(name, info[name], f"extra_info.{name}")
+    shape = _container(info, "shape", "extra_info.shape") or {}
+    for name in SHAPE_FIELDS:
+        if shape.get(name) is not None:
+            _check_value(name, shape[name], f"extra_info.shape.{name}")
+    memory = _container(info, "memory", "extra_info.memory") or {}
+    for key in ("peak_allocated_bytes", "kv_and_buffers_bytes"):
+        value = memory.get(key)
+        _require(value is None or _is_number(value), f"extra_info.memory.{key} is {_show(value)}, expected a number")
 
 
 def _times_from_samples(data: list[float]) -> dict[str, Any]:

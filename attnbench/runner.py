@@ -131,7 +131,7 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
         memory = _check_memory(runner, n_buffers, device, case.run.profile_memory)
         layers = [runner.make_layer(i) for i in range(n_buffers)]
         with runner.context():
-            verification = _verify(layers[0], case) if case.run.verify else Verification.skipped("--no-verify")
+            verification = _verify(layers[0], case)  # layer 0: every layer runs the same code on its own buffers
         if not verification.passed:
             raise VerificationFailed(f"{case.backend.name} {case.batch_spec}: output does not match REFERENCE: "
                                  f"{verification.summary()}")

@@ -16,7 +16,9 @@ from typing import Any, Callable, Literal
 import yaml
 
 from attnbench import backends as registry
-from attnbench.shapes import ATTENTION_KEYS, MLA_KEYS, Shape, ShapeError, make_shape
+import re
+
+from attnbench.shapes import ATTENTION_KEYS, MLA_KEYS, Shape, ShapeError, make_shape, sweepable_keys
 from grammar import BatchSpecError, generate_batch_specs_from_ranges, parse_batch_spec, to_batch_spec
 
 Mode = Literal["standard", "decode_vs_prefill"]
@@ -45,10 +47,6 @@ class Sweep:
         pts: list[Any] = [AUTO] if self.include_auto else []
         return pts + [v for v in self.values if v not in pts]
 
-    @property
-    def is_model_param(self) -> bool:
-        return self.param in ATTENTION_KEYS | MLA_KEYS
-
 
 BACKEND_PARAMS = (registry.NUM_KV_SPLITS, registry.REORDER_BATCH_THRESHOLD)
 
@@ -63,8 +61,7 @@ class RunSettings:
     noise_target: float = 0.005  # stop early once the mean's relative standard error is below this; 0 = never
     min_rounds: int = 10
     seed: int = 0
-    verify: bool = True
-    kernel_profile: bool = True  # one torch.profiler pass per GPU case: kernel durations and roles
+    kernel_profile: bool = True  # one torch.profiler pass per GPU case: kernel durations and roles (--no-kernel-profile)
 
 
 @dataclass(frozen=True)
@@ -129,7 +126,9 @@ def load_study_file(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise StudyError(f"{where}: no such study file")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise StudyError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise StudyError(f"{where}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
@@ -163,8 +162,8 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
         elif key == "batch_specs":
             _check(isinstance(value, list) and value and all(isinstance(s, str) for s in value),
                    where, key, "must be a non-empty list of batch-spec strings")
-            out.setdefault("batch_specs", ())
-            out["batch_specs"] += tuple(_checked_spec(s, where, key) for s in value)
+            specs = out.get("batch_specs", ()) + tuple(_checked_spec(s, where, key) for s in value)
+            out["batch_specs"] = tuple(dict.fromkeys(specs))  # a repeated spec is one case, not two ids
         elif key == "batch_spec_ranges":
             _check(isinstance(value, list) and all(isinstance(r, dict) for r in value), where, key,
                    "must be a list of mappings with a 'template'")
@@ -172,7 +171,7 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
                 specs = generate_batch_specs_from_ranges(value)
             except BatchSpecError as exc:
                 raise StudyError(f"{where}: key '{key}': {exc}") from None
-            out["batch_specs"] = out.get("batch_specs", ()) + tuple(specs)
+            out["batch_specs"] = tuple(dict.fromkeys(out.get("batch_specs", ()) + tuple(specs)))
         elif key == "batch_sizes":
             _check(isinstance(value, list) and value and all(_is_int(v) and v > 0 for v in value),
                    where, key, "must be a non-empty list of positive integers")
@@ -207,17 +206,30 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
             run[key] = float(value)
         else:  # device, repeats, warmup_iters, profile_memory at the top level
             run[key] = _typed(value, _BENCH_KEYS[key], where, key)
-    if "device" in run:
-        key = "device" if "device" in raw else "benchmark.device"
-        _check(run["device"] == "cpu" or run["device"].startswith("cuda"), where, key,
-               f"must be cpu, cuda or cuda:N, got {run['device']!r}")
-    for k in ("repeats", "warmup_iters"):
-        if k in run:
-            _check(run[k] >= (1 if k == "repeats" else 0), where, k, "out of range")
+    for k, v in run.items():
+        problem = run_value_problem(k, v)
+        if problem:
+            raise StudyError(f"{where}: key '{k if k in raw else 'benchmark.' + k}': {problem}")
     if out.get("mode") == "decode_vs_prefill" and "sweep" in out:
         raise StudyError(f"{where}: key 'parameter_sweep': decode_vs_prefill mode already sweeps the pipeline")
     out["run"] = run
     return out
+
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def run_value_problem(key: str, value: Any) -> str | None:
+    """Why a run setting is out of range, or None; one rule for YAML and the command line."""
+    if key == "device" and not _DEVICE.fullmatch(str(value)):
+        return f"must be cpu, cuda or cuda:N, got {value!r}"
+    if key == "repeats" and value < 1:
+        return f"must be at least 1, got {value}"
+    if key == "warmup_iters" and value < 0:
+        return f"must be >= 0, got {value}"
+    if key == "noise_target" and value < 0:
+        return f"must be >= 0 (0 = never stop early), got {value}"
+    return None
 
 
 def _maybe_backend(key: Any) -> bool:
@@ -268,15 +280,19 @@ def _sweep_section(value: Any, where: str, key: str) -> Sweep:
     _check(isinstance(param, str), where, f"{key}.param_name", "is required and must be a string")
     values = value.get("values")
     _check(isinstance(values, list) and values, where, f"{key}.values", "must be a non-empty list")
+    include_auto = value.get("include_auto", False)
+    _check(isinstance(include_auto, bool), where, f"{key}.include_auto", f"must be true or false, got {include_auto!r}")
     try:
-        return make_sweep(param, values, bool(value.get("include_auto", False)))
+        return make_sweep(param, values, include_auto)
     except StudyError as exc:
         raise StudyError(f"{where}: key '{key}': {exc}") from None
 
 
 def make_sweep(param: str, values: list[Any], include_auto: bool) -> Sweep:
-    if param not in BACKEND_PARAMS and param not in (ATTENTION_KEYS | MLA_KEYS):
-        raise StudyError(f"unknown sweep parameter {param!r} (valid: {', '.join(BACKEND_PARAMS)} or a model dimension)")
+    dims = sweepable_keys("attention") | sweepable_keys("mla")
+    if param not in BACKEND_PARAMS and param not in dims:
+        raise StudyError(f"unknown sweep parameter {param!r} (valid: {', '.join(BACKEND_PARAMS)}, "
+                         f"or a model dimension: {', '.join(sorted(dims))})")
     parsed: list[Any] = []
     for v in values:
         if v == AUTO or (isinstance(v, str) and v.lower() == AUTO):
@@ -287,13 +303,17 @@ def make_sweep(param: str, values: list[Any], include_auto: bool) -> Sweep:
         if not (_is_int(v) and v >= 0):
             raise StudyError(f"sweep value {v!r} for {param} must be a non-negative integer or 'auto'")
         parsed.append(v)
-    return Sweep(param, tuple(parsed), include_auto)
+    return Sweep(param, tuple(dict.fromkeys(parsed)), include_auto)
 
 
 def _backend_section(value: Any, where: str, key: str) -> dict[str, Any]:
     _check(isinstance(value, dict), where, key, "a per-backend section must be a mapping")
+    name = registry.canonical_name(key)
+    knobs = set().union(*(b.sweep_params for b in registry.BACKENDS if b.name == name))
     for k, v in value.items():
         _check(k in BACKEND_PARAMS, where, f"{key}.{k}", f"unknown key (valid: {', '.join(BACKEND_PARAMS)})")
+        _check(k in knobs, where, f"{key}.{k}", f"{name} has no {k} knob in vLLM 0.26.0 "
+                                                  f"(its knobs: {', '.join(sorted(knobs)) or 'none'})")
         _check(v == AUTO or (_is_int(v) and v >= 0), where, f"{key}.{k}", "must be a non-negative integer or auto")
     return {k: v for k, v in value.items() if v != AUTO}
 
@@ -305,8 +325,13 @@ def build_study(yaml_fields: dict[str, Any] | None, cli: dict[str, Any],
     """Merge: explicit command line > YAML > defaults. ``cli`` holds only options the user gave."""
     y = dict(yaml_fields or {})
     run_fields = {**y.pop("run", {})}
+    if cli.get("no_kernel_profile"):
+        run_fields["kernel_profile"] = False
     for key in ("device", "repeats", "warmup_iters", "profile_memory", "cache_state", "noise_target", "seed"):
         if cli.get(key) is not None:
+            problem = run_value_problem(key, cli[key])
+            if problem:
+                raise StudyError(f"--{key.replace('_', '-')}: {problem}")
             run_fields[key] = cli[key]
     model = dict(y.pop("model", {}))
     for key, value in (cli.get("model") or {}).items():
@@ -326,24 +351,22 @@ def build_study(yaml_fields: dict[str, Any] | None, cli: dict[str, Any],
             except BatchSpecError as exc:
                 raise StudyError(f"--batch-specs: {exc}") from None
             specs.append(spec.strip())
-        fields_["batch_specs"] = tuple(specs)
+        fields_["batch_specs"] = tuple(dict.fromkeys(specs))  # a repeated spec is one case, not two ids
     if cli.get("sweep_param") or cli.get("sweep_values"):
         if not (cli.get("sweep_param") and cli.get("sweep_values")):
             raise StudyError("--sweep-param and --sweep-values must be given together")
         fields_["sweep"] = make_sweep(cli["sweep_param"], list(cli["sweep_values"]), bool(cli.get("sweep_include_auto")))
+    elif cli.get("sweep_include_auto"):
+        if fields_.get("sweep") is None:
+            raise StudyError("--sweep-include-auto needs a sweep (--sweep-param/--sweep-values, or parameter_sweep "
+                             "in the YAML)")
+        fields_["sweep"] = Sweep(fields_["sweep"].param, fields_["sweep"].values, True)
     for key in ("output_csv", "output_json"):
         if cli.get(key):
             fields_[key] = cli[key]
     if fields_.get("mode") == "decode_vs_prefill" and fields_.get("sweep") is not None:
         raise StudyError("--sweep-param: decode_vs_prefill mode already sweeps the pipeline")
-    study = Study(**fields_)
-    if study.run.repeats < 1:
-        raise StudyError(f"--repeats={study.run.repeats} must be at least 1")
-    if study.run.warmup_iters < 0:
-        raise StudyError(f"--warmup-iters={study.run.warmup_iters} must be >= 0")
-    if not (study.run.device == "cpu" or study.run.device.startswith("cuda")):
-        raise StudyError(f"--device={study.run.device!r} must be cpu, cuda or cuda:N")
-    return study
+    return Study(**fields_)
 
 
 def check_shape(study: Study, family: str) -> Shape:

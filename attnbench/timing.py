@@ -25,7 +25,6 @@ import torch
 
 COLD_FACTOR = 3
 MIN_CALLS_PER_ROUND = 8  # amortises the graph launch itself over several calls
-CHUNK = 10  # rounds recorded between host synchronisations
 
 Step = Callable[[], Any]
 

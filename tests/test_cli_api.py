@@ -30,6 +30,8 @@ def _env() -> dict[str, str]:
      ["--backends", "cutlass_mla", "--sweep-values", "1", "2", "--sweep-param", "num_kv_splits", "--sweep-include-auto"]),
     (["--num-layers", "4", "--head-dim", "64", "--profile-memory", "--repeats", "5", "--warmup-iters", "1"],
      ["--num-layers", "4", "--head-dim", "64", "--repeats", "5", "--warmup-iters", "1", "--profile-memory"]),
+    (["--dtype", "float16", "--seed", "7", "--noise-target", "0.01"],
+     ["--dtype", "float16", "--seed", "7", "--noise-target", "0.01"]),
 ])
 def test_seed_flags_translate_to_the_suite_options(argv, expected):
     args = benchmark.to_pytest_args(argv)
@@ -44,6 +46,44 @@ def test_seed_flags_translate_to_the_suite_options(argv, expected):
 def test_pytest_arguments_pass_through():
     args = benchmark.to_pytest_args(["--batch-specs", "q2k", "-k", "FLASH_ATTN", "--benchmark-json", "x.json"])
     assert args[-4:] == ["-k", "FLASH_ATTN", "--benchmark-json", "x.json"]
+
+
+def test_value_flags_are_the_pytest_options_and_carry_their_value():
+    args = benchmark.to_pytest_args(["--dtype", "float32", "--seed", "3", "--noise-target", "0.02", "-q"])
+    for flag, value in (("--dtype", "float32"), ("--seed", "3"), ("--noise-target", "0.02")):
+        assert args[args.index(flag) + 1] == value
+        assert args.index(flag) < args.index("-rs")  # translated as a seed flag, not passed through
+    assert args[-1] == "-q"
+    assert all(f"--{name}" in benchmark._parser().format_help() for name in ("dtype", "seed", "noise-target"))
+
+
+@pytest.mark.parametrize("abbreviation", ["--co", "--sw", "--conf", "--batch", "--num"])
+def test_pytest_short_spellings_are_not_taken_as_abbreviated_seed_flags(abbreviation):
+    # --co is pytest's --collect-only, --sw its --stepwise: not the seed's --config / an ambiguous --sweep-*
+    args = benchmark.to_pytest_args(["--batch-specs", "q1s1k", abbreviation, "-q"])
+    assert args[-2:] == [abbreviation, "-q"]
+    assert "--bench-config" not in args
+    assert args[args.index("--batch-specs") + 1:args.index("--batch-specs") + 2] == ["q1s1k"]
+
+
+def test_seed_command_line_with_pytest_short_collect_only_flag_collects():
+    proc = subprocess.run([sys.executable, "benchmark.py", "--backend", "reference", "--device", "cpu",
+                           "--batch-specs", "q1s1k", "--co", "-q"], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ids = sorted(line for line in proc.stdout.splitlines() if "::test_" in line)
+    assert ids == ["bench_attention/test_attention.py::test_attention[REFERENCE-q1s1k]",
+                   "bench_mla/test_mla.py::test_mla[REFERENCE-q1s1k]"]
+    assert "passed" not in proc.stdout  # collected only
+
+
+def test_compare_command_reports_a_malformed_file_in_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    proc = subprocess.run([sys.executable, "benchmark.py", "compare", str(bad), str(bad)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {bad}: record 1 of 2: record is a number, expected an object"
 
 
 def test_seed_command_line_runs_the_cpu_path_and_writes_csv(tmp_path):

@@ -175,3 +175,36 @@ def test_command_refuses_another_gpu_unless_allowed(capsys) -> None:
 def test_command_reports_unreadable_input(capsys, tmp_path: Path) -> None:
     assert compare.main([str(tmp_path / "nope.json"), str(NEW_RUN)]) == 2
     assert "no such results file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"[1, 2]", "record 1 of 2: record is a number, expected an object"),
+    (b'{"results": [{"foo": 1}]}', "results[0]: record has no 'backend' (keys: foo)"),
+    (b"\x00\xff\xfe binary", "not a text results file"),
+])
+def test_command_reports_a_malformed_file_as_one_error_line(capsys, tmp_path: Path, content, problem) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content)
+    assert compare.main([str(BASELINE), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: {problem}") and err.count("\n") == 1
+
+
+def test_command_reports_a_mistyped_pytest_benchmark_stat(capsys, tmp_path: Path) -> None:
+    doc = json.loads(BASELINE.read_text())
+    doc["benchmarks"][0]["stats"].pop("data", None)
+    doc["benchmarks"][0]["stats"]["median"] = "x"
+    bad = tmp_path / "median.json"
+    bad.write_text(json.dumps(doc))
+    assert compare.main([str(bad), str(NEW_RUN)]) == 2
+    assert capsys.readouterr().err == f'error: {bad}: benchmarks[0]: stats.median is "x", expected a number\n'
+
+
+def test_runs_on_different_device_kinds_are_different_cases() -> None:
+    def on(device: str) -> BenchmarkResult:
+        info = {"backend": "A", "batch_spec": "q1s1k", "family": "attention", "device": device}
+        return BenchmarkResult.from_extra_info(info, [1e-5 * (1 + i * 1e-4) for i in range(10)])
+
+    assert sorted(v.verdict for v in compare_results([on("cpu")], [on("cuda")])) == [MISSING, NEW]
+    [same] = compare_results([on("cuda")], [on("cuda:0")])
+    assert same.verdict == SAME

@@ -197,3 +197,129 @@ def test_merge_keeps_one_result_per_case_the_latest() -> None:
 
 def test_csv_columns_are_unique() -> None:
     assert len(CSV_COLUMNS) == len(set(CSV_COLUMNS))
+
+
+# ------------------------------------------------------------------ malformed files
+
+def _pytest_benchmark_doc(**stats_changes) -> dict:
+    doc = json.loads((DATA / "cpu_run.json").read_text())
+    entry = doc["benchmarks"][0]
+    entry["stats"] = {k: v for k, v in entry["stats"].items() if k != "data"}
+    entry["stats"].update(stats_changes)
+    return doc
+
+
+MALFORMED = [
+    ("list.json", "[1, 2]", r"record 1 of 2: record is a number, expected an object"),
+    ("foo.json", '{"results": [{"foo": 1}]}', r"results\[0\]: record has no 'backend' \(keys: foo\)"),
+    ("results_not_list.json", '{"results": 5}', r"'results' is a JSON int, expected a list"),
+    ("mistyped.json", '{"results": [{"backend": "A", "batch_spec": "q1", "median_time": "x"}]}',
+     r"results\[0\]: median_time is \"x\", expected a number"),
+    ("median.json", json.dumps(_pytest_benchmark_doc(median="x")),
+     r"benchmarks\[0\]: stats\.median is \"x\", expected a number"),
+    ("data.json", json.dumps(_pytest_benchmark_doc(data=[1e-5, "x"])),
+     r"benchmarks\[0\]: stats\.data\[1\] is \"x\", expected a number"),
+    ("entry.json", '{"benchmarks": [3]}', r"benchmarks\[0\]: benchmark entry is a number, expected an object"),
+    ("machine.json", '{"results": [], "machine_info": [1]}', r"machine_info is a JSON list"),
+    ("lines.jsonl", '{"a": 1}\n{"b": 2}\n', r"line 1: record has no 'backend'"),
+    ("oneline.jsonl", '{"backend": 3, "batch_spec": "q1"}\n', r"line 1: backend is 3, expected a string"),
+    ("scalar.json", '"hello"', r"neither attnbench results.*found a JSON str"),
+]
+
+
+@pytest.mark.parametrize("name, content, problem", MALFORMED, ids=[case[0] for case in MALFORMED])
+def test_malformed_results_file_is_a_results_file_error_naming_file_and_problem(tmp_path: Path, name, content,
+                                                                               problem) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ResultsFileError, match=problem) as info:
+        load_results(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_binary_results_file_is_a_results_file_error(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_bytes(b'{"results": []}\xff\xfe\x00\x80 binary')
+    with pytest.raises(ResultsFileError, match=r"results\.json: not a text results file \(byte 15 is not UTF-8"):
+        load_results(path)
+    with pytest.raises(ResultsFileError, match="is a directory"):
+        load_results(tmp_path)
+
+
+def test_record_builders_reject_malformed_input_with_a_value_error() -> None:
+    from attnbench.results import RecordError
+
+    for bad in (1, [], {"foo": 1}, {"backend": "A"}, {"backend": "A", "batch_spec": "q1", "rounds": "3"},
+                {"backend": "A", "batch_spec": "q1", "status": "exploded"}, {"config": {"backend": "x"}},
+                {"config": [1]}):
+        with pytest.raises(RecordError):
+            BenchmarkResult.from_record(bad)  # type: ignore[arg-type]
+    entry = recorded_entries()[0]
+    for bad_entry in (None, {**entry, "stats": 5}, {**entry, "extra_info": []},
+                      {**entry, "extra_info": {**entry["extra_info"], "flops": "many"}},
+                      {**entry, "extra_info": {**entry["extra_info"], "shape": {"num_q_heads": "8"}}},
+                      {**entry, "stats": {"median": [1]}}):
+        with pytest.raises(RecordError):
+            BenchmarkResult.from_benchmark_json(bad_entry)  # type: ignore[arg-type]
+    assert issubclass(RecordError, ValueError) and issubclass(ResultsFileError, ValueError)
+
+
+def test_journal_skips_a_malformed_record_line_among_good_ones(tmp_path: Path) -> None:
+    path = tmp_path / "r.partial.jsonl"
+    good = json.dumps(BenchmarkResult(backend="A", batch_spec="q1s1k").to_record())
+    path.write_text(good + '\n{"backend": "B", "batch_spec": "q1s1k", "median_time": "slow"}\n')
+    with pytest.warns(UserWarning, match=r"r\.partial\.jsonl:2: unreadable line skipped \(median_time"):
+        loaded = load_results(path)
+    assert [r.backend for r in loaded.results] == ["A"]
+
+
+# ------------------------------------------------------------------ unwritable outputs
+
+def test_atomic_writer_removes_its_temporary_file_when_the_write_fails(tmp_path: Path) -> None:
+    from attnbench.exports import _atomic_write
+
+    def boom(f) -> None:
+        f.write("half a fi")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        _atomic_write(tmp_path / "r.json", boom)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_writer_removes_its_temporary_file_when_the_rename_fails(tmp_path: Path) -> None:
+    target = tmp_path / "r.csv"
+    target.mkdir()
+    (target / "keep").write_text("x")  # a non-empty directory where the file should go
+    result = BenchmarkResult(backend="A", batch_spec="q1s1k")
+    with pytest.raises(OSError):
+        ResultsFormatter().save_csv([result], target)
+    with pytest.raises(OSError):
+        ResultsFormatter().save_json([result], target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]
+
+
+def test_unwritable_reason(tmp_path: Path) -> None:
+    from attnbench.exports import unwritable_reason
+
+    assert unwritable_reason(tmp_path) == "it is a directory"
+    assert "cannot create a file in /proc" in unwritable_reason("/proc/nope.json")
+    (tmp_path / "file").write_text("x")
+    assert unwritable_reason(tmp_path / "file" / "sub" / "r.json") == f"{tmp_path / 'file'} is not a directory"
+    assert unwritable_reason(tmp_path / "r.json") is None
+    assert unwritable_reason(tmp_path / "new" / "deeper" / "r.json") is None  # folders are made when writing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe left nothing, made no folder
+
+
+# ------------------------------------------------------------------ case identity: device
+
+def test_key_separates_devices_but_not_device_indices() -> None:
+    def on(device: str | None) -> BenchmarkResult:
+        return BenchmarkResult(backend="FLASH_ATTN", batch_spec="q1s1k", family="attention", device=device,
+                               median_time=1e-5, rounds=3)
+
+    assert case_key(on("cpu")) != case_key(on("cuda"))
+    assert case_key(on("cuda")) == case_key(on("cuda:0")) == case_key(on("cuda:1"))
+    assert case_key(on(None)) != case_key(on("cuda"))
+    # a CPU run of a case and a GPU run of it are two results, not one replacing the other
+    assert len(merge_results([on("cpu"), on("cuda")])) == 2

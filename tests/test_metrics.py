@@ -144,36 +144,91 @@ def test_mixed_batch_bound_per_phase():
 
 
 # ---------------------------------------------------------------------------------------------- MLA
-# From metrics.py: decode = MQA over the latent (q absorbed to rank + rope; scores over rank + rope,
-# values over the rank-wide latent; latent cache read once, whole pages; new latent read and written;
-# output rank wide). Prefill = MHA: every cached latent up-projected with kv_b_proj, attention over
-# qk = nope + rope and v, plus the kv_b_proj weight read once.
+# The timed step is vLLM's MLAAttention forward. Compulsory I/O is the layer's inputs and outputs only:
+# q at qk = nope + rope per head, the new tokens' 576-wide latent read and written to the cache, the
+# latent cache read once (whole pages), the output at H x v. Decode path = q absorption bmm with W_UK,
+# MQA over the 576-wide latent, V up-projection bmm with W_UV. Prefill path = kv_b_proj up-projection
+# of every latent, then MHA over qk 192 / v 128. Weights (H x (nope + v) x rank elements) once per call
+# per pipeline, never per request. Expectations are written out by hand from those definitions.
 
 MLA = MLAShape(num_q_heads=16, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
                block_size=64)
+H, RANK, NOPE, ROPE, V, LATENT, E = 16, 512, 128, 64, 128, 576, 2
+WEIGHT_BYTES = E * H * (NOPE + V) * RANK  # 4 MiB: kv_b_proj == W_UK + W_UV
+
+
+def _mla_io(q: int, paged_kv: int) -> int:
+    """Bytes of one request's activations: q (192/head), new latent in + cache write, cache read, output."""
+    return E * (q * H * (NOPE + ROPE) + 2 * q * LATENT + paged_kv * LATENT + q * H * V)
 
 
 def test_mla_decode_formula():
-    req = BatchRequest(1, 1000)
-    h, rank, latent, e = 16, 512, 576, 2
+    work = metrics.request_work(BatchRequest(1, 1000), MLA)
     pairs = 1000
-    work = metrics.request_work(req, MLA)
     assert work.pairs == pairs
-    assert work.flops == 2 * h * (latent + rank) * pairs
-    paged = 1024  # 16 pages of 64
-    assert work.bytes == e * (1 * h * latent + paged * latent + 2 * 1 * latent + 1 * h * rank)
+    attention = 2 * H * (LATENT + RANK) * pairs  # scores over 576, values over the 512-wide latent
+    absorb = 2 * 1 * H * NOPE * RANK  # q_nope [1,H,128] x W_UK [H,128,512]
+    v_up = 2 * 1 * H * RANK * V  # latent out [1,H,512] x W_UV [H,512,128]
+    assert work.projection_flops == absorb + v_up == 4_194_304
+    assert work.flops == attention + absorb + v_up == 34_816_000 + 4_194_304
+    # 16 pages of 64 read; the absorbed q (576 wide) and latent output (512 wide) are intermediates
+    assert work.bytes == _mla_io(1, 1024) == 2 * (3072 + 1152 + 589_824 + 2048)
+    assert work.weight_bytes == 0  # per-request work is activations only
 
 
 def test_mla_prefill_formula():
-    req = BatchRequest(300, 300)
-    h, rank, latent, nope, rope, v, e = 16, 512, 576, 128, 64, 128, 2
+    work = metrics.request_work(BatchRequest(300, 300), MLA)
     pairs = _brute_pairs(300, 300)
-    work = metrics.request_work(req, MLA)
-    up_projection = 2 * 300 * rank * h * (nope + v)
-    assert work.flops == 2 * h * ((nope + rope) + v) * pairs + up_projection
-    paged = 320  # 5 pages of 64
-    assert work.bytes == e * (300 * h * (nope + rope) + paged * latent + 2 * 300 * latent + 300 * h * v
-                              + h * (nope + v) * rank)
+    up_projection = 2 * 300 * RANK * H * (NOPE + V)  # kv_b_proj over every latent
+    assert work.projection_flops == up_projection
+    assert work.flops == 2 * H * ((NOPE + ROPE) + V) * pairs + up_projection
+    assert work.bytes == _mla_io(300, 320)  # 5 pages of 64
+    assert work.weight_bytes == 0
+
+
+def test_mla_activation_bytes_do_not_depend_on_the_pipeline():
+    for req in (BatchRequest(1, 1000), BatchRequest(4, 1024), BatchRequest(64, 64)):
+        decode = metrics.request_work(req, MLA, "decode")
+        prefill = metrics.request_work(req, MLA, "prefill")
+        assert decode.bytes == prefill.bytes == _mla_io(req.q_len, -(-req.kv_len // 64) * 64)
+
+
+def test_mla_weights_are_read_once_per_call_not_per_request():
+    one = metrics.request_work(BatchRequest(300, 300), MLA)
+    prefill = metrics.phase_work(parse_batch_spec("4q300"), MLA)
+    assert prefill["total"].weight_bytes == WEIGHT_BYTES
+    assert prefill["total"].bytes == 4 * one.bytes + WEIGHT_BYTES
+    decode = metrics.phase_work(parse_batch_spec("8q1s1k"), MLA)["total"]
+    assert decode.weight_bytes == WEIGHT_BYTES  # W_UK + W_UV, once for all 8 rows
+    assert decode.bytes == 8 * _mla_io(1, 1024) + WEIGHT_BYTES
+    assert decode.flops == 8 * (2 * H * (LATENT + RANK) * 1024 + 2 * H * NOPE * RANK + 2 * H * RANK * V)
+    assert metrics.weight_work(MLA, "decode") == metrics.weight_work(MLA, "prefill") == metrics.Work(
+        bytes=WEIGHT_BYTES, weight_bytes=WEIGHT_BYTES)
+    assert metrics.weight_work(AttentionShape(), "decode") == metrics.Work()
+
+
+def test_mla_weights_once_per_pipeline_and_in_the_phase_that_runs_it():
+    # a mixed batch runs both pipelines: the weights are read by each (documented choice)
+    mixed = metrics.phase_work(parse_batch_spec("q300_8q1s1k"), MLA)
+    assert mixed["prefill"].weight_bytes == mixed["decode"].weight_bytes == WEIGHT_BYTES
+    assert mixed["total"].weight_bytes == 2 * WEIGHT_BYTES
+    # spec-decode rows forced onto the decode pipeline share its weights with the decode rows
+    reqs = parse_batch_spec("4q4s1k_8q1s1k")
+    forced = metrics.phase_work(reqs, MLA, ["decode"] * len(reqs))
+    assert forced["decode"].weight_bytes == WEIGHT_BYTES and forced["extend"].weight_bytes == 0
+    assert forced["total"].weight_bytes == WEIGHT_BYTES
+    # alone, the extend phase carries the pipeline's weights
+    extend_only = metrics.phase_work(parse_batch_spec("4q4s1k"), MLA, ["decode"] * 4)
+    assert extend_only["extend"].weight_bytes == WEIGHT_BYTES
+    for phases in (mixed, forced, extend_only):
+        total = phases["total"]
+        for field in ("pairs", "flops", "bytes", "requests", "tokens", "projection_flops", "weight_bytes"):
+            assert getattr(total, field) == sum(getattr(w, field) for p, w in phases.items() if p != "total")
+
+
+def test_standard_attention_has_no_weights_or_projections():
+    phases = metrics.phase_work(parse_batch_spec(MIXED), AttentionShape())
+    assert phases["total"].weight_bytes == 0 and phases["total"].projection_flops == 0
 
 
 def test_mla_default_path_and_override():
@@ -182,11 +237,29 @@ def test_mla_default_path_and_override():
     assert metrics.default_mla_path(spec_decode) == "prefill"
     assert metrics.default_mla_path(BatchRequest(1, 1)) == "prefill"  # no context: a one-token prefill
     forced = metrics.request_work(spec_decode, MLA, "decode")
-    assert forced.flops == 2 * 16 * (576 + 512) * _brute_pairs(4, 1024)
+    assert forced.flops == 2 * H * (LATENT + RANK) * _brute_pairs(4, 1024) + 2 * 4 * H * (NOPE * RANK + RANK * V)
     assert metrics.request_work(spec_decode, MLA) == metrics.request_work(spec_decode, MLA, "prefill")
     reqs = [spec_decode, BatchRequest(1, 1024)]
     by_path = metrics.phase_work(reqs, MLA, ["decode", "decode"])
     assert by_path["extend"].flops == forced.flops
+    with pytest.raises(ValueError, match="unknown MLA path"):
+        metrics.request_work(spec_decode, MLA, "mha")
+
+
+def test_mla_summary_shows_projection_flops_and_weight_bytes():
+    reqs = parse_batch_spec("q300_8q1s1k")
+    out = metrics.summarize(reqs, MLA, 1e-3, PEAKS)
+    pairs = _brute_pairs(300, 300) + 8 * 1024
+    attention = 2 * H * (NOPE + ROPE + V) * _brute_pairs(300, 300) + 2 * H * (LATENT + RANK) * 8 * 1024
+    projection = 2 * 300 * RANK * H * (NOPE + V) + 8 * 2 * H * (NOPE * RANK + RANK * V)
+    assert out["attended_pairs"] == pairs
+    assert out["projection_flops"] == projection
+    assert out["flops"] == attention + projection
+    assert out["weight_bytes"] == 2 * WEIGHT_BYTES
+    assert out["bytes"] == _mla_io(300, 320) + 8 * _mla_io(1, 1024) + 2 * WEIGHT_BYTES
+    assert out["phases"]["decode"]["weight_bytes"] == WEIGHT_BYTES
+    assert out["phases"]["decode"]["projection_flops"] == 8 * 2 * H * (NOPE * RANK + RANK * V)
+    assert out["tflops"] == pytest.approx(out["flops"] / 1e-3 / 1e12)
 
 
 def test_mla_decode_is_memory_bound_and_prefill_compute_bound():
@@ -215,7 +288,9 @@ def test_summarize_fields_and_arithmetic():
     assert out["bound"] == ("compute" if total.flops / PF >= total.bytes / PB else "memory")
     assert set(out["phases"]) == {"prefill", "extend", "decode"}
     decode = out["phases"]["decode"]
-    assert set(decode) == {"requests", "tokens", "attended_pairs", "flops", "bytes", "bound", "floor_s"}
+    assert set(decode) == {"requests", "tokens", "attended_pairs", "flops", "bytes", "projection_flops",
+                           "weight_bytes", "bound", "floor_s"}
+    assert out["projection_flops"] == 0 and out["weight_bytes"] == 0
     assert (decode["requests"], decode["tokens"], decode["attended_pairs"]) == (32, 32, 32 * 1024)
     assert decode["floor_s"] == pytest.approx(max(decode["flops"] / PF, decode["bytes"] / PB))
     assert sum(p["flops"] for p in out["phases"].values()) == out["flops"]

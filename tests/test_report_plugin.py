@@ -214,3 +214,66 @@ def test_under_xdist_results_reach_the_controller(tmp_path: Path) -> None:
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("r.csv.partial.") and p != stale]
     assert len(kept) == 1 and "OLD" in kept[0].read_text()  # the earlier run's rows were set aside, not lost
     assert stale.exists()  # CSV cannot be resumed from, so this run's journal stays
+
+
+# ------------------------------------------------------------------ usage errors before anything runs
+
+def _bad_results_files(tmp_path: Path) -> dict[str, Path]:
+    files = {"list": ("[1, 2]", "record 1 of 2: record is a number"),
+             "foo": ('{"results": [{"foo": 1}]}', "results[0]: record has no 'backend'")}
+    out = {}
+    for name, (content, _) in files.items():
+        out[name] = tmp_path / f"{name}.json"
+        out[name].write_text(content)
+    bench = json.loads((DATA / "cpu_run.json").read_text())
+    bench["benchmarks"][0]["stats"].pop("data")
+    bench["benchmarks"][0]["stats"]["median"] = "x"
+    out["median"] = tmp_path / "median.json"
+    out["median"].write_text(json.dumps(bench))
+    out["binary"] = tmp_path / "binary.json"
+    out["binary"].write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff")
+    return out
+
+
+@pytest.mark.parametrize("option", ["--resume", "--baseline-json"])
+def test_malformed_resume_or_baseline_file_is_one_usage_error(tmp_path: Path, option: str) -> None:
+    expected = {"list": "record 1 of 2: record is a number, expected an object",
+                "foo": "results[0]: record has no 'backend'",
+                "median": 'benchmarks[0]: stats.median is "x", expected a number',
+                "binary": "not a text results file"}
+    for name, path in _bad_results_files(tmp_path).items():
+        proc = run_pytest("bench_attention", *CPU, "-k", "REFERENCE", "--batch-specs", "q1s256", option, str(path))
+        assert proc.returncode == 4, (name, proc.stdout + proc.stderr)
+        assert f"ERROR: {option}: {path}: {expected[name]}" in proc.stderr, (name, proc.stderr)
+        assert "Traceback" not in proc.stdout + proc.stderr and "passed" not in proc.stdout
+
+
+@pytest.mark.parametrize("option, target, reason", [
+    ("--output-json", "{tmp}", "it is a directory"),
+    ("--output-csv", "/proc/nope.json", "cannot create a file in /proc"),
+    ("--output-json", "{tmp}/a_file/r.json", "{tmp}/a_file is not a directory"),
+])
+def test_unwritable_output_is_a_usage_error_before_any_case_runs(tmp_path: Path, option, target, reason) -> None:
+    (tmp_path / "a_file").write_text("x")
+    target, reason = target.format(tmp=tmp_path), reason.format(tmp=tmp_path)
+    proc = run_pytest("bench_attention", *CPU, "-k", "REFERENCE", "--batch-specs", "q1s256", option, target)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert f"ERROR: {option} {target}: cannot write the results there: {reason}" in proc.stderr
+    assert "passed" not in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # no journal, no temporary file
+
+
+def test_resume_from_another_device_kind_deselects_nothing(tmp_path: Path) -> None:
+    # a journal that timed the case on a GPU says nothing about the same case on the CPU (and vice versa)
+    record = {"backend": "REFERENCE", "batch_spec": "q1s256", "family": "attention", "study": "cli",
+              "num_layers": 1, "head_dim": 128, "num_q_heads": 8, "num_kv_heads": 8, "block_size": 16,
+              "dtype": "bfloat16", "kv_cache_dtype": "auto", "backend_params": {}, "cache_state": "cold",
+              "status": "passed", "median_time": 1e-5, "mean_time": 1e-5, "rounds": 3, "samples": [1e-5] * 3}
+    for device, deselected in (("cuda", False), ("cpu", True)):
+        journal = tmp_path / f"{device}.partial.jsonl"
+        journal.write_text(json.dumps({**record, "device": device}) + "\n")
+        proc = run_pytest("bench_attention", *CPU, "-k", "REFERENCE", "--batch-specs", "q1s256",
+                          "--resume", str(journal), "--benchmark-disable")
+        assert proc.returncode == (5 if deselected else 0), proc.stdout + proc.stderr  # 5: nothing left to run
+        assert ("1 case(s) already done" in proc.stdout) is deselected, (device, proc.stdout)
+        assert ("1 passed" in proc.stdout) is not deselected, (device, proc.stdout)

@@ -331,3 +331,73 @@ def test_batch_sizes_multiply_specs(tmp_path):
     mixed = Study(name="x", batch_specs=("q2k_q1s1k",), batch_sizes=(2,))
     assert mixed.specs_for("attention") == ["q2k_q1s1k_q2k_q1s1k"]
     assert Study(name="x", batch_specs=("q1s1k",)).specs_for("attention") == ["q1s1k"]
+
+
+# ------------------------------------------------------------------ review fixes
+
+def _write(tmp_path, text, name="s.yaml", mode="w"):
+    path = tmp_path / name
+    if mode == "wb":
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def test_non_utf8_yaml_is_a_study_error(tmp_path):
+    path = _write(tmp_path, b"backends: [\xff\xfe]\n", mode="wb")
+    with pytest.raises(StudyError, match="not UTF-8"):
+        load_study_file(path)
+
+
+def test_per_backend_section_rejects_a_knob_the_backend_lacks(tmp_path):
+    path = _write(tmp_path, "FLASH_ATTN:\n  reorder_batch_threshold: 4\n")
+    with pytest.raises(StudyError, match="FLASH_ATTN.reorder_batch_threshold.*no reorder_batch_threshold knob"):
+        load_study_file(path)
+    ok = load_study_file(_write(tmp_path, "FLASHMLA:\n  reorder_batch_threshold: 64\n", "ok.yaml"))
+    assert ok["backend_settings"] == {"FLASHMLA": {"reorder_batch_threshold": 64}}
+
+
+def test_include_auto_must_be_a_boolean(tmp_path):
+    path = _write(tmp_path, "parameter_sweep:\n  param_name: num_kv_splits\n  values: [1]\n  include_auto: 'no'\n")
+    with pytest.raises(StudyError, match="include_auto"):
+        load_study_file(path)
+
+
+def test_cli_include_auto_applies_to_the_yaml_sweep_and_needs_one(tmp_path):
+    fields = load_study_file(_write(tmp_path, "parameter_sweep:\n  param_name: num_kv_splits\n  values: [1, 2]\n"))
+    study = build_study(fields, {"sweep_include_auto": True})
+    assert study.sweep.points() == ["auto", 1, 2]
+    with pytest.raises(StudyError, match="--sweep-include-auto needs a sweep"):
+        build_study(None, {"sweep_include_auto": True})
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:abc", "cuda0", "cpu:1"])
+def test_bad_devices_are_rejected_on_the_command_line(device):
+    with pytest.raises(StudyError, match="--device: must be cpu, cuda or cuda:N"):
+        build_study(None, {"device": device})
+
+
+def test_negative_noise_target_is_rejected_on_the_command_line():
+    with pytest.raises(StudyError, match="--noise-target"):
+        build_study(None, {"noise_target": -0.1})
+
+
+def test_repeated_specs_and_sweep_values_are_one_case():
+    study = build_study(None, {"batch_specs": ["q1s64", "q1s64", "q2"], "sweep_param": "num_kv_splits",
+                               "sweep_values": ["1", "1", "2"]})
+    assert study.batch_specs == ("q1s64", "q2")
+    assert study.sweep.values == (1, 2)
+
+
+def test_only_real_integer_dimensions_can_be_swept():
+    with pytest.raises(StudyError, match="unknown sweep parameter 'dtype'"):
+        build_study(None, {"sweep_param": "dtype", "sweep_values": ["1"]})
+    with pytest.raises(StudyError, match="unknown sweep parameter 'head_dimm'"):
+        build_study(None, {"sweep_param": "head_dimm", "sweep_values": ["1"]})
+
+
+def test_quantised_kv_cache_is_refused_until_implemented():
+    study = build_study(None, {"model": {"kv_cache_dtype": "fp8"}})
+    with pytest.raises(StudyError, match="kv_cache_dtype='fp8'.*not yet"):
+        check_shape(study, "attention")

@@ -114,6 +114,7 @@ def common_metadata(layout: BatchLayout) -> Any:
         seq_lens=layout.seq_lens, num_reqs=layout.num_reqs, num_actual_tokens=layout.num_tokens,
         max_query_len=layout.max_query_len, max_seq_len=layout.max_seq_len,
         block_table_tensor=layout.block_table, slot_mapping=layout.slot_mapping, causal=True,
+        # extends count as still prefilling (chunked prefill); only mamba and sparse-indexer builders read it
         positions=positions, is_prefilling=torch.tensor([r.is_prefill or r.is_extend for r in layout.requests]),
         seq_lens_cpu_upper_bound=seq_lens_cpu, _seq_lens_cpu=seq_lens_cpu,
         _num_computed_tokens_cpu=torch.tensor([kv - q for q, kv in zip(q_lens, kv_lens)], dtype=torch.int32),
