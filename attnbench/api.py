@@ -14,7 +14,7 @@ from typing import Any
 from attnbench import backends as registry
 from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD
 from attnbench.cases import BenchCase
-from attnbench.results import BenchmarkResult
+from attnbench.results import SHAPE_FIELDS, BenchmarkResult
 from attnbench.runner import SkipCase, execute
 from attnbench.shapes import make_shape
 from attnbench.study import RunSettings
@@ -50,9 +50,7 @@ class BenchmarkConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # seed fields this suite does not use
 
     def model_overrides(self) -> dict[str, Any]:
-        keys = ("num_layers", "head_dim", "num_q_heads", "num_kv_heads", "block_size", "kv_cache_dtype", "dtype",
-                "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in SHAPE_FIELDS}
 
 
 def _run(family: str, config: BenchmarkConfig, params: dict[str, int]) -> BenchmarkResult:

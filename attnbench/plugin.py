@@ -165,16 +165,16 @@ def bench_study(request: pytest.FixtureRequest) -> Study:
 def bench_case(bench_study: Study, bench_backend: registry.BackendInfo, bench_spec: str,
                bench_sweep_value: Any, bench_pipeline: str | None) -> BenchCase:
     """The case this test id stands for, composed from the parametrized axes and the study."""
+    return compose_case(bench_study, bench_backend, bench_spec, bench_sweep_value, bench_pipeline)
+
+
+def compose_case(study: Study, backend: registry.BackendInfo, batch_spec: str, sweep_value: Any = None,
+                 pipeline: str | None = None) -> BenchCase:
+    """The one place a test id's axes and the study become a ``BenchCase`` (fixture and reporting)."""
     return BenchCase(
-        study=bench_study.name,
-        backend=bench_backend,
-        batch_spec=bench_spec,
-        shape=bench_study.shape_for(bench_backend.family),
-        run=bench_study.run,
-        sweep_param=bench_study.sweep.param if bench_study.sweep else None,
-        sweep_value=bench_sweep_value,
-        pipeline=bench_pipeline,
-        backend_settings=bench_study.backend_settings.get(bench_backend.name, {}),
+        study=study.name, backend=backend, batch_spec=batch_spec, shape=study.shape_for(backend.family),
+        run=study.run, sweep_param=study.sweep.param if study.sweep else None, sweep_value=sweep_value,
+        pipeline=pipeline, backend_settings=study.backend_settings.get(backend.name, {}),
     )
 
 

@@ -34,7 +34,7 @@ from attnbench.compare import (SLOWER, THRESHOLD, GpuMismatch, Verdict, check_gp
                                gpu_name, verdict_table, write_verdict_json)
 from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, load_results,
                                merge_results, partial_path, unwritable_reason)
-from attnbench.plugin import STUDY_KEY
+from attnbench.plugin import STUDY_KEY, compose_case
 from attnbench.results import FAILED, PASSED, SKIPPED, BenchmarkResult, case_key
 from attnbench.study import Study
 
@@ -87,13 +87,8 @@ def case_for_item(item: pytest.Item) -> BenchCase | None:
     info = params.get("bench_backend")
     if not isinstance(info, registry.BackendInfo):
         return None
-    study: Study = item.config.stash[STUDY_KEY]
-    return BenchCase(
-        study=study.name, backend=info, batch_spec=params["bench_spec"], shape=study.shape_for(info.family),
-        run=study.run, sweep_param=study.sweep.param if study.sweep else None,
-        sweep_value=params.get("bench_sweep_value"), pipeline=params.get("bench_pipeline"),
-        backend_settings=study.backend_settings.get(info.name, {}),
-    )
+    return compose_case(item.config.stash[STUDY_KEY], info, params["bench_spec"],
+                        params.get("bench_sweep_value"), params.get("bench_pipeline"))
 
 
 def result_for(item: pytest.Item, call: pytest.CallInfo[Any], report: pytest.TestReport) -> BenchmarkResult | None:
