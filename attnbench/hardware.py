@@ -83,6 +83,26 @@ def device_peaks(device: Any) -> dict[str, float]:
             "peak_method": "best of 20: torch.mm bf16 8192^3; 1 GiB device-to-device copy (read+write bytes)"}
 
 
+def gpu_identity(device: Any) -> dict[str, Any] | None:
+    """Which physical GPU ``device`` is: its index on the host, name and UUID, and the xdist worker."""
+    import os
+
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    visible = [e.strip() for e in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if e.strip()]
+    host_index: Any = visible[index] if index < len(visible) else index
+    if isinstance(host_index, str) and host_index.isdigit():
+        host_index = int(host_index)
+    uuid = getattr(props, "uuid", None)
+    return {"index": host_index, "name": props.name, "uuid": f"GPU-{uuid}" if uuid is not None else None,
+            "worker": os.environ.get("PYTEST_XDIST_WORKER")}
+
+
 def _nvidia_smi(fields: str) -> list[str] | None:
     if not shutil.which("nvidia-smi"):
         return None

@@ -70,6 +70,7 @@ def resolve_study(config: pytest.Config) -> Study:
     return build_study(yaml_fields, _cli_values(config))
 
 
+@pytest.hookimpl(tryfirst=True)  # the study is what every other attnbench plugin configures from
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "bench_family(name, mode='standard'): a benchmark of 'attention' or 'mla' cases")
     config.addinivalue_line("markers", "requires_cuda: needs a CUDA device")
@@ -90,7 +91,8 @@ def _backend_param(info: registry.BackendInfo) -> Any:
         marks.append(pytest.mark.requires_capability(info.min_capability, info.max_capability))
     if info.needs_vllm:
         marks.append(pytest.mark.requires_vllm)
-    return pytest.param(info, id=info.name, marks=marks)
+    # plain data in pytest-benchmark's JSON `params`: the name; bench_case resolves it in the registry
+    return pytest.param(info.name, id=info.name, marks=marks)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -162,10 +164,22 @@ def bench_study(request: pytest.FixtureRequest) -> Study:
 
 
 @pytest.fixture
-def bench_case(bench_study: Study, bench_backend: registry.BackendInfo, bench_spec: str,
+def bench_case(request: pytest.FixtureRequest, bench_study: Study, bench_backend: str, bench_spec: str,
                bench_sweep_value: Any, bench_pipeline: str | None) -> BenchCase:
     """The case this test id stands for, composed from the parametrized axes and the study."""
-    return compose_case(bench_study, bench_backend, bench_spec, bench_sweep_value, bench_pipeline)
+    backend = backend_for_item(request.node)  # bench_backend is the name; the family comes from the marker
+    assert backend is not None, f"{request.node.nodeid}: {bench_backend!r} is not a benchmark backend"
+    return compose_case(bench_study, backend, bench_spec, bench_sweep_value, bench_pipeline)
+
+
+def backend_for_item(item: pytest.Item) -> registry.BackendInfo | None:
+    """The registry entry of a benchmark item's ``bench_backend`` name (None: not a benchmark case)."""
+    callspec = getattr(item, "callspec", None)
+    name = callspec.params.get("bench_backend") if callspec else None
+    marker = item.get_closest_marker("bench_family")
+    if not isinstance(name, str) or marker is None:
+        return None
+    return registry.lookup(name, marker.args[0])
 
 
 def compose_case(study: Study, backend: registry.BackendInfo, batch_spec: str, sweep_value: Any = None,
@@ -190,9 +204,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Skip, with a reason, cases this machine cannot run (SM capability, no GPU, no vLLM)."""
-    callspec = getattr(item, "callspec", None)
-    info = callspec.params.get("bench_backend") if callspec else None
-    if not isinstance(info, registry.BackendInfo):
+    info = backend_for_item(item)
+    if info is None:
         return
     from attnbench.hardware import skip_reason  # torch is imported only when a case is set up
 

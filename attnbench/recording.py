@@ -1,8 +1,9 @@
 """Hand a case's measurement to pytest-benchmark, so its storage, compare and tables work unchanged.
 
 pytest-benchmark times host callables; our samples are already device seconds per
-attention call, so they are fed to the fixture's stats object directly. The timer
-name stored in the JSON says what was measured.
+attention call, so they are fed to the fixture's stats (``bench_shim``). The timer name
+stored in the JSON says what was measured. Under pytest-xdist a worker's fixture is off, so
+the case is also kept as a plain-data ``BenchmarkView`` for the controller to add.
 """
 
 from __future__ import annotations
@@ -11,34 +12,28 @@ from typing import Any
 
 import pytest
 
+from attnbench import bench_shim
 from attnbench.cases import BenchCase
 from attnbench.runner import CaseResult, SkipCase, execute
 
-TIMER_NAMES = {"cuda-graph": "cuda_events(cuda_graph_replay)", "cuda-events": "cuda_events(eager)",
-               "host": "time.perf_counter"}
+CASE_RESULT_ATTRIBUTE = "attnbench_case_result"  # set on the benchmark fixture: the reporting hooks read it
 
 
 def record(benchmark: Any, result: CaseResult) -> None:
     """Feed ``result``'s per-round samples into ``benchmark`` as its stats, with structured extra_info."""
     benchmark.extra_info.update(result.extra_info())
-    if benchmark.disabled or not result.timing.samples:
-        return
-    # pytest-benchmark has no public way to add externally timed samples; _make_stats is the one place
-    # its own pedantic() uses to create the stats object, so the JSON, compare and histogram see them.
-    stats = benchmark._make_stats(1)
-    stats.options["timer"] = TIMER_NAMES.get(result.timing.mode, result.timing.mode)
-    stats.options["min_rounds"] = result.timing.rounds
-    stats.options["warmup"] = result.timing.warmup_rounds
-    for sample in result.timing.samples:
-        stats.update(sample)
+    t = result.timing
+    bench_shim.feed_samples(benchmark, t.samples, t.mode, t.rounds, t.warmup_rounds)
 
 
-def run_benchmark(case: BenchCase, benchmark: Any) -> CaseResult:
+def run_benchmark(case: BenchCase, benchmark: Any, config: pytest.Config | None = None) -> CaseResult:
     """The body of every benchmark test: execute the case, skip with a reason, record the numbers."""
     benchmark.group = f"{case.study} | {case.batch_spec}"
+    time_it = bench_shim.timing_wanted(config) if config is not None else not benchmark.disabled
     try:
-        result = execute(case, time_it=not benchmark.disabled)
+        result = execute(case, time_it=time_it)
     except SkipCase as exc:
         pytest.skip(str(exc))
     record(benchmark, result)
+    setattr(benchmark, CASE_RESULT_ATTRIBUTE, result)
     return result

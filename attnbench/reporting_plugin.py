@@ -28,17 +28,19 @@ from typing import Any
 
 import pytest
 
-from attnbench import backends as registry
+from attnbench.bench_shim import TIMER_NAMES, BenchmarkView, add_to_session, recorded_samples
 from attnbench.cases import BenchCase
 from attnbench.compare import (SLOWER, THRESHOLD, GpuMismatch, Verdict, check_gpu, compare_results, counts,
                                gpu_name, verdict_table, write_verdict_json)
 from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, load_results,
                                merge_results, partial_path, unwritable_reason)
-from attnbench.plugin import STUDY_KEY, compose_case
+from attnbench.plugin import STUDY_KEY, backend_for_item, compose_case
+from attnbench.recording import CASE_RESULT_ATTRIBUTE
 from attnbench.results import FAILED, PASSED, SKIPPED, BenchmarkResult, case_key
 from attnbench.study import Study
 
 REPORT_ATTRIBUTE = "attnbench_result"  # the per-case record carried on a TestReport
+VIEW_ATTRIBUTE = "attnbench_benchmark"  # a worker's case as pytest-benchmark stores it (xdist only)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -84,8 +86,8 @@ def case_for_item(item: pytest.Item) -> BenchCase | None:
         return case
     callspec = getattr(item, "callspec", None)
     params = callspec.params if callspec else {}
-    info = params.get("bench_backend")
-    if not isinstance(info, registry.BackendInfo):
+    info = backend_for_item(item)
+    if info is None:
         return None
     return compose_case(item.config.stash[STUDY_KEY], info, params["bench_spec"],
                         params.get("bench_sweep_value"), params.get("bench_pipeline"))
@@ -107,10 +109,23 @@ def result_for(item: pytest.Item, call: pytest.CallInfo[Any], report: pytest.Tes
     info = dict(getattr(bench, "extra_info", None) or {})
     if not info:  # the test passed without recording (not a run_benchmark body)
         return BenchmarkResult.from_case(case, PASSED, fullname=item.nodeid)
-    stats = getattr(bench, "stats", None)
-    samples = list(stats.stats.data) if stats is not None else []
-    timer = (getattr(stats, "options", None) or {}).get("timer")
+    measured = getattr(bench, CASE_RESULT_ATTRIBUTE, None)
+    if measured is not None:  # the runner's own samples: a worker's fixture is off under xdist
+        samples, timer = list(measured.timing.samples), TIMER_NAMES.get(measured.timing.mode, measured.timing.mode)
+    else:
+        stats = getattr(bench, "stats", None)
+        samples, timer = recorded_samples(bench), (getattr(stats, "options", None) or {}).get("timer")
     return BenchmarkResult.from_extra_info(info, samples, timer=timer, fullname=item.nodeid)
+
+
+def benchmark_view(item: pytest.Item) -> BenchmarkView | None:
+    """The pytest-benchmark view of a case measured in this worker, for the controller's session."""
+    bench = getattr(item, "funcargs", {}).get("benchmark")
+    measured = getattr(bench, CASE_RESULT_ATTRIBUTE, None)
+    if measured is None or not measured.timing.samples:
+        return None
+    t = measured.timing
+    return BenchmarkView.of(bench, t.samples, t.mode, t.rounds, t.warmup_rounds)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -120,6 +135,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     if result is not None:
         # a plain dict: xdist serialises every report attribute, so it reaches the controller
         setattr(report, REPORT_ATTRIBUTE, result.to_record())
+        if call.when == "call" and is_xdist_worker(item.config):
+            view = benchmark_view(item)
+            if view is not None:
+                setattr(report, VIEW_ATTRIBUTE, view.to_dict())
     return report
 
 
@@ -231,9 +250,38 @@ class ReportingSession:
             return
         result = BenchmarkResult.from_record(record)
         self.results.append(result)
+        view = getattr(report, VIEW_ATTRIBUTE, None)
+        if view is not None:  # a worker measured it: pytest-benchmark's session here has not seen it
+            add_to_session(self.config, BenchmarkView.from_dict(view))
         journal = self._journal()
         if journal is not None:
             journal.append(result)
+
+    # ------------------------------------------------------------ pytest-benchmark's JSON
+
+    def gpus_used(self) -> list[dict[str, Any]]:
+        """Every GPU that timed a case of this session (index, name, UUID), from the cases' records."""
+        seen: dict[str, dict[str, Any]] = {}
+        for result in self.results:
+            gpu = result.extra.get("gpu")
+            if isinstance(gpu, dict):
+                seen.setdefault(str(gpu.get("uuid") or gpu.get("index")), gpu)
+        return sorted(seen.values(), key=lambda g: str(g.get("index")))
+
+    @pytest.hookimpl(trylast=True)  # after attnbench.plugin filled machine_info["attnbench"]
+    def pytest_benchmark_update_machine_info(self, config: pytest.Config, machine_info: dict[str, Any]) -> None:
+        gpus = self.gpus_used()
+        if gpus and isinstance(machine_info.get("attnbench"), dict):
+            machine_info["attnbench"]["gpus_used"] = gpus
+
+    def pytest_benchmark_update_json(self, config: pytest.Config, benchmarks: list, output_json: dict) -> None:
+        """Skipped and failed cases, with their reasons, beside pytest-benchmark's timed ones."""
+        untimed = [r for r in merge_results(self.results) if not r.timed]
+        output_json["attnbench"] = {
+            "schema": 1,
+            "not_timed": [{"fullname": r.fullname, "backend": r.backend, "batch_spec": r.batch_spec,
+                           "variant": r.variant, "status": r.status, "reason": r.error} for r in untimed],
+        }
 
     # ------------------------------------------------------------ the end
 

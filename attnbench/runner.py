@@ -65,6 +65,8 @@ class CaseResult:
     metrics: dict[str, Any]
     info: dict[str, Any]
     memory: dict[str, Any] = field(default_factory=dict)
+    host_seconds: dict[str, float] = field(default_factory=dict)  # setup, verify, timing, profile, total
+    gpu: dict[str, Any] | None = None  # the physical GPU that timed it (index, name, UUID, worker)
 
     @property
     def seconds(self) -> float:
@@ -84,6 +86,9 @@ class CaseResult:
         out["backend_info"] = self.info
         if self.memory:
             out["memory"] = self.memory
+        out["host_seconds"] = self.host_seconds
+        if self.gpu is not None:
+            out["gpu"] = self.gpu
         return out
 
 
@@ -96,8 +101,11 @@ def execute(case: BenchCase, *, time_it: bool = True) -> CaseResult:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     failure: Exception | None = None
+    started = time.perf_counter()
     try:
-        return _execute(case, device, time_it)
+        result = _execute(case, device, time_it)
+        result.host_seconds["total"] = time.perf_counter() - started
+        return result
     except (SkipCase, VerificationFailed):
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised below without the frames that hold the buffers
@@ -122,6 +130,7 @@ class VerificationFailed(AssertionError):
 
 
 def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult:
+    clock = _PhaseClock()
     runner = load_runner(case)
     try:
         shape = case.effective_shape
@@ -130,8 +139,10 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
         n_buffers = shape.num_layers * sets
         memory = _check_memory(runner, n_buffers, device, case.run.profile_memory)
         layers = [runner.make_layer(i) for i in range(n_buffers)]
+        clock.lap("setup")
         with runner.context():
             verification = _verify(layers[0], case)  # layer 0: every layer runs the same code on its own buffers
+        clock.lap("verify")
         if not verification.passed:
             raise VerificationFailed(f"{case.backend.name} {case.batch_spec}: output does not match REFERENCE: "
                                  f"{verification.summary()}")
@@ -144,9 +155,11 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
         else:
             t = timing.Timing([], "none", 0, 0, "not-timed", case.run.cache_state, sets,
                               n_buffers * runner.bytes_per_layer, l2)
+        clock.lap("timing")
         kernels = None
         if device.type == "cuda" and case.run.kernel_profile:
             kernels = timing.kernel_breakdown([layer.run for layer in layers], device, context=runner.context)
+        clock.lap("profile")
         if memory and device.type == "cuda":
             memory["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
         peaks = hardware.device_peaks(device)
@@ -157,9 +170,23 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
             if t.samples and kernels["kernel_sum_s"]:
                 # graph replay time over the sum of the kernels' own durations: ~1 means kernel time
                 mets["kernels"]["timed_over_kernel_sum"] = t.median / kernels["kernel_sum_s"]
-        return CaseResult(case, t, verification, mets, dict(runner.info), memory)
+        return CaseResult(case, t, verification, mets, dict(runner.info), memory, host_seconds=clock.laps,
+                          gpu=hardware.gpu_identity(device))
     finally:
         runner.close()
+
+
+class _PhaseClock:
+    """Host seconds per phase of one case (where a study's wall time goes)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase] = self.laps.get(phase, 0.0) + now - self._last
+        self._last = now
 
 
 def _verify(layer: LayerCall, case: BenchCase) -> Verification:

@@ -18,13 +18,17 @@ import math
 import statistics
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 
 COLD_FACTOR = 3
-MIN_CALLS_PER_ROUND = 8  # amortises the graph launch itself over several calls
+# A round (one graph replay) is sized to about this much device time: long enough that the graph
+# launch (a few µs) is noise for a 20 µs decode, short enough that a 20 ms prefill runs one call.
+ROUND_TARGET_S = 1e-3
+MAX_CALLS_PER_ROUND = 256
+WARMUP_TARGET_S = 0.05  # warm-up rounds stop after about this much device time (at least one round)
 
 Step = Callable[[], Any]
 
@@ -41,7 +45,8 @@ class Timing:
     working_set_bytes: int
     l2_bytes: int | None
     capture_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    estimated_call_s: float | None = None  # one eager call, measured before sizing the round
+    round_target_s: float | None = None  # the round duration calls_per_round was chosen for
 
     @property
     def rounds(self) -> int:
@@ -67,8 +72,8 @@ class Timing:
         return self.rel_noise / math.sqrt(len(self.samples)) if self.samples else float("inf")
 
     def info(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("samples", "extra")}
-        out.update(rounds=self.rounds, rel_noise=self.rel_noise, rel_stderr=self.rel_stderr, **self.extra)
+        out = {k: v for k, v in asdict(self).items() if k != "samples"}
+        out.update(rounds=self.rounds, rel_noise=self.rel_noise, rel_stderr=self.rel_stderr)
         return out
 
 
@@ -112,6 +117,19 @@ def measure(steps: Sequence[Step], *, device: torch.device, repeats: int, warmup
                              common)
 
 
+def calls_for_round(rotation_s: float, steps: int, target_s: float = ROUND_TARGET_S) -> int:
+    """Whole rotations over the buffer sets whose device time is about ``target_s``."""
+    rotations = math.ceil(target_s / rotation_s) if rotation_s > 0 else 1
+    return steps * max(1, min(rotations, max(1, MAX_CALLS_PER_ROUND // steps)))
+
+
+def warmup_rounds_for(round_s: float, warmup_iters: int, target_s: float = WARMUP_TARGET_S) -> int:
+    """At most ``warmup_iters`` untimed rounds, fewer when each is long (at least one)."""
+    if warmup_iters <= 0:
+        return 0
+    return max(1, min(warmup_iters, math.ceil(target_s / round_s) if round_s > 0 else warmup_iters))
+
+
 def _run_rounds(one_round: Callable[[], float], repeats: int, warmup: int, min_rounds: int,
                 noise_target: float) -> tuple[list[float], str]:
     for _ in range(warmup):
@@ -139,21 +157,27 @@ def _measure_host(steps: list[Step], repeats: int, warmup: int, min_rounds: int,
 
 def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup: int, min_rounds: int,
                   noise_target: float, use_graph: bool, common: dict[str, Any]) -> Timing:
-    inner = max(1, math.ceil(MIN_CALLS_PER_ROUND / len(steps)))
-    calls = inner * len(steps)
-
-    def body() -> None:
-        for _ in range(inner):
-            for step in steps:
-                step()
-
     with torch.cuda.device(device):
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
-            body()  # eager warm-up on the capture stream: JIT, autotuning and workspace allocation happen here
+            for step in steps:  # eager warm-up on the capture stream: JIT, autotuning, workspace allocation
+                step()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            for step in steps:  # one eager rotation sizes the round (an upper bound: it has launch gaps)
+                step()
+            end.record(stream)
+        end.synchronize()
         torch.cuda.current_stream(device).wait_stream(stream)
-        torch.cuda.synchronize(device)
+        rotation_s = start.elapsed_time(end) / 1e3
+        calls = calls_for_round(rotation_s, len(steps))
+        inner = calls // len(steps)
+
+        def body() -> None:
+            for _ in range(inner):
+                for step in steps:
+                    step()
 
         graph, capture_error = None, None
         if use_graph:
@@ -176,8 +200,10 @@ def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup:
             end.synchronize()
             return start.elapsed_time(end) / 1e3 / calls
 
+        warmup = warmup_rounds_for(rotation_s * inner, warmup)
         samples, stopped = _run_rounds(one_round, repeats, warmup, min_rounds, noise_target)
-    return Timing(samples, mode, calls, warmup, stopped, capture_error=capture_error, **common)
+    return Timing(samples, mode, calls, warmup, stopped, capture_error=capture_error,
+                  estimated_call_s=rotation_s / len(steps), round_target_s=ROUND_TARGET_S, **common)
 
 
 # Kernel names by role, for the attention kernel's share of a step (matched case-insensitively).

@@ -10,5 +10,5 @@ from attnbench.recording import run_benchmark
 pytestmark = pytest.mark.bench_family("attention")
 
 
-def test_attention(bench_case, benchmark):
-    run_benchmark(bench_case, benchmark)
+def test_attention(bench_case, benchmark, request):
+    run_benchmark(bench_case, benchmark, request.config)

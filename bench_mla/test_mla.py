@@ -10,10 +10,10 @@ from attnbench.recording import run_benchmark
 
 
 @pytest.mark.bench_family("mla")
-def test_mla(bench_case, benchmark):
-    run_benchmark(bench_case, benchmark)
+def test_mla(bench_case, benchmark, request):
+    run_benchmark(bench_case, benchmark, request.config)
 
 
 @pytest.mark.bench_family("mla", mode="decode_vs_prefill")
-def test_mla_decode_vs_prefill(bench_case, benchmark):
-    run_benchmark(bench_case, benchmark)
+def test_mla_decode_vs_prefill(bench_case, benchmark, request):
+    run_benchmark(bench_case, benchmark, request.config)

@@ -209,8 +209,8 @@ def test_under_xdist_results_reach_the_controller(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = read_csv(out)
     assert len(rows) == 4 and all(r["status"] == "passed" for r in rows)
-    assert all(r["median_time"] == "" for r in rows)  # pytest-benchmark disables timing under xdist
-    assert "not timed" in proc.stdout
+    assert all(float(r["median_time"]) > 0 and int(r["rounds"]) >= 1 for r in rows)  # workers time the cases
+    assert "not timed" not in proc.stdout
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("r.csv.partial.") and p != stale]
     assert len(kept) == 1 and "OLD" in kept[0].read_text()  # the earlier run's rows were set aside, not lost
     assert stale.exists()  # CSV cannot be resumed from, so this run's journal stays

@@ -195,10 +195,11 @@ def test_timing_statistics():
 
 
 def test_timing_info_drops_samples_and_adds_derived_fields():
-    t = timing.Timing([1.0, 3.0], "host", 2, 1, "repeats", "cold", 3, 99, None, extra={"note": "x"})
+    t = timing.Timing([1.0, 3.0], "host", 2, 1, "repeats", "cold", 3, 99, None, estimated_call_s=0.5,
+                      round_target_s=1e-3)
     info = t.info()
-    assert "samples" not in info and "extra" not in info
-    assert info["rounds"] == 2 and info["note"] == "x"
+    assert "samples" not in info
+    assert info["rounds"] == 2 and info["estimated_call_s"] == 0.5 and info["round_target_s"] == 1e-3
     assert info["rel_noise"] == pytest.approx(statistics.stdev([1.0, 3.0]) / 2.0)
     assert (info["mode"], info["calls_per_round"], info["buffer_sets"]) == ("host", 2, 3)
 
@@ -218,3 +219,22 @@ def test_kernel_roles(name, role):
     from attnbench.timing import kernel_role
 
     assert kernel_role(name) == role
+
+
+@pytest.mark.parametrize("rotation_s, steps, calls", [
+    (20e-6, 1, 50),  # a 20 µs decode: 50 calls make a ~1 ms round
+    (20e-3, 1, 1),  # a 20 ms prefill: one call per round, not 8
+    (60e-6, 3, 51),  # cold L2 over 3 buffer sets: whole rotations only
+    (1e-9, 4, 256),  # a degenerate estimate is capped
+    (0.0, 2, 2),
+])
+def test_calls_per_round_follow_the_round_target(rotation_s, steps, calls):
+    assert timing.calls_for_round(rotation_s, steps) == calls
+    assert timing.calls_for_round(rotation_s, steps) % steps == 0
+
+
+def test_warmup_rounds_shrink_for_long_rounds_but_never_to_zero():
+    assert timing.warmup_rounds_for(1e-3, 10) == 10
+    assert timing.warmup_rounds_for(20e-3, 10) == 3
+    assert timing.warmup_rounds_for(1.0, 10) == 1
+    assert timing.warmup_rounds_for(1.0, 0) == 0
