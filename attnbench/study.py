@@ -111,7 +111,7 @@ def _check(cond: bool, where: str, key: str, msg: str) -> None:
 
 
 _MODEL_KEYS = (ATTENTION_KEYS | MLA_KEYS | {"name"})
-_BENCH_KEYS = {"device": str, "repeats": int, "warmup_iters": int, "profile_memory": bool}
+_BENCH_KEYS = {"device": str, "repeats": int, "warmup_iters": int, "profile_memory": bool, "kernel_profile": bool}
 _TOP_KEYS = {
     "name", "description", "backends", "backend", "batch_specs", "batch_spec_ranges", "batch_sizes", "mode",
     "model", "parameter_sweep", "model_parameter_sweep", "output", "warmup_iters", "repeats", "profile_memory",
