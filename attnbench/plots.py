@@ -7,7 +7,9 @@
                       of each spec is outlined.
 * ``crossover_plot``  decode_vs_prefill: one panel per batch size, x = query length, y = time,
                       a solid line for the decode pipeline and a dashed one for prefill per
-                      backend, and a dotted vertical line at the crossover (``report.crossover_table``).
+                      backend, a dotted vertical line at the threshold (``report.crossover_table``'s
+                      noise-aware answer; shaded where the pipelines are within noise) and a
+                      dash-dot one at vLLM's default threshold when it lies inside the panel.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no display, no global
 backend switch), so this works in pytest workers and headless machines.
@@ -200,11 +202,19 @@ def crossover_plot(results: Sequence[BenchmarkResult], path: str | Path, title: 
                     label=f"{c.backend} decode")
             ax.plot(qs, [c.times[q][1] * 1e6 for q in qs], "--s", color=color, markersize=3,
                     label=f"{c.backend} prefill")
-            if c.decode_up_to is not None:
-                q = c.decode_up_to
+            a = c.answer
+            if a is not None and a.vllm_default is not None and qs_all[0] <= a.vllm_default <= qs_all[-1]:
+                ax.axvline(a.vllm_default, color=color, linestyle="-.", linewidth=0.8, alpha=0.5)
+            if _marked(a):
+                q = a.lo if a.lo is not None else qs_all[0]  # type: ignore[union-attr]
                 ax.axvline(q, color=color, linestyle=":", linewidth=1)
+                if a.interval:  # within noise between lo and hi: shade it, the threshold may be anywhere in it
+                    ax.axvspan(q, a.hi, color=color, alpha=0.12, linewidth=0)
+                text = f"decode ≤ q{a.label()}" + (f" · vLLM {a.vllm_default}" if a.vllm_default is not None else "")
+                if a.flips > 1:
+                    text += f" · {a.flips} flips"
                 right = q > q_mid  # label to the left of the line, so it stays inside the axes
-                ax.annotate(f"decode ≤ q{q}", (q, 0), xycoords=("data", "axes fraction"),
+                ax.annotate(text, (q, 0), xycoords=("data", "axes fraction"),
                             xytext=(-3 if right else 3, 4 + 10 * order[c.backend]), textcoords="offset points",
                             ha="right" if right else "left", va="bottom", fontsize=7, color=color,
                             bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.5})
@@ -217,7 +227,7 @@ def crossover_plot(results: Sequence[BenchmarkResult], path: str | Path, title: 
         if max(times) / min(times) > _LOG_SCALE_SPAN:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(plain)
-        labelled = [order[c.backend] for c in panels[key] if c.decode_up_to is not None]
+        labelled = [order[c.backend] for c in panels[key] if _marked(c.answer)]
         if labelled:  # lower the y axis so the stacked "decode ≤ q" labels sit below every data point
             band = (4 + 10 * max(labelled) + 12) / (72 * 3.6 - 80)  # label band / plot height (~200 pt)
             _lower_bottom(ax, min(times), band)
@@ -230,6 +240,11 @@ def crossover_plot(results: Sequence[BenchmarkResult], path: str | Path, title: 
     fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=min(4, len(legend)), fontsize=8)
     fig.suptitle(title or "Decode vs prefill pipeline")
     return _save(fig, path)
+
+
+def _marked(answer: Any) -> bool:
+    """Whether the plot draws a threshold line and label for a crossover answer."""
+    return answer is not None and (answer.lo is not None or answer.interval)
 
 
 PLOTS: dict[str, Callable[..., Path | None]] = {"bars": backend_bars, "sweep": sweep_heatmap,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from io import StringIO
 from typing import Any, Iterable, Sequence
 
+from attnbench.crossover_search import CrossoverAnswer, Point, crossover_answer, measurement, vllm_default
 from attnbench.results import FAILED, SKIPPED, BenchmarkResult
 
 MARKS = {"passed": "✓", "oracle": "ref", "skipped": "·", "failed": "✗"}
@@ -82,6 +83,9 @@ class Crossover:
     prefill_speedup: float | None  # geometric mean of t_decode / t_prefill over q > decode_up_to
     flips: int  # how often the faster pipeline changes along q; more than 1 = noisy or non-monotonic
     times: dict[int, tuple[float, float]] = field(default_factory=dict)  # q -> (decode s, prefill s)
+    # noise-aware: the threshold before the first flip, an interval where the pipelines tie, the flip points and
+    # vLLM's default; what the table and plot show. decode_up_to above is the largest q decode won at anywhere.
+    answer: CrossoverAnswer | None = None
 
 
 def crossover_table(results: Iterable[BenchmarkResult]) -> list[Crossover]:
@@ -91,10 +95,10 @@ def crossover_table(results: Iterable[BenchmarkResult]) -> list[Crossover]:
     batch size is the number of requests of a spec and q its longest query. If one batch size
     holds the same q at several KV lengths, each KV length gets its own row.
     """
-    by_group: dict[tuple, dict[tuple[int, int], dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    by_group: dict[tuple, dict[tuple[int, int], dict[str, BenchmarkResult]]] = defaultdict(lambda: defaultdict(dict))
     for r in results:
         if r.pipeline in ("decode", "prefill") and r.timed:
-            by_group[(r.study, r.family, r.backend, r.batch_size)][(r.q_len, r.kv_len)][r.pipeline] = r.median_time
+            by_group[(r.study, r.family, r.backend, r.batch_size)][(r.q_len, r.kv_len)][r.pipeline] = r
     rows: list[Crossover] = []
     for (study, family, backend, batch_size), points in by_group.items():
         both = {qk: t for qk, t in points.items() if len(t) == 2}
@@ -113,9 +117,9 @@ def crossover_table(results: Iterable[BenchmarkResult]) -> list[Crossover]:
 
 
 def _crossover(study: str | None, family: str | None, backend: str, batch_size: int, kv: int | None,
-               by_q: dict[int, dict[str, float]]) -> Crossover:
+               by_q: dict[int, dict[str, BenchmarkResult]]) -> Crossover:
     qs = sorted(by_q)
-    times = {q: (by_q[q]["decode"], by_q[q]["prefill"]) for q in qs}
+    times = {q: (by_q[q]["decode"].median_time or 0.0, by_q[q]["prefill"].median_time or 0.0) for q in qs}  # timed
     decode_wins = [times[q][0] < times[q][1] for q in qs]
     winners_q = [q for q, wins in zip(qs, decode_wins) if wins]
     up_to = max(winners_q) if winners_q else None
@@ -123,9 +127,21 @@ def _crossover(study: str | None, family: str | None, backend: str, batch_size: 
     below = [q for q in qs if up_to is not None and q <= up_to]
     prefill_from = min((q for q in above if times[q][1] < times[q][0]), default=None)
     flips = sum(1 for a, b in zip(decode_wins, decode_wins[1:]) if a != b)
+    answer = crossover_answer([Point(q, measurement(vars(by_q[q]["decode"])), measurement(vars(by_q[q]["prefill"])))
+                               for q in qs], vllm_default(backend, _recorded_default(by_q)))
     return Crossover(study, family, backend, batch_size, kv, qs, up_to, prefill_from,
                      _geomean([times[q][1] / times[q][0] for q in below]),
-                     _geomean([times[q][0] / times[q][1] for q in above]), flips, times)
+                     _geomean([times[q][0] / times[q][1] for q in above]), flips, times, answer)
+
+
+def _recorded_default(by_q: dict[int, dict[str, BenchmarkResult]]) -> Any:
+    """The default reorder_batch_threshold vLLM's builder reported for these cases (GPU runs record it)."""
+    for pair in by_q.values():
+        for r in pair.values():
+            info = r.extra.get("backend_info")
+            if isinstance(info, dict) and info.get("default_reorder_batch_threshold") is not None:
+                return info["default_reorder_batch_threshold"]
+    return None
 
 
 # ------------------------------------------------------------------ sweeps
@@ -280,18 +296,17 @@ def render_renderables(renderables: Sequence[Any], width: int = 160, color: bool
 def crossover_renderable(crossovers: Sequence[Crossover]) -> Any:
     from rich.table import Table
 
-    table = Table(title="Decode vs prefill crossover (pick reorder_batch_threshold = 'decode faster up to q')",
-                  title_justify="left")
+    table = Table(title="Decode vs prefill crossover (pick reorder_batch_threshold = 'decode faster up to q'; "
+                        "a–b: within noise between)", title_justify="left")
     for name in ("backend", "batch size", "kv", "q tested", "decode faster up to q", "decode speed-up",
-                 "prefill faster from q", "prefill speed-up", "note"):
+                 "prefill faster from q", "prefill speed-up", "vLLM default", "note"):
         table.add_column(name, justify="left" if name in ("backend", "note") else "right")
     for c in crossovers:
-        note = f"{c.flips} flips: noisy or non-monotonic" if c.flips > 1 else ""
+        a = c.answer or crossover_answer([])
         table.add_row(c.backend, str(c.batch_size), "varies" if c.kv_len is None else str(c.kv_len),
-                      f"{c.q_lens[0]}..{c.q_lens[-1]} ({len(c.q_lens)})",
-                      "never" if c.decode_up_to is None else str(c.decode_up_to),
-                      _speedup(c.decode_speedup), "never" if c.prefill_from is None else str(c.prefill_from),
-                      _speedup(c.prefill_speedup), note)
+                      f"{c.q_lens[0]}..{c.q_lens[-1]} ({len(c.q_lens)})", a.label(),
+                      _speedup(c.decode_speedup), "never" if a.prefill_from is None else str(a.prefill_from),
+                      _speedup(c.prefill_speedup), "–" if a.vllm_default is None else str(a.vllm_default), a.note())
     return table
 
 
