@@ -93,3 +93,20 @@ def test_oracle_and_skipped_verdicts():
     assert not skipped.passed and skipped.reason == "--no-verify"
     d = compare(_expected(), _expected()).as_dict()
     assert d["status"] == "passed" and "cache_problem" not in d and "reason" not in d
+
+
+def test_chunked_comparison_equals_the_whole_tensor_comparison():
+    torch.manual_seed(3)
+    ref = torch.randn(37, 4, 8)
+    out = (ref + 1e-3 * torch.randn_like(ref)).to(torch.bfloat16)
+    out[20, 1, 5] = float("nan")
+    whole = compare(out, ref, chunk_elements=1 << 30)
+    for chunk in (1, 32, 33, 100, 31 * 32):
+        part = compare(out, ref, chunk_elements=chunk)
+        assert part.nonfinite == whole.nonfinite == 1 and part.first_nonfinite == whole.first_nonfinite == (20, 1, 5)
+        assert part.max_abs_error == whole.max_abs_error and part.ref_abs_max == whole.ref_abs_max
+        assert part.rel_error == pytest.approx(whole.rel_error)
+    clean = out.clone()
+    clean[20, 1, 5] = ref[20, 1, 5]
+    expected_rel = float((clean.float() - ref).norm() / ref.norm())
+    assert compare(clean, ref, chunk_elements=64).rel_error == pytest.approx(expected_rel, rel=1e-5)
