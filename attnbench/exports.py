@@ -76,12 +76,38 @@ class ResultsFormatter:
             for result in results:
                 writer.writerow(csv_row(result))
 
+        crossovers = _crossover_rows(results)
+        if crossovers:  # decode_vs_prefill: the answer per backend x batch size, beside the per-case rows
+            def write_crossovers(f: IO[str]) -> None:
+                writer = csv.DictWriter(f, fieldnames=list(crossovers[0]))
+                writer.writeheader()
+                for row in crossovers:
+                    writer.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()})
+
+            _atomic_write(crossover_csv_path(path), write_crossovers, newline="")
         return _atomic_write(Path(path), write, newline="")
 
     def save_json(self, results: list[BenchmarkResult], path: str | os.PathLike[str]) -> Path:
         doc = {"schema": SCHEMA, "created": _now(), "machine_info": self.machine_info or {},
                "results": [r.to_record() for r in results]}
+        crossovers = _crossover_rows(results)
+        if crossovers:  # decode_vs_prefill: the answer per backend x batch size
+            doc["crossovers"] = crossovers
         return _atomic_write(Path(path), lambda f: json.dump(doc, f, indent=1, default=str))
+
+
+def crossover_csv_path(path: str | os.PathLike[str]) -> Path:
+    """Where save_csv puts the crossover answers: ``results.csv`` -> ``results.crossover.csv``."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.crossover{p.suffix or '.csv'}")
+
+
+def _crossover_rows(results: list[BenchmarkResult]) -> list[dict[str, Any]]:
+    if not any(r.pipeline in ("decode", "prefill") for r in results):
+        return []
+    from attnbench.report import crossover_records
+
+    return crossover_records(results)
 
 
 class Journal:

@@ -134,6 +134,21 @@ def _crossover(study: str | None, family: str | None, backend: str, batch_size: 
                      _geomean([times[q][0] / times[q][1] for q in above]), flips, times, answer)
 
 
+def crossover_records(results: Iterable[BenchmarkResult]) -> list[dict[str, Any]]:
+    """The crossover answers as plain data, for the CSV/JSON exports: one row per backend x batch size."""
+    rows = []
+    for c in crossover_table(results):
+        a = c.answer
+        rows.append({"study": c.study, "backend": c.backend, "batch_size": c.batch_size, "kv_len": c.kv_len,
+                     "reorder_batch_threshold": a.threshold if a else c.decode_up_to,
+                     "threshold_upper": a.hi if a else None, "within_noise": bool(a and a.interval),
+                     "prefill_from": a.prefill_from if a else c.prefill_from,
+                     "vllm_default": a.vllm_default if a else None, "kind": a.kind if a else None,
+                     "flips": a.flips if a else c.flips, "flip_points": a.flip_points if a else [],
+                     "q_timed": len(c.q_lens), "q_lens": c.q_lens})
+    return rows
+
+
 def _recorded_default(by_q: dict[int, dict[str, BenchmarkResult]]) -> Any:
     """The default reorder_batch_threshold vLLM's builder reported for these cases (GPU runs record it)."""
     for pair in by_q.values():

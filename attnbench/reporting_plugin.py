@@ -36,7 +36,7 @@ from attnbench.exports import (Journal, LoadedResults, ResultsFileError, Results
                                merge_results, partial_path, unwritable_reason)
 from attnbench.plugin import STUDY_KEY, backend_for_item, compose_case
 from attnbench.recording import CASE_RESULT_ATTRIBUTE
-from attnbench.results import FAILED, PASSED, SKIPPED, BenchmarkResult, case_key
+from attnbench.results import FAILED, PASSED, SKIPPED, BenchmarkResult, case_key, describe_key
 from attnbench.study import Study
 
 REPORT_ATTRIBUTE = "attnbench_result"  # the per-case record carried on a TestReport
@@ -275,13 +275,10 @@ class ReportingSession:
             machine_info["attnbench"]["gpus_used"] = gpus
 
     def pytest_benchmark_update_json(self, config: pytest.Config, benchmarks: list, output_json: dict) -> None:
-        """Skipped and failed cases, with their reasons, beside pytest-benchmark's timed ones."""
-        untimed = [r for r in merge_results(self.results) if not r.timed]
-        output_json["attnbench"] = {
-            "schema": 1,
-            "not_timed": [{"fullname": r.fullname, "backend": r.backend, "batch_spec": r.batch_spec,
-                           "variant": r.variant, "status": r.status, "reason": r.error} for r in untimed],
-        }
+        """Skipped and failed cases beside pytest-benchmark's timed ones, grouped by status and reason
+        (a crossover search skips thousands of cases for one reason)."""
+        output_json["attnbench"] = {"schema": NOT_TIMED_SCHEMA,
+                                    "not_timed": group_not_timed(merge_results(self.results))}
 
     # ------------------------------------------------------------ the end
 
@@ -372,6 +369,19 @@ class ReportingSession:
             terminalreporter.write_line(f"attnbench: {line}")
         for line in self.warnings:
             terminalreporter.write_line(f"attnbench WARNING: {line}", yellow=True, bold=True)
+
+
+NOT_TIMED_SCHEMA = 2  # 1: one entry per case; 2: one entry per (status, reason) with the cases' ids
+
+
+def group_not_timed(results: list[BenchmarkResult]) -> list[dict[str, Any]]:
+    """``[{"status", "reason", "count", "cases": [fullname, ...]}]`` for the cases that have no timing."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in results:
+        if not r.timed:
+            groups.setdefault((r.status, r.error or ""), []).append(r.fullname or describe_key(r))
+    return [{"status": status, "reason": reason, "count": len(cases), "cases": cases}
+            for (status, reason), cases in groups.items()]
 
 
 def current_gpu_name(study: Study) -> str:

@@ -198,3 +198,30 @@ def test_best_sweep_value_within_noise_is_flagged():
     close = BestSweepValue("FLASHMLA", "16q4s1k", "reorder_batch_threshold", 8, 100e-6, 101e-6, 3, noise=0.01)
     clear = BestSweepValue("FLASHMLA", "16q4s1k", "reorder_batch_threshold", 8, 100e-6, 120e-6, 3, noise=0.01)
     assert close.within_noise and not clear.within_noise
+
+
+def test_crossover_answers_reach_the_json_and_a_sibling_csv(tmp_path) -> None:
+    import csv as _csv
+    import json as _json
+
+    from attnbench.exports import ResultsFormatter, crossover_csv_path
+
+    results = pipelines("FLASHMLA", 4, {1: (10e-6, 40e-6), 2: (20e-6, 40e-6), 4: (30e-6, 36e-6),
+                                        8: (60e-6, 40e-6), 16: (120e-6, 40e-6)})
+    results += pipelines("FLASH_ATTN_MLA", 2, {1: (10e-6, 40e-6), 2: (50e-6, 40e-6)})
+    formatter = ResultsFormatter()
+    formatter.save_json(results, tmp_path / "r.json")
+    formatter.save_csv(results, tmp_path / "r.csv")
+    doc = _json.loads((tmp_path / "r.json").read_text())
+    answers = {(c["backend"], c["batch_size"]): c for c in doc["crossovers"]}
+    assert answers[("FLASHMLA", 4)]["reorder_batch_threshold"] == 4 and answers[("FLASHMLA", 4)]["prefill_from"] == 8
+    assert answers[("FLASHMLA", 4)]["vllm_default"] == 128 and answers[("FLASHMLA", 4)]["flips"] == 1
+    assert answers[("FLASH_ATTN_MLA", 2)]["reorder_batch_threshold"] == 1
+    with open(crossover_csv_path(tmp_path / "r.csv"), newline="") as f:
+        rows = list(_csv.DictReader(f))
+    assert crossover_csv_path(tmp_path / "r.csv").name == "r.crossover.csv"
+    assert {(r["backend"], r["batch_size"], r["reorder_batch_threshold"]) for r in rows} == {
+        ("FLASHMLA", "4", "4"), ("FLASH_ATTN_MLA", "2", "1")}
+    plain = [r for r in results if r.pipeline is None]
+    formatter.save_json(plain, tmp_path / "p.json")
+    assert "crossovers" not in _json.loads((tmp_path / "p.json").read_text())

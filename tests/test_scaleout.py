@@ -172,8 +172,9 @@ def test_a_dying_case_fails_alone_with_its_cause_and_everything_else_is_exported
     assert all(rows[s]["status"] == "passed" and rows[s]["median_time"] > 0 for s in SPECS if s != victim)
     timed = {b["extra_info"]["batch_spec"] for b in json.loads((tmp_path / "b.json").read_text())["benchmarks"]}
     assert timed == set(SPECS) - {victim}
-    not_timed = json.loads((tmp_path / "b.json").read_text())["attnbench"]["not_timed"]
-    assert [(n["batch_spec"], n["status"]) for n in not_timed] == [(victim, "failed")]
+    (not_timed,) = json.loads((tmp_path / "b.json").read_text())["attnbench"]["not_timed"]
+    assert (not_timed["status"], not_timed["count"]) == ("failed", 1) and cause in not_timed["reason"]
+    assert not_timed["cases"] == [f"bench_attention/test_attention.py::test_attention[REFERENCE-{victim}]"]
 
 
 def test_a_poisoned_worker_stops_and_its_next_case_runs_on_a_replacement(tmp_path: Path):
