@@ -116,8 +116,12 @@ def execute(case: BenchCase, *, time_it: bool = True) -> CaseResult:
         # A failed case's tensors lived on in its traceback frames; collecting them and emptying the
         # cache keeps one failure (an OOM, say) from failing every case after it. A passing case frees
         # its buffers when the adapter closes, so it skips the full gc (host time for nothing).
-        gc.collect()
-        torch.cuda.empty_cache()
+        try:
+            gc.collect()
+            torch.cuda.empty_cache()
+        except Exception as cleanup:  # noqa: BLE001 - a sticky CUDA error fails this too; keep the case's own error
+            failure.add_note(f"cleanup after the failure failed too: {type(cleanup).__name__}: "
+                             f"{str(cleanup).splitlines()[0] if str(cleanup) else ''}")
     raise failure
 
 
