@@ -18,7 +18,7 @@ itself, and under xdist the numbers come from the workers. So:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import pytest
 
@@ -89,7 +89,13 @@ def recorded_samples(benchmark: Any) -> list[float]:
 
 @dataclass(frozen=True)
 class BenchmarkView:
-    """One case as pytest-benchmark stores it, in plain data (it crosses xdist's process boundary)."""
+    """One case as pytest-benchmark stores it, in plain data (it crosses xdist's process boundary).
+
+    It also stands in for the fixture when the controller builds the case's ``Metadata``: that
+    reads name, fullname, group, param, params, extra_info, cprofile_stats and has_error."""
+
+    cprofile_stats: ClassVar[Any] = None
+    has_error: ClassVar[bool] = False
 
     name: str
     fullname: str
@@ -116,20 +122,6 @@ class BenchmarkView:
         return cls(**data)
 
 
-@dataclass
-class _RemoteFixture:
-    """What ``Metadata`` reads from a fixture, for a case that ran in another process."""
-
-    name: str
-    fullname: str
-    group: str | None
-    param: str | None
-    params: dict[str, Any] | None
-    extra_info: dict[str, Any]
-    cprofile_stats: Any = None
-    has_error: bool = False
-
-
 def add_to_session(config: pytest.Config, view: BenchmarkView) -> bool:
     """Controller: add a worker's case to pytest-benchmark's session as if it had run here."""
     session = session_of(config)
@@ -137,8 +129,7 @@ def add_to_session(config: pytest.Config, view: BenchmarkView) -> bool:
         return False
     from pytest_benchmark.stats import Metadata
 
-    fixture = _RemoteFixture(view.name, view.fullname, view.group, view.param, view.params, view.extra_info)
-    metadata = Metadata(fixture, iterations=1, options=dict(view.options))
+    metadata = Metadata(view, iterations=1, options=dict(view.options))
     for sample in view.samples:
         metadata.stats.update(sample)
     session.benchmarks.append(metadata)

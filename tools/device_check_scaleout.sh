@@ -17,24 +17,11 @@ run serial8 "${EIGHT[@]}" --gpus none -p tests.plugins.host_profile --host-profi
 # 3. the 8 cases in the default mode, one of them faulting with a real illegal address
 run crash8 "${EIGHT[@]}" -p tests.plugins.fault_injection --inject-fault cuda-illegal-address@FLASHMLA-16q4s1k \
   --benchmark-json "$OUT/crash8.json" --output-json "$OUT/crash8_out.json"
+python3 tools/summarize_host_seconds.py "$OUT/subset.json" "$OUT/serial8.json" "$OUT/crash8.json"
 python3 - "$OUT" <<'PY'
-import json, sys, statistics as st
-out = sys.argv[1]
-def load(n):
-    try: return json.load(open(f"{out}/{n}.json"))["benchmarks"]
-    except Exception as e: print(n, "unreadable:", e); return []
-for name in ("subset", "serial8", "crash8"):
-    bs = load(name)
-    if not bs: continue
-    hs = [b["extra_info"]["host_seconds"] for b in bs]
-    gpu = [b["stats"]["mean"] * b["stats"]["rounds"] * b["extra_info"]["timing"]["calls_per_round"] for b in bs]
-    tot = [h["total"] for h in hs]
-    print(f"{name}: {len(bs)} timed; host total {sum(tot):.1f}s (first {tot[0]:.1f}s, median {st.median(tot):.2f}s); "
-          + ", ".join(f"{k} {sum(h.get(k, 0) for h in hs):.1f}s" for k in ("setup", "verify", "timing", "profile"))
-          + f"; timed GPU {sum(gpu):.1f}s; median beyond GPU {st.median([t - g for t, g in zip(tot, gpu)]):.2f}s")
-    print("   gpus:", {json.dumps(b['extra_info'].get('gpu')) for b in bs})
-a = {b["name"]: b["stats"]["median"] for b in load("serial8")}
-b = {b["name"]: b["stats"]["median"] for b in load("crash8")}
+import json, sys
+load = lambda n: {b["name"]: b["stats"]["median"] for b in json.load(open(f"{sys.argv[1]}/{n}.json"))["benchmarks"]}
+a, b = load("serial8"), load("crash8")
 for k in sorted(set(a) & set(b)):
     print(f"  {k}: in-process {a[k]*1e6:.1f} us, worker {b[k]*1e6:.1f} us ({100*(b[k]/a[k]-1):+.1f}%)")
 PY
