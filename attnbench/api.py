@@ -15,7 +15,8 @@ from attnbench import backends as registry
 from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD
 from attnbench.cases import BenchCase
 from attnbench.results import SHAPE_FIELDS, BenchmarkResult
-from attnbench.runner import SkipCase, execute
+from attnbench.contract import SkipCase
+from attnbench.runner import execute
 from attnbench.shapes import make_shape
 from attnbench.study import RunSettings
 from grammar import parse_batch_spec

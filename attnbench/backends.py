@@ -14,6 +14,8 @@ from typing import Literal
 
 Family = Literal["attention", "mla"]
 
+VLLM_VERSION = "0.26.0"  # the vLLM release this registry, its knobs and its capability ranges describe
+
 # Sweep parameters that live on the backend (its metadata builder) rather than on the model shape.
 NUM_KV_SPLITS = "num_kv_splits"
 REORDER_BATCH_THRESHOLD = "reorder_batch_threshold"
@@ -39,12 +41,12 @@ class BackendInfo:
         return self.name == "REFERENCE"
 
 
-_VLLM_ATTENTION = "attnbench.adapters.vllm_attention:make_runner"
-_VLLM_MLA = "attnbench.adapters.vllm_mla:make_runner"
+_VLLM_ATTENTION = "attnbench.adapters.vllm_attention:make_adapter"
+_VLLM_MLA = "attnbench.adapters.vllm_mla:make_adapter"
 _MLA_PARAMS = frozenset({REORDER_BATCH_THRESHOLD})
 
 BACKENDS: tuple[BackendInfo, ...] = (
-    BackendInfo("REFERENCE", "attention", "attnbench.adapters.reference:make_attention_runner",
+    BackendInfo("REFERENCE", "attention", "attnbench.adapters.reference:make_attention_adapter",
                 aliases=("reference", "ref"), needs_vllm=False, needs_cuda=False,
                 note="exact attention in plain torch over the paged cache (the oracle)"),
     BackendInfo("FLASH_ATTN", "attention", _VLLM_ATTENTION, aliases=("flash", "flash_attn", "fa"),
@@ -52,7 +54,7 @@ BACKENDS: tuple[BackendInfo, ...] = (
     BackendInfo("TRITON_ATTN", "attention", _VLLM_ATTENTION, aliases=("triton", "triton_attn")),
     BackendInfo("FLASHINFER", "attention", _VLLM_ATTENTION, aliases=("flashinfer",),
                 min_capability=(7, 5)),
-    BackendInfo("REFERENCE", "mla", "attnbench.adapters.reference:make_mla_runner",
+    BackendInfo("REFERENCE", "mla", "attnbench.adapters.reference:make_mla_adapter",
                 aliases=("reference", "ref"), needs_vllm=False, needs_cuda=False,
                 note="latent up-projected with kv_b_proj, then exact attention in plain torch"),
     BackendInfo("FLASHMLA", "mla", _VLLM_MLA, aliases=("flashmla", "flash_mla"),
@@ -63,11 +65,20 @@ BACKENDS: tuple[BackendInfo, ...] = (
     BackendInfo("TRITON_MLA", "mla", _VLLM_MLA, aliases=("triton_mla",), sweep_params=_MLA_PARAMS),
     BackendInfo("CUTLASS_MLA", "mla", _VLLM_MLA, aliases=("cutlass_mla", "cutlass"),
                 min_capability=(10, 0), max_capability=(10, 3),
-                sweep_params=_MLA_PARAMS | {NUM_KV_SPLITS}, note="Blackwell (SM100) only in vLLM 0.26.0"),
+                sweep_params=_MLA_PARAMS | {NUM_KV_SPLITS}, note=f"Blackwell (SM100) only in vLLM {VLLM_VERSION}"),
     BackendInfo("FLASHINFER_MLA", "mla", _VLLM_MLA, aliases=("flashinfer_mla",),
                 min_capability=(10, 0), max_capability=(10, 3), sweep_params=_MLA_PARAMS,
-                note="Blackwell (SM100) only in vLLM 0.26.0"),
+                note=f"Blackwell (SM100) only in vLLM {VLLM_VERSION}"),
 )
+
+
+def knob_problem(info: BackendInfo, knob: str) -> str | None:
+    """Why builder knob ``knob`` (num_kv_splits, reorder_batch_threshold) does not apply to ``info``, or None.
+
+    The one place that answers it: a sweep, a per-backend YAML section and the adapters all ask here."""
+    if knob in info.sweep_params:
+        return None
+    return f"{info.name} has no {knob} knob in vLLM {VLLM_VERSION}"
 
 
 class UnknownBackendError(ValueError):
@@ -128,5 +139,5 @@ def capability_skip_reason(info: BackendInfo, found: tuple[int, int] | None) -> 
         return f"{info.name} requires {format_capability(lo)}+ (found {format_capability(found)})"
     if hi is not None and found > hi:
         span = format_capability(lo) if lo == hi else f"{format_capability(lo or (0, 0))}-{format_capability(hi)}"
-        return f"{info.name} runs only on {span} in vLLM 0.26.0 (found {format_capability(found)})"
+        return f"{info.name} runs only on {span} in vLLM {VLLM_VERSION} (found {format_capability(found)})"
     return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD, BackendInfo
+from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD, BackendInfo, knob_problem
 from attnbench.shapes import Shape, sweepable_keys, with_value
 from attnbench.study import AUTO, RunSettings
 from grammar import BatchRequest, parse_batch_spec
@@ -55,12 +55,17 @@ class BenchCase:
 
     @property
     def unsupported_sweep(self) -> str | None:
-        """Why the swept backend knob does not apply to this backend, if it does not."""
-        if self.sweep_param in (NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD) and self.sweep_param not in self.backend.sweep_params:
-            if self.sweep_value == AUTO:
-                return None  # the default runs everywhere
-            return f"{self.backend.name} has no {self.sweep_param} knob in vLLM 0.26.0"
-        if self.pipeline is not None and REORDER_BATCH_THRESHOLD not in self.backend.sweep_params:
+        """Why a builder knob this case forces (swept, or set in the study's per-backend section) does not
+        apply to this backend, if it does not."""
+        if self.sweep_param in (NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD) and self.sweep_value != AUTO:
+            problem = knob_problem(self.backend, self.sweep_param)
+            if problem:
+                return problem
+        for knob in self.backend_settings:
+            problem = knob_problem(self.backend, knob) if knob in (NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD) else None
+            if problem:
+                return problem
+        if self.pipeline is not None and knob_problem(self.backend, REORDER_BATCH_THRESHOLD):
             return f"{self.backend.name} has no decode/prefill pipeline split (reorder_batch_threshold)"
         return None
 

@@ -1,12 +1,12 @@
 """Files of results: CSV and JSON exports, the append-only journal, and loading any of them back.
 
-* ``ResultsFormatter.save_csv`` / ``save_json`` keep the seed's interface and its column /
+* ``ResultsFormatter.save_csv`` / ``save_json`` keep upstream attention_benchmarks' interface and its column /
   key names (``backend, batch_spec, num_layers, mean_time, std_time, throughput, memory_mb``
   lead the CSV; JSON records carry ``config`` and ``throughput_tokens_per_sec``); more
   columns follow. The JSON is ``{"schema", "created", "machine_info", "results": [...]}``.
 * ``Journal`` appends one JSON line per finished case and fsyncs it, so a crash mid-study
   loses nothing already measured; the final CSV/JSON are written from it.
-* ``load_results`` reads any of: a journal (JSON lines), this module's JSON, the seed's JSON
+* ``load_results`` reads any of: a journal (JSON lines), this module's JSON, upstream's JSON
   (a list of records), or a pytest-benchmark JSON (``--benchmark-json`` / ``--benchmark-save``).
 """
 
@@ -27,7 +27,7 @@ from attnbench.results import SHAPE_FIELDS, BenchmarkResult, RecordError, case_k
 
 SCHEMA = "attnbench.results/1"
 
-# The seed's columns first, in its order, so its readers keep working; ours follow.
+# Upstream's columns first, in its order, so its readers keep working; ours follow.
 SEED_CSV_COLUMNS = ("backend", "batch_spec", "num_layers", "mean_time", "std_time", "throughput", "memory_mb")
 CSV_COLUMNS = SEED_CSV_COLUMNS + tuple(n for n in SHAPE_FIELDS if n != "num_layers") + (
     "family", "study", "sweep_param", "sweep_value", "pipeline", "backend_params", "device", "cache_state",
@@ -53,7 +53,7 @@ def csv_row(result: BenchmarkResult) -> dict[str, Any]:
 
 
 class ResultsFormatter:
-    """The seed's formatter: a table on the console, and CSV / JSON files, over ``BenchmarkResult``s."""
+    """Upstream's formatter interface: a table on the console, and CSV / JSON files, over ``BenchmarkResult``s."""
 
     def __init__(self, console: Any = None, machine_info: dict[str, Any] | None = None):
         self.console = console
@@ -113,14 +113,14 @@ def _crossover_rows(results: list[BenchmarkResult]) -> list[dict[str, Any]]:
 class Journal:
     """An append-only JSON-lines file: one record per finished case, flushed and fsynced per line."""
 
-    def __init__(self, path: str | os.PathLike[str], seed: Iterable[BenchmarkResult] = ()):
-        """Start a fresh journal at ``path`` holding ``seed`` (rows carried from a resumed run).
+    def __init__(self, path: str | os.PathLike[str], carried: Iterable[BenchmarkResult] = ()):
+        """Start a fresh journal at ``path`` holding ``carried`` (rows carried from a resumed run).
 
         The file is replaced atomically, so when ``path`` is itself the journal being resumed its
         rows are never absent from disk."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lines = "".join(_line(r) for r in seed)
+        lines = "".join(_line(r) for r in carried)
         _atomic_write(self.path, lambda f: f.write(lines))
         self._file: IO[str] | None = open(self.path, "a", encoding="utf-8")
 

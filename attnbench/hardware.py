@@ -144,10 +144,3 @@ def machine_info(device: str = "cuda") -> dict[str, Any]:
         info["gpu"].update(dict(zip(keys, smi)))
     info["peaks"] = device_peaks(dev)
     return info
-
-
-def gpu_slug(info: dict[str, Any]) -> str:
-    """A folder name for baselines, e.g. ``NVIDIA_H100_80GB_HBM3``."""
-    gpu = info.get("gpu") or {}
-    name = gpu.get("name") or "cpu"
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")

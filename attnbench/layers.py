@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from attnbench import reference
+from attnbench.oracle import mla_attention, paged_attention
 from attnbench.shapes import AttentionShape, MLAShape
 from attnbench.workload import BatchLayout, fill_random_, generator, random_tensor, torch_dtype
 
@@ -62,7 +62,7 @@ def make_attention_buffers(layout: BatchLayout, shape: AttentionShape, device: t
 
 def attention_oracle(buf: AttentionBuffers, layout: BatchLayout, scale: float) -> Callable[[], torch.Tensor]:
     def oracle() -> torch.Tensor:
-        return reference.paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
+        return paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
                                          layout.query_lens, layout.kv_lens, scale)
     return oracle
 
@@ -126,7 +126,7 @@ def mla_scale(shape: MLAShape) -> float:
 def mla_oracle(buf: MLABuffers, layout: BatchLayout, shape: MLAShape, kv_b_proj_weight: torch.Tensor
                ) -> Callable[[], torch.Tensor]:
     def oracle() -> torch.Tensor:
-        out = reference.mla_attention(buf.q, buf.kv_cache, kv_b_proj_weight, layout.block_table, layout.query_lens,
+        out = mla_attention(buf.q, buf.kv_cache, kv_b_proj_weight, layout.block_table, layout.query_lens,
                                       layout.kv_lens, shape.kv_lora_rank, shape.qk_nope_head_dim,
                                       shape.v_head_dim, mla_scale(shape))
         return out.reshape(out.shape[0], -1)

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from attnbench.shapes import AttentionShape, MLAShape, Shape
 from grammar import BatchRequest
@@ -206,6 +206,3 @@ def summarize(requests: Sequence[BatchRequest], shape: Shape, seconds: float,
     }
     return out
 
-
-def total_pairs(requests: Iterable[BatchRequest]) -> int:
-    return sum(attended_pairs(r.q_len, r.kv_len) for r in requests)

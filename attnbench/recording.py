@@ -14,7 +14,8 @@ import pytest
 
 from attnbench import bench_shim
 from attnbench.cases import BenchCase
-from attnbench.runner import CaseResult, SkipCase, execute
+from attnbench.contract import SkipCase
+from attnbench.runner import CaseResult, execute
 
 CASE_RESULT_ATTRIBUTE = "attnbench_case_result"  # set on the benchmark fixture: the reporting hooks read it
 

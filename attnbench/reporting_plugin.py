@@ -241,7 +241,7 @@ class ReportingSession:
                 os.replace(path, kept)
                 self.notes.append(f"an unfinished journal from an earlier run was kept as {kept} "
                                   f"(--resume {kept} reuses its rows)")
-            self.journal = Journal(path, seed=self.resumed.results if self.resumed else ())
+            self.journal = Journal(path, carried=self.resumed.results if self.resumed else ())
         return self.journal
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

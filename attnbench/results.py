@@ -11,7 +11,7 @@ result is built from whichever form the measurement is in:
 * ``from_record``          a record this module wrote (``to_record``).
 
 Times are seconds per attention call of one layer (``CaseResult.timing`` samples), so
-``mean_time`` means the same thing as the seed's ``BenchmarkResult.mean_time``.
+``mean_time`` means the same thing as upstream attention_benchmarks' ``BenchmarkResult.mean_time``.
 
 Cases are identified across files by ``case_key``: structured fields (family, backend,
 batch spec, shape, sweep, pipeline, backend knobs, cache state, device kind), never a parsed test id;
@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # runner imports torch; reading saved results must not need i
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 STATUSES = (PASSED, FAILED, SKIPPED)
 
-# Model dimensions as the seed's BenchmarkConfig names them; MLA-only ones are None for standard attention.
+# Model dimensions as upstream's BenchmarkConfig names them; MLA-only ones are None for standard attention.
 SHAPE_FIELDS = ("num_layers", "head_dim", "num_q_heads", "num_kv_heads", "block_size", "dtype", "kv_cache_dtype",
                 "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
@@ -284,8 +284,8 @@ class BenchmarkResult:
     # ------------------------------------------------------------ records
 
     def to_record(self) -> dict[str, Any]:
-        """A JSON-ready dict: every field, plus the seed's keys (``config``, ``throughput_tokens_per_sec``,
-        ``memory_allocated_mb``) so readers of the seed's JSON find what they expect."""
+        """A JSON-ready dict: every field, plus upstream's keys (``config``, ``throughput_tokens_per_sec``,
+        ``memory_allocated_mb``) so readers of upstream's JSON find what they expect."""
         out = asdict(self)
         out["config"] = {"backend": self.backend, "batch_spec": self.batch_spec, **self.shape,
                          "device": self.device, **self.backend_params}

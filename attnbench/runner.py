@@ -1,60 +1,24 @@
 """Run one case end to end: adapter -> correctness gate -> timer -> metrics.
 
-Both the pytest benchmarks and the seed-compatible Python API call ``execute``; there
+Both the pytest benchmarks and the upstream-compatible Python API (api.py) call ``execute``; there
 is one measurement, not two.
 """
 
 from __future__ import annotations
 
 import gc
-import importlib
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Protocol
+from typing import Any
 
 import torch
 
 from attnbench import hardware, metrics, timing
 from attnbench.cases import BenchCase
+from attnbench.contract import CaseAdapter, LayerCall, SkipCase, load_adapter
 from attnbench.verify import Verification, compare
 from attnbench.workload import resolve_device
-
-
-class SkipCase(Exception):
-    """The case cannot run here; the message is the reason (hardware, memory, unsupported knob)."""
-
-
-@dataclass
-class LayerCall:
-    """One layer's buffers and its attention step, as the timed region runs it."""
-
-    run: Callable[[], Any]  # one attention call, as the timed region runs it
-    result: Callable[[], torch.Tensor]  # the output of the last call
-    oracle: Callable[[], torch.Tensor]  # the reference result for this layer's current cache contents
-    check_cache: Callable[[], str | None] = lambda: None  # None, or why the cache write is wrong
-
-
-class CaseRunner(Protocol):
-    """What an adapter builds for one case. ``info`` says which path vLLM took."""
-
-    info: dict[str, Any]
-    bytes_per_layer: int  # one layer's buffers (cache, inputs, outputs) that a call touches
-    mla_paths: list[str] | None  # per request: "decode" or "prefill" (MLA only)
-    requests: list  # in execution order
-
-    def make_layer(self, index: int) -> LayerCall: ...
-
-    def context(self) -> ContextManager[Any]: ...  # entered around every eager call and the capture
-
-    def estimate_bytes(self, num_layer_buffers: int) -> int: ...
-
-    def close(self) -> None: ...
-
-
-def load_runner(case: BenchCase) -> CaseRunner:
-    module_name, factory = case.backend.adapter.split(":")
-    return getattr(importlib.import_module(module_name), factory)(case)
 
 
 @dataclass
@@ -135,16 +99,16 @@ class VerificationFailed(AssertionError):
 
 def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult:
     clock = _PhaseClock()
-    runner = load_runner(case)
+    adapter = load_adapter(case)
     try:
         shape = case.effective_shape
         l2 = timing.l2_bytes(device)
-        sets = timing.buffer_sets_needed(shape.num_layers * runner.bytes_per_layer, l2, case.run.cache_state)
+        sets = timing.buffer_sets_needed(shape.num_layers * adapter.bytes_per_layer, l2, case.run.cache_state)
         n_buffers = shape.num_layers * sets
-        memory = _check_memory(runner, n_buffers, device, case.run.profile_memory)
-        layers = [runner.make_layer(i) for i in range(n_buffers)]
+        memory = _check_memory(adapter, n_buffers, device, case.run.profile_memory)
+        layers = [adapter.make_layer(i) for i in range(n_buffers)]
         clock.lap("setup")
-        with runner.context():
+        with adapter.context():
             verification = _verify(layers[0], case)  # layer 0: every layer runs the same code on its own buffers
         clock.lap("verify")
         if not verification.passed:
@@ -154,30 +118,30 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
             t = timing.measure([layer.run for layer in layers], device=device, repeats=case.run.repeats,
                                warmup_iters=case.run.warmup_iters, min_rounds=case.run.min_rounds,
                                noise_target=case.run.noise_target, cache_state=case.run.cache_state,
-                               buffer_sets=sets, working_set_bytes=n_buffers * runner.bytes_per_layer,
-                               context=runner.context)
+                               buffer_sets=sets, working_set_bytes=n_buffers * adapter.bytes_per_layer,
+                               context=adapter.context)
         else:
             t = timing.Timing([], "none", 0, 0, "not-timed", case.run.cache_state, sets,
-                              n_buffers * runner.bytes_per_layer, l2)
+                              n_buffers * adapter.bytes_per_layer, l2)
         clock.lap("timing")
         kernels = None
         if device.type == "cuda" and case.run.kernel_profile:
-            kernels = timing.kernel_breakdown([layer.run for layer in layers], device, context=runner.context)
+            kernels = timing.kernel_breakdown([layer.run for layer in layers], device, context=adapter.context)
         clock.lap("profile")
         if memory and device.type == "cuda":
             memory["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
         peaks = hardware.device_peaks(device)
-        mets = metrics.summarize(runner.requests, shape, t.median if t.samples else 0.0, peaks, runner.mla_paths)
+        mets = metrics.summarize(adapter.requests, shape, t.median if t.samples else 0.0, peaks, adapter.mla_paths)
         mets["peaks"] = peaks
         if kernels is not None:
             mets["kernels"] = kernels
             if t.samples and kernels["kernel_sum_s"]:
                 # graph replay time over the sum of the kernels' own durations: ~1 means kernel time
                 mets["kernels"]["timed_over_kernel_sum"] = t.median / kernels["kernel_sum_s"]
-        return CaseResult(case, t, verification, mets, dict(runner.info), memory, host_seconds=clock.laps,
+        return CaseResult(case, t, verification, mets, dict(adapter.info), memory, host_seconds=clock.laps,
                           gpu=hardware.gpu_identity(device))
     finally:
-        runner.close()
+        adapter.close()
 
 
 class _PhaseClock:
@@ -208,11 +172,11 @@ def _verify(layer: LayerCall, case: BenchCase) -> Verification:
                    first_call_s=first_call_s)
 
 
-def _check_memory(runner: CaseRunner, n_buffers: int, device: torch.device, profile: bool) -> dict[str, Any]:
+def _check_memory(adapter: CaseAdapter, n_buffers: int, device: torch.device, profile: bool) -> dict[str, Any]:
     """Skip, with the numbers, a case whose buffers would not fit; record the estimate when profiling."""
     if device.type != "cuda":
-        return {"kv_and_buffers_bytes": runner.estimate_bytes(n_buffers)} if profile else {}
-    need = runner.estimate_bytes(n_buffers)
+        return {"kv_and_buffers_bytes": adapter.estimate_bytes(n_buffers)} if profile else {}
+    need = adapter.estimate_bytes(n_buffers)
     free, total = torch.cuda.mem_get_info(device)
     if need > 0.9 * free:
         raise SkipCase(f"needs ~{need / 2**30:.1f} GiB for {n_buffers} layer buffers, "

@@ -14,7 +14,7 @@ TOLERANCE = {"bfloat16": (2e-2, 5e-2), "float16": (1e-2, 2e-2), "float32": (1e-4
 
 @dataclass(frozen=True)
 class Verification:
-    status: str  # "passed", "failed", "oracle" (this is the reference), "skipped"
+    status: str  # "passed", "failed" or "oracle" (this is the reference)
     rel_error: float | None = None
     max_abs_error: float | None = None
     ref_abs_max: float | None = None
@@ -33,10 +33,6 @@ class Verification:
     @classmethod
     def oracle(cls) -> "Verification":
         return cls("oracle", reason="REFERENCE is the oracle (tested against a brute-force loop in tests/)")
-
-    @classmethod
-    def skipped(cls, reason: str) -> "Verification":
-        return cls("skipped", reason=reason)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}

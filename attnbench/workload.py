@@ -55,10 +55,6 @@ class BatchLayout:
         return max(self.kv_lens)
 
 
-def blocks_needed(requests: Sequence[BatchRequest], block_size: int) -> int:
-    return sum(math.ceil(r.kv_len / block_size) for r in requests)
-
-
 def build_layout(requests: Sequence[BatchRequest], block_size: int, device: str | torch.device,
                  seed: int = 0) -> BatchLayout:
     """Give every request its own randomly placed physical blocks and map new tokens to their slots."""

@@ -13,7 +13,7 @@ Examples: ``q2k`` (one 2048-token prefill), ``8q1s1k`` (8 decodes over a
 1024-token cache), ``16q4s1k`` (16 four-token extends, i.e. spec-decode),
 ``2q2k_32q1s1k`` (mixed).
 
-Decisions where the brief left room (keep tests and docs in sync):
+Decisions the grammar makes where upstream's leaves room (keep tests and docs in sync):
 
 * Leading zeros (``08q1``, ``q01k``) are REJECTED, so each batch has a single
   spelling and spec strings can double as stable benchmark ids.
@@ -40,7 +40,6 @@ __all__ = [
     "SPEC_DECODE_MAX_Q",
     "BatchRequest",
     "BatchSpecError",
-    "canonical_id",
     "format_batch_spec",
     "get_batch_stats",
     "get_batch_type",
@@ -281,13 +280,6 @@ def parse_batch_spec(spec: str) -> list[BatchRequest]:
             )
         requests.extend([request] * count)
     return requests
-
-
-def canonical_id(spec: str) -> str:
-    """A pytest-id-safe form of ``spec``: the grammar's alphabet already is."""
-    if not isinstance(spec, str):
-        raise BatchSpecError(f"batch spec must be a str, got {type(spec).__name__}")
-    return spec.strip()
 
 
 # --------------------------------------------------------------------------- #

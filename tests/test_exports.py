@@ -181,7 +181,7 @@ def test_journal_seeded_from_itself_keeps_its_rows(tmp_path: Path) -> None:
     first.append(BenchmarkResult(backend="A", batch_spec="q1s1k"))
     first.close()
     carried = load_results(path).results
-    second = Journal(path, seed=carried)  # resuming from the very file being rewritten
+    second = Journal(path, carried=carried)  # resuming from the very file being rewritten
     second.append(BenchmarkResult(backend="B", batch_spec="q1s1k"))
     second.close()
     assert [r.backend for r in load_results(path).results] == ["A", "B"]

@@ -12,7 +12,6 @@ from grammar import (
     MAX_REQUESTS,
     BatchRequest,
     BatchSpecError,
-    canonical_id,
     format_batch_spec,
     generate_batch_specs_from_ranges,
     get_batch_stats,
@@ -41,7 +40,6 @@ def test_api_is_importable_from_both_modules() -> None:
         "format_batch_spec",
         "get_batch_stats",
         "to_batch_spec",
-        "canonical_id",
     ):
         assert getattr(grammar, name) is getattr(grammar.batch_spec, name)
     assert issubclass(BatchSpecError, ValueError)
@@ -338,12 +336,6 @@ def test_to_batch_spec_canonical(spec: str, canonical: str) -> None:
 def test_to_batch_spec_empty_raises() -> None:
     with pytest.raises(BatchSpecError, match="empty"):
         to_batch_spec([])
-
-
-def test_canonical_id() -> None:
-    assert canonical_id("  2q2k_32q1s1k ") == "2q2k_32q1s1k"
-    with pytest.raises(BatchSpecError):
-        canonical_id(3)  # type: ignore[arg-type]
 
 
 def test_parse_result_too_many_requests() -> None:

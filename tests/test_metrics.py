@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnbench import metrics, reference
+from attnbench import metrics, oracle
 from attnbench.shapes import AttentionShape, MLAShape
 from grammar import BatchRequest, parse_batch_spec
 
@@ -32,7 +32,7 @@ def _brute_pairs(q_len: int, kv_len: int) -> int:
 def test_attended_pairs_is_the_causal_mask_count(q, extra):
     kv = q + extra
     expected = _brute_pairs(q, kv)
-    assert int(reference.causal_mask(q, kv, torch.device("cpu")).sum()) == expected
+    assert int(oracle.causal_mask(q, kv, torch.device("cpu")).sum()) == expected
     assert metrics.attended_pairs(q, kv) == expected
     assert metrics.request_work(BatchRequest(q, kv), AttentionShape()).pairs == expected
 
@@ -43,9 +43,9 @@ def test_attended_pairs_worked_examples(q, kv, pairs):
     assert metrics.attended_pairs(q, kv) == pairs
 
 
-def test_total_pairs_sums_requests():
+def test_phase_work_pairs_sum_the_requests():
     reqs = parse_batch_spec("2q7s9_q3")
-    assert metrics.total_pairs(reqs) == 2 * _brute_pairs(7, 9) + _brute_pairs(3, 3)
+    assert metrics.phase_work(reqs, AttentionShape())["total"].pairs == 2 * _brute_pairs(7, 9) + _brute_pairs(3, 3)
 
 
 @pytest.mark.parametrize("shape", [AttentionShape(), AttentionShape(num_q_heads=16, num_kv_heads=2, head_dim=64),
@@ -277,7 +277,7 @@ def test_summarize_fields_and_arithmetic():
     seconds = 2.5e-3
     total = metrics.phase_work(reqs, shape)["total"]
     out = metrics.summarize(reqs, shape, seconds, PEAKS)
-    assert out["attended_pairs"] == total.pairs == metrics.total_pairs(reqs)
+    assert out["attended_pairs"] == total.pairs == sum(_brute_pairs(r.q_len, r.kv_len) for r in reqs)
     assert out["flops"] == total.flops and out["bytes"] == total.bytes
     assert out["tflops"] == pytest.approx(total.flops / seconds / 1e12)
     assert out["gbps"] == pytest.approx(total.bytes / seconds / 1e9)

@@ -55,7 +55,7 @@ def _check_layout(requests: list[BatchRequest], block_size: int, seed: int) -> N
     assert layout.num_reqs == len(requests)
     assert layout.max_query_len == max(r.q_len for r in requests)
     assert layout.max_seq_len == max(r.kv_len for r in requests)
-    assert workload.blocks_needed(requests, block_size) == sum(needed)
+    assert layout.num_blocks == sum(needed) + 1  # block 0 is the null block
 
 
 @pytest.mark.parametrize("block_size", [1, 3, 16, 64])

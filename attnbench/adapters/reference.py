@@ -12,16 +12,17 @@ from typing import Any, ContextManager
 
 import torch
 
-from attnbench import layers, reference
+from attnbench import layers
+from attnbench.oracle import paged_attention, write_kv
 from attnbench.cases import BenchCase
-from attnbench.runner import LayerCall
+from attnbench.contract import LayerCall
 from attnbench.shapes import AttentionShape, MLAShape
 from attnbench.workload import build_layout, resolve_device
 
 TIMED_REGION = "cache write + attention (plain torch, float32 math)"
 
 
-class ReferenceAttentionRunner:
+class ReferenceAttentionAdapter:
     mla_paths = None
 
     def __init__(self, case: BenchCase) -> None:
@@ -45,9 +46,9 @@ class ReferenceAttentionRunner:
         scale = shape.head_dim ** -0.5
 
         def run() -> None:
-            reference.write_kv(buf.key_cache, layout.slot_mapping, buf.key)
-            reference.write_kv(buf.value_cache, layout.slot_mapping, buf.value)
-            buf.output.copy_(reference.paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
+            write_kv(buf.key_cache, layout.slot_mapping, buf.key)
+            write_kv(buf.value_cache, layout.slot_mapping, buf.value)
+            buf.output.copy_(paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
                                                        layout.query_lens, layout.kv_lens, scale))
 
         return LayerCall(run, lambda: buf.output, layers.attention_oracle(buf, layout, scale),
@@ -60,7 +61,7 @@ class ReferenceAttentionRunner:
         pass
 
 
-class ReferenceMLARunner:
+class ReferenceMLAAdapter:
     def __init__(self, case: BenchCase) -> None:
         shape = case.effective_shape
         assert isinstance(shape, MLAShape)
@@ -84,7 +85,7 @@ class ReferenceMLARunner:
         oracle = layers.mla_oracle(buf, layout, shape, weight)
 
         def run() -> None:
-            reference.write_kv(buf.kv_cache, layout.slot_mapping, torch.cat([buf.kv_c, buf.k_pe], dim=-1))
+            write_kv(buf.kv_cache, layout.slot_mapping, torch.cat([buf.kv_c, buf.k_pe], dim=-1))
             buf.output.copy_(oracle())
 
         return LayerCall(run, lambda: buf.output, oracle, layers.mla_cache_check(buf, layout))
@@ -96,9 +97,9 @@ class ReferenceMLARunner:
         pass
 
 
-def make_attention_runner(case: BenchCase) -> ReferenceAttentionRunner:
-    return ReferenceAttentionRunner(case)
+def make_attention_adapter(case: BenchCase) -> ReferenceAttentionAdapter:
+    return ReferenceAttentionAdapter(case)
 
 
-def make_mla_runner(case: BenchCase) -> ReferenceMLARunner:
-    return ReferenceMLARunner(case)
+def make_mla_adapter(case: BenchCase) -> ReferenceMLAAdapter:
+    return ReferenceMLAAdapter(case)

@@ -12,14 +12,14 @@ and bound to ``layer.kv_cache``, and called as ``layer.forward(q, k, v)`` under 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from attnbench import layers
 from attnbench.adapters import vllm_common
 from attnbench.cases import BenchCase
-from attnbench.runner import LayerCall
+from attnbench.contract import LayerCall
 from attnbench.workload import torch_dtype
 
 DRIVEN_THROUGH = "vllm Attention layer forward under set_forward_context (do_kv_cache_update, then impl.forward)"
@@ -30,7 +30,7 @@ def layer_name(index: int) -> str:
     return f"model.layers.{index}.self_attn.attn"
 
 
-class VllmAttentionRunner(vllm_common.VllmLayerRunner):
+class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
     def _new_layer(self, index: int) -> Any:
         from vllm.model_executor.layers.attention import Attention
 
@@ -47,28 +47,10 @@ class VllmAttentionRunner(vllm_common.VllmLayerRunner):
         self.bytes_per_layer = layers.attention_buffer_bytes(self.layout, self.shape)
 
     def _describe(self) -> dict[str, Any]:
-        md, impl, name = self.metadata, self.layers[0].impl, self.case.backend.name
         info: dict[str, Any] = {"driven_through": DRIVEN_THROUGH, "timed_region": TIMED_REGION}
-        if name == "FLASH_ATTN":
-            info["kernel_path"] = f"FlashAttention {getattr(impl, 'vllm_flash_attn_version', '?')} varlen"
-            info["fa_version"] = getattr(impl, "vllm_flash_attn_version", None)
-            info["max_num_splits"] = getattr(md, "max_num_splits", None)
-            info["aot_scheduler_metadata"] = getattr(md, "scheduler_metadata", None) is not None
-        elif name == "TRITON_ATTN":
-            threshold_3d = getattr(md, "seq_threshold_3D", None)
-            split = self.layout.max_query_len == 1 and threshold_3d is not None and self.layout.num_reqs <= threshold_3d
-            info["kernel_path"] = "triton unified_attention " + ("3D split-softmax" if split else "2D")
-            info["seq_threshold_3D"] = threshold_3d
-        elif name == "FLASHINFER":
-            parts = []
-            for kind in ("decode", "prefill"):
-                sub = getattr(md, kind, None)
-                if sub is not None:
-                    wrapper = getattr(sub, "wrapper", None)
-                    parts.append(f"{kind}: {type(wrapper or sub).__name__} backend={getattr(wrapper, '_backend', '?')}")
-            info["kernel_path"] = "FlashInfer " + "; ".join(parts)
-            info["num_decodes"] = getattr(md, "num_decodes", None)
-            info["num_prefills"] = getattr(md, "num_prefills", None)
+        describe = KERNEL_PATH.get(self.case.backend.name)
+        if describe is not None:
+            info.update(describe(self.metadata, self.layers[0].impl, self.layout))
         return info
 
     def estimate_bytes(self, num_layer_buffers: int) -> int:
@@ -96,6 +78,36 @@ class VllmAttentionRunner(vllm_common.VllmLayerRunner):
                          layers.attention_cache_check(buf, layout))
 
 
+def _flash_attn_path(md: Any, impl: Any, layout: Any) -> dict[str, Any]:
+    version = getattr(impl, "vllm_flash_attn_version", None)
+    return {"kernel_path": f"FlashAttention {version or '?'} varlen", "fa_version": version,
+            "max_num_splits": getattr(md, "max_num_splits", None),
+            "aot_scheduler_metadata": getattr(md, "scheduler_metadata", None) is not None}
+
+
+def _triton_attn_path(md: Any, impl: Any, layout: Any) -> dict[str, Any]:
+    threshold_3d = getattr(md, "seq_threshold_3D", None)
+    split = layout.max_query_len == 1 and threshold_3d is not None and layout.num_reqs <= threshold_3d
+    return {"kernel_path": "triton unified_attention " + ("3D split-softmax" if split else "2D"),
+            "seq_threshold_3D": threshold_3d}
+
+
+def _flashinfer_path(md: Any, impl: Any, layout: Any) -> dict[str, Any]:
+    parts = []
+    for kind in ("decode", "prefill"):
+        sub = getattr(md, kind, None)
+        if sub is not None:
+            wrapper = getattr(sub, "wrapper", None)
+            parts.append(f"{kind}: {type(wrapper or sub).__name__} backend={getattr(wrapper, '_backend', '?')}")
+    return {"kernel_path": "FlashInfer " + "; ".join(parts), "num_decodes": getattr(md, "num_decodes", None),
+            "num_prefills": getattr(md, "num_prefills", None)}
+
+
+# Which kernel path vLLM took, read off the backend's metadata and impl: one describer per backend.
+KERNEL_PATH: dict[str, Callable[[Any, Any, Any], dict[str, Any]]] = {
+    "FLASH_ATTN": _flash_attn_path, "TRITON_ATTN": _triton_attn_path, "FLASHINFER": _flashinfer_path}
+
+
 def logical_views(kv: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[num_blocks, block_size, num_kv_heads, head_dim] views of K and V inside a vLLM cache tensor."""
     if kv.dim() == 4 and kv.shape[-1] == 2 * head_dim:  # 0.26.0: logical (B, H, N, 2D), K|V packed
@@ -108,5 +120,5 @@ def logical_views(kv: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.
     raise RuntimeError(f"unrecognised KV cache shape {tuple(kv.shape)} for head_dim={head_dim}")
 
 
-def make_runner(case: BenchCase) -> VllmAttentionRunner:
-    return VllmAttentionRunner(case)
+def make_adapter(case: BenchCase) -> VllmAttentionAdapter:
+    return VllmAttentionAdapter(case)

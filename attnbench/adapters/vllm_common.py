@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import torch
 
+from attnbench.backends import VLLM_VERSION
+from attnbench.contract import SkipCase
 from attnbench.shapes import AttentionShape, MLAShape
 from attnbench.workload import BatchLayout, build_layout, resolve_device, scheduler_order
 
@@ -192,8 +194,8 @@ def ensure_single_process_groups() -> None:
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
 
 
-class VllmLayerRunner:
-    """The lifecycle every vLLM adapter shares (a ``runner.CaseRunner``).
+class VllmLayerAdapter:
+    """The lifecycle every vLLM adapter shares (a ``contract.CaseAdapter``).
 
     Build: local config.json -> VllmConfig -> the first real layer (registered in the config's
     static_forward_context) -> the backend's metadata builder -> requests in the order vLLM's
@@ -223,14 +225,12 @@ class VllmLayerRunner:
             raise
 
     def _check_support(self) -> None:
-        from attnbench.runner import SkipCase
-
         shape, cls, name = self.shape, self.backend_cls, self.case.backend.name
         if hasattr(cls, "supports_head_size") and not cls.supports_head_size(shape.head_dim):
-            raise SkipCase(f"{name} does not support head size {shape.head_dim} in vLLM 0.26.0")
+            raise SkipCase(f"{name} does not support head size {shape.head_dim} in vLLM {VLLM_VERSION}")
         if hasattr(cls, "supports_block_size") and not cls.supports_block_size(shape.block_size):
             sizes = getattr(cls, "get_supported_kernel_block_sizes", lambda: "?")()
-            raise SkipCase(f"{name} does not support block_size={shape.block_size} in vLLM 0.26.0 "
+            raise SkipCase(f"{name} does not support block_size={shape.block_size} in vLLM {VLLM_VERSION} "
                            f"(supported: {sizes})")
 
     def _prepare_process(self) -> None:

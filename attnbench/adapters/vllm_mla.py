@@ -21,7 +21,7 @@ from attnbench import layers
 from attnbench.adapters import vllm_common
 from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD
 from attnbench.cases import BenchCase
-from attnbench.runner import LayerCall, SkipCase
+from attnbench.contract import LayerCall, SkipCase
 from attnbench.workload import torch_dtype
 
 DRIVEN_THROUGH = "vllm MLAAttention layer forward under set_forward_context"
@@ -33,12 +33,7 @@ def layer_name(index: int) -> str:
     return f"model.layers.{index}.self_attn.mla_attn"
 
 
-class VllmMLARunner(vllm_common.VllmLayerRunner):
-    def _check_support(self) -> None:
-        super()._check_support()
-        if NUM_KV_SPLITS in self.case.backend_params and self.case.backend.name != "CUTLASS_MLA":
-            raise SkipCase(f"{self.case.backend.name} has no num_kv_splits knob in vLLM 0.26.0")
-
+class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
     def _prepare_process(self) -> None:
         vllm_common.init_workspace(self.device)
         vllm_common.ensure_single_process_groups()
@@ -125,5 +120,5 @@ class VllmMLARunner(vllm_common.VllmLayerRunner):
                          layers.mla_cache_check(buf, layout))
 
 
-def make_runner(case: BenchCase) -> VllmMLARunner:
-    return VllmMLARunner(case)
+def make_adapter(case: BenchCase) -> VllmMLAAdapter:
+    return VllmMLAAdapter(case)

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from attnbench import reference
+from attnbench import oracle
 from attnbench.workload import build_layout
 from grammar import BatchRequest
 
@@ -93,10 +93,10 @@ def test_paged_attention_matches_brute_force(group, block_size):
     layout, query, key_cache, value_cache, new_k, new_v = _paged_case(group, block_size, torch.float32,
                                                                       seed=group * 31 + block_size)
     old_k, old_v = key_cache.clone(), value_cache.clone()
-    reference.write_kv(key_cache, layout.slot_mapping, new_k)
-    reference.write_kv(value_cache, layout.slot_mapping, new_v)
+    oracle.write_kv(key_cache, layout.slot_mapping, new_k)
+    oracle.write_kv(value_cache, layout.slot_mapping, new_v)
     scale = 8 ** -0.5
-    got = reference.paged_attention(query, key_cache, value_cache, layout.block_table, layout.query_lens,
+    got = oracle.paged_attention(query, key_cache, value_cache, layout.block_table, layout.query_lens,
                                     layout.kv_lens, scale)
     want = brute_paged_attention(query, old_k, old_v, new_k, new_v, layout.block_table, REQUESTS, scale)
     assert got.dtype == torch.float32
@@ -107,9 +107,9 @@ def test_paged_attention_matches_brute_force(group, block_size):
 def test_paged_attention_bf16_inputs_match_brute_force_on_the_same_values():
     layout, query, key_cache, value_cache, new_k, new_v = _paged_case(4, 16, torch.bfloat16, seed=7)
     old_k, old_v = key_cache.clone(), value_cache.clone()
-    reference.write_kv(key_cache, layout.slot_mapping, new_k)
-    reference.write_kv(value_cache, layout.slot_mapping, new_v)
-    got = reference.paged_attention(query, key_cache, value_cache, layout.block_table, layout.query_lens,
+    oracle.write_kv(key_cache, layout.slot_mapping, new_k)
+    oracle.write_kv(value_cache, layout.slot_mapping, new_v)
+    got = oracle.paged_attention(query, key_cache, value_cache, layout.block_table, layout.query_lens,
                                     layout.kv_lens, 0.3)
     want = brute_paged_attention(query, old_k, old_v, new_k, new_v, layout.block_table, REQUESTS, 0.3)
     assert got.dtype == torch.float32  # computed in float32 even for bf16 operands
@@ -119,9 +119,9 @@ def test_paged_attention_bf16_inputs_match_brute_force_on_the_same_values():
 def test_first_query_of_a_fresh_prefill_sees_only_its_own_key():
     """Causal rule at its edge: with no context, query 0 attends key 0 alone, so its output is V[0]."""
     layout, query, key_cache, value_cache, new_k, new_v = _paged_case(1, 3, torch.float32, seed=3)
-    reference.write_kv(key_cache, layout.slot_mapping, new_k)
-    reference.write_kv(value_cache, layout.slot_mapping, new_v)
-    got = reference.paged_attention(query, key_cache, value_cache, layout.block_table, layout.query_lens,
+    oracle.write_kv(key_cache, layout.slot_mapping, new_k)
+    oracle.write_kv(value_cache, layout.slot_mapping, new_v)
+    got = oracle.paged_attention(query, key_cache, value_cache, layout.block_table, layout.query_lens,
                                     layout.kv_lens, 0.35)
     # request (5, 5) occupies rows 1..5: its first query sees exactly one key, so its output is that value
     first_row_of_prefill = 1
@@ -134,11 +134,11 @@ def test_keys_outside_the_visible_window_do_not_matter():
     are never read; slots inside the window are."""
     block_size = 16
     layout, query, key_cache, value_cache, new_k, new_v = _paged_case(2, block_size, torch.float32, seed=11)
-    reference.write_kv(key_cache, layout.slot_mapping, new_k)
-    reference.write_kv(value_cache, layout.slot_mapping, new_v)
+    oracle.write_kv(key_cache, layout.slot_mapping, new_k)
+    oracle.write_kv(value_cache, layout.slot_mapping, new_v)
 
     def run(kc, vc):
-        return reference.paged_attention(query, kc, vc, layout.block_table, layout.query_lens, layout.kv_lens, 0.5)
+        return oracle.paged_attention(query, kc, vc, layout.block_table, layout.query_lens, layout.kv_lens, 0.5)
 
     base = run(key_cache, value_cache)
     kc, vc = key_cache.clone(), value_cache.clone()
@@ -164,7 +164,7 @@ def test_write_kv_scatters_each_new_token_to_its_slot_only():
     layout = build_layout(REQUESTS, 3, "cpu", seed=5)
     cache = torch.zeros(layout.num_blocks, 3, 2, 4)
     new = torch.arange(1, layout.num_tokens + 1, dtype=torch.float32)[:, None, None].expand(-1, 2, 4)
-    reference.write_kv(cache, layout.slot_mapping, new)
+    oracle.write_kv(cache, layout.slot_mapping, new)
     table = layout.block_table.tolist()
     expected = torch.zeros_like(cache)
     t = 0
@@ -176,7 +176,7 @@ def test_write_kv_scatters_each_new_token_to_its_slot_only():
 
 
 def test_causal_mask_is_bottom_right_aligned():
-    mask = reference.causal_mask(3, 5, torch.device("cpu"))
+    mask = oracle.causal_mask(3, 5, torch.device("cpu"))
     expected = [[i <= 2 + j for i in range(5)] for j in range(3)]  # context 2: query j sees keys 0..2+j
     assert mask.tolist() == expected
 
@@ -230,9 +230,9 @@ def test_mla_attention_matches_brute_force(block_size, dtype):
     weight = (torch.randn(H * (NOPE + V), RANK, generator=gen) * RANK ** -0.5).to(dtype)
     query = torch.randn(t, H, NOPE + ROPE, generator=gen).to(dtype)
     old = cache.clone()
-    reference.write_kv(cache, layout.slot_mapping, new_latent)
+    oracle.write_kv(cache, layout.slot_mapping, new_latent)
     scale = (NOPE + ROPE) ** -0.5  # qk_head_dim ** -0.5
-    got = reference.mla_attention(query, cache, weight, layout.block_table, layout.query_lens, layout.kv_lens,
+    got = oracle.mla_attention(query, cache, weight, layout.block_table, layout.query_lens, layout.kv_lens,
                                   RANK, NOPE, V, scale)
     want = brute_mla(query, old, new_latent, weight, layout.block_table, REQUESTS, scale)
     assert got.shape == (t, H, V) and got.dtype == torch.float32

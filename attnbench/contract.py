@@ -1,0 +1,59 @@
+"""The adapter contract: what a backend adapter builds for one case, and how the runner finds it.
+
+Torch-free, so the registry, the runner and every adapter import it without a cycle: the runner
+loads an adapter by the registry row's ``"module:factory"`` string (collection needs no vLLM),
+and adapters import only this module from the harness's execution side.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from attnbench.cases import BenchCase
+    from grammar import BatchRequest
+
+
+class SkipCase(Exception):
+    """The case cannot run here; the message is the reason (hardware, memory, unsupported knob)."""
+
+
+@dataclass
+class LayerCall:
+    """One layer's buffers and its attention step, as the timed region runs it."""
+
+    run: Callable[[], Any]  # one attention call, as the timed region runs it
+    result: Callable[[], "torch.Tensor"]  # the output of the last call
+    oracle: Callable[[], "torch.Tensor"]  # the reference result for this layer's current cache contents
+    check_cache: Callable[[], str | None] = lambda: None  # None, or why the cache write is wrong
+
+
+class CaseAdapter(Protocol):
+    """What an adapter builds for one case. ``info`` says which path vLLM took (the kernel path)."""
+
+    info: dict[str, Any]
+    bytes_per_layer: int  # one layer's buffers (cache, inputs, outputs) that a call touches
+    mla_paths: list[str] | None  # per request: "decode" or "prefill" (MLA only)
+    requests: list["BatchRequest"]  # in execution order
+
+    def make_layer(self, index: int) -> LayerCall: ...
+
+    def context(self) -> ContextManager[Any]: ...  # entered around every eager call and the capture
+
+    def estimate_bytes(self, num_layer_buffers: int) -> int: ...
+
+    def close(self) -> None: ...
+
+
+AdapterFactory = Callable[["BenchCase"], CaseAdapter]
+
+
+def load_adapter(case: "BenchCase") -> CaseAdapter:
+    """Build ``case``'s adapter from its registry row's ``"module:factory"``."""
+    module_name, factory = case.backend.adapter.split(":")
+    make: AdapterFactory = getattr(importlib.import_module(module_name), factory)
+    return make(case)
