@@ -26,6 +26,8 @@ import statistics
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Iterable
 
+from attnbench.record import SCHEMA as RECORD_SCHEMA
+from attnbench.record import CaseRecord, RecordError
 from grammar import get_batch_stats, parse_batch_spec
 
 if TYPE_CHECKING:  # runner imports torch; reading saved results must not need it
@@ -43,12 +45,6 @@ SHAPE_FIELDS = ("num_layers", "head_dim", "num_q_heads", "num_kv_heads", "block_
 _LIFTED_INFO = {"study", "family", "backend", "batch_spec", "shape", "sweep_param", "sweep_value", "pipeline",
                 "backend_params", "device", "verified", "cache_state", "flops", "bytes", "tflops", "gbps",
                 "pct_of_peak", "bound", "memory"}
-
-
-class RecordError(ValueError):
-    """A record or pytest-benchmark entry that is not a well-formed result; the message says what is wrong.
-
-    ``exports.load_results`` turns it into a ``ResultsFileError`` naming the file and the record."""
 
 
 # Field types a stored record must have (None always allowed except where noted), checked before use so a
@@ -179,8 +175,17 @@ class BenchmarkResult:
 
     @classmethod
     def from_case_result(cls, case_result: "CaseResult", fullname: str | None = None) -> "BenchmarkResult":
-        return cls.from_extra_info(case_result.extra_info(), list(case_result.timing.samples),
-                                   timer=case_result.timing.mode, fullname=fullname)
+        return cls.from_case_record(case_result.record(), fullname=fullname)
+
+    @classmethod
+    def from_case_record(cls, record: CaseRecord, *, fullname: str | None = None,
+                         timer: str | None = None) -> "BenchmarkResult":
+        """The reporting view of the runner's typed record (its samples included)."""
+        from attnbench.bench_shim import TIMER_NAMES
+
+        info = record.to_json(include_samples=False)
+        return cls.from_extra_info(info, record.samples, fullname=fullname,
+                                   timer=timer or TIMER_NAMES.get(record.timing.mode, record.timing.mode))
 
     @classmethod
     def from_case(cls, case: "BenchCase", status: str, error: str | None = None,
@@ -220,9 +225,12 @@ class BenchmarkResult:
                      "std_time": stats.get("stddev"), "min_time": stats.get("min"), "max_time": stats.get("max"),
                      "iqr_time": stats.get("iqr"), "rounds": int(stats.get("rounds") or 0)}
         info = dict(_container(entry, "extra_info", "extra_info") or {})
-        info.setdefault("backend", None)
-        info.setdefault("batch_spec", None)
-        _check_info(info)
+        if info.get("schema") == RECORD_SCHEMA:
+            CaseRecord.from_json(info)  # every field typed and checked; names the wrong one
+        else:
+            info.setdefault("backend", None)
+            info.setdefault("batch_spec", None)
+            _check_info(info)
         timer = (_container(entry, "options", "options") or {}).get("timer")
         for key, value in (("fullname", entry.get("fullname")), ("name", entry.get("name")), ("options.timer", timer)):
             _require(value is None or isinstance(value, str), f"{key} is {_show(value)}, expected a string")
@@ -235,6 +243,8 @@ class BenchmarkResult:
                    fallback_name: str | None = None) -> "BenchmarkResult":
         shape = info.get("shape") or {}
         memory = info.get("memory") or {}
+        # schema 2 (the typed record) keeps the work model under "work"; the flat schema 1 at the top
+        work = info.get("work") or {} if info.get("schema") == RECORD_SCHEMA else info
         extra = {k: v for k, v in info.items() if k not in _LIFTED_INFO}
         result = cls(
             backend=info.get("backend") or fallback_name or "?",
@@ -247,15 +257,27 @@ class BenchmarkResult:
             status=status, error=error,
             verified=info.get("verified"),
             samples=samples, timer=timer,
-            flops=info.get("flops"), bytes=info.get("bytes"), bound=info.get("bound"),
+            flops=work.get("flops"), bytes=work.get("bytes"), bound=work.get("bound"),
             peak_memory_bytes=memory.get("peak_allocated_bytes"), kv_memory_bytes=memory.get("kv_and_buffers_bytes"),
             fullname=fullname, extra=extra,
             **times,
         )
         if result.memory_info:
             result.extra["memory"] = memory
-        result._fill_rates(info)
+        result._fill_rates(work)
         return result
+
+    @property
+    def case_record(self) -> CaseRecord | None:
+        """The runner's typed record behind this result (schema 2), or None (untimed, or an older file)."""
+        if self.extra.get("schema") != RECORD_SCHEMA or "timing" not in self.extra:
+            return None
+        key = {"backend": self.backend, "batch_spec": self.batch_spec, "family": self.family, "study": self.study,
+               "shape": self.shape, "sweep_param": self.sweep_param, "sweep_value": self.sweep_value,
+               "pipeline": self.pipeline, "backend_params": self.backend_params, "device": self.device,
+               "cache_state": self.cache_state}
+        extra = {k: v for k, v in self.extra.items() if k != "memory" or isinstance(v, dict)}
+        return CaseRecord.from_json({**key, **extra, "verified": self.verified}, samples=self.samples or None)
 
     @property
     def memory_info(self) -> bool:

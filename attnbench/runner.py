@@ -17,12 +17,16 @@ import torch
 from attnbench import hardware, metrics, timing
 from attnbench.cases import BenchCase
 from attnbench.contract import CaseAdapter, LayerCall, SkipCase, load_adapter
+from attnbench.record import (CaseKey, CaseRecord, GpuIdentity, HostSeconds, Memory, TimingSummary,
+                              VerificationSummary, Work)
 from attnbench.verify import Verification, compare
 from attnbench.workload import resolve_device
 
 
 @dataclass
 class CaseResult:
+    """A measured case as the runner holds it (live objects); ``record()`` is what leaves the runner."""
+
     case: BenchCase
     timing: timing.Timing
     verification: Verification
@@ -36,24 +40,35 @@ class CaseResult:
     def seconds(self) -> float:
         return self.timing.median
 
+    def record(self) -> CaseRecord:
+        """The one typed record of this case."""
+        described = self.case.describe()
+        t = self.timing
+        unit = "host" if t.mode == "host" else "device"
+        timing_part = TimingSummary(
+            mode=t.mode, calls_per_round=t.calls_per_round, warmup_rounds=t.warmup_rounds, stopped_by=t.stopped_by,
+            buffer_sets=t.buffer_sets, working_set_bytes=t.working_set_bytes, l2_bytes=t.l2_bytes,
+            capture_error=t.capture_error, estimated_call_s=t.estimated_call_s, round_target_s=t.round_target_s,
+            rounds=t.rounds, rel_noise=t.rel_noise if t.samples else None,
+            rel_stderr=t.rel_stderr if t.samples else None, cache_state=t.cache_state,
+            time_unit=f"{unit} seconds per attention call (one layer)", samples=tuple(t.samples))
+        metrics = dict(self.metrics)
+        kernels = metrics.pop("kernels", None)
+        work = Work(**{k: v for k, v in metrics.items() if k in Work.KINDS})
+        v = self.verification
+        verification = VerificationSummary(v.status, v.rel_error, v.max_abs_error, v.ref_abs_max, v.nonfinite,
+                                           v.first_nonfinite, v.cache_problem, v.rel_tol, v.abs_tol, v.reason,
+                                           v.first_call_s)
+        return CaseRecord(
+            key=CaseKey(**{**described, "cache_state": t.cache_state}), timing=timing_part, verification=verification,
+            work=work, backend_info=dict(self.info), kernels=kernels,
+            memory=Memory(**self.memory) if self.memory else None,
+            host_seconds=HostSeconds(**self.host_seconds) if self.host_seconds else None,
+            gpu=GpuIdentity(**self.gpu) if self.gpu else None)
+
     def extra_info(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.case.describe())
-        out["verified"] = self.verification.passed
-        out["verification"] = self.verification.as_dict()
-        out["timing"] = self.timing.info()
-        out["time_unit"] = "device seconds per attention call (one layer)" if self.timing.mode != "host" \
-            else "host seconds per attention call (one layer)"
-        out["cache_state"] = self.timing.cache_state
-        out["working_set_bytes"] = self.timing.working_set_bytes
-        out["l2_bytes"] = self.timing.l2_bytes
-        out.update(self.metrics)
-        out["backend_info"] = self.info
-        if self.memory:
-            out["memory"] = self.memory
-        out["host_seconds"] = self.host_seconds
-        if self.gpu is not None:
-            out["gpu"] = self.gpu
-        return out
+        """pytest-benchmark's ``extra_info``: the record, its samples left to pytest-benchmark's stats."""
+        return self.record().to_json(include_samples=False)
 
 
 def execute(case: BenchCase, *, time_it: bool = True) -> CaseResult:

@@ -323,3 +323,42 @@ def test_key_separates_devices_but_not_device_indices() -> None:
     assert case_key(on(None)) != case_key(on("cuda"))
     # a CPU run of a case and a GPU run of it are two results, not one replacing the other
     assert len(merge_results([on("cpu"), on("cuda")])) == 2
+
+
+def test_the_runner_writes_one_typed_record_that_round_trips(measured) -> None:
+    from attnbench.record import SCHEMA, CaseRecord
+
+    _case, case_result = measured
+    record = case_result.record()
+    data = record.to_json()
+    assert data["schema"] == SCHEMA and data["backend"] == "REFERENCE" and data["verified"] is True
+    again = CaseRecord.from_json(json.loads(json.dumps(data)))
+    assert again == record
+    assert again.timing.rounds == len(again.samples) and again.host_seconds.total > 0
+    # pytest-benchmark's extra_info is the record without its samples (they are the stats)
+    extra = case_result.extra_info()
+    assert "samples" not in extra["timing"]
+    assert CaseRecord.from_json(extra, samples=list(record.samples)) == record
+    # the reporting view carries the same typed record
+    view = BenchmarkResult.from_case_result(case_result)
+    assert view.case_record == record and view.median_time == statistics.median(record.samples)
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("timing", "rounds"), "3", r'timing.rounds is "3", expected an integer'),
+    (("work", "flops"), float("nan"), r"work.flops is NaN, expected an integer"),
+    (("work", "tflops"), float("inf"), r"work.tflops is Infinity, expected a finite number"),
+    (("verification", "status"), 1, r"verification.status is 1, expected a string"),
+    (("host_seconds", "wall"), 1.0, r"host_seconds: unknown key\(s\) wall"),
+    (("schema",), 1, r"record schema is 1, expected 2"),
+])
+def test_a_malformed_record_names_the_field(measured, path, value, message) -> None:
+    from attnbench.record import CaseRecord, RecordError
+
+    data = measured[1].record().to_json()
+    target = data
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    with pytest.raises(RecordError, match=message.replace(".", r"\.")):
+        CaseRecord.from_json(data)

@@ -96,13 +96,14 @@ def test_cpu_path_runs_and_records_structured_results(pytester):
         f"{test}[REFERENCE-{spec}]" for test in ("test_attention", "test_mla") for spec in CPU_SPECS)
     for bench in benches:
         info = bench["extra_info"]
-        for key in ("batch_spec", "backend", "shape", "verified", "flops", "time_unit", "cache_state"):
+        for key in ("schema", "batch_spec", "backend", "shape", "verified", "work", "timing", "cache_state"):
             assert key in info, key
+        assert info["schema"] == 2 and info["work"]["flops"] > 0
         assert info["backend"] == "REFERENCE"
         assert info["batch_spec"] in CPU_SPECS and info["batch_spec"] in bench["name"]
         assert isinstance(info["shape"], dict) and info["shape"]["num_q_heads"] == 8
         assert info["verified"] is True
-        assert "host" in info["time_unit"]
+        assert "host" in info["timing"]["time_unit"]
         assert info["cache_state"] in ("cold", "warm")
         assert 1 <= bench["stats"]["rounds"] <= 3
         assert bench["stats"]["rounds"] == info["timing"]["rounds"]  # every timed round reached the stats
@@ -110,7 +111,7 @@ def test_cpu_path_runs_and_records_structured_results(pytester):
         assert bench["stats"]["min"] > 0
     attention_q1 = next(b for b in benches if b["name"] == "test_attention[REFERENCE-q1s1k]")["extra_info"]
     # one decode over 1024 keys, 8 q heads of 128: 2 * Hq * (d_qk + d_v) * pairs
-    assert attention_q1["flops"] == 2 * 8 * (128 + 128) * 1024
+    assert attention_q1["work"]["flops"] == 2 * 8 * (128 + 128) * 1024
     assert attention_q1["shape"]["head_dim"] == 128
 
 

@@ -1,0 +1,292 @@
+"""One typed, versioned record of a measured case: what the runner writes, once.
+
+``CaseRecord`` nests frozen parts: the case key, the timing summary, the verification, the
+work (FLOPs, bytes, rates, phases), the kernel path vLLM took, memory, host seconds and the GPU.
+``to_json``/``from_json`` are its one serialisation: it is pytest-benchmark's ``extra_info``
+(samples left to pytest-benchmark's own ``stats``), what an xdist worker sends the controller,
+and what the reporting view (``results.BenchmarkResult``) is built from. ``from_json`` checks
+every field it reads and names the one that is wrong (``RecordError``).
+
+Torch-free: reading saved results never needs a GPU stack.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Mapping
+
+SCHEMA = 2  # 1: the flat extra_info of 2026-11 (read by results.BenchmarkResult's legacy path); 2: this record
+
+
+class RecordError(ValueError):
+    """A record or pytest-benchmark entry that is not a well-formed result; the message says what is wrong.
+
+    ``exports.load_results`` turns it into a ``ResultsFileError`` naming the file and the record."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise RecordError(message)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    import json
+
+    text = json.dumps(value, default=str)
+    return f"{text[:40]}..." if len(text) > 43 else text
+
+
+def _part(cls: type, data: Any, where: str) -> Any:
+    """Build frozen dataclass ``cls`` from ``data``, checking each field against its annotation."""
+    if data is None:
+        return None
+    _require(isinstance(data, dict), f"{where} is {_show(data)}, expected an object")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    _require(not unknown, f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
+    values = {}
+    for name, value in data.items():
+        kind = cls.KINDS.get(name, "any")
+        label = f"{where}.{name}"
+        if value is None or kind == "any":
+            values[name] = value
+        elif kind == "number":
+            _require(is_number(value) and math.isfinite(value), f"{label} is {_show(value)}, expected a finite number")
+            values[name] = value
+        elif kind == "int":
+            _require(isinstance(value, int) and not isinstance(value, bool), f"{label} is {_show(value)}, expected an integer")
+            values[name] = value
+        elif kind == "str":
+            _require(isinstance(value, str), f"{label} is {_show(value)}, expected a string")
+            values[name] = value
+        elif kind == "object":
+            _require(isinstance(value, dict), f"{label} is {_show(value)}, expected an object")
+            values[name] = value
+        elif kind == "numbers":
+            _require(isinstance(value, list) and all(is_number(v) and math.isfinite(v) for v in value),
+                     f"{label} is {_show(value)}, expected a list of finite numbers")
+            values[name] = tuple(float(v) for v in value)
+        elif kind == "ints":
+            _require(isinstance(value, list) and all(isinstance(v, int) for v in value),
+                     f"{label} is {_show(value)}, expected a list of integers")
+            values[name] = tuple(value)
+    return cls(**values)
+
+
+def _plain(part: Any) -> dict[str, Any] | None:
+    if part is None:
+        return None
+    out = {}
+    for f in fields(part):
+        value = getattr(part, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class CaseKey:
+    """What was measured. ``shape`` holds the model dimensions by their names (``SHAPE_FIELDS``)."""
+
+    KINDS: ClassVar[dict[str, str]] = {"backend": "str", "batch_spec": "str", "family": "str", "study": "str",
+                                       "shape": "object", "sweep_param": "str", "pipeline": "str",
+                                       "backend_params": "object", "device": "str", "cache_state": "str"}
+    backend: str
+    batch_spec: str
+    family: str | None = None
+    study: str | None = None
+    shape: Mapping[str, Any] = field(default_factory=dict)
+    sweep_param: str | None = None
+    sweep_value: Any = None  # an int, or "auto" for the backend's default
+    pipeline: str | None = None  # decode_vs_prefill: "decode" or "prefill"
+    backend_params: Mapping[str, Any] = field(default_factory=dict)  # builder knobs forced for this case
+    device: str | None = None
+    cache_state: str | None = None
+
+
+@dataclass(frozen=True)
+class TimingSummary:
+    """How the device time was taken. The per-round samples themselves live in pytest-benchmark's stats
+    (and in ``samples`` when the record travels on its own)."""
+
+    KINDS: ClassVar[dict[str, str]] = {"mode": "str", "calls_per_round": "int", "warmup_rounds": "int",
+                                       "stopped_by": "str", "buffer_sets": "int", "working_set_bytes": "int",
+                                       "l2_bytes": "int", "capture_error": "str", "estimated_call_s": "number",
+                                       "round_target_s": "number", "rounds": "int", "rel_noise": "number",
+                                       "rel_stderr": "number", "samples": "numbers", "cache_state": "str",
+                                       "time_unit": "str"}
+    mode: str  # "cuda-graph", "cuda-events", "host" or "none" (not timed)
+    calls_per_round: int = 0
+    warmup_rounds: int = 0
+    stopped_by: str | None = None  # "noise-target" or "repeats"
+    buffer_sets: int = 1
+    working_set_bytes: int = 0
+    l2_bytes: int | None = None
+    capture_error: str | None = None
+    estimated_call_s: float | None = None
+    round_target_s: float | None = None
+    rounds: int = 0
+    rel_noise: float | None = None
+    rel_stderr: float | None = None
+    cache_state: str | None = None
+    time_unit: str | None = None
+    samples: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class VerificationSummary:
+    """The correctness gate's numbers (``verify.Verification`` as data)."""
+
+    KINDS: ClassVar[dict[str, str]] = {"status": "str", "rel_error": "number", "max_abs_error": "number",
+                                       "ref_abs_max": "number", "nonfinite": "int", "first_nonfinite": "ints",
+                                       "cache_problem": "str", "rel_tol": "number", "abs_tol": "number",
+                                       "reason": "str", "first_call_s": "number"}
+    status: str  # "passed", "failed" or "oracle"
+    rel_error: float | None = None
+    max_abs_error: float | None = None
+    ref_abs_max: float | None = None
+    nonfinite: int = 0
+    first_nonfinite: tuple[int, ...] | None = None
+    cache_problem: str | None = None
+    rel_tol: float | None = None
+    abs_tol: float | None = None
+    reason: str | None = None
+    first_call_s: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status in ("passed", "oracle")
+
+
+@dataclass(frozen=True)
+class Work:
+    """The work model at the median time (``metrics.summarize``)."""
+
+    KINDS: ClassVar[dict[str, str]] = {"attended_pairs": "int", "flops": "int", "bytes": "int",
+                                       "projection_flops": "int", "weight_bytes": "int", "tflops": "number",
+                                       "gbps": "number", "bound": "str", "pct_of_peak": "number",
+                                       "pct_peak_flops": "number", "pct_peak_bandwidth": "number",
+                                       "phases": "object", "peaks": "object"}
+    attended_pairs: int | None = None
+    flops: int | None = None
+    bytes: int | None = None
+    projection_flops: int | None = None
+    weight_bytes: int | None = None
+    tflops: float | None = None
+    gbps: float | None = None
+    bound: str | None = None
+    pct_of_peak: float | None = None
+    pct_peak_flops: float | None = None
+    pct_peak_bandwidth: float | None = None
+    phases: Mapping[str, Any] = field(default_factory=dict)
+    peaks: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Memory:
+    KINDS: ClassVar[dict[str, str]] = {"peak_allocated_bytes": "int", "kv_and_buffers_bytes": "int",
+                                       "free_before_bytes": "int"}
+    peak_allocated_bytes: int | None = None
+    kv_and_buffers_bytes: int | None = None  # the estimate of KV cache + layer buffers
+    free_before_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class HostSeconds:
+    """Where the case's host time went."""
+
+    KINDS: ClassVar[dict[str, str]] = {k: "number" for k in ("setup", "verify", "timing", "profile", "total")}
+    setup: float = 0.0
+    verify: float = 0.0
+    timing: float = 0.0
+    profile: float = 0.0
+    total: float = 0.0
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    KINDS: ClassVar[dict[str, str]] = {"name": "str", "uuid": "str", "worker": "str"}
+    index: Any  # the host's index (an int), or the CUDA_VISIBLE_DEVICES entry as given (a UUID)
+    name: str | None = None
+    uuid: str | None = None
+    worker: str | None = None  # the xdist worker id, or None in-process
+
+
+_PARTS: dict[str, type] = {"timing": TimingSummary, "verification": VerificationSummary, "work": Work,
+                           "memory": Memory, "host_seconds": HostSeconds, "gpu": GpuIdentity}
+_FREE = ("backend_info", "kernels", "search")  # what vLLM or a plugin reports, kept as given
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """One measured case. ``backend_info`` is the kernel path vLLM took (the adapter's description),
+    ``kernels`` the profiler's breakdown (when profiled), ``search`` the crossover search's note."""
+
+    key: CaseKey
+    timing: TimingSummary
+    verification: VerificationSummary
+    work: Work = field(default_factory=Work)
+    backend_info: Mapping[str, Any] = field(default_factory=dict)
+    kernels: Mapping[str, Any] | None = None
+    memory: Memory | None = None
+    host_seconds: HostSeconds | None = None
+    gpu: GpuIdentity | None = None
+    search: Mapping[str, Any] | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.verification.passed
+
+    @property
+    def samples(self) -> tuple[float, ...]:
+        return self.timing.samples
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.samples) if self.samples else None
+
+    def to_json(self, *, include_samples: bool = True) -> dict[str, Any]:
+        """Plain JSON: the key's fields at the top level (as pytest-benchmark users read ``extra_info``),
+        each part under its own name, ``schema`` and ``verified`` beside them."""
+        out: dict[str, Any] = {"schema": SCHEMA, **{k: v for k, v in asdict(self.key).items()}}
+        out["verified"] = self.verified
+        for name in _PARTS:
+            part = _plain(getattr(self, name))
+            if part is not None:
+                out[name] = part
+        if not include_samples:
+            out["timing"].pop("samples", None)
+        for name in _FREE:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = dict(value)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, samples: Any = None) -> "CaseRecord":
+        """The record ``to_json`` wrote; ``samples`` (pytest-benchmark's ``stats.data``) fill in the timing's."""
+        _require(isinstance(data, dict), f"record is {_show(data)}, expected an object")
+        _require(data.get("schema") == SCHEMA, f"record schema is {_show(data.get('schema'))}, expected {SCHEMA}")
+        for required in ("backend", "batch_spec", "timing", "verification"):
+            _require(required in data, f"record has no {required!r}")
+        key_names = {f.name for f in fields(CaseKey)}
+        known = key_names | set(_PARTS) | set(_FREE) | {"schema", "verified"}
+        unknown = sorted(set(data) - known)
+        _require(not unknown, f"record: unknown key(s) {', '.join(map(str, unknown))}")
+        key = _part(CaseKey, {k: v for k, v in data.items() if k in key_names}, "record")
+        parts = {name: _part(kind, data.get(name), name) for name, kind in _PARTS.items()}
+        if samples is not None:
+            timing = dict(data["timing"], samples=samples)
+            parts["timing"] = _part(TimingSummary, timing, "timing")
+        for name in _FREE:
+            _require(data.get(name) is None or isinstance(data[name], dict), f"{name} is {_show(data.get(name))}, "
+                                                                              f"expected an object")
+        return cls(key=key, timing=parts["timing"], verification=parts["verification"],
+                   work=parts["work"] or Work(), backend_info=data.get("backend_info") or {},
+                   kernels=data.get("kernels"), memory=parts["memory"], host_seconds=parts["host_seconds"],
+                   gpu=parts["gpu"], search=data.get("search"))
