@@ -1,4 +1,4 @@
-"""The seed's Python API: ``BenchmarkConfig`` -> ``run_mla_benchmark`` / ``run_attention_benchmark``
+"""Upstream's Python API: ``BenchmarkConfig`` -> ``run_mla_benchmark`` / ``run_attention_benchmark``
 -> ``BenchmarkResult``.
 
 It builds the same ``BenchCase`` the pytest plugin builds and calls the same
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attnbench import backends as registry
+from attnbench import options
 from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD
 from attnbench.cases import BenchCase
 from attnbench.results import SHAPE_FIELDS, BenchmarkResult
@@ -24,9 +25,14 @@ from grammar import parse_batch_spec
 __all__ = ["BenchmarkConfig", "BenchmarkResult", "run_attention_benchmark", "run_mla_benchmark"]
 
 
+_D = options.DEFAULTS
+
+
 @dataclass
 class BenchmarkConfig:
-    """One case, as the seed's ``common.BenchmarkConfig`` described it. None = the family's default."""
+    """One case, as upstream's ``common.BenchmarkConfig`` described it (its field order, so positional calls
+    keep working). None = the family's default. Run settings are the ``run`` rows of attnbench/options.py,
+    model dimensions its ``model`` rows; ``check_record`` below fails the import if a row has no field here."""
 
     backend: str
     batch_spec: str
@@ -35,23 +41,38 @@ class BenchmarkConfig:
     num_q_heads: int | None = None
     num_kv_heads: int | None = None
     block_size: int | None = None
-    device: str = "cuda"
-    repeats: int = 100
-    warmup_iters: int = 10
-    profile_memory: bool = False
+    device: str = _D["device"]
+    repeats: int = _D["repeats"]
+    warmup_iters: int = _D["warmup_iters"]
+    profile_memory: bool = _D["profile_memory"]
     kv_cache_dtype: str | None = None
     dtype: str | None = None
     kv_lora_rank: int | None = None
     qk_nope_head_dim: int | None = None
     qk_rope_head_dim: int | None = None
     v_head_dim: int | None = None
-    cache_state: str = "cold"
-    noise_target: float = 0.005
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)  # seed fields this suite does not use
+    cache_state: str = _D["cache_state"]
+    noise_target: float = _D["noise_target"]
+    seed: int = _D["seed"]
+    kernel_profile: bool = _D["kernel_profile"]
+    extra: dict[str, Any] = field(default_factory=dict)  # upstream fields this suite does not use
 
     def model_overrides(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in SHAPE_FIELDS}
+
+    def run_settings(self) -> RunSettings:
+        """The run rows' values, each checked by its row's rule (a ValueError naming the field)."""
+        values = {}
+        for opt in options.OPTIONS:
+            if opt.to == "run":
+                try:
+                    values[opt.name] = opt.value(getattr(self, opt.name))
+                except options.OptionError as exc:
+                    raise ValueError(f"BenchmarkConfig.{opt.name}: {exc}") from None
+        return RunSettings(**values)
+
+
+options.check_record(BenchmarkConfig, ("run", "model"))
 
 
 def _run(family: str, config: BenchmarkConfig, params: dict[str, int]) -> BenchmarkResult:
@@ -62,11 +83,7 @@ def _run(family: str, config: BenchmarkConfig, params: dict[str, int]) -> Benchm
     parse_batch_spec(config.batch_spec)
     case = BenchCase(
         study="api", backend=info, batch_spec=config.batch_spec.strip(),
-        shape=make_shape(family, config.model_overrides()),
-        run=RunSettings(device=config.device, repeats=config.repeats, warmup_iters=config.warmup_iters,
-                        profile_memory=config.profile_memory, cache_state=config.cache_state,  # type: ignore[arg-type]
-                        noise_target=config.noise_target, seed=config.seed),
-        backend_settings=params)
+        shape=make_shape(family, config.model_overrides()), run=config.run_settings(), backend_settings=params)
     try:
         return BenchmarkResult.from_case_result(execute(case))
     except SkipCase as exc:

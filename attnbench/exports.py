@@ -62,7 +62,7 @@ class ResultsFormatter:
     def print_table(self, results: list[BenchmarkResult], backends: list[str] | None = None) -> None:
         from rich.console import Console
 
-        from attnbench.report import summary_renderables
+        from attnbench.reporting.console import summary_renderables
 
         console = self.console or Console()
         chosen = [r for r in results if backends is None or r.backend in backends]
@@ -105,7 +105,7 @@ def crossover_csv_path(path: str | os.PathLike[str]) -> Path:
 def _crossover_rows(results: list[BenchmarkResult]) -> list[dict[str, Any]]:
     if not any(r.pipeline in ("decode", "prefill") for r in results):
         return []
-    from attnbench.report import crossover_records
+    from attnbench.reporting.analysis import crossover_records
 
     return crossover_records(results)
 

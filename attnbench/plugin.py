@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from attnbench import backends as registry
+from attnbench import options
 from attnbench.cases import BenchCase
 from attnbench.shapes import ShapeError, sweepable_keys, with_value
 from attnbench.study import AUTO, BACKEND_PARAMS, Study, StudyError, build_study, check_shape, load_study_file
@@ -19,49 +20,16 @@ from attnbench.study import AUTO, BACKEND_PARAMS, Study, StudyError, build_study
 STUDY_KEY = pytest.StashKey[Study]()
 ERRORS_KEY = pytest.StashKey[list]()
 
-_MODEL_OPTIONS = ("num_layers", "head_dim", "num_q_heads", "num_kv_heads", "block_size", "kv_lora_rank",
-                  "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "dtype", "kv_cache_dtype")
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("attnbench", "vLLM attention benchmarks (command line > --bench-config YAML > defaults)")
-    group.addoption("--bench-config", metavar="FILE", help="YAML study (the seed's --config)")
-    group.addoption("--backends", "--backend", nargs="+", metavar="NAME",
-                    help="backends, as AttentionBackendEnum spells them or lowercase aliases")
-    group.addoption("--batch-specs", nargs="+", metavar="SPEC", help="batch specs, e.g. q2k 8q1s1k 2q2k_32q1s1k")
-    for name in _MODEL_OPTIONS:
-        kind = str if name in ("dtype", "kv_cache_dtype") else int
-        group.addoption(f"--{name.replace('_', '-')}", type=kind, metavar="N" if kind is int else "NAME",
-                        help=f"model {name}")
-    group.addoption("--device", help="cuda, cuda:N or cpu (default cuda)")
-    group.addoption("--repeats", type=int, metavar="N", help="most timed rounds per case (default 100)")
-    group.addoption("--warmup-iters", type=int, metavar="N", help="untimed rounds before timing (default 10)")
-    group.addoption("--noise-target", type=float, metavar="F",
-                    help="stop timing once the mean's relative standard error is below F (default 0.005; 0 = never)")
-    group.addoption("--cache-state", choices=("cold", "warm"), help="cold L2 (default) or warm")
-    group.addoption("--profile-memory", action="store_const", const=True, help="record peak device memory per case")
-    group.addoption("--sweep-param", metavar="NAME", help="num_kv_splits, reorder_batch_threshold or a model dimension")
-    group.addoption("--sweep-values", nargs="+", metavar="V", help="values of --sweep-param ('auto' = backend default)")
-    group.addoption("--sweep-include-auto", action="store_const", const=True, help="also run the backend's default")
-    group.addoption("--output-csv", metavar="FILE", help="write one CSV row per case")
-    group.addoption("--output-json", metavar="FILE", help="write one JSON record per case")
-    group.addoption("--seed", type=int, help="seed for every random input (default 0)")
-    group.addoption("--no-kernel-profile", action="store_true",
-                    help="skip the per-case torch.profiler pass (kernel durations, attention share)")
+    for opt in options.OPTIONS:  # one row per option: flags, help, YAML keys and rules live there
+        if opt.flags:
+            group.addoption(*opt.flags, **opt.pytest_kwargs())
 
 
 def _cli_values(config: pytest.Config) -> dict[str, Any]:
-    opt = config.getoption
-    return {
-        "backends": opt("backends"), "batch_specs": opt("batch_specs"), "device": opt("device"),
-        "repeats": opt("repeats"), "warmup_iters": opt("warmup_iters"), "noise_target": opt("noise_target"),
-        "cache_state": opt("cache_state"), "profile_memory": opt("profile_memory"), "seed": opt("seed"),
-        "no_kernel_profile": opt("no_kernel_profile"),
-        "sweep_param": opt("sweep_param"), "sweep_values": opt("sweep_values"),
-        "sweep_include_auto": opt("sweep_include_auto"),
-        "output_csv": opt("output_csv"), "output_json": opt("output_json"),
-        "model": {name: opt(name) for name in _MODEL_OPTIONS},
-    }
+    return options.cli_values(config.getoption)
 
 
 def resolve_study(config: pytest.Config) -> Study:

@@ -30,8 +30,8 @@ import pytest
 
 from attnbench.bench_shim import TIMER_NAMES, BenchmarkView, add_to_session, recorded_samples
 from attnbench.cases import BenchCase
-from attnbench.compare import (SLOWER, THRESHOLD, GpuMismatch, Verdict, check_gpu, compare_results, counts,
-                               gpu_name, verdict_table, write_verdict_json)
+from attnbench.reporting.verdicts import (SLOWER, THRESHOLD, GpuMismatch, Verdict, check_gpu, compare_results,
+                                          counts, gpu_name, verdict_table, write_verdict_json)
 from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, load_results,
                                merge_results, partial_path, unwritable_reason)
 from attnbench.plugin import STUDY_KEY, backend_for_item, compose_case
@@ -313,7 +313,7 @@ class ReportingSession:
         self.notes.append(f"wrote {len(rows)} result(s) to {', '.join(map(str, written))}")
 
     def _write_plots(self) -> None:
-        from attnbench.plots import make_plots
+        from attnbench.reporting.plots import make_plots
 
         out = self.config.getoption("plot_dir")
         stem = "attnbench"
@@ -345,7 +345,7 @@ class ReportingSession:
         if is_xdist_worker(self.config):
             return
         writer = self.config.get_terminal_writer()
-        from attnbench.report import render_summary
+        from attnbench.reporting.console import render_summary
 
         shown = self.final or self.results
         ran = [r for r in shown if r.status != SKIPPED]
@@ -357,7 +357,7 @@ class ReportingSession:
                 terminalreporter.write_line(f"no benchmark case ran: {len(shown)} skipped "
                                             f"(their reasons are in pytest's short summary, -rs)")
         if self.verdicts is not None:
-            from attnbench.report import render_renderables
+            from attnbench.reporting.console import render_renderables
 
             title = f"Verdicts vs {self.config.getoption('baseline_json')} (threshold ±{100 * self.config.getoption('verdict_threshold'):g}%)"
             terminalreporter.write(render_renderables([verdict_table(self.verdicts, title)], writer.fullwidth,
@@ -385,7 +385,7 @@ def group_not_timed(results: list[BenchmarkResult]) -> list[dict[str, Any]]:
 
 
 def current_gpu_name(study: Study) -> str:
-    """This machine's GPU model as ``compare.gpu_name`` reads it from machine_info."""
+    """This machine's GPU model as ``reporting.verdicts.gpu_name`` reads it from machine_info."""
     if not study.run.device.startswith("cuda"):
         return "none (CPU)"
     import torch

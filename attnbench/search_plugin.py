@@ -79,7 +79,7 @@ def case_key(item: pytest.Item) -> CaseKey | None:
 
 def curve_points(specs: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], tuple[Curve, int]]:
     """(family, backend, spec) -> (curve, q). A curve is (family, backend, batch size, kv length), as in
-    ``report.crossover_table``: kv is None when it varies with q, and splits the curve only where one batch size
+    ``reporting.analysis.crossover_table``: kv is None when it varies with q, and splits the curve only where one batch size
     holds the same q at several kv lengths."""
     stats: dict[tuple[str, str, str], tuple[int, int, int]] = {}
     for family, backend, spec in set(specs):
@@ -325,7 +325,7 @@ class CrossoverSearch:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.role == "worker" or not self.rows:
             return
-        from attnbench.report import render_renderables
+        from attnbench.reporting.console import render_renderables
 
         writer = self.config.get_terminal_writer()
         terminalreporter.write_sep("=", "attnbench crossover search")

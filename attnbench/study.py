@@ -4,26 +4,28 @@ A ``Study`` is the resolved answer to "which backends x batch specs x sweep valu
 at which shape, with which run settings". It is built once per pytest session from
 (in order of precedence) explicit command-line options, the YAML file given with
 ``--bench-config``, and defaults. Every YAML key is checked: an unknown key, a bad
-type or a bad batch spec is a ``StudyError`` naming the file and the key.
+type or a bad batch spec is a ``StudyError`` naming the file and the key. Which keys and
+flags exist, their types, defaults and rules: attnbench/options.py; here is the code that
+walks a file and merges the surfaces, and the YAML sections no table row can describe.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import yaml
 
 from attnbench import backends as registry
-import re
-
-from attnbench.shapes import ATTENTION_KEYS, MLA_KEYS, Shape, ShapeError, make_shape, sweepable_keys
+from attnbench import options
+from attnbench.options import OptionError
+from attnbench.shapes import Shape, ShapeError, make_shape, sweepable_keys
 from grammar import BatchSpecError, generate_batch_specs_from_ranges, parse_batch_spec, to_batch_spec
 
 Mode = Literal["standard", "decode_vs_prefill"]
-MODES = ("standard", "decode_vs_prefill")
 AUTO = "auto"
+_D = options.DEFAULTS  # every user-settable default is a row of attnbench/options.py
 
 DEFAULT_SPECS: dict[str, tuple[str, ...]] = {
     "attention": ("q2k", "8q1s1k", "16q4s1k", "2q2k_32q1s1k"),
@@ -53,26 +55,28 @@ BACKEND_PARAMS = (registry.NUM_KV_SPLITS, registry.REORDER_BATCH_THRESHOLD)
 
 @dataclass(frozen=True)
 class RunSettings:
-    device: str = "cuda"
-    repeats: int = 100  # the most timed rounds (graph replays) per case
-    warmup_iters: int = 10
-    profile_memory: bool = False
-    cache_state: Literal["cold", "warm"] = "cold"
-    noise_target: float = 0.005  # stop early once the mean's relative standard error is below this; 0 = never
-    min_rounds: int = 10
-    seed: int = 0
-    kernel_profile: bool = True  # one torch.profiler pass per GPU case: kernel durations and roles (--no-kernel-profile)
+    """How each case is timed. Defaults, flags, YAML keys and rules: the ``run`` rows of attnbench/options.py."""
+
+    device: str = _D["device"]
+    repeats: int = _D["repeats"]  # the most timed rounds (graph replays) per case
+    warmup_iters: int = _D["warmup_iters"]
+    profile_memory: bool = _D["profile_memory"]
+    cache_state: Literal["cold", "warm"] = _D["cache_state"]
+    noise_target: float = _D["noise_target"]  # stop early once the mean's relative standard error is below this
+    min_rounds: int = 10  # not an option: the fewest rounds before noise_target may stop timing
+    seed: int = _D["seed"]
+    kernel_profile: bool = _D["kernel_profile"]  # one torch.profiler pass per GPU case: kernel durations and roles
 
 
 @dataclass(frozen=True)
 class Study:
     name: str
-    description: str = ""
+    description: str = _D["description"]
     source: str | None = None
     backends: tuple[str, ...] | None = None  # canonical names; None = every backend of the family
     batch_specs: tuple[str, ...] | None = None  # None = the family's defaults
-    mode: Mode = "standard"
-    batch_sizes: tuple[int, ...] = ()
+    mode: Mode = _D["mode"]
+    batch_sizes: tuple[int, ...] = _D["batch_sizes"]
     model: dict[str, Any] = field(default_factory=dict)
     sweep: Sweep | None = None
     backend_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -99,6 +103,10 @@ class Study:
         return make_shape(family, self.model)
 
 
+options.check_record(RunSettings, ("run",))
+options.check_record(Study, ("study",))
+
+
 # ---------------------------------------------------------------- YAML schema
 
 def _is_int(v: Any) -> bool:
@@ -110,13 +118,14 @@ def _check(cond: bool, where: str, key: str, msg: str) -> None:
         raise StudyError(f"{where}: key '{key}': {msg}")
 
 
-_MODEL_KEYS = (ATTENTION_KEYS | MLA_KEYS | {"name"})
-_BENCH_KEYS = {"device": str, "repeats": int, "warmup_iters": int, "profile_memory": bool, "kernel_profile": bool}
-_TOP_KEYS = {
-    "name", "description", "backends", "backend", "batch_specs", "batch_spec_ranges", "batch_sizes", "mode",
-    "model", "parameter_sweep", "model_parameter_sweep", "output", "warmup_iters", "repeats", "profile_memory",
-    "kv_cache_dtype", "device", "benchmark", "cache_state", "noise_target",
-}
+# YAML keys that need code of their own (below); every other key is a row of attnbench/options.py
+_SPECIAL_KEYS = ("batch_spec_ranges", "parameter_sweep", "model_parameter_sweep")
+_LABELS = ("model.name",)  # for people; the dimensions are what is run
+_SECTIONS: dict[str, list[str]] = {}
+for _key in (*options.BY_YAML, *_LABELS):
+    if "." in _key:
+        _SECTIONS.setdefault(_key.split(".")[0], []).append(_key.split(".", 1)[1])
+_TOP_KEYS = sorted({k for k in options.BY_YAML if "." not in k} | set(_SECTIONS) | set(_SPECIAL_KEYS))
 
 
 def load_study_file(path: str | Path) -> dict[str, Any]:
@@ -137,98 +146,54 @@ def load_study_file(path: str | Path) -> dict[str, Any]:
 
 
 def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study") -> dict[str, Any]:
+    """Check a study mapping key by key; returns Study fields, with "run" and "model" as dicts of what it sets."""
     out: dict[str, Any] = {"name": default_name, "source": where}
-    run: dict[str, Any] = {}
+    parts: dict[str, dict[str, Any]] = {"study": out, "run": {}, "model": {}}
+    ranges: tuple[str, ...] = ()
+
+    def take(key: str, value: Any) -> None:
+        opt = options.BY_YAML[key]
+        try:
+            parts[opt.to][opt.name] = opt.value(value)
+        except OptionError as exc:
+            raise StudyError(f"{where}: key '{key}': {exc}") from None
+
     backend_names = set(registry.all_names())
     for key, value in raw.items():
         if key in backend_names or _maybe_backend(key):
             out.setdefault("backend_settings", {})[registry.canonical_name(key)] = _backend_section(value, where, key)
-            continue
-        _check(key in _TOP_KEYS, where, key, f"unknown key (valid: {', '.join(sorted(_TOP_KEYS))}, or a backend name)")
-        if key == "name":
-            _check(isinstance(value, str) and value, where, key, "must be a non-empty string")
-            out["name"] = value
-        elif key == "description":
-            _check(isinstance(value, str), where, key, "must be a string")
-            out["description"] = value
-        elif key in ("backends", "backend"):
-            names = [value] if isinstance(value, str) else value
-            _check(isinstance(names, list) and names and all(isinstance(n, str) for n in names),
-                   where, key, "must be a backend name or a non-empty list of names")
-            try:
-                out["backends"] = tuple(dict.fromkeys(registry.canonical_name(n) for n in names))
-            except registry.UnknownBackendError as exc:
-                raise StudyError(f"{where}: key '{key}': {exc}") from None
-        elif key == "batch_specs":
-            _check(isinstance(value, list) and value and all(isinstance(s, str) for s in value),
-                   where, key, "must be a non-empty list of batch-spec strings")
-            specs = out.get("batch_specs", ()) + tuple(_checked_spec(s, where, key) for s in value)
-            out["batch_specs"] = tuple(dict.fromkeys(specs))  # a repeated spec is one case, not two ids
+        elif key in _SECTIONS:
+            _check(isinstance(value, dict), where, key, f"must be a mapping (valid keys: {', '.join(_SECTIONS[key])})")
+            for sub, v in value.items():
+                spelled = f"{key}.{sub}"
+                _check(sub in _SECTIONS[key], where, spelled, f"unknown key (valid: {', '.join(sorted(_SECTIONS[key]))})")
+                if spelled not in _LABELS:
+                    take(spelled, v)
+        elif key in options.BY_YAML:
+            take(key, value)
         elif key == "batch_spec_ranges":
             _check(isinstance(value, list) and all(isinstance(r, dict) for r in value), where, key,
                    "must be a list of mappings with a 'template'")
             try:
-                specs = generate_batch_specs_from_ranges(value)
+                ranges += tuple(generate_batch_specs_from_ranges(value))
             except BatchSpecError as exc:
                 raise StudyError(f"{where}: key '{key}': {exc}") from None
-            out["batch_specs"] = tuple(dict.fromkeys(out.get("batch_specs", ()) + tuple(specs)))
-        elif key == "batch_sizes":
-            _check(isinstance(value, list) and value and all(_is_int(v) and v > 0 for v in value),
-                   where, key, "must be a non-empty list of positive integers")
-            out["batch_sizes"] = tuple(value)
-        elif key == "mode":
-            _check(value in MODES, where, key, f"must be one of {', '.join(MODES)}")
-            out["mode"] = value
-        elif key == "model":
-            out["model"] = _model_section(value, where)
         elif key in ("parameter_sweep", "model_parameter_sweep"):
             out["sweep"] = _sweep_section(value, where, key)
-        elif key == "output":
-            _check(isinstance(value, dict), where, key, "must be a mapping with csv and/or json")
-            for sub, path in value.items():
-                _check(sub in ("csv", "json"), where, f"output.{sub}", "unknown key (valid: csv, json)")
-                _check(isinstance(path, str) and path, where, f"output.{sub}", "must be a file path")
-                out[f"output_{sub}"] = path
-        elif key == "benchmark":
-            _check(isinstance(value, dict), where, key, "must be a mapping")
-            for sub, v in value.items():
-                _check(sub in _BENCH_KEYS, where, f"benchmark.{sub}", f"unknown key (valid: {', '.join(_BENCH_KEYS)})")
-                run[sub] = _typed(v, _BENCH_KEYS[sub], where, f"benchmark.{sub}")
-        elif key == "kv_cache_dtype":
-            _check(isinstance(value, str), where, key, "must be a string")
-            out.setdefault("model", {})["kv_cache_dtype"] = value
-        elif key == "cache_state":
-            _check(value in ("cold", "warm"), where, key, "must be cold or warm")
-            run[key] = value
-        elif key == "noise_target":
-            _check(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0, where, key,
-                   "must be a number >= 0")
-            run[key] = float(value)
-        else:  # device, repeats, warmup_iters, profile_memory at the top level
-            run[key] = _typed(value, _BENCH_KEYS[key], where, key)
-    for k, v in run.items():
-        problem = run_value_problem(k, v)
-        if problem:
-            raise StudyError(f"{where}: key '{k if k in raw else 'benchmark.' + k}': {problem}")
-    if out.get("mode") == "decode_vs_prefill" and "sweep" in out:
-        raise StudyError(f"{where}: key 'parameter_sweep': decode_vs_prefill mode already sweeps the pipeline")
-    out["run"] = run
-    return out
+        else:
+            _check(False, where, key, f"unknown key (valid: {', '.join(_TOP_KEYS)}, or a backend name)")
+    if ranges:  # generated specs join the listed ones, after them
+        out["batch_specs"] = tuple(dict.fromkeys(out.get("batch_specs", ()) + ranges))
+    problem = _mode_problem(out)
+    if problem:
+        raise StudyError(f"{where}: key 'parameter_sweep': {problem}")
+    return {**out, "run": parts["run"], "model": parts["model"]}
 
 
-_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
-
-
-def run_value_problem(key: str, value: Any) -> str | None:
-    """Why a run setting is out of range, or None; one rule for YAML and the command line."""
-    if key == "device" and not _DEVICE.fullmatch(str(value)):
-        return f"must be cpu, cuda or cuda:N, got {value!r}"
-    if key == "repeats" and value < 1:
-        return f"must be at least 1, got {value}"
-    if key == "warmup_iters" and value < 0:
-        return f"must be >= 0, got {value}"
-    if key == "noise_target" and value < 0:
-        return f"must be >= 0 (0 = never stop early), got {value}"
+def _mode_problem(fields_: dict[str, Any]) -> str | None:
+    """The one cross-option rule: a decode_vs_prefill study already sweeps the pipeline."""
+    if fields_.get("mode") == "decode_vs_prefill" and fields_.get("sweep") is not None:
+        return "decode_vs_prefill mode already sweeps the pipeline"
     return None
 
 
@@ -240,35 +205,6 @@ def _maybe_backend(key: Any) -> bool:
     except registry.UnknownBackendError:
         return False
     return key.isupper()  # per-backend sections are spelled like the enum (CUTLASS_MLA:)
-
-
-def _typed(value: Any, kind: type, where: str, key: str) -> Any:
-    ok = _is_int(value) if kind is int else isinstance(value, kind)
-    _check(ok, where, key, f"must be {kind.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _checked_spec(spec: str, where: str, key: str) -> str:
-    try:
-        parse_batch_spec(spec)
-    except BatchSpecError as exc:
-        raise StudyError(f"{where}: key '{key}': {exc}") from None
-    return spec.strip()
-
-
-def _model_section(value: Any, where: str) -> dict[str, Any]:
-    _check(isinstance(value, dict), where, "model", "must be a mapping")
-    model: dict[str, Any] = {}
-    for k, v in value.items():
-        _check(k in _MODEL_KEYS, where, f"model.{k}", f"unknown key (valid: {', '.join(sorted(_MODEL_KEYS))})")
-        if k == "name":
-            continue  # a label for people; the dimensions below are what is run
-        if k in ("dtype", "kv_cache_dtype"):
-            _check(isinstance(v, str), where, f"model.{k}", "must be a string")
-        else:
-            _check(_is_int(v) and v > 0, where, f"model.{k}", f"must be a positive integer, got {v!r}")
-        model[k] = v
-    return model
 
 
 def _sweep_section(value: Any, where: str, key: str) -> Sweep:
@@ -295,78 +231,61 @@ def make_sweep(param: str, values: list[Any], include_auto: bool) -> Sweep:
                          f"or a model dimension: {', '.join(sorted(dims))})")
     parsed: list[Any] = []
     for v in values:
-        if v == AUTO or (isinstance(v, str) and v.lower() == AUTO):
+        if isinstance(v, str) and v.strip().lower() == AUTO:
             include_auto = True
             continue
-        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-            v = int(v)
-        if not (_is_int(v) and v >= 0):
-            raise StudyError(f"sweep value {v!r} for {param} must be a non-negative integer or 'auto'")
-        parsed.append(v)
+        try:
+            parsed.append(options.count(v))
+        except OptionError:
+            raise StudyError(f"sweep value {v!r} for {param} must be a non-negative integer or 'auto'") from None
     return Sweep(param, tuple(dict.fromkeys(parsed)), include_auto)
 
 
 def _backend_section(value: Any, where: str, key: str) -> dict[str, Any]:
     _check(isinstance(value, dict), where, key, "a per-backend section must be a mapping")
     name = registry.canonical_name(key)
-    knobs = set().union(*(b.sweep_params for b in registry.BACKENDS if b.name == name))
+    rows = [b for b in registry.BACKENDS if b.name == name]  # REFERENCE has a row per family
+    knobs = set().union(*(b.sweep_params for b in rows))
     for k, v in value.items():
         _check(k in BACKEND_PARAMS, where, f"{key}.{k}", f"unknown key (valid: {', '.join(BACKEND_PARAMS)})")
-        _check(k in knobs, where, f"{key}.{k}", f"{name} has no {k} knob in vLLM 0.26.0 "
-                                                  f"(its knobs: {', '.join(sorted(knobs)) or 'none'})")
-        _check(v == AUTO or (_is_int(v) and v >= 0), where, f"{key}.{k}", "must be a non-negative integer or auto")
+        problem = None if k in knobs else registry.knob_problem(rows[0], k)
+        _check(problem is None, where, f"{key}.{k}", f"{problem} (its knobs: {', '.join(sorted(knobs)) or 'none'})")
+        _check(v == AUTO or (_is_int(v) and 0 <= v <= options.INT_MAX), where, f"{key}.{k}",
+               "must be a non-negative integer or auto")
     return {k: v for k, v in value.items() if v != AUTO}
 
 
 # ------------------------------------------------------------ CLI precedence
 
-def build_study(yaml_fields: dict[str, Any] | None, cli: dict[str, Any],
-                check_spec: Callable[[str], str] | None = None) -> Study:
-    """Merge: explicit command line > YAML > defaults. ``cli`` holds only options the user gave."""
+def build_study(yaml_fields: dict[str, Any] | None, cli: dict[str, Any]) -> Study:
+    """Merge: explicit command line > YAML > defaults. ``cli`` holds the options the user gave (None = not given):
+    a value is checked by its options.py row and blamed on its flag; CLI text may spell a number."""
     y = dict(yaml_fields or {})
-    run_fields = {**y.pop("run", {})}
-    if cli.get("no_kernel_profile"):
-        run_fields["kernel_profile"] = False
-    for key in ("device", "repeats", "warmup_iters", "profile_memory", "cache_state", "noise_target", "seed"):
-        if cli.get(key) is not None:
-            problem = run_value_problem(key, cli[key])
-            if problem:
-                raise StudyError(f"--{key.replace('_', '-')}: {problem}")
-            run_fields[key] = cli[key]
-    model = dict(y.pop("model", {}))
-    for key, value in (cli.get("model") or {}).items():
-        if value is not None:
-            model[key] = value
-    fields_: dict[str, Any] = {"name": "cli", **y, "model": model, "run": RunSettings(**run_fields)}
-    if cli.get("backends"):
+    parts: dict[str, dict[str, Any]] = {"run": dict(y.pop("run", {})), "model": dict(y.pop("model", {})),
+                                        "study": {"name": _D["name"], **y}, "sweep": {}}
+    for opt in options.OPTIONS:
+        raw = options.given(cli, opt)
+        if raw is None or not opt.flags or opt.to not in parts:
+            continue
         try:
-            fields_["backends"] = tuple(dict.fromkeys(registry.canonical_name(n) for n in cli["backends"]))
-        except registry.UnknownBackendError as exc:
-            raise StudyError(f"--backends: {exc}") from None
-    if cli.get("batch_specs"):
-        specs = []
-        for spec in cli["batch_specs"]:
-            try:
-                parse_batch_spec(spec)
-            except BatchSpecError as exc:
-                raise StudyError(f"--batch-specs: {exc}") from None
-            specs.append(spec.strip())
-        fields_["batch_specs"] = tuple(dict.fromkeys(specs))  # a repeated spec is one case, not two ids
-    if cli.get("sweep_param") or cli.get("sweep_values"):
-        if not (cli.get("sweep_param") and cli.get("sweep_values")):
+            parts[opt.to][opt.name] = opt.value(raw, cli=True)
+        except OptionError as exc:
+            raise StudyError(f"{opt.flags[0]}: {exc}") from None
+    fields_, sweep = parts["study"], parts["sweep"]
+    if sweep.get("sweep_param") or sweep.get("sweep_values"):
+        if not (sweep.get("sweep_param") and sweep.get("sweep_values")):
             raise StudyError("--sweep-param and --sweep-values must be given together")
-        fields_["sweep"] = make_sweep(cli["sweep_param"], list(cli["sweep_values"]), bool(cli.get("sweep_include_auto")))
-    elif cli.get("sweep_include_auto"):
+        fields_["sweep"] = make_sweep(sweep["sweep_param"], list(sweep["sweep_values"]),
+                                      bool(sweep.get("sweep_include_auto")))
+    elif sweep.get("sweep_include_auto"):
         if fields_.get("sweep") is None:
             raise StudyError("--sweep-include-auto needs a sweep (--sweep-param/--sweep-values, or parameter_sweep "
                              "in the YAML)")
         fields_["sweep"] = Sweep(fields_["sweep"].param, fields_["sweep"].values, True)
-    for key in ("output_csv", "output_json"):
-        if cli.get(key):
-            fields_[key] = cli[key]
-    if fields_.get("mode") == "decode_vs_prefill" and fields_.get("sweep") is not None:
-        raise StudyError("--sweep-param: decode_vs_prefill mode already sweeps the pipeline")
-    return Study(**fields_)
+    problem = _mode_problem(fields_)
+    if problem:  # the YAML alone passed parse_study_dict, so the sweep came from here
+        raise StudyError(f"--sweep-param: {problem}")
+    return Study(**fields_, model=parts["model"], run=RunSettings(**parts["run"]))
 
 
 def check_shape(study: Study, family: str) -> Shape:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import compare
-from attnbench.compare import (FASTER, MISSING, NEW, SAME, SLOWER, UNSURE, GpuMismatch, check_gpu, classify,
-                               compare_results, gpu_name, ratio_interval)
 from attnbench.exports import load_results
+from attnbench.reporting import verdicts as compare
+from attnbench.reporting.verdicts import (FASTER, MISSING, NEW, SAME, SLOWER, UNSURE, GpuMismatch, check_gpu,
+                                          classify, compare_results, gpu_name, ratio_interval)
 from attnbench.results import BenchmarkResult
 
 DATA = Path(__file__).parent / "data"

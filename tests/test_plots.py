@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from attnbench import plots  # noqa: E402
 from attnbench.exports import ResultsFormatter, load_results  # noqa: E402
+from attnbench.reporting import plots  # noqa: E402
 from attnbench.results import SKIPPED, BenchmarkResult  # noqa: E402
 
 DATA = Path(__file__).parent / "data"

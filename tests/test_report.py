@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from attnbench.report import crossover_table, format_time_us, render_summary
+from attnbench.reporting.analysis import crossover_table
+from attnbench.reporting.cells import format_time_us
+from attnbench.reporting.console import render_summary
 from attnbench.results import FAILED, SKIPPED, BenchmarkResult
 
 
@@ -149,10 +151,12 @@ def test_crossover_when_one_pipeline_always_wins() -> None:
 
 
 def test_crossover_flags_a_noisy_boundary() -> None:
-    # decode wins at 1, loses at 2, wins again at 4: the largest winning q is 4, and 3 flips say the boundary is noisy
+    # decode wins at 1, loses at 2, wins again at 4: the threshold is the last q before prefill first wins (1),
+    # and 3 flips say the boundary is noisy or non-monotonic
     [c] = crossover_table(pipelines("FLASHMLA", 2, {1: (10e-6, 20e-6), 2: (21e-6, 20e-6), 4: (19e-6, 20e-6),
                                                      8: (40e-6, 20e-6)}))
-    assert (c.decode_up_to, c.prefill_from, c.flips) == (4, 8, 3)
+    assert (c.decode_up_to, c.prefill_from, c.flips) == (1, 2, 3)
+    assert c.answer is not None and c.answer.flip_points == [2, 4, 8]
 
 
 def test_crossover_splits_kv_lengths_and_ignores_unpaired_or_untimed_cases() -> None:
@@ -174,7 +178,7 @@ def test_crossover_appears_under_the_pipeline_table() -> None:
 
 
 def test_best_sweep_value_per_spec_against_auto():
-    from attnbench.report import best_sweep_values
+    from attnbench.reporting.analysis import best_sweep_values
     from attnbench.results import BenchmarkResult
 
     def r(backend, spec, value, us):
@@ -193,7 +197,7 @@ def test_best_sweep_value_per_spec_against_auto():
 
 
 def test_best_sweep_value_within_noise_is_flagged():
-    from attnbench.report import BestSweepValue
+    from attnbench.reporting.analysis import BestSweepValue
 
     close = BestSweepValue("FLASHMLA", "16q4s1k", "reorder_batch_threshold", 8, 100e-6, 101e-6, 3, noise=0.01)
     clear = BestSweepValue("FLASHMLA", "16q4s1k", "reorder_batch_threshold", 8, 100e-6, 120e-6, 3, noise=0.01)

@@ -6,7 +6,6 @@ not through attnbench's loaders, so a parsing or merging slip in the tool shows 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -19,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from attnbench.reporting import markdown
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "results_markdown.py"
 BASELINE = ROOT / "baselines" / "NVIDIA_H100_80GB_HBM3"
@@ -28,18 +29,9 @@ BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 pytestmark = pytest.mark.skipif(not JSON_DIR.is_dir(), reason="the H100 baselines are not in this checkout")
 
 
-def load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("results_markdown", TOOL)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def tool() -> ModuleType:
-    return load_tool()
+    return markdown  # what tools/results_markdown.py runs
 
 
 @pytest.fixture(scope="module")
@@ -153,30 +145,32 @@ def test_speculative_table_has_backend_by_threshold_columns(page: str) -> None:
     assert rows["path"]["FLASHMLA 1"] == "prefill" and rows["path"]["FLASHMLA auto (=128)"] == "decode"
 
 
-def crossover_expected() -> dict[tuple[str, int], int | None]:
-    """Per backend and batch size, the largest q with decode faster; later files replace earlier ones."""
+def reorder_times() -> dict[tuple[str, int, int], dict[str, float]]:
+    """(backend, batch size, q) -> {pipeline: median s} from the committed files; later files replace earlier ones."""
     times: dict[tuple[str, int, int], dict[str, float]] = defaultdict(dict)
     for path in sorted(JSON_DIR.glob("*_reorder_threshold*.json")):
         for b in json.loads(path.read_text())["benchmarks"]:
             e = b["extra_info"]
             n, q = re.fullmatch(r"(\d*)q(\d+)s1k", e["batch_spec"]).groups()  # type: ignore[union-attr]
             times[(e["backend"], int(n or 1), int(q))][e["pipeline"]] = b["stats"]["median"]
-    wins: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for (backend, n, q), t in times.items():
-        wins[(backend, n)] += [q] if t["decode"] < t["prefill"] else []
-    return {key: max(qs, default=None) for key, qs in wins.items()}
+    return times
 
 
 def test_crossover_rows_for_every_batch_size_and_backend(page: str) -> None:
     rows = table_with(page, "decode faster up to q")
-    expected = crossover_expected()
+    times = reorder_times()
     for backend in ("FLASH_ATTN_MLA", "FLASHMLA"):
         mine = {int(r["batch size"]): r for r in rows if r["backend"] == backend}
         assert sorted(mine) == BATCH_SIZES, backend
         for n, row in mine.items():
             assert row["q tested"] == "1..256 (9)", (backend, n)  # FLASHMLA 256: the 0007 rerun fills q=256
-            want = expected[(backend, n)]
-            assert row["decode faster up to q"] == ("never" if want is None else str(want)), (backend, n)
+            t = {q: v for (b, size, q), v in times.items() if (b, size) == (backend, n)}
+            lo = int(row["decode faster up to q"].split("–")[0])
+            # the threshold is a q where decode won, below every q where prefill won before it
+            assert t[lo]["decode"] < t[lo]["prefill"], (backend, n)
+            prefill_from = row["prefill faster from q"]
+            if prefill_from != "never":
+                assert int(prefill_from) > lo and t[int(prefill_from)]["prefill"] < t[int(prefill_from)]["decode"]
     flashmla_256 = next(r for r in rows if r["backend"] == "FLASHMLA" and r["batch size"] == "256")
     assert flashmla_256["prefill faster from q"] == "256"
 

@@ -1,5 +1,9 @@
 """PNG plots over ``BenchmarkResult``s, from a live session (``--plot``) or saved results.
 
+Each figure draws a table of the model: ``tables.time_table`` (bars), ``tables.speedup_tables``
+(heatmap) and ``analysis.crossover_table`` (crossover), so a figure and the tables beside it agree
+on order, winners and numbers.
+
 * ``backend_bars``    per batch spec, one bar per backend (median time, log scale when the
                       specs span more than 20x), for studies without a sweep.
 * ``sweep_heatmap``   per backend, batch spec x sweep value, coloured by speed-up over the
@@ -7,15 +11,15 @@
                       of each spec is outlined.
 * ``crossover_plot``  decode_vs_prefill: one panel per batch size, x = query length, y = time,
                       a solid line for the decode pipeline and a dashed one for prefill per
-                      backend, a dotted vertical line at the threshold (``report.crossover_table``'s
+                      backend, a dotted vertical line at the threshold (``analysis.crossover_table``'s
                       noise-aware answer; shaded where the pipelines are within noise) and a
                       dash-dot one at vLLM's default threshold when it lies inside the panel.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no display, no global
-backend switch), so this works in pytest workers and headless machines.
+backend switch), so this works in pytest workers and headless machines. ``main`` is the command line:
 
     python benchmark.py plot RESULTS.json --out DIR
-    python -m attnbench.plots RESULTS.json --out DIR
+    python -m attnbench.reporting.plots RESULTS.json --out DIR
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from attnbench.report import crossover_table, group_results
-from attnbench.results import BenchmarkResult
-from attnbench.study import AUTO
+from attnbench.reporting.analysis import crossover_table, group_results
+from attnbench.reporting.cells import significant
+from attnbench.reporting.model import FASTEST
+from attnbench.reporting.tables import speedup_tables, time_table
+from attnbench.results import SKIPPED, BenchmarkResult
 
 _LOG_SCALE_SPAN = 20.0  # use a log time axis when the largest time is more than this many times the smallest
 _MAX_WIDTH = 14.0  # inches: backend_bars grows with the number of specs and backends up to this
@@ -52,46 +58,36 @@ def _save(fig: Any, path: str | Path) -> Path:
     return out
 
 
-def _sorted_specs(results: Sequence[BenchmarkResult]) -> list[str]:
-    keys = {}
-    for r in results:
-        try:
-            keys.setdefault(r.batch_spec, r.size_key)
-        except ValueError:
-            keys.setdefault(r.batch_spec, (float("inf"), float("inf"), r.batch_spec))
-    return sorted(keys, key=lambda s: keys[s])
-
-
 def backend_bars(results: Sequence[BenchmarkResult], path: str | Path, title: str = "") -> Path | None:
     """Grouped bars: x = batch spec (by size), one bar per backend, y = median µs. None if nothing timed."""
-    timed = [r for r in results if r.timed and r.variant is None]
-    if not timed:
+    table = time_table(results)
+    rows = [row for row in table.rows if any(cell.value for cell in row[1:])]  # specs with a timing
+    if not rows:
         return None
-    specs = _sorted_specs(timed)
-    backends = list(dict.fromkeys(r.backend for r in results if r.variant is None))
-    by_cell = {(r.batch_spec, r.backend): r for r in results if r.variant is None}
+    backends = [c.key for c in table.columns[1:]]
+    specs = [row[0].text for row in rows]
     fig = _figure(min(_MAX_WIDTH, max(6.0, 1.0 + len(specs) * (0.35 + 0.25 * len(backends)))), 4.5)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(backends))
-    times = [r.median_time * 1e6 for r in timed]  # type: ignore[operator]
+    times = [cell.value * 1e6 for row in rows for cell in row[1:] if cell.value]
     from matplotlib.patches import Patch
 
     colors = _backend_colors(backends)
     handles = []  # explicit: an empty bar series (a backend skipped everywhere) has no legend colour of its own
     for i, backend in enumerate(backends):
         xs, ys, errs, missing = [], [], [], []
-        for x, spec in enumerate(specs):
-            r = by_cell.get((spec, backend))
+        for x, row in enumerate(rows):
+            cell, r = row[i + 1], row[i + 1].result
             offset = x - 0.4 + width * (i + 0.5)
-            if r is not None and r.timed:
+            if cell.value:
                 xs.append(offset)
-                ys.append(r.median_time * 1e6)  # type: ignore[operator]
-                errs.append((r.iqr_time or 0.0) * 1e6 / 2)
+                ys.append(cell.value * 1e6)
+                errs.append((r.iqr_time or 0.0) * 1e6 / 2 if r is not None else 0.0)
             elif r is not None:
-                missing.append((offset, "skip" if r.status == "skipped" else r.status))
+                missing.append((offset, "skip" if r.status == SKIPPED else r.status))
         bars = ax.bar(xs, ys, width, yerr=errs, capsize=2, color=colors[backend])
         handles.append(Patch(color=colors[backend], label=backend if ys else f"{backend} (not timed)"))
-        ax.bar_label(bars, labels=[_short_us(y) for y in ys], fontsize=7, rotation=90, padding=4)
+        ax.bar_label(bars, labels=[significant(y) for y in ys], fontsize=7, rotation=90, padding=4)
         for offset, text in missing:
             ax.text(offset, 0.02, text, transform=ax.get_xaxis_transform(), rotation=90, ha="center", va="bottom",
                     fontsize=7, color="grey")
@@ -108,63 +104,41 @@ def backend_bars(results: Sequence[BenchmarkResult], path: str | Path, title: st
 
 def sweep_heatmap(results: Sequence[BenchmarkResult], path: str | Path, title: str = "") -> Path | None:
     """Per backend: batch spec x sweep value, colour = speed-up over the default; best value outlined."""
-    swept = [r for r in results if r.sweep_param and r.pipeline is None]
-    if not any(r.timed for r in swept):
+    param, reference, grids = speedup_tables(results)
+    if not grids:
         return None
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Rectangle
     from matplotlib.ticker import FuncFormatter
 
-    param = swept[0].sweep_param
-    backends = [b for b in dict.fromkeys(r.backend for r in swept) if any(r.timed and r.backend == b for r in swept)]
-    values = _sweep_order(r.sweep_value for r in swept)
-    specs = _sorted_specs(swept)
-    cells = {(r.backend, r.batch_spec, str(r.sweep_value)): r for r in swept}
-    reference = AUTO if AUTO in values else values[0]
-    fig = _figure(max(5.0, 1.5 + 0.9 * len(values)) * len(backends), max(3.0, 1.2 + 0.45 * len(specs)))
-    axes = fig.subplots(1, len(backends), squeeze=False)[0]
-    grids, speedups = [], []
-    for backend in backends:
-        grid: list[list[float | None]] = []
-        for spec in specs:
-            ref = cells.get((backend, spec, str(reference)))
-            row = []
-            for v in values:
-                r = cells.get((backend, spec, str(v)))
-                ok = r is not None and r.timed and ref is not None and ref.timed
-                row.append(ref.median_time / r.median_time if ok else None)  # type: ignore[union-attr,operator]
-            grid.append(row)
-            speedups += [s for s in row if s is not None]
-        grids.append(grid)
+    values = [c.key for c in grids[0].columns[1:]]
+    specs = [row[0].text for row in grids[0].rows]
+    fig = _figure(max(5.0, 1.5 + 0.9 * len(values)) * len(grids), max(3.0, 1.2 + 0.45 * len(specs)))
+    axes = fig.subplots(1, len(grids), squeeze=False)[0]
+    speedups = [cell.value for grid in grids for row in grid.rows for cell in row[1:] if cell.value is not None]
     # symmetric on a log scale, so 1x sits mid-colour and 2x / 0.5x get the same strength; at least
     # 0.8x..1.25x, so run-to-run noise of a few per cent stays pale
     span = max([1.25] + [max(s, 1 / s) for s in speedups if s > 0])
     norm = LogNorm(vmin=1 / span, vmax=span)
     image = None
-    for ax, backend, grid in zip(axes, backends, grids):
+    for ax, grid in zip(axes, grids):
         import numpy as np
 
-        data = np.array([[np.nan if s is None else s for s in row] for row in grid], dtype=float)
+        data = np.array([[np.nan if c.value is None else c.value for c in row[1:]] for row in grid.rows], dtype=float)
         image = ax.imshow(np.ma.masked_invalid(data), cmap="RdYlGn", norm=norm, aspect="auto")
         cmap = image.get_cmap()
         ax.set_facecolor("#dddddd")  # cells with no timing (skipped, failed, no reference)
-        for y, row in enumerate(grid):
-            times = [cells.get((backend, specs[y], str(v))) for v in values]
-            timed = [(t.median_time, x) for x, t in enumerate(times) if t is not None and t.timed]
-            best_x = min(timed)[1] if timed else None
-            for x, s in enumerate(row):
-                r = times[x]
-                text = f"{s:.2f}x" if s is not None else ("skip" if r is not None and r.status == "skipped" else
-                                                          "–" if r is None or not r.timed else "n/a")
-                dark = s is not None and _luminance(cmap(norm(s))) < 0.4  # the deep red / green ends
-                ax.text(x, y, text, ha="center", va="center", fontsize=8, color="white" if dark else "black",
-                        fontweight="bold" if x == best_x else "normal")
-            if best_x is not None:
-                ax.add_patch(Rectangle((best_x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
+        for y, row in enumerate(grid.rows):
+            for x, cell in enumerate(row[1:]):
+                dark = cell.value is not None and _luminance(cmap(norm(cell.value))) < 0.4  # the deep red / green ends
+                ax.text(x, y, cell.text, ha="center", va="center", fontsize=8, color="white" if dark else "black",
+                        fontweight="bold" if cell.emphasis == FASTEST else "normal")
+                if cell.emphasis == FASTEST:
+                    ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
         ax.set_xticks(range(len(values)), [str(v) for v in values])
         ax.set_yticks(range(len(specs)), specs)
         ax.set_xlabel(param)
-        ax.set_title(backend)
+        ax.set_title(grid.title)
     if image is not None:
         bar = fig.colorbar(image, ax=list(axes), label=f"speed-up vs {reference}", shrink=0.9)
         bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
@@ -268,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from attnbench.exports import ResultsFileError, load_results
 
     parser = argparse.ArgumentParser(prog="benchmark.py plot", description="Plot saved attnbench results.")
-    parser.add_argument("results", help="attnbench JSON/JSONL, seed JSON or pytest-benchmark JSON")
+    parser.add_argument("results",
+                        help="attnbench JSON/JSONL, upstream attention_benchmarks JSON or pytest-benchmark JSON")
     parser.add_argument("--out", default=".", metavar="DIR", help="folder for the PNGs (default: .)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
@@ -286,10 +261,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _short_us(us: float) -> str:
-    return f"{us:.0f}" if us >= 100 else f"{us:.3g}"
-
-
 def _lower_bottom(ax: Any, lowest: float, band: float) -> None:
     """Lower the y axis' bottom so ``lowest`` sits ``band`` (a fraction of the height) above it."""
     log = ax.get_yscale() == "log"
@@ -304,13 +275,6 @@ def _lower_bottom(ax: Any, lowest: float, band: float) -> None:
 def _luminance(rgba: Sequence[float]) -> float:
     red, green, blue = rgba[:3]
     return 0.299 * red + 0.587 * green + 0.114 * blue
-
-
-def _sweep_order(values: Any) -> list[Any]:
-    unique = list(dict.fromkeys(values))
-    # auto first, then numbers ascending
-    return sorted(unique, key=lambda v: (v != AUTO, not isinstance(v, (int, float)),
-                                         v if isinstance(v, (int, float)) else 0, str(v)))
 
 
 def _backend_colors(backends: Any) -> dict[str, Any]:

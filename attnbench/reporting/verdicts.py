@@ -31,8 +31,9 @@ With a practical threshold t (default 2 %, ``--verdict-threshold``), the verdict
 So a 6 % slowdown measured with 15 % round-to-round noise is UNSURE, while a 3 % slowdown
 with 0.3 % noise is SLOWER, where a fixed "flag anything over 5 %" rule gets both wrong.
 A case with fewer than two rounds on either side has no measurable spread and is UNSURE.
-Cases only in the new run are NEW; cases of the baseline that the new run did not time are
-MISSING. Neither fails a run.
+Cases only in the new run are NEW; baseline cases the new run holds but did not time (skipped
+or failed: the note says which) are UNTIMED; baseline cases the new run does not hold at all are
+MISSING. None of these fails a run.
 
 GPU check: runs on different GPU models are not comparable. The GPU model is
 ``machine_info["attnbench"]["gpu"]["name"]`` (``None`` there means no GPU: a CPU run). A
@@ -41,7 +42,10 @@ mismatch is an error unless ``--allow-gpu-mismatch`` turns it into a warning.
 Offline use (baseline first; exit 1 on SLOWER, 2 on a GPU mismatch or unreadable input)::
 
     python benchmark.py compare BASELINE.json NEW.json [--verdict-json FILE]
-    python -m attnbench.compare BASELINE.json NEW.json
+    python -m attnbench.reporting.verdicts BASELINE.json NEW.json
+
+``main`` is that command line; ``verdict_table`` shows verdicts through ``reporting.model`` (the
+console renders it).
 """
 
 from __future__ import annotations
@@ -57,9 +61,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from attnbench.exports import ResultsFileError, load_results
+from attnbench.reporting.cells import NO_VALUE, change, us
+from attnbench.reporting.model import ADDED, BAD, DOUBT, GONE, GOOD, Cell, Column, Table
 from attnbench.results import BenchmarkResult, case_key, describe_key
 
-FASTER, SLOWER, SAME, UNSURE, NEW, MISSING = "FASTER", "SLOWER", "SAME", "UNSURE", "NEW", "MISSING"
+FASTER, SLOWER, SAME, UNSURE, NEW = "FASTER", "SLOWER", "SAME", "UNSURE", "NEW"
+UNTIMED = "UNTIMED"  # the new run holds the baseline's case but skipped or failed it
+MISSING = "MISSING"  # the new run does not hold the baseline's case at all
+VERDICTS = (FASTER, SLOWER, SAME, UNSURE, NEW, UNTIMED, MISSING)
 THRESHOLD = 0.02
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
@@ -97,14 +106,14 @@ class Verdict:
     def line(self) -> str:
         """One line per case, for the offline command and logs."""
         if self.ratio is None:
-            known = [f"baseline {_us(self.baseline_median)} us" if self.baseline_median else "",
-                     f"new {_us(self.new_median)} us" if self.new_median else "", self.note or ""]
+            known = [f"baseline {us(self.baseline_median, 4)} us" if self.baseline_median else "",
+                     f"new {us(self.new_median, 4)} us" if self.new_median else "", self.note or ""]
             return f"{self.verdict:<7} {'':>8}  {'':<20}  {self.label}  ({'; '.join(k for k in known if k)})"
-        ci = (f"[{(self.ci_low - 1) * 100:+.1f}%, {(self.ci_high - 1) * 100:+.1f}%]"
-              if self.ci_low is not None else "[no spread]")
-        times = f"{_us(self.baseline_median)} -> {_us(self.new_median)} us"
+        ci = f"[{change(self.ci_low)}, {change(self.ci_high)}]" if self.ci_low is not None and \
+            self.ci_high is not None else "[no spread]"
+        times = f"{us(self.baseline_median, 4)} -> {us(self.new_median, 4)} us"
         tail = f"{times}, {self.method or '-'}" + (f"; {self.note}" if self.note else "")
-        return f"{self.verdict:<7} {self.change_pct:+7.1f}%  {ci:<20}  {self.label}  ({tail})"
+        return f"{self.verdict:<7} {change(self.ratio):>8}  {ci:<20}  {self.label}  ({tail})"
 
 
 def classify(ci_low: float | None, ci_high: float | None, threshold: float = THRESHOLD) -> str:
@@ -140,7 +149,8 @@ def ratio_interval(baseline: BenchmarkResult, new: BenchmarkResult, confidence: 
 
 def compare_results(baseline: Sequence[BenchmarkResult], new: Sequence[BenchmarkResult], *,
                     threshold: float = THRESHOLD, confidence: float = CONFIDENCE) -> list[Verdict]:
-    """A verdict per case of ``new`` (NEW if the baseline lacks it), then MISSING for untimed baseline cases."""
+    """A verdict per case of ``new`` (NEW if the baseline lacks it, UNTIMED if ``new`` did not time it), then
+    MISSING for the timed baseline cases ``new`` does not hold."""
     base_by_key = {case_key(b): b for b in baseline if b.timed}
     base_by_name = {b.fullname: b for b in baseline if b.timed and b.fullname}
     used: set[int] = set()
@@ -159,7 +169,7 @@ def compare_results(baseline: Sequence[BenchmarkResult], new: Sequence[Benchmark
             continue
         used.add(id(base))
         if not result.timed:
-            verdicts.append(Verdict(label, MISSING, baseline_median=base.median_time, baseline_rounds=base.rounds,
+            verdicts.append(Verdict(label, UNTIMED, baseline_median=base.median_time, baseline_rounds=base.rounds,
                                     note=f"{result.status}: {result.error}" if result.error else result.status,
                                     matched_by=matched_by, key=key))
             continue
@@ -175,7 +185,7 @@ def compare_results(baseline: Sequence[BenchmarkResult], new: Sequence[Benchmark
 
 
 def counts(verdicts: Sequence[Verdict]) -> dict[str, int]:
-    out = {v: 0 for v in (FASTER, SLOWER, SAME, UNSURE, NEW, MISSING)}
+    out = {v: 0 for v in VERDICTS}
     for v in verdicts:
         out[v.verdict] += 1
     return out
@@ -201,8 +211,8 @@ def gpu_name(machine_info: dict[str, Any] | None) -> str | None:
 def check_gpu(baseline_gpu: str | None, new_gpu: str | None, allow_mismatch: bool) -> str | None:
     """Raise GpuMismatch on different GPU models (unless allowed); return a warning to show, if any."""
     if baseline_gpu is None or new_gpu is None:
-        missing = "baseline" if baseline_gpu is None else "new run"
-        return f"the {missing} does not record its GPU model; cannot check that the runs are comparable"
+        unrecorded = "baseline" if baseline_gpu is None else "new run"
+        return f"the {unrecorded} does not record its GPU model; cannot check that the runs are comparable"
     if baseline_gpu == new_gpu:
         return None
     message = f"GPU model differs: baseline {baseline_gpu!r}, new run {new_gpu!r}"
@@ -213,23 +223,21 @@ def check_gpu(baseline_gpu: str | None, new_gpu: str | None, allow_mismatch: boo
 
 # ------------------------------------------------------------------ output
 
-def verdict_table(verdicts: Sequence[Verdict], title: str = "Verdicts vs baseline") -> Any:
-    """A rich Table of the verdicts."""
-    from rich.table import Table
+_EMPHASIS = {SLOWER: BAD, FASTER: GOOD, UNSURE: DOUBT, NEW: ADDED, UNTIMED: GONE, MISSING: GONE}
 
-    styles = {SLOWER: "bold red", FASTER: "bold green", SAME: "", UNSURE: "yellow", NEW: "cyan", MISSING: "magenta"}
-    table = Table(title=title, title_justify="left")
-    for name, justify in (("case", "left"), ("verdict", "left"), ("change", "right"), ("CI of change", "right"),
-                          ("baseline µs", "right"), ("new µs", "right"), ("rounds", "right"), ("how", "left")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+
+def verdict_table(verdicts: Sequence[Verdict], title: str = "Verdicts vs baseline") -> Table:
+    """The verdicts as a ``reporting.model`` table (``reporting.console`` renders it)."""
+    headers = ("case", "verdict", "change", "CI of change", "baseline µs", "new µs", "rounds", "how")
+    table = Table(title, [Column(h, right=h not in ("case", "verdict", "how")) for h in headers])
     for v in verdicts:
-        ci = (f"{(v.ci_low - 1) * 100:+.1f}% .. {(v.ci_high - 1) * 100:+.1f}%" if v.ci_low is not None
-              and v.ci_high is not None else "-")
-        change = f"{v.change_pct:+.1f}%" if v.change_pct is not None else "-"
+        ci = f"{change(v.ci_low)} .. {change(v.ci_high)}" if v.ci_low is not None and v.ci_high is not None \
+            else NO_VALUE
         how = ", ".join(p for p in (v.method, None if v.matched_by in (None, "case") else f"matched by {v.matched_by}",
                                      v.note) if p)
-        table.add_row(v.label, f"[{styles[v.verdict]}]{v.verdict}[/]" if styles[v.verdict] else v.verdict, change, ci,
-                      _us(v.baseline_median), _us(v.new_median), f"{v.baseline_rounds}/{v.new_rounds}", how)
+        table.add(v.label, Cell(v.verdict, emphasis=_EMPHASIS.get(v.verdict)),
+                  change(v.ratio) if v.ratio is not None else NO_VALUE, ci, us(v.baseline_median, 4),
+                  us(v.new_median, 4), f"{v.baseline_rounds}/{v.new_rounds}", how)
     return table
 
 
@@ -239,7 +247,7 @@ def write_verdict_json(path: str | Path, verdicts: Sequence[Verdict], *, baselin
     doc = {
         "baseline": baseline, "new": new, "threshold": threshold, "confidence": confidence,
         "definition": "ratio = new median / baseline median; SAME if CI within [1-t, 1+t], SLOWER if CI low > 1+t, "
-                      "FASTER if CI high < 1-t, else UNSURE (see attnbench.compare)",
+                      "FASTER if CI high < 1-t, else UNSURE (see attnbench.reporting.verdicts)",
         "gpu": {"baseline": baseline_gpu, "new": new_gpu}, "warnings": list(warnings),
         "counts": counts(verdicts), "cases": [v.to_dict() for v in verdicts],
     }
@@ -250,7 +258,8 @@ def write_verdict_json(path: str | Path, verdicts: Sequence[Verdict], *, baselin
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``compare BASELINE NEW``: one verdict line per case; exit 1 on SLOWER, 2 on GPU mismatch or bad input."""
+    """``benchmark.py compare BASELINE NEW``: one verdict line per case; exit 1 on SLOWER, 2 on a GPU mismatch or
+    bad input."""
     parser = argparse.ArgumentParser(prog="benchmark.py compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("baseline", help="baseline results (pytest-benchmark JSON, or attnbench JSON/JSONL)")
     parser.add_argument("new", help="new results, same formats")
@@ -318,13 +327,6 @@ def _bootstrap(base: Sequence[float], new: Sequence[float], confidence: float,
     alpha = (1.0 - confidence) / 2
     lo, hi = np.quantile(med_n / med_b, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
-
-
-def _us(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    us = seconds * 1e6
-    return f"{us:.4g}" if us < 1000 else f"{us:.0f}"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,261 @@
+"""Every study option, declared once.
+
+One ``Option`` row says what an option is called on each surface and which values it takes:
+its pytest flag(s) (``plugin.pytest_addoption`` adds them), its YAML key(s) (``study.parse_study_dict``
+checks a file against them), upstream's ``benchmark.py`` spelling (``benchmark.py`` translates it),
+where the value lands (``study.build_study`` merges command line > YAML > default) and the one
+validator every surface runs. The typed records that carry the values (``study.RunSettings``,
+``study.Study``, ``api.BenchmarkConfig``) take their defaults from here and are checked against
+the rows at import (``check_record``), so they cannot drift.
+
+A newcomer adds an option by adding one row to ``OPTIONS``; if it is a run setting or a Study
+field, the typed record also needs the field its consumers read, and ``check_record`` names it at
+import. YAML sections that need real code stay in study.py: ``batch_spec_ranges``,
+``parameter_sweep``, per-backend sections (``CUTLASS_MLA:``); the ``--sweep-*`` rows are combined there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from attnbench import backends as registry
+from attnbench.shapes import DTYPES
+from grammar import BatchSpecError, parse_batch_spec
+
+# Counts, dimensions and seeds are int64 downstream (torch seeds, C counters); a larger number is a typo,
+# refused when the study is resolved rather than overflowing inside a kernel or torch.manual_seed.
+INT_MAX = 2**63 - 1
+MODES = ("standard", "decode_vs_prefill")
+
+
+class OptionError(ValueError):
+    """Why a value is refused, without where it came from: the caller prefixes the flag or the YAML key."""
+
+
+Check = Callable[[Any], Any]  # takes a value of the option's kind, returns it normalised or raises OptionError
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # the pytest dest, build_study's ``cli`` key and the field it fills
+    kind: type  # of one value: int, float, str or bool
+    help: str
+    # where the value lands: "run" (RunSettings), "model" (shape override), "study" (a Study field);
+    # "sweep" (the three --sweep-* flags, combined by study.build_study), "file" (--bench-config itself)
+    to: str = "study"
+    flags: tuple[str, ...] = ()  # pytest spellings, canonical first; () = YAML only
+    yaml: tuple[str, ...] = ()  # "repeats", "benchmark.repeats", "model.num_q_heads", "output.csv"; () = CLI only
+    upstream: tuple[str, ...] = ()  # upstream's benchmark.py spellings, translated to flags[0]
+    default: Any = None  # None = unset (a model dimension: the family's shape default)
+    many: bool = False  # a non-empty list (nargs="+")
+    lone: bool = False  # with many: a single YAML string is a list of one (`backend: cutlass_mla`)
+    const: Any = None  # a flag that takes no value sets this
+    metavar: str | None = None
+    choices: tuple[Any, ...] = ()
+    check: Check | None = None
+    examples: tuple[Any, Any] = ()  # two valid, distinct values (tests/test_options.py runs each row with them)
+
+    def value(self, raw: Any, cli: bool = False) -> Any:
+        """``raw`` typed, range-checked and normalised; ``cli``: text from argv may spell a number."""
+        if self.many:
+            if isinstance(raw, str) and self.lone:
+                raw = [raw]
+            if not (isinstance(raw, (list, tuple)) and raw):
+                raise OptionError(f"must be a non-empty list of {_NOUN[self.kind]}s")
+            v: Any = tuple(_typed(self.kind, x, cli) for x in raw)
+        else:
+            v = _typed(self.kind, raw, cli)
+        if self.choices and v not in self.choices:
+            raise OptionError(f"must be one of {', '.join(map(str, self.choices))}, got {v!r}")
+        return self.check(v) if self.check else v
+
+    def pytest_kwargs(self, upstream: bool = False) -> dict[str, Any]:
+        """``Parser.addoption`` keywords (``upstream``: benchmark.py's argparse). Every value arrives as text and is
+        checked by ``value``, so a bad one is a one-line usage error naming the flag, not argparse's usage dump."""
+        notes = [f"default {self.default}"] if self.default is not None and self.const is None else []
+        notes += [f"YAML {self.yaml[0]}"] if self.yaml else []
+        if self.upstream and self.flags[0] not in self.upstream:  # spelled differently on the other surface
+            notes.append(f"pytest {self.flags[0]}" if upstream else f"benchmark.py {self.upstream[0]}")
+        text = self.help + (f" ({'; '.join(notes)})" if notes else "")
+        if self.const is not None:
+            return {"dest": self.name, "action": "store_true" if upstream else "store_const",
+                    **({} if upstream else {"const": self.const}), "help": text}
+        metavar = self.metavar or ("|".join(map(str, self.choices)) if self.choices else None)
+        return {"dest": self.name, "nargs": "+" if self.many else None, "metavar": metavar, "help": text}
+
+
+_NOUN = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
+# argv text: ASCII only, since int("٣") == 3 and float("١.٥") == 1.5 in Python
+_TEXT = {int: re.compile(r"[+-]?[0-9]+"), float: re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")}
+
+
+def _typed(kind: type, v: Any, cli: bool) -> Any:
+    if cli and isinstance(v, str) and kind in _TEXT:
+        if not _TEXT[kind].fullmatch(v.strip()):
+            raise OptionError(f"must be {_NOUN[kind]} in ASCII digits, got {v!r}")
+        v = kind(v.strip())
+    if kind is float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        v = float(v) if ok else v
+    else:
+        ok = isinstance(v, kind) and (kind is bool or not isinstance(v, bool))
+    if not ok:
+        raise OptionError(f"must be {_NOUN[kind]}, got {type(v).__name__} {v!r}")
+    return v
+
+
+# ------------------------------------------------------------------ validators (each rule in one place)
+
+def at_least(lo: float, note: str = "", hi: float = INT_MAX) -> Check:
+    def check(v: Any) -> Any:
+        if v < lo:
+            raise OptionError(f"must be >= {lo}{note}, got {v}")
+        if v > hi:
+            raise OptionError(f"must be < 2**63, got {v}" if hi == INT_MAX else f"must be <= {hi}, got {v}")
+        return v
+    return check
+
+
+def each(check: Check) -> Check:
+    return lambda values: tuple(check(v) for v in values)
+
+
+def count(v: Any) -> int:
+    """A non-negative int64 (a knob value, a sweep point), from YAML or argv text."""
+    return at_least(0)(_typed(int, v, cli=isinstance(v, str)))
+
+
+def _non_empty(v: str) -> str:
+    if not v:
+        raise OptionError("must be a non-empty string")
+    return v
+
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?", re.ASCII)
+
+
+def _device(v: str) -> str:
+    if not _DEVICE.fullmatch(v):
+        raise OptionError(f"must be cpu, cuda or cuda:N, got {v!r}")
+    return v
+
+
+def canonical_backends(names: Iterable[str]) -> tuple[str, ...]:
+    """AttentionBackendEnum spellings, aliases collapsed, in the order given."""
+    try:
+        return tuple(dict.fromkeys(registry.canonical_name(n) for n in names))
+    except registry.UnknownBackendError as exc:
+        raise OptionError(str(exc)) from None
+
+
+def checked_specs(specs: Iterable[str]) -> tuple[str, ...]:
+    """Batch specs, parsed, stripped; a repeated spec is one case, not two ids."""
+    out = []
+    for spec in specs:
+        try:
+            parse_batch_spec(spec)
+        except BatchSpecError as exc:
+            raise OptionError(str(exc)) from None
+        out.append(spec.strip())
+    return tuple(dict.fromkeys(out))
+
+
+# ------------------------------------------------------------------------------------- the table
+
+def _spell(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _run(name: str, kind: type, default: Any, help: str, upstream: bool = True, **kw: Any) -> Option:
+    """A run setting: --flag, top-level and benchmark.<name> YAML keys, a RunSettings field."""
+    flags = kw.pop("flags", (_spell(name),))
+    return Option(name, kind, help, "run", flags, (name, f"benchmark.{name}"), flags if upstream else (),
+                  default, **kw)
+
+
+def _dim(name: str, kind: type = int, examples: tuple[Any, Any] = (2, 4), yaml: tuple[str, ...] = (),
+         help: str = "model dimension; ") -> Option:
+    """A model dimension: --flag and model.<name>; unset = the family's default (shapes.py checks the shape)."""
+    metavar = "N" if kind is int else "NAME"
+    return Option(name, kind, help + "unset: the family's default", "model", (_spell(name),), (f"model.{name}", *yaml),
+                  (_spell(name),), metavar=metavar, check=at_least(1) if kind is int else None, examples=examples)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("bench_config", str, "YAML study", "file", ("--bench-config",), (), ("--config",),
+           metavar="FILE", examples=("a.yaml", "b.yaml")),
+    Option("name", str, "study name (default: the YAML file's stem)", yaml=("name",), default="cli",
+           check=_non_empty, examples=("one", "two")),
+    Option("description", str, "what the study is for", yaml=("description",), default="", examples=("a", "b")),
+    Option("mode", str, "standard, or decode_vs_prefill (each case also run as pure decode and pure prefill)",
+           yaml=("mode",), default="standard", choices=MODES, examples=("decode_vs_prefill", "standard")),
+    Option("backends", str, "backends, as AttentionBackendEnum spells them or lowercase aliases",
+           flags=("--backends", "--backend"), yaml=("backends", "backend"), upstream=("--backends", "--backend"),
+           many=True, lone=True, metavar="NAME", check=canonical_backends,
+           examples=(["flash", "flashmla"], ["CUTLASS_MLA"])),
+    Option("batch_specs", str, "batch specs, e.g. q2k 8q1s1k 2q2k_32q1s1k", flags=("--batch-specs",),
+           yaml=("batch_specs",), upstream=("--batch-specs",), many=True, metavar="SPEC", check=checked_specs,
+           examples=(["q2k", " 8q1s1k "], ["q1s1k"])),
+    Option("batch_sizes", int, "repeat each spec's requests this many times (one case per size)",
+           yaml=("batch_sizes",), default=(), many=True, check=each(at_least(1)), examples=([2, 4], [8])),
+    *(_dim(name) for name in ("num_layers", "head_dim", "num_q_heads", "num_kv_heads", "block_size",
+                              "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")),
+    _dim("dtype", str, ("float16", "float32"), help=f"{', '.join(DTYPES)}; "),
+    _dim("kv_cache_dtype", str, ("auto", "bfloat16"), yaml=("kv_cache_dtype",), help="auto = the model dtype; "),
+    _run("device", str, "cuda", "cuda, cuda:N or cpu", check=_device, examples=("cpu", "cuda:1")),
+    _run("repeats", int, 100, "most timed rounds per case", metavar="N", check=at_least(1), examples=(3, 7)),
+    _run("warmup_iters", int, 10, "untimed rounds before timing", metavar="N", check=at_least(0), examples=(0, 2)),
+    # a relative standard error target above 1 (100%) is a typo, not a request to stop after min_rounds
+    _run("noise_target", float, 0.005, "stop timing once the mean's relative standard error is below F (0 = never)",
+         metavar="F", check=at_least(0, " (0 = never stop early)", hi=1), examples=(0.0, 0.02)),
+    _run("cache_state", str, "cold", "cold L2 or warm", choices=("cold", "warm"), examples=("warm", "cold")),
+    _run("profile_memory", bool, False, "record peak device memory per case", const=True, examples=(True, False)),
+    _run("seed", int, 0, "seed for every random input", metavar="N", check=at_least(0), examples=(3, 7)),
+    _run("kernel_profile", bool, True, "skip the per-case torch.profiler pass (kernel durations, attention share)",
+         upstream=False, flags=("--no-kernel-profile",), const=False, examples=(False, True)),
+    Option("sweep_param", str, "num_kv_splits, reorder_batch_threshold or a model dimension", "sweep",
+           ("--sweep-param",), (), ("--sweep-param",), metavar="NAME", examples=("num_kv_splits", "head_dim")),
+    Option("sweep_values", str, "values of --sweep-param ('auto' = backend default)", "sweep", ("--sweep-values",),
+           (), ("--sweep-values",), many=True, metavar="V", examples=(["1", "2"], ["auto", "4"])),
+    Option("sweep_include_auto", bool, "also run the backend's default", "sweep", ("--sweep-include-auto",), (),
+           ("--include-auto",), const=True, examples=(True, False)),
+    Option("output_csv", str, "write one CSV row per case", flags=("--output-csv",), yaml=("output.csv",),
+           upstream=("--output-csv",), metavar="FILE", check=_non_empty, examples=("a.csv", "b.csv")),
+    Option("output_json", str, "write one JSON record per case", flags=("--output-json",), yaml=("output.json",),
+           upstream=("--output-json",), metavar="FILE", check=_non_empty, examples=("a.json", "b.json")),
+)
+
+BY_NAME = {o.name: o for o in OPTIONS}
+BY_YAML = {key: o for o in OPTIONS for key in o.yaml}  # every YAML spelling, top-level and "section.key"
+DEFAULTS = {o.name: o.default for o in OPTIONS}
+
+
+def given(cli: dict[str, Any], opt: Option) -> Any:
+    """What ``cli`` (build_study's) sets for ``opt``, None if nothing: model dimensions sit under "model"."""
+    return (cli.get("model") or {}).get(opt.name) if opt.to == "model" else cli.get(opt.name)
+
+
+def cli_values(get: Callable[[str], Any]) -> dict[str, Any]:
+    """``build_study``'s ``cli`` from a getter of parsed pytest options (``config.getoption``)."""
+    out: dict[str, Any] = {"model": {}}
+    for opt in OPTIONS:
+        if opt.flags:
+            (out["model"] if opt.to == "model" else out)[opt.name] = get(opt.name)
+    return out
+
+
+def check_record(cls: type, targets: tuple[str, ...]) -> None:
+    """Raise unless dataclass ``cls`` has a field for every option landing in ``targets``, with its default."""
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    for opt in OPTIONS:
+        if opt.to not in targets:
+            continue
+        f = by_name.get(opt.name)
+        if f is None:
+            raise TypeError(f"{cls.__qualname__} has no field {opt.name!r}, which attnbench/options.py declares")
+        if f.default is not dataclasses.MISSING and f.default != opt.default:
+            raise TypeError(f"{cls.__qualname__}.{opt.name} defaults to {f.default!r}, options.py says {opt.default!r}")

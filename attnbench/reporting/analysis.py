@@ -1,0 +1,204 @@
+"""What the results say, before any table: groupings, the decode/prefill crossover, the best sweep value.
+
+Grouping comes from the results' structured fields (study, family), never from test ids. A
+study's title is its YAML ``description``: results record the study's name only, so the title is
+looked up in the YAML study of that name (``configs/``, by ``name:`` or file stem); a study no
+YAML there describes is titled by its name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from attnbench.crossover_search import CrossoverAnswer, Point, crossover_answer, measurement, vllm_default
+from attnbench.reporting.cells import spec_order
+from attnbench.results import BenchmarkResult
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the checkout's studies (absent in a plain install)
+
+
+def group_results(results: Iterable[BenchmarkResult]) -> dict[tuple[str, str], list[BenchmarkResult]]:
+    """Results by (study, family), in first-seen order."""
+    groups: dict[tuple[str, str], list[BenchmarkResult]] = {}
+    for r in results:
+        groups.setdefault((r.study or "-", r.family or "-"), []).append(r)
+    return groups
+
+
+def has_variants(group: Sequence[BenchmarkResult]) -> bool:
+    """Whether a group compares variants of each case (sweep values or pipelines) rather than backends only."""
+    return any(r.pipeline for r in group) or any(r.sweep_param for r in group)
+
+
+def info(result: BenchmarkResult | None, section: str, key: str) -> Any:
+    """``extra_info[section][key]`` as the result kept it (under ``extra``), or None."""
+    if result is None:
+        return None
+    return (result.extra.get(section) or {}).get(key)
+
+
+def study_title(study: str, configs: Path = CONFIGS) -> str:
+    """The ``description`` of the YAML study named ``study``, else the name itself."""
+    return _descriptions(configs).get(study, study)
+
+
+@lru_cache(maxsize=None)
+def _descriptions(configs: Path) -> dict[str, str]:
+    import yaml
+
+    out: dict[str, str] = {}
+    for path in sorted(configs.glob("*.yaml")):
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a broken study is load_study_file's to report
+            continue
+        if isinstance(raw, dict) and isinstance(raw.get("description"), str) and raw["description"]:
+            out.setdefault(str(raw.get("name") or path.stem), raw["description"])
+    return out
+
+
+# ------------------------------------------------------------------ crossover
+
+@dataclass
+class Crossover:
+    """Where the prefill pipeline overtakes the decode pipeline, for one backend and batch size."""
+
+    study: str | None
+    family: str | None
+    backend: str
+    batch_size: int
+    kv_len: int | None  # None: the KV length varies with q (e.g. q{N} prefills)
+    q_lens: list[int]  # query lengths with both pipelines timed, ascending
+    decode_up_to: int | None  # largest q where decode is faster before prefill first wins: the threshold to pick
+    prefill_from: int | None  # smallest q above ``decode_up_to`` where prefill is faster
+    decode_speedup: float | None  # geometric mean of t_prefill / t_decode over q <= decode_up_to
+    prefill_speedup: float | None  # geometric mean of t_decode / t_prefill over q > decode_up_to
+    flips: int  # how often the faster pipeline changes along q; more than 1 = noisy or non-monotonic
+    times: dict[int, tuple[float, float]] = field(default_factory=dict)  # q -> (decode s, prefill s)
+    # the noise-aware reading the fields above come from: an interval where the pipelines tie, the flip points
+    # and vLLM's default
+    answer: CrossoverAnswer | None = None
+
+
+def crossover_table(results: Iterable[BenchmarkResult]) -> list[Crossover]:
+    """Per backend and batch size, the largest q at which the decode pipeline is still faster.
+
+    Uses timed results with ``pipeline`` "decode" or "prefill" (decode_vs_prefill mode). The
+    batch size is the number of requests of a spec and q its longest query. If one batch size
+    holds the same q at several KV lengths, each KV length gets its own row.
+    """
+    by_group: dict[tuple, dict[tuple[int, int], dict[str, BenchmarkResult]]] = defaultdict(lambda: defaultdict(dict))
+    for r in results:
+        if r.pipeline in ("decode", "prefill") and r.timed:
+            by_group[(r.study, r.family, r.backend, r.batch_size)][(r.q_len, r.kv_len)][r.pipeline] = r
+    rows: list[Crossover] = []
+    for (study, family, backend, batch_size), points in by_group.items():
+        both = {qk: t for qk, t in points.items() if len(t) == 2}
+        qs = [q for q, _ in both]
+        if len(set(qs)) < len(qs):  # the same q at several KV lengths: one row per KV length
+            kvs = sorted({kv for _, kv in both})
+            subsets = [(kv, {q: t for (q, k), t in both.items() if k == kv}) for kv in kvs]
+        else:
+            kv_set = {kv for _, kv in both}
+            subsets = [(kv_set.pop() if len(kv_set) == 1 else None, {q: t for (q, _), t in both.items()})]
+        for kv, by_q in subsets:
+            if by_q:
+                rows.append(_crossover(study, family, backend, batch_size, kv, by_q))
+    rows.sort(key=lambda c: (c.study or "", c.family or "", c.backend, c.batch_size, c.kv_len or 0))
+    return rows
+
+
+def _crossover(study: str | None, family: str | None, backend: str, batch_size: int, kv: int | None,
+               by_q: dict[int, dict[str, BenchmarkResult]]) -> Crossover:
+    qs = sorted(by_q)
+    times = {q: (by_q[q]["decode"].median_time or 0.0, by_q[q]["prefill"].median_time or 0.0) for q in qs}  # timed
+    answer = crossover_answer([Point(q, measurement(vars(by_q[q]["decode"])), measurement(vars(by_q[q]["prefill"])))
+                               for q in qs], vllm_default(backend, _recorded_default(by_q)))
+    # one reading of the curve, the noise-aware one: the threshold before the first flip, the flips counted
+    # between clear winners (a tie is no flip)
+    up_to, prefill_from, flips = answer.threshold, answer.prefill_from, answer.flips
+    above = [q for q in qs if up_to is None or q > up_to]
+    below = [q for q in qs if up_to is not None and q <= up_to]
+    return Crossover(study, family, backend, batch_size, kv, qs, up_to, prefill_from,
+                     _geomean([times[q][1] / times[q][0] for q in below]),
+                     _geomean([times[q][0] / times[q][1] for q in above]), flips, times, answer)
+
+
+def crossover_records(results: Iterable[BenchmarkResult]) -> list[dict[str, Any]]:
+    """The crossover answers as plain data, for the CSV/JSON exports: one row per backend x batch size."""
+    rows = []
+    for c in crossover_table(results):
+        a = c.answer
+        rows.append({"study": c.study, "backend": c.backend, "batch_size": c.batch_size, "kv_len": c.kv_len,
+                     "reorder_batch_threshold": a.threshold if a else c.decode_up_to,
+                     "threshold_upper": a.hi if a else None, "within_noise": bool(a and a.interval),
+                     "prefill_from": a.prefill_from if a else c.prefill_from,
+                     "vllm_default": a.vllm_default if a else None, "kind": a.kind if a else None,
+                     "flips": a.flips if a else c.flips, "flip_points": a.flip_points if a else [],
+                     "q_timed": len(c.q_lens), "q_lens": c.q_lens})
+    return rows
+
+
+def _recorded_default(by_q: dict[int, dict[str, BenchmarkResult]]) -> Any:
+    """The default reorder_batch_threshold vLLM's builder reported for these cases (GPU runs record it)."""
+    for pair in by_q.values():
+        for r in pair.values():
+            backend_info = r.extra.get("backend_info")
+            if isinstance(backend_info, dict) and backend_info.get("default_reorder_batch_threshold") is not None:
+                return backend_info["default_reorder_batch_threshold"]
+    return None
+
+
+def _geomean(values: Sequence[float]) -> float | None:
+    if not values:
+        return None
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+# ------------------------------------------------------------------ sweeps
+
+@dataclass
+class BestSweepValue:
+    """The fastest value of a swept knob for one backend and batch spec, against the backend's default."""
+
+    backend: str
+    batch_spec: str
+    param: str
+    best_value: Any
+    best_time: float
+    auto_time: float | None  # the "auto" (backend default) point, when it was run
+    values_timed: int
+    noise: float = 0.0  # the larger relative noise of the best and the auto point
+
+    @property
+    def within_noise(self) -> bool:
+        """True when best and auto differ by less than twice their measured noise: no real winner."""
+        gain = self.speedup_over_auto
+        return gain is not None and gain - 1 < 2 * self.noise
+
+    @property
+    def speedup_over_auto(self) -> float | None:
+        return self.auto_time / self.best_time if self.auto_time and self.best_time else None
+
+
+def best_sweep_values(results: Iterable[BenchmarkResult]) -> list[BestSweepValue]:
+    """Per backend and batch spec of a sweep, the value with the lowest median time."""
+    by_case: dict[tuple[str, str, str], list[BenchmarkResult]] = defaultdict(list)
+    for r in results:
+        if r.sweep_param and r.timed:
+            by_case[(r.backend, r.batch_spec, r.sweep_param)].append(r)
+    rows = []
+    for (backend, spec, param), group in by_case.items():
+        best = min(group, key=lambda r: r.median_time)  # type: ignore[arg-type, return-value]
+        auto = next((r for r in group if str(r.sweep_value) == "auto"), None)
+        noise = max((x.rel_noise or 0.0) for x in (best, auto) if x is not None)
+        rows.append(BestSweepValue(backend, spec, param, best.sweep_value, best.median_time,  # type: ignore[arg-type]
+                                   auto.median_time if auto else None, len(group), noise))
+    size = {spec: i for i, spec in enumerate(spec_order(r for group in by_case.values() for r in group))}
+    rows.sort(key=lambda b: (b.param, b.backend, size[b.batch_spec]))
+    return rows

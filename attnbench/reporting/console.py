@@ -1,0 +1,80 @@
+"""The terminal: ``model.Table``s as rich tables, and the session summary (``tables.summary_tables``).
+
+Each emphasis has one colour here (the row's fastest green, failures red, skips dim, ...);
+without colour the text alone carries the meaning ("best", "FAILED[1]", "skip[2]").
+"""
+
+from __future__ import annotations
+
+from io import StringIO
+from typing import Any, Sequence
+
+from attnbench.reporting import model
+from attnbench.reporting.tables import summary_tables
+from attnbench.results import BenchmarkResult
+
+STYLES = {model.FASTEST: "bold green", model.GOOD: "bold green", model.BAD: "bold red", model.DOUBT: "yellow",
+          model.ADDED: "cyan", model.GONE: "magenta", model.MUTED: "dim"}
+_GROUP_STYLES = ("cyan", "magenta")  # alternate backends' header colours, so a backend's columns read as one
+_MAX_TABLE_WIDTH = 1000
+
+
+def to_rich(table: model.Table) -> list[Any]:
+    """The rich Table, then its notes (when it has any) as dim or red text."""
+    from rich.table import Table
+    from rich.text import Text
+
+    out = Table(title=table.title or None, title_justify="left")
+    for c in table.columns:
+        style = {} if c.group is None else {
+            "header_style": ("bold " if c.lead else "") + _GROUP_STYLES[c.group % len(_GROUP_STYLES)]}
+        justify = "right" if c.right else "left"
+        out.add_column(c.header, justify=justify, no_wrap=not c.wrap, **style)  # type: ignore[arg-type]
+    for row in table.rows:
+        out.add_row(*(_text(cell) for cell in row))
+    if not table.notes:
+        return [out]
+    notes = Text()
+    for note in table.notes:
+        notes.append(note.text + "\n", style=STYLES.get(note.emphasis or "", ""))
+    return [out, notes]
+
+
+def _text(cell: model.Cell) -> Any:
+    from rich.text import Text
+
+    text = Text()
+    for i, line in enumerate(cell.lines()):
+        text.append(("\n" if i else "") + line.text, style=STYLES.get(line.emphasis or "", ""))
+    return text
+
+
+def summary_renderables(results: Sequence[BenchmarkResult]) -> list[Any]:
+    """Rich tables (and footnotes) for ``results``: one per study x family, plus crossovers and best sweep values."""
+    return [r for table in summary_tables(results) for r in to_rich(table)]
+
+
+def render_summary(results: Sequence[BenchmarkResult], width: int = 160, color: bool = False) -> str:
+    """The summary as text (ANSI-coloured when ``color``), for a terminal reporter or a file."""
+    return render_renderables(summary_renderables(results), width, color)
+
+
+def render_renderables(renderables: Sequence[Any], width: int = 160, color: bool = False) -> str:
+    """Render ``model.Table``s or rich renderables to text. A table wider than ``width`` keeps its natural width
+    (the terminal wraps the lines) rather than being squeezed into truncated cells: a number cut to "0.…" is
+    worse than a long line."""
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    buffer = StringIO()
+    console = Console(file=buffer, width=width, force_terminal=color, no_color=not color,
+                      color_system="standard" if color else None, highlight=False, soft_wrap=False)
+    for renderable in [r for item in renderables for r in (to_rich(item) if isinstance(item, model.Table) else [item])]:
+        if isinstance(renderable, Table):
+            natural = Measurement.get(console, console.options.update(width=_MAX_TABLE_WIDTH), renderable).maximum
+            console.width = max(width, min(natural, _MAX_TABLE_WIDTH))
+        else:
+            console.width = width
+        console.print(renderable)
+    return buffer.getvalue()
