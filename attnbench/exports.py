@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable
 
-from attnbench.results import SHAPE_FIELDS, BenchmarkResult, RecordError, case_key
+from attnbench.record import RecordError
+from attnbench.results import SHAPE_FIELDS, BenchmarkResult, case_key
 
 SCHEMA = "attnbench.results/1"
 

@@ -26,7 +26,7 @@ class RecordError(ValueError):
     ``exports.load_results`` turns it into a ``ResultsFileError`` naming the file and the record."""
 
 
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
     if not condition:
         raise RecordError(message)
 
@@ -35,7 +35,7 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     import json
 
     text = json.dumps(value, default=str)
@@ -46,10 +46,10 @@ def _part(cls: type, data: Any, where: str) -> Any:
     """Build frozen dataclass ``cls`` from ``data``, checking each field against its annotation."""
     if data is None:
         return None
-    _require(isinstance(data, dict), f"{where} is {_show(data)}, expected an object")
+    require(isinstance(data, dict), f"{where} is {show(data)}, expected an object")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
-    _require(not unknown, f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
+    require(not unknown, f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
     values = {}
     for name, value in data.items():
         kind = cls.KINDS.get(name, "any")
@@ -57,24 +57,24 @@ def _part(cls: type, data: Any, where: str) -> Any:
         if value is None or kind == "any":
             values[name] = value
         elif kind == "number":
-            _require(is_number(value) and math.isfinite(value), f"{label} is {_show(value)}, expected a finite number")
+            require(is_number(value) and math.isfinite(value), f"{label} is {show(value)}, expected a finite number")
             values[name] = value
         elif kind == "int":
-            _require(isinstance(value, int) and not isinstance(value, bool), f"{label} is {_show(value)}, expected an integer")
+            require(isinstance(value, int) and not isinstance(value, bool), f"{label} is {show(value)}, expected an integer")
             values[name] = value
         elif kind == "str":
-            _require(isinstance(value, str), f"{label} is {_show(value)}, expected a string")
+            require(isinstance(value, str), f"{label} is {show(value)}, expected a string")
             values[name] = value
         elif kind == "object":
-            _require(isinstance(value, dict), f"{label} is {_show(value)}, expected an object")
+            require(isinstance(value, dict), f"{label} is {show(value)}, expected an object")
             values[name] = value
         elif kind == "numbers":
-            _require(isinstance(value, list) and all(is_number(v) and math.isfinite(v) for v in value),
-                     f"{label} is {_show(value)}, expected a list of finite numbers")
+            require(isinstance(value, list) and all(is_number(v) and math.isfinite(v) for v in value),
+                     f"{label} is {show(value)}, expected a list of finite numbers")
             values[name] = tuple(float(v) for v in value)
         elif kind == "ints":
-            _require(isinstance(value, list) and all(isinstance(v, int) for v in value),
-                     f"{label} is {_show(value)}, expected a list of integers")
+            require(isinstance(value, list) and all(isinstance(v, int) for v in value),
+                     f"{label} is {show(value)}, expected a list of integers")
             values[name] = tuple(value)
     return cls(**values)
 
@@ -139,14 +139,14 @@ class TimingSummary:
 
 
 @dataclass(frozen=True)
-class VerificationSummary:
-    """The correctness gate's numbers (``verify.Verification`` as data)."""
+class Verification:
+    """The correctness gate's verdict and numbers (``verify.compare`` makes it; the record carries it)."""
 
     KINDS: ClassVar[dict[str, str]] = {"status": "str", "rel_error": "number", "max_abs_error": "number",
                                        "ref_abs_max": "number", "nonfinite": "int", "first_nonfinite": "ints",
                                        "cache_problem": "str", "rel_tol": "number", "abs_tol": "number",
                                        "reason": "str", "first_call_s": "number"}
-    status: str  # "passed", "failed" or "oracle"
+    status: str  # "passed", "failed" or "oracle" (this is the reference)
     rel_error: float | None = None
     max_abs_error: float | None = None
     ref_abs_max: float | None = None
@@ -156,11 +156,25 @@ class VerificationSummary:
     rel_tol: float | None = None
     abs_tol: float | None = None
     reason: str | None = None
-    first_call_s: float | None = None
+    first_call_s: float | None = None  # host seconds of the first (untimed) call, JIT compilation included
 
     @property
     def passed(self) -> bool:
         return self.status in ("passed", "oracle")
+
+    @classmethod
+    def oracle(cls) -> "Verification":
+        return cls("oracle", reason="REFERENCE is the oracle (tested against a brute-force loop in tests/)")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def summary(self) -> str:
+        parts = [f"rel_error={self.rel_error:.3e} (tol {self.rel_tol:.0e})" if self.rel_error is not None else "",
+                 f"max_abs_error={self.max_abs_error:.3e} (tol {self.abs_tol:.3e})" if self.max_abs_error is not None else "",
+                 f"{self.nonfinite} NaN/inf, first at {self.first_nonfinite}" if self.nonfinite else "",
+                 f"cache write: {self.cache_problem}" if self.cache_problem else ""]
+        return ", ".join(p for p in parts if p)
 
 
 @dataclass(frozen=True)
@@ -217,7 +231,7 @@ class GpuIdentity:
     worker: str | None = None  # the xdist worker id, or None in-process
 
 
-_PARTS: dict[str, type] = {"timing": TimingSummary, "verification": VerificationSummary, "work": Work,
+_PARTS: dict[str, type] = {"timing": TimingSummary, "verification": Verification, "work": Work,
                            "memory": Memory, "host_seconds": HostSeconds, "gpu": GpuIdentity}
 _FREE = ("backend_info", "kernels", "search")  # what vLLM or a plugin reports, kept as given
 
@@ -229,7 +243,7 @@ class CaseRecord:
 
     key: CaseKey
     timing: TimingSummary
-    verification: VerificationSummary
+    verification: Verification
     work: Work = field(default_factory=Work)
     backend_info: Mapping[str, Any] = field(default_factory=dict)
     kernels: Mapping[str, Any] | None = None
@@ -270,21 +284,21 @@ class CaseRecord:
     @classmethod
     def from_json(cls, data: Any, samples: Any = None) -> "CaseRecord":
         """The record ``to_json`` wrote; ``samples`` (pytest-benchmark's ``stats.data``) fill in the timing's."""
-        _require(isinstance(data, dict), f"record is {_show(data)}, expected an object")
-        _require(data.get("schema") == SCHEMA, f"record schema is {_show(data.get('schema'))}, expected {SCHEMA}")
+        require(isinstance(data, dict), f"record is {show(data)}, expected an object")
+        require(data.get("schema") == SCHEMA, f"record schema is {show(data.get('schema'))}, expected {SCHEMA}")
         for required in ("backend", "batch_spec", "timing", "verification"):
-            _require(required in data, f"record has no {required!r}")
+            require(required in data, f"record has no {required!r}")
         key_names = {f.name for f in fields(CaseKey)}
         known = key_names | set(_PARTS) | set(_FREE) | {"schema", "verified"}
         unknown = sorted(set(data) - known)
-        _require(not unknown, f"record: unknown key(s) {', '.join(map(str, unknown))}")
+        require(not unknown, f"record: unknown key(s) {', '.join(map(str, unknown))}")
         key = _part(CaseKey, {k: v for k, v in data.items() if k in key_names}, "record")
         parts = {name: _part(kind, data.get(name), name) for name, kind in _PARTS.items()}
         if samples is not None:
             timing = dict(data["timing"], samples=samples)
             parts["timing"] = _part(TimingSummary, timing, "timing")
         for name in _FREE:
-            _require(data.get(name) is None or isinstance(data[name], dict), f"{name} is {_show(data.get(name))}, "
+            require(data.get(name) is None or isinstance(data[name], dict), f"{name} is {show(data.get(name))}, "
                                                                               f"expected an object")
         return cls(key=key, timing=parts["timing"], verification=parts["verification"],
                    work=parts["work"] or Work(), backend_info=data.get("backend_info") or {},

@@ -27,7 +27,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Iterable
 
 from attnbench.record import SCHEMA as RECORD_SCHEMA
-from attnbench.record import CaseRecord, RecordError
+from attnbench.record import CaseRecord
+from attnbench.record import is_number as _is_number
+from attnbench.record import require as _require
+from attnbench.record import show as _show
 from grammar import get_batch_stats, parse_batch_spec
 
 if TYPE_CHECKING:  # runner imports torch; reading saved results must not need it
@@ -376,23 +379,9 @@ def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise RecordError(message)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
             int: "a number", float: "a number"}.get(type(value), f"a {type(value).__name__}")
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return f"{text[:40]}..." if len(text) > 43 else text
 
 
 def _keys(record: dict[str, Any]) -> str:

@@ -17,8 +17,7 @@ import torch
 from attnbench import hardware, metrics, timing
 from attnbench.cases import BenchCase
 from attnbench.contract import CaseAdapter, LayerCall, SkipCase, load_adapter
-from attnbench.record import (CaseKey, CaseRecord, GpuIdentity, HostSeconds, Memory, TimingSummary,
-                              VerificationSummary, Work)
+from attnbench.record import CaseKey, CaseRecord, GpuIdentity, HostSeconds, Memory, TimingSummary, Work
 from attnbench.verify import Verification, compare
 from attnbench.workload import resolve_device
 
@@ -55,12 +54,8 @@ class CaseResult:
         metrics = dict(self.metrics)
         kernels = metrics.pop("kernels", None)
         work = Work(**{k: v for k, v in metrics.items() if k in Work.KINDS})
-        v = self.verification
-        verification = VerificationSummary(v.status, v.rel_error, v.max_abs_error, v.ref_abs_max, v.nonfinite,
-                                           v.first_nonfinite, v.cache_problem, v.rel_tol, v.abs_tol, v.reason,
-                                           v.first_call_s)
         return CaseRecord(
-            key=CaseKey(**{**described, "cache_state": t.cache_state}), timing=timing_part, verification=verification,
+            key=CaseKey(**{**described, "cache_state": t.cache_state}), timing=timing_part, verification=self.verification,
             work=work, backend_info=dict(self.info), kernels=kernels,
             memory=Memory(**self.memory) if self.memory else None,
             host_seconds=HostSeconds(**self.host_seconds) if self.host_seconds else None,

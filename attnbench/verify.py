@@ -3,46 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from attnbench.record import Verification
+
 # bf16/fp16 operands: ~2^-8 relative rounding per element; accumulated attention lands at 1e-3..1e-2.
 TOLERANCE = {"bfloat16": (2e-2, 5e-2), "float16": (1e-2, 2e-2), "float32": (1e-4, 1e-3)}  # (rel L2, max-abs / max|ref|)
-
-
-@dataclass(frozen=True)
-class Verification:
-    status: str  # "passed", "failed" or "oracle" (this is the reference)
-    rel_error: float | None = None
-    max_abs_error: float | None = None
-    ref_abs_max: float | None = None
-    nonfinite: int = 0
-    first_nonfinite: tuple[int, ...] | None = None
-    cache_problem: str | None = None
-    rel_tol: float | None = None
-    abs_tol: float | None = None
-    reason: str | None = None
-    first_call_s: float | None = None  # host seconds of the first (untimed) call, JIT compilation included
-
-    @property
-    def passed(self) -> bool:
-        return self.status in ("passed", "oracle")
-
-    @classmethod
-    def oracle(cls) -> "Verification":
-        return cls("oracle", reason="REFERENCE is the oracle (tested against a brute-force loop in tests/)")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-    def summary(self) -> str:
-        parts = [f"rel_error={self.rel_error:.3e} (tol {self.rel_tol:.0e})" if self.rel_error is not None else "",
-                 f"max_abs_error={self.max_abs_error:.3e} (tol {self.abs_tol:.3e})" if self.max_abs_error is not None else "",
-                 f"{self.nonfinite} NaN/inf, first at {self.first_nonfinite}" if self.nonfinite else "",
-                 f"cache write: {self.cache_problem}" if self.cache_problem else ""]
-        return ", ".join(p for p in parts if p)
 
 
 CHUNK_ELEMENTS = 1 << 26  # rows compared at a time: a few hundred MB of float32 temporaries, not the output x3

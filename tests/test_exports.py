@@ -247,7 +247,7 @@ def test_binary_results_file_is_a_results_file_error(tmp_path: Path) -> None:
 
 
 def test_record_builders_reject_malformed_input_with_a_value_error() -> None:
-    from attnbench.results import RecordError
+    from attnbench.record import RecordError
 
     for bad in (1, [], {"foo": 1}, {"backend": "A"}, {"backend": "A", "batch_spec": "q1", "rounds": "3"},
                 {"backend": "A", "batch_spec": "q1", "status": "exploded"}, {"config": {"backend": "x"}},
