@@ -17,6 +17,11 @@ import statistics
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Mapping
 
+# Model dimensions as upstream's BenchmarkConfig names them; MLA-only ones are absent for standard attention.
+SHAPE_FIELDS = ("num_layers", "head_dim", "num_q_heads", "num_kv_heads", "block_size", "dtype", "kv_cache_dtype",
+                "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+_SHAPE_NAMES = ("dtype", "kv_cache_dtype")  # the shape fields that are names, not counts
+
 SCHEMA = 2  # 1: the flat extra_info of 2026-11 (read by results.BenchmarkResult's legacy path); 2: this record
 
 
@@ -293,6 +298,10 @@ class CaseRecord:
         unknown = sorted(set(data) - known)
         require(not unknown, f"record: unknown key(s) {', '.join(map(str, unknown))}")
         key = _part(CaseKey, {k: v for k, v in data.items() if k in key_names}, "record")
+        for name, value in (key.shape or {}).items():
+            expected = "a string" if name in _SHAPE_NAMES else "an integer"
+            ok = isinstance(value, str) if name in _SHAPE_NAMES else isinstance(value, int) and not isinstance(value, bool)
+            require(value is None or ok, f"shape.{name} is {show(value)}, expected {expected}")
         parts = {name: _part(kind, data.get(name), name) for name, kind in _PARTS.items()}
         if samples is not None:
             timing = dict(data["timing"], samples=samples)

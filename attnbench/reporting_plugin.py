@@ -19,6 +19,7 @@ FILE's rows into the outputs.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import platform
@@ -263,10 +264,10 @@ class ReportingSession:
         """Every GPU that timed a case of this session (index, name, UUID), from the cases' records."""
         seen: dict[str, dict[str, Any]] = {}
         for result in self.results:
-            gpu = result.extra.get("gpu")
-            if isinstance(gpu, dict):
-                seen.setdefault(str(gpu.get("uuid") or gpu.get("index")), gpu)
-        return sorted(seen.values(), key=lambda g: str(g.get("index")))
+            gpu = result.case_record.gpu if result.case_record else None
+            if gpu is not None:
+                seen.setdefault(str(gpu.uuid or gpu.index), dataclasses.asdict(gpu))
+        return sorted(seen.values(), key=lambda g: str(g["index"]))
 
     @pytest.hookimpl(trylast=True)  # after attnbench.plugin filled machine_info["attnbench"]
     def pytest_benchmark_update_machine_info(self, config: pytest.Config, machine_info: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ a record without them (a plain pytest-benchmark test) falls back to its fullname
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Iterable
 
 from attnbench.record import SCHEMA as RECORD_SCHEMA
-from attnbench.record import CaseRecord
+from attnbench.record import SHAPE_FIELDS, CaseRecord
 from attnbench.record import is_number as _is_number
 from attnbench.record import require as _require
 from attnbench.record import show as _show
@@ -40,9 +41,6 @@ if TYPE_CHECKING:  # runner imports torch; reading saved results must not need i
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 STATUSES = (PASSED, FAILED, SKIPPED)
 
-# Model dimensions as upstream's BenchmarkConfig names them; MLA-only ones are None for standard attention.
-SHAPE_FIELDS = ("num_layers", "head_dim", "num_q_heads", "num_kv_heads", "block_size", "dtype", "kv_cache_dtype",
-                "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
 # extra_info keys that become first-class fields; everything else is kept under ``extra``.
 _LIFTED_INFO = {"study", "family", "backend", "batch_spec", "shape", "sweep_param", "sweep_value", "pipeline",
@@ -228,9 +226,11 @@ class BenchmarkResult:
                      "std_time": stats.get("stddev"), "min_time": stats.get("min"), "max_time": stats.get("max"),
                      "iqr_time": stats.get("iqr"), "rounds": int(stats.get("rounds") or 0)}
         info = dict(_container(entry, "extra_info", "extra_info") or {})
+        if info.get("schema") is None and isinstance(info.get("timing"), dict) and "verification" in info:
+            info = upgrade_schema_1(info)  # a timed case of a 2026-11 file
         if info.get("schema") == RECORD_SCHEMA:
             CaseRecord.from_json(info)  # every field typed and checked; names the wrong one
-        else:
+        else:  # a plain pytest-benchmark test (no attnbench record)
             info.setdefault("backend", None)
             info.setdefault("batch_spec", None)
             _check_info(info)
@@ -244,6 +244,8 @@ class BenchmarkResult:
     def _from_info(cls, info: dict[str, Any], times: dict[str, Any], samples: list[float], *, status: str,
                    error: str | None, timer: str | None, fullname: str | None,
                    fallback_name: str | None = None) -> "BenchmarkResult":
+        if info.get("schema") is None and isinstance(info.get("timing"), dict) and "verification" in info:
+            info = upgrade_schema_1(info)
         shape = info.get("shape") or {}
         memory = info.get("memory") or {}
         # schema 2 (the typed record) keeps the work model under "work"; the flat schema 1 at the top
@@ -270,9 +272,10 @@ class BenchmarkResult:
         result._fill_rates(work)
         return result
 
-    @property
+    @functools.cached_property
     def case_record(self) -> CaseRecord | None:
-        """The runner's typed record behind this result (schema 2), or None (untimed, or an older file)."""
+        """The runner's typed record behind this timed result (files of schema 1 are upgraded on load), or None
+        (a skipped or failed case, or a plain pytest-benchmark test)."""
         if self.extra.get("schema") != RECORD_SCHEMA or "timing" not in self.extra:
             return None
         key = {"backend": self.backend, "batch_spec": self.batch_spec, "family": self.family, "study": self.study,
@@ -345,6 +348,27 @@ class BenchmarkResult:
                       status=FAILED if error else PASSED, error=error)
         _check_fields(kwargs, renamed={"throughput": "throughput_tokens_per_sec"})
         return cls(**kwargs)
+
+
+_TIMING_FACTS_V1 = ("time_unit", "working_set_bytes", "l2_bytes")  # top-level in schema 1, in ``timing`` since 2
+
+
+def upgrade_schema_1(info: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 (flat, 2026-11) ``extra_info`` of a timed case as the schema-2 record JSON: the work model
+    moves under ``work`` and the timing facts under ``timing``; nothing else changes."""
+    from attnbench.record import Work
+
+    out: dict[str, Any] = {"schema": RECORD_SCHEMA}
+    timing = dict(info.get("timing") or {})
+    for key, value in info.items():
+        if key in Work.KINDS:
+            out.setdefault("work", {})[key] = value
+        elif key in _TIMING_FACTS_V1:
+            timing.setdefault(key, value)
+        elif key != "timing":
+            out[key] = value
+    out["timing"] = timing
+    return out
 
 
 def case_key(result: BenchmarkResult) -> tuple:

@@ -220,29 +220,22 @@ def _span(values: Sequence[float]) -> str:
     return significant(lo) if significant(lo) == significant(hi) else f"{significant(lo)}–{significant(hi)}"
 
 
-def _timing(result: BenchmarkResult, key: str) -> Any:
-    """A timing fact: under ``timing`` in the typed record (schema 2), at the top in the flat schema 1."""
-    value = info(result, "timing", key)
-    return value if value is not None else result.extra.get(key)
-
-
 def methodology(baseline: Baseline) -> str:
     results = baseline.results
-    modes = Counter(info(r, "timing", "mode") or "?" for r in results)
-    caches = Counter(r.cache_state or info(r, "timing", "cache_state") or "?" for r in results)
+    records = [rec for r in results if (rec := r.case_record) is not None]  # the timed cases, typed
+    modes = Counter(rec.timing.mode for rec in records) or Counter({"?": len(results)})
+    caches = Counter(r.cache_state or "?" for r in results)
     timers = Counter(r.timer or "?" for r in results)
-    units = Counter(_timing(r, "time_unit") or "seconds per call" for r in results)
-    statuses = Counter((r.extra.get("verification") or {}).get("status") or ("passed" if r.verified else "none")
-                       for r in results)
+    units = Counter(rec.timing.time_unit or "seconds per call" for rec in records)
+    statuses = Counter(rec.verification.status for rec in records)
     verified = sum(1 for r in results if r.verified)
-    rel_errors = [v["rel_error"] for r in results if (v := r.extra.get("verification") or {}).get("rel_error")
-                  is not None]
-    tolerances = sorted({v["rel_tol"] for r in results if (v := r.extra.get("verification") or {}).get("rel_tol")})
+    rel_errors = [rec.verification.rel_error for rec in records if rec.verification.rel_error is not None]
+    tolerances = sorted({rec.verification.rel_tol for rec in records if rec.verification.rel_tol})
     rounds = [r.rounds for r in results if r.rounds]
-    stopped = Counter(info(r, "timing", "stopped_by") or "?" for r in results)
-    sets = [info(r, "timing", "buffer_sets") for r in results if info(r, "timing", "buffer_sets")]
-    ratios = [_timing(r, "working_set_bytes") / _timing(r, "l2_bytes") for r in results
-              if _timing(r, "working_set_bytes") and _timing(r, "l2_bytes")]
+    stopped = Counter(rec.timing.stopped_by or "?" for rec in records)
+    sets = [rec.timing.buffer_sets for rec in records if rec.timing.buffer_sets]
+    ratios = [rec.timing.working_set_bytes / rec.timing.l2_bytes for rec in records
+              if rec.timing.working_set_bytes and rec.timing.l2_bytes]
     regions = {(r.family or "-"): info(r, "backend_info", "timed_region") for r in results
                if info(r, "backend_info", "timed_region")}
     methods = Counter(info(r, "kernels", "method") and re.sub(r"\d+ calls", "N calls", info(r, "kernels", "method"))
@@ -587,7 +580,7 @@ def render_short(baseline: Baseline) -> str:
 
 def how_measured(results: Sequence[BenchmarkResult]) -> str:
     """'CUDA-graph replay, cold L2, all verified against the reference', from the results themselves."""
-    modes = sorted({info(r, "timing", "mode") or "?" for r in results})
+    modes = sorted({rec.timing.mode if (rec := r.case_record) else "?" for r in results})
     caches = sorted({r.cache_state or "?" for r in results})
     verified = sum(1 for r in results if r.verified)
     mode_text = "CUDA-graph replay" if modes == ["cuda-graph"] else "timing " + "/".join(modes)

@@ -264,7 +264,7 @@ def _time_cell(r: BenchmarkResult, notes: Footnotes, label: str) -> Cell:
 
 
 def _verified_mark(r: BenchmarkResult) -> str:
-    status = (r.extra.get("verification") or {}).get("status")
+    status = r.case_record.verification.status if r.case_record else None
     if status in MARKS:
         return MARKS[status]
     return "✓" if r.verified else "–"
