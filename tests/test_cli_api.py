@@ -1,4 +1,4 @@
-"""The seed's command lines (benchmark.py) and Python API run through this suite unchanged."""
+"""Upstream's command lines (benchmark.py) and Python API run through this suite unchanged."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_seed_flags_translate_to_the_suite_options(argv, expected):
     for flag in expected[::2]:
         if flag.startswith("--"):
             assert flag in args
-    assert "--config" not in args  # the seed's --config is this suite's --bench-config
+    assert "--config" not in args  # upstream's --config is this suite's --bench-config
 
 
 def test_pytest_arguments_pass_through():
@@ -59,7 +59,7 @@ def test_value_flags_are_the_pytest_options_and_carry_their_value():
 
 @pytest.mark.parametrize("abbreviation", ["--co", "--sw", "--conf", "--batch", "--num"])
 def test_pytest_short_spellings_are_not_taken_as_abbreviated_seed_flags(abbreviation):
-    # --co is pytest's --collect-only, --sw its --stepwise: not the seed's --config / an ambiguous --sweep-*
+    # --co is pytest's --collect-only, --sw its --stepwise: not upstream's --config / an ambiguous --sweep-*
     args = benchmark.to_pytest_args(["--batch-specs", "q1s1k", abbreviation, "-q"])
     assert args[-2:] == [abbreviation, "-q"]
     assert "--bench-config" not in args
