@@ -21,7 +21,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, Sequence
 
 from attnbench.record import RecordError
 from attnbench.results import SHAPE_FIELDS, BenchmarkResult, case_key
@@ -154,8 +154,11 @@ class _NotRecords(ResultsFileError):
     """A journal whose lines are JSON but none of them a result record."""
 
 
-def load_results(path: str | os.PathLike[str]) -> LoadedResults:
+def load_results(path: str | os.PathLike[str], *, allow_empty: bool = False) -> LoadedResults:
     """Read a results file of any kind ``load_results`` knows (see the module docstring).
+
+    A file that holds no results (empty, ``[]``, zero benchmarks) is an error unless ``allow_empty``: a
+    comparison or a plot of nothing would otherwise pass quietly.
 
     Anything unreadable — a missing file, a binary or non-UTF-8 file, JSON of the wrong shape, a record with
     a missing or mistyped field — is a ``ResultsFileError`` naming the file and what is wrong, never a bare
@@ -173,6 +176,13 @@ def load_results(path: str | os.PathLike[str]) -> LoadedResults:
     except UnicodeDecodeError as exc:
         raise ResultsFileError(f"{p}: not a text results file (byte {exc.start} is not UTF-8: "
                                f"{raw[exc.start:exc.start + 1]!r})") from None
+    loaded = _load_text(p, text)
+    if not loaded.results and not allow_empty:
+        raise ResultsFileError(f"{p}: holds no results ({'an empty file' if not text.strip() else 'zero records'})")
+    return loaded
+
+
+def _load_text(p: Path, text: str) -> LoadedResults:
     stripped = text.lstrip()
     if not stripped:
         return LoadedResults([], None, "journal")
@@ -300,6 +310,40 @@ def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
         return f"cannot create a file in {folder}: {exc.strerror or exc}"
     os.close(fd)
     os.unlink(probe)
+    return None
+
+
+def unusable_folder_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be an output folder (None when it can): it must be a folder, or creatable, and
+    writable. Nothing is left behind."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        return "it is not a folder"
+    folder = p
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".attnbench-probe.")
+    except OSError as exc:
+        return f"cannot create a file in {folder}: {exc.strerror or exc}"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def path_conflict(outputs: Sequence[tuple[str, str]], inputs: Sequence[tuple[str, str]] = ()) -> str | None:
+    """The first clash among a session's files, as one line naming both options: two outputs (journals
+    included) on one path, or an output on an input. ``outputs``/``inputs`` are (option, path) pairs."""
+    seen: dict[Path, str] = {}
+    for option, path in inputs:
+        seen.setdefault(Path(path).resolve(), f"{option} {path}")
+    for option, path in outputs:
+        key = Path(path).resolve()
+        if key in seen:
+            return f"{option} {path}: the same file as {seen[key]}"
+        seen[key] = f"{option} {path}"
     return None
 
 

@@ -33,8 +33,9 @@ from attnbench.bench_shim import TIMER_NAMES, BenchmarkView, add_to_session, rec
 from attnbench.cases import BenchCase
 from attnbench.reporting.verdicts import (SLOWER, THRESHOLD, GpuMismatch, Verdict, check_gpu, compare_results,
                                           counts, gpu_name, verdict_table, write_verdict_json)
-from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, load_results,
-                               merge_results, partial_path, unwritable_reason)
+from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, crossover_csv_path,
+                               load_results, merge_results, partial_path, path_conflict, unusable_folder_reason,
+                               unwritable_reason)
 from attnbench.plugin import STUDY_KEY, backend_for_item, compose_case
 from attnbench.recording import CASE_RESULT_ATTRIBUTE
 from attnbench.results import FAILED, PASSED, SKIPPED, BenchmarkResult, case_key, describe_key
@@ -198,15 +199,46 @@ class ReportingSession:
                 self.warnings.append(warning)
 
     def _check_outputs_writable(self) -> None:
-        """An output that cannot be written is a usage error now, not a crash after every case has run."""
-        for option, path in (("--output-json", self.study.output_json), ("--output-csv", self.study.output_csv)):
-            if not path:
-                continue
+        """Every output path is checked now, not after every case has run: writable, and no two files of the
+        session (outputs, their journal, the crossover CSV, inputs) on one path."""
+        opt = self.config.getoption
+
+        def where(option: str) -> str:  # the flag, or the YAML key it came from
+            given = opt(option[2:].replace("-", "_"))
+            return option if given else f"{self.study.source or 'the study file'}: output.{option[9:]}"
+
+        files = [(where(o), p) for o, p in (("--output-json", self.study.output_json),
+                                             ("--output-csv", self.study.output_csv)) if p]
+        for label, path in files:
             reason = unwritable_reason(path)
             if reason is not None:
-                given = self.config.getoption(option[2:].replace("-", "_"))
-                where = option if given else f"{self.study.source or 'the study file'}: output.{option[9:]}"
-                raise pytest.UsageError(f"{where} {path}: cannot write the results there: {reason}")
+                raise pytest.UsageError(f"{label} {path}: cannot write the results there: {reason}")
+        if opt("verdict_json"):
+            reason = unwritable_reason(opt("verdict_json"))
+            if reason is not None:
+                raise pytest.UsageError(f"--verdict-json {opt('verdict_json')}: cannot write the verdicts there: "
+                                        f"{reason}")
+            files.append(("--verdict-json", opt("verdict_json")))
+        if opt("plot") or opt("plot_dir"):
+            folder = opt("plot_dir") or (str(Path(self.output_path).parent) if self.output_path else "results")
+            reason = unusable_folder_reason(folder)
+            if reason is not None:
+                raise pytest.UsageError(f"--plot-dir {folder}: cannot write plots there: {reason}")
+        derived = []  # files the session writes beside the named ones: named first, so a clash names the option
+        if self.output_path:
+            derived.append(("the journal", str(partial_path(self.output_path))))
+        if self.study.output_csv:
+            derived.append(("the crossover CSV", str(crossover_csv_path(self.study.output_csv))))
+        outputs = derived + files
+        # --resume may name this session's own --output-json: its rows are carried into the rewritten file
+        inputs = [("--baseline-json", opt("baseline_json"))] if opt("baseline_json") else []
+        resume = opt("resume")
+        if resume and not (self.study.output_json and _same_path(resume, self.study.output_json)) \
+                and not (self.output_path and _same_path(resume, partial_path(self.output_path))):
+            inputs.append(("--resume", resume))
+        clash = path_conflict(outputs, inputs)
+        if clash:
+            raise pytest.UsageError(clash)
 
     @property
     def output_path(self) -> str | None:
@@ -300,7 +332,7 @@ class ReportingSession:
 
     def _write_outputs(self) -> None:
         assert self.journal is not None
-        rows = merge_results(load_results(self.journal.path).results)  # the journal is the record of truth
+        rows = merge_results(load_results(self.journal.path, allow_empty=True).results)  # the record of truth
         formatter = ResultsFormatter(machine_info=session_machine_info(self.study))
         written = []
         if self.study.output_csv:
@@ -401,6 +433,10 @@ def session_machine_info(study: Study) -> dict[str, Any]:
 
     return {"node": platform.node(), "python": platform.python_version(), "system": platform.system(),
             "attnbench": machine_info(study.run.device)}
+
+
+def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _same_file(path: Path, other: str | None) -> bool:

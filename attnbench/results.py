@@ -50,7 +50,7 @@ _LIFTED_INFO = {"study", "family", "backend", "batch_spec", "shape", "sweep_para
 
 # Field types a stored record must have (None always allowed except where noted), checked before use so a
 # malformed file is one clear error, never a TypeError deep in the reporting code.
-_NUMBER = "a number"
+_NUMBER = "a number"  # finite: NaN and inf are refused too
 _STR = "a string"
 _FIELD_TYPES: dict[str, str] = {
     **{name: _NUMBER for name in ("mean_time", "median_time", "std_time", "min_time", "max_time", "iqr_time",
@@ -214,14 +214,16 @@ class BenchmarkResult:
         raw = stats.get("data") or []
         _require(isinstance(raw, list), f"stats.data is {_kind(raw)}, expected a list of numbers")
         for i, sample in enumerate(raw):
-            _require(_is_number(sample), f"stats.data[{i}] is {_show(sample)}, expected a number")
+            _require(_is_number(sample) and math.isfinite(sample), f"stats.data[{i}] is {_show(sample)}, "
+                                                                  f"expected a number")
         data = [float(s) for s in raw]
         if data:
             times = _times_from_samples(data)
         else:  # --benchmark-save keeps only the summary unless --benchmark-save-data
             for key in ("mean", "median", "stddev", "min", "max", "iqr", "rounds"):
                 value = stats.get(key)
-                _require(value is None or _is_number(value), f"stats.{key} is {_show(value)}, expected a number")
+                _require(value is None or (_is_number(value) and math.isfinite(value)),
+                         f"stats.{key} is {_show(value)}, expected a number")
             times = {"mean_time": stats.get("mean"), "median_time": stats.get("median"),
                      "std_time": stats.get("stddev"), "min_time": stats.get("min"), "max_time": stats.get("max"),
                      "iqr_time": stats.get("iqr"), "rounds": int(stats.get("rounds") or 0)}
@@ -428,9 +430,10 @@ def _check_value(name: str, value: Any, label: str | None = None) -> None:
     if value is None:
         _require(name not in _NOT_NULL, f"{label} is null, expected {expected}")
         return
-    ok = {_NUMBER: _is_number(value), _STR: isinstance(value, str), "true or false": isinstance(value, bool),
+    finite = lambda v: _is_number(v) and math.isfinite(v)  # noqa: E731 - NaN/inf in a file is corruption
+    ok = {_NUMBER: finite(value), _STR: isinstance(value, str), "true or false": isinstance(value, bool),
           "an object": isinstance(value, dict),
-          "a list of numbers": isinstance(value, list) and all(_is_number(v) for v in value)}[expected]
+          "a list of numbers": isinstance(value, list) and all(finite(v) for v in value)}[expected]
     _require(ok, f"{label} is {_show(value)}, expected {expected}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import random
 from pathlib import Path
 
@@ -208,3 +209,33 @@ def test_runs_on_different_device_kinds_are_different_cases() -> None:
     assert sorted(v.verdict for v in compare_results([on("cpu")], [on("cuda")])) == [MISSING, NEW]
     [same] = compare_results([on("cuda")], [on("cuda:0")])
     assert same.verdict == SAME
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "holds no results (an empty file)"),
+    ('{"benchmarks": []}', "holds no results (zero records)"),
+    ("[]", "holds no results (zero records)"),
+])
+def test_compare_refuses_a_file_with_nothing_in_it(tmp_path, content, message) -> None:
+    from attnbench.exports import ResultsFileError, load_results
+
+    path = tmp_path / "new.json"
+    path.write_text(content)
+    with pytest.raises(ResultsFileError, match=re.escape(message)):
+        load_results(path)
+    assert load_results(path, allow_empty=True).results == []  # the journal writer's own read
+
+
+def test_nan_or_infinite_numbers_in_a_file_are_refused(tmp_path) -> None:
+    from attnbench.exports import ResultsFileError, load_results
+
+    entry = {"name": "t", "fullname": "t", "extra_info": {}, "options": {},
+             "stats": {"median": float("nan"), "mean": 1.0, "rounds": 3}}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"benchmarks": [entry]}))
+    with pytest.raises(ResultsFileError, match=r"stats\.median is NaN"):
+        load_results(path)
+    entry["stats"] = {"data": [1e-3, float("inf")]}
+    path.write_text(json.dumps({"benchmarks": [entry]}))
+    with pytest.raises(ResultsFileError, match=r"stats\.data\[1\] is Infinity"):
+        load_results(path)

@@ -277,3 +277,32 @@ def test_resume_from_another_device_kind_deselects_nothing(tmp_path: Path) -> No
         assert proc.returncode == (5 if deselected else 0), proc.stdout + proc.stderr  # 5: nothing left to run
         assert ("1 case(s) already done" in proc.stdout) is deselected, (device, proc.stdout)
         assert ("1 passed" in proc.stdout) is not deselected, (device, proc.stdout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--plot", "--plot-dir", "/proc/attnbench-x"], "--plot-dir /proc/attnbench-x: cannot write plots there"),
+    (["--verdict-json", "/proc/v.json"], "--verdict-json /proc/v.json: cannot write the verdicts there"),
+    (["--output-csv", "{tmp}/x", "--output-json", "{tmp}/x"], "--output-csv {tmp}/x: the same file as --output-json"),
+    (["--output-json", "{tmp}/c.json", "--output-csv", "{tmp}/c.json.partial.jsonl"],
+     "--output-csv {tmp}/c.json.partial.jsonl: the same file as the journal {tmp}/c.json.partial.jsonl"),
+    (["--output-csv", "{tmp}/r.csv", "--output-json", "{tmp}/r.crossover.csv"],
+     "--output-json {tmp}/r.crossover.csv: the same file as the crossover CSV"),
+    (["--output-json", "{tmp}/b.json", "--baseline-json", "{tmp}/b.json"],
+     "--output-json {tmp}/b.json: the same file as --baseline-json {tmp}/b.json"),
+])
+def test_clashing_or_unusable_paths_are_one_usage_error_before_anything_runs(tmp_path: Path, args, message) -> None:
+    if any(a.startswith("--baseline-json") for a in args):
+        (tmp_path / "b.json").write_text(json.dumps({"schema": 1, "results": [
+            {"backend": "REFERENCE", "batch_spec": "q1s64", "status": "passed", "median_time": 1e-3,
+             "mean_time": 1e-3, "rounds": 3, "samples": [1e-3] * 3}]}))
+    given = [a.format(tmp=tmp_path) for a in args]
+    proc = run_pytest("bench_attention", *CPU, "-k", "REFERENCE", "--batch-specs", "q1s64", *given)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert message.format(tmp=tmp_path) in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["b.json"] if "b.json" in message else [])
+
+
+def test_plot_command_refuses_an_unusable_folder_before_any_work() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "plot", "no-such.json", "--out", "/proc/p"],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--out /proc/p: cannot write plots there" in proc.stderr
