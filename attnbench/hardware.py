@@ -103,6 +103,23 @@ def gpu_identity(device: Any) -> dict[str, Any] | None:
             "worker": os.environ.get("PYTEST_XDIST_WORKER")}
 
 
+def host_available_bytes() -> int | None:
+    """Memory the host can still give a process (Linux MemAvailable; None where unknown)."""
+    import os
+
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _nvidia_smi(fields: str) -> list[str] | None:
     if not shutil.which("nvidia-smi"):
         return None

@@ -18,6 +18,7 @@ from attnbench.shapes import ShapeError, sweepable_keys, with_value
 from attnbench.study import AUTO, BACKEND_PARAMS, Study, StudyError, build_study, check_shape, load_study_file
 
 STUDY_KEY = pytest.StashKey[Study]()
+MAX_CASES = 200_000  # per family and session: a typo in a range must not become hours of collection
 ERRORS_KEY = pytest.StashKey[list]()
 
 
@@ -90,6 +91,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                         with_value(shape, sweep.param, value)
                     except ShapeError as exc:
                         raise StudyError(f"--sweep-values: {sweep.param}={value}: {exc}") from None
+        cases = len(backends) * len(specs) * (len(sweep.points()) if sweep else 1) * (2 if mode != "standard" else 1)
+        if cases > MAX_CASES:
+            raise StudyError(f"{study.source or 'the command line'}: the study has {cases} {family} cases "
+                             f"({len(backends)} backends x {len(specs)} batch specs"
+                             + (f" x {len(sweep.points())} sweep values" if sweep else "")
+                             + (" x 2 pipelines" if mode != "standard" else "")
+                             + f"), more than the limit {MAX_CASES}: split it into several studies")
     except (StudyError, ValueError) as exc:
         # command-line dimensions apply to every collected family; say how to aim them at one
         hint = "" if study.source else {"attention": " (dimensions meant for MLA? run only bench_mla)",

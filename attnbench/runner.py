@@ -184,9 +184,13 @@ def _verify(layer: LayerCall, case: BenchCase) -> Verification:
 
 def _check_memory(adapter: CaseAdapter, n_buffers: int, device: torch.device, profile: bool) -> dict[str, Any]:
     """Skip, with the numbers, a case whose buffers would not fit; record the estimate when profiling."""
-    if device.type != "cuda":
-        return {"kv_and_buffers_bytes": adapter.estimate_bytes(n_buffers)} if profile else {}
     need = adapter.estimate_bytes(n_buffers)
+    if device.type != "cuda":  # the host's memory bounds a CPU case just as the GPU's bounds a GPU case
+        available = hardware.host_available_bytes()
+        if available is not None and need > 0.9 * available:
+            raise SkipCase(f"needs ~{need / 2**30:.1f} GiB for {n_buffers} layer buffers, "
+                           f"{available / 2**30:.1f} GiB available on the host")
+        return {"kv_and_buffers_bytes": need} if profile else {}
     free, total = torch.cuda.mem_get_info(device)
     if need > 0.9 * free:
         raise SkipCase(f"needs ~{need / 2**30:.1f} GiB for {n_buffers} layer buffers, "

@@ -28,9 +28,10 @@ from typing import Any
 
 from .batch_spec import BatchSpecError, parse_batch_spec, to_batch_spec
 
-__all__ = ["MAX_COMBINATIONS", "generate_batch_specs_from_ranges"]
+__all__ = ["MAX_COMBINATIONS", "MAX_SPECS", "generate_batch_specs_from_ranges"]
 
 MAX_COMBINATIONS = 100_000
+MAX_SPECS = 100_000  # all entries together: 100 entries under the per-entry limit must not make 10^7 specs
 _RANGE_KEYS = frozenset({"start", "stop", "step", "end_inclusive"})
 
 
@@ -107,6 +108,7 @@ def generate_batch_specs_from_ranges(ranges: list[dict[str, Any]]) -> list[str]:
     if isinstance(ranges, (str, bytes, Mapping)) or not isinstance(ranges, Sequence):
         raise BatchSpecError(f"batch_spec_ranges must be a list of dicts, got {type(ranges).__name__}")
     specs: dict[str, str] = {}  # canonical spec -> first spelling seen (insertion-ordered)
+    expanded = 0  # specs the entries so far expand to, before de-duplication
     for index, entry in enumerate(ranges):
         where = f"batch_spec_ranges[{index}]"
         if not isinstance(entry, Mapping):
@@ -133,6 +135,10 @@ def generate_batch_specs_from_ranges(ranges: list[dict[str, Any]]) -> list[str]:
         total = math.prod(len(axis) for axis in axes)
         if total > MAX_COMBINATIONS:
             raise BatchSpecError(f"{where}: expands to {total} specs, limit {MAX_COMBINATIONS}")
+        expanded += total
+        if expanded > MAX_SPECS:
+            raise BatchSpecError(f"{where}: entries 0..{index} expand to {expanded} specs, more than the limit "
+                                 f"{MAX_SPECS} for all entries together")
         for combo in itertools.product(*axes):
             values = dict(zip(keys, combo))
             try:

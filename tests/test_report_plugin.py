@@ -306,3 +306,11 @@ def test_plot_command_refuses_an_unusable_folder_before_any_work() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "plot", "no-such.json", "--out", "/proc/p"],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--out /proc/p: cannot write plots there" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--num-layers", "100000000"], ["--batch-specs", "q1s100000k"]])
+def test_a_cpu_case_that_cannot_fit_in_host_memory_is_a_skip_with_the_numbers(args) -> None:
+    proc = run_pytest("bench_attention", *CPU, "-k", "REFERENCE", "--batch-specs", "q1s64", *args, "-rs")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"needs ~[\d.]+ GiB for \d+ layer buffers, [\d.]+ GiB available on the host", proc.stdout)
+    assert "1 skipped" in proc.stdout

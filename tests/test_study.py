@@ -401,3 +401,31 @@ def test_quantised_kv_cache_is_refused_until_implemented():
     study = build_study(None, {"model": {"kv_cache_dtype": "fp8"}})
     with pytest.raises(StudyError, match="kv_cache_dtype='fp8'.*not yet"):
         check_shape(study, "attention")
+
+
+def test_all_range_entries_together_are_capped_with_the_count(tmp_path) -> None:
+    from grammar.ranges import MAX_SPECS
+
+    entries = "\n".join(f"  - template: \"{n + 1}q{{q}}s{{s}}\"\n    q: {{start: 1, stop: 200}}\n"
+                        f"    s: {{start: 300, stop: 400}}" for n in range(6))  # 6 x 19,900 specs
+    path = tmp_path / "huge.yaml"
+    path.write_text(f"batch_spec_ranges:\n{entries}\n")
+    with pytest.raises(StudyError, match=rf"entries 0..5 expand to \d+ specs, more than the limit {MAX_SPECS}"):
+        load_study_file(path)
+
+
+def test_a_study_with_too_many_cases_is_a_usage_error_naming_the_count(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from attnbench.plugin import MAX_CASES
+
+    specs = " ".join(f"q{q}s2048" for q in range(1, 1001))
+    path = tmp_path / "big.yaml"
+    path.write_text(f"batch_specs: [{', '.join(specs.split())}]\nbatch_sizes: [{', '.join(map(str, range(1, 301)))}]\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(root / "bench_attention"), "--bench-config", str(path),
+                           "--collect-only", "-q", "-p", "no:cacheprovider"], cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert f"more than the limit {MAX_CASES}" in proc.stderr and "batch specs" in proc.stderr

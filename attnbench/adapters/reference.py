@@ -34,10 +34,12 @@ class ReferenceAttentionAdapter:
         self.layout = build_layout(self.requests, shape.block_size, self.device, case.run.seed)
         self.bytes_per_layer = layers.attention_buffer_bytes(self.layout, shape)
         self.info: dict[str, Any] = {"kernel_path": "torch reference", "timed_region": TIMED_REGION,
-                                     "driven_through": "attnbench.reference"}
+                                     "driven_through": "attnbench.oracle"}
 
     def estimate_bytes(self, num_layer_buffers: int) -> int:
-        return num_layer_buffers * self.bytes_per_layer
+        shape = self.shape
+        return (num_layer_buffers * self.bytes_per_layer
+                + layers.oracle_transient_bytes(self.layout, shape.num_q_heads, 2 * shape.head_dim))
 
     def make_layer(self, index: int) -> LayerCall:
         layout, shape = self.layout, self.shape
@@ -72,10 +74,12 @@ class ReferenceMLAAdapter:
         self.layout = build_layout(self.requests, shape.block_size, self.device, case.run.seed)
         self.bytes_per_layer = layers.mla_buffer_bytes(self.layout, shape)
         self.info: dict[str, Any] = {"kernel_path": "torch reference (latent up-projected with kv_b_proj)",
-                                     "timed_region": TIMED_REGION, "driven_through": "attnbench.reference"}
+                                     "timed_region": TIMED_REGION, "driven_through": "attnbench.oracle"}
 
     def estimate_bytes(self, num_layer_buffers: int) -> int:
-        return num_layer_buffers * self.bytes_per_layer
+        shape = self.shape
+        return (num_layer_buffers * self.bytes_per_layer
+                + layers.oracle_transient_bytes(self.layout, shape.num_q_heads, shape.qk_head_dim + shape.v_head_dim))
 
     def make_layer(self, index: int) -> LayerCall:
         layout, shape = self.layout, self.shape
