@@ -124,6 +124,14 @@ class BenchmarkResult:
         return self.status == PASSED
 
     @property
+    def median(self) -> float:
+        """The median seconds per call of a timed result; callers filter on ``timed`` first, so an untimed
+        one here is a bug, not a case to format."""
+        if self.median_time is None:
+            raise ValueError(f"{describe_key(self)} was not timed")
+        return self.median_time
+
+    @property
     def timed(self) -> bool:
         return self.passed and self.median_time is not None and self.median_time > 0
 

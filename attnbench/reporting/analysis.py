@@ -194,10 +194,10 @@ def best_sweep_values(results: Iterable[BenchmarkResult]) -> list[BestSweepValue
             by_case[(r.backend, r.batch_spec, r.sweep_param)].append(r)
     rows = []
     for (backend, spec, param), group in by_case.items():
-        best = min(group, key=lambda r: r.median_time)  # type: ignore[arg-type, return-value]
+        best = min(group, key=lambda r: r.median)
         auto = next((r for r in group if str(r.sweep_value) == "auto"), None)
         noise = max((x.rel_noise or 0.0) for x in (best, auto) if x is not None)
-        rows.append(BestSweepValue(backend, spec, param, best.sweep_value, best.median_time,  # type: ignore[arg-type]
+        rows.append(BestSweepValue(backend, spec, param, best.sweep_value, best.median,
                                    auto.median_time if auto else None, len(group), noise))
     size = {spec: i for i, spec in enumerate(spec_order(r for group in by_case.values() for r in group))}
     rows.sort(key=lambda b: (b.param, b.backend, size[b.batch_spec]))

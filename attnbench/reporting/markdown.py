@@ -401,7 +401,7 @@ def sweep_section(study: str, results: Sequence[BenchmarkResult]) -> str:
     slow = []
     for i, column in enumerate(table.columns[1:-1], start=1):
         timed = [(row[i].result, _row_best(row)) for row in body if row[i].result is not None and row[i].result.timed]
-        ratios = [r.median_time / best for r, best in timed if best]  # type: ignore[operator]
+        ratios = [r.median / best for r, best in timed if best]
         if path_row[i].text == "prefill" and ratios:
             slow.append(f"{column.key[0]} {column.key[1]} {min(ratios):.0f}–{max(ratios):.0f}×")
     absent = sum(cell.text == f"{NO_VALUE}¹" for row in body for cell in row)
@@ -417,7 +417,7 @@ def sweep_section(study: str, results: Sequence[BenchmarkResult]) -> str:
 
 
 def _row_best(row: Sequence[Cell]) -> float | None:
-    return min((c.result.median_time for c in row if c.result is not None and c.result.timed),  # type: ignore[misc]
+    return min((c.result.median for c in row if c.result is not None and c.result.timed),
                default=None)
 
 

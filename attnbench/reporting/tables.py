@@ -259,7 +259,7 @@ def _time_cell(r: BenchmarkResult, notes: Footnotes, label: str) -> Cell:
         return notes.mark(r, label)
     if not r.timed:
         return Cell("not timed", emphasis=MUTED, result=r)
-    seconds: float = r.median_time  # type: ignore[assignment]
+    seconds = r.median
     return Cell(f"{format_time_us(seconds, r.rel_noise)} {_verified_mark(r)}", seconds, result=r)
 
 
@@ -275,7 +275,7 @@ def _vs_best(r: BenchmarkResult, best: float | None) -> Cell:
         return Cell()
     if r.median_time == best:
         return Cell("best", emphasis=FASTEST)
-    return Cell(behind_best(r.median_time, best))  # type: ignore[arg-type]
+    return Cell(behind_best(r.median, best))
 
 
 def _caption(group: Sequence[BenchmarkResult]) -> str:
@@ -408,12 +408,11 @@ def speedup_tables(results: Sequence[BenchmarkResult]) -> tuple[str, Any, list[T
         for spec in specs:
             ref = cells.get((backend, spec, str(reference)))
             row = [cells.get((backend, spec, str(v))) for v in values]
-            timed = [(r.median_time, x) for x, r in enumerate(row) if r is not None and r.timed]
+            timed = [(r.median, x) for x, r in enumerate(row) if r is not None and r.timed]
             best = min(timed)[1] if timed else None
             out = [Cell(spec)]
             for x, r in enumerate(row):
-                s = ref.median_time / r.median_time if r is not None and r.timed and ref is not None and ref.timed \
-                    else None  # type: ignore[operator]
+                s = ref.median / r.median if r is not None and r.timed and ref is not None and ref.timed else None
                 text = speedup(s, "x") if s is not None else "skip" if r is not None and r.status == SKIPPED else \
                     NO_VALUE if r is None or not r.timed else "n/a"
                 out.append(Cell(text, s, FASTEST if x == best else None, r))

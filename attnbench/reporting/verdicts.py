@@ -132,7 +132,7 @@ def classify(ci_low: float | None, ci_high: float | None, threshold: float = THR
 def ratio_interval(baseline: BenchmarkResult, new: BenchmarkResult, confidence: float = CONFIDENCE,
                    seed: int = 0) -> tuple[float, float | None, float | None, str, str | None]:
     """(ratio, ci_low, ci_high, method, note) for new / baseline median times."""
-    ratio = new.median_time / baseline.median_time  # type: ignore[operator]
+    ratio = new.median / baseline.median
     if baseline.rounds < 2 or new.rounds < 2:
         return ratio, None, None, "none", "fewer than 2 rounds: spread unknown"
     if len(baseline.samples) >= MIN_BOOTSTRAP_ROUNDS and len(new.samples) >= MIN_BOOTSTRAP_ROUNDS:
@@ -143,7 +143,7 @@ def ratio_interval(baseline: BenchmarkResult, new: BenchmarkResult, confidence: 
     if se_b is None or se_n is None:
         return ratio, None, None, "none", "no spread recorded"
     z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
-    spread = math.sqrt((se_b / baseline.median_time) ** 2 + (se_n / new.median_time) ** 2)  # type: ignore[operator]
+    spread = math.sqrt((se_b / baseline.median) ** 2 + (se_n / new.median) ** 2)
     return ratio, ratio * math.exp(-z * spread), ratio * math.exp(z * spread), "summary", None
 
 
