@@ -174,6 +174,10 @@ class ReportingSession:
 
     def __post_init__(self) -> None:
         opt = self.config.getoption
+        threshold = opt("verdict_threshold")
+        if not 0 <= threshold < 1:  # NaN fails the comparison too
+            raise pytest.UsageError(f"--verdict-threshold: must be a fraction between 0 and 1 (0.05 = 5 %), "
+                                    f"got {threshold}")
         if not is_xdist_worker(self.config):
             self._check_outputs_writable()
         self.resume_path = opt("resume")

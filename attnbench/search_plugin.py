@@ -17,6 +17,7 @@ Flow (``attnbench.crossover_search`` holds the logic):
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -51,6 +52,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(trylast=True)  # after attnbench.plugin has resolved the study
 def pytest_configure(config: pytest.Config) -> None:
+    timeout = config.getoption("search_timeout")
+    if not (math.isfinite(timeout) and timeout >= 0):
+        raise pytest.UsageError(f"--search-timeout: must be a finite number of seconds >= 0, got {timeout}")
     study = config.stash.get(STUDY_KEY, None)
     if study is None or study.mode != "decode_vs_prefill" or config.getoption("full_grid"):
         return

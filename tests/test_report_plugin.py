@@ -314,3 +314,13 @@ def test_a_cpu_case_that_cannot_fit_in_host_memory_is_a_skip_with_the_numbers(ar
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"needs ~[\d.]+ GiB for \d+ layer buffers, [\d.]+ GiB available on the host", proc.stdout)
     assert "1 skipped" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--verdict-threshold=-1"], "--verdict-threshold: must be a fraction between 0 and 1"),
+    (["--verdict-threshold=nan"], "--verdict-threshold: must be a fraction between 0 and 1"),
+    (["--search-timeout=-5"], "--search-timeout: must be a finite number of seconds >= 0"),
+])
+def test_reporting_numbers_are_checked_at_start_up(args, message) -> None:
+    proc = run_pytest("bench_attention", *CPU, "--collect-only", "-q", *args)
+    assert proc.returncode == 4 and message in proc.stderr, proc.stdout + proc.stderr

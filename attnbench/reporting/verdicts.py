@@ -270,8 +270,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--verdict-json", metavar="FILE", help="also write the verdicts as JSON")
     parser.add_argument("--no-fail", action="store_true", help="exit 0 even if a case is SLOWER")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    if not 0 < args.confidence < 1 or args.threshold < 0:
-        parser.error("--confidence must be in (0, 1) and --threshold >= 0")
+    if not 0 < args.confidence < 1 or not 0 <= args.threshold < 1:  # NaN fails both comparisons
+        parser.error("--confidence must be in (0, 1) and --threshold in [0, 1)")
+    if args.verdict_json:
+        from attnbench.exports import unwritable_reason
+
+        reason = unwritable_reason(args.verdict_json)
+        if reason is not None:  # before any work, not after the comparison
+            print(f"error: --verdict-json {args.verdict_json}: cannot write the verdicts there: {reason}",
+                  file=sys.stderr)
+            return 2
     try:
         base, new = load_results(args.baseline), load_results(args.new)
     except ResultsFileError as exc:
