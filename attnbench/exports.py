@@ -299,11 +299,15 @@ def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
     p = Path(path)
     if p.is_dir():
         return "it is a directory"
-    folder = p.parent
+    return _creatable_in(p.parent, "a directory")
+
+
+def _creatable_in(folder: Path, kind: str) -> str | None:
+    """Why no file can be created in ``folder`` (or, when it is missing, in its nearest existing parent)."""
     while not folder.exists() and folder.parent != folder:
         folder = folder.parent
     if not folder.is_dir():
-        return f"{folder} is not a directory"
+        return f"{folder} is not {kind}"
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".attnbench-probe.")
     except OSError as exc:
@@ -319,18 +323,7 @@ def unusable_folder_reason(path: str | os.PathLike[str]) -> str | None:
     p = Path(path)
     if p.exists() and not p.is_dir():
         return "it is not a folder"
-    folder = p
-    while not folder.exists() and folder.parent != folder:
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{folder} is not a folder"
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".attnbench-probe.")
-    except OSError as exc:
-        return f"cannot create a file in {folder}: {exc.strerror or exc}"
-    os.close(fd)
-    os.unlink(probe)
-    return None
+    return _creatable_in(p, "a folder")
 
 
 def path_conflict(outputs: Sequence[tuple[str, str]], inputs: Sequence[tuple[str, str]] = ()) -> str | None:
