@@ -205,3 +205,41 @@ def test_host_seconds_are_recorded_per_phase(tmp_path: Path):
     assert set(host) == {"setup", "verify", "timing", "profile", "total"}
     assert all(v >= 0 for v in host.values())
     assert host["total"] >= statistics.fsum(v for k, v in host.items() if k != "total") * 0.99
+
+
+def _fake_gpu_run(tmp_path: Path, gpus: str, *args: str):
+    """Run a tiny GPU study on a host that FAKES ``gpus`` as visible; returns the run and each worker's pin."""
+    import subprocess
+    import sys
+
+    from test_report_plugin import ROOT, _env
+
+    out = tmp_path / "pins"
+    out.mkdir(exist_ok=True)
+    env = {**_env(), "ATTNBENCH_FAKE_GPUS": gpus, "ATTNBENCH_FAKE_GPUS_OUT": str(out)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.plugins.fake_gpus", "bench_attention",
+                           "-k", "FLASH_ATTN", "--batch-specs", "q1s64", "-p", "no:cacheprovider", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    pins = sorted(p.read_text() for p in out.iterdir())
+    return proc, pins
+
+
+def test_one_worker_per_gpu_each_pinned_to_its_own(tmp_path: Path):
+    proc, pins = _fake_gpu_run(tmp_path, "0,1,2")  # the default on a GPU host: --gpus auto
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert pins == ["0", "1", "2"]
+    assert "attnbench workers: 3 worker(s), one per GPU (0,1,2)" in proc.stdout
+
+
+@pytest.mark.parametrize("args, pinned", [(["-n", "2"], ["0", "1"]), (["--gpus", "2,0"], ["0", "2"]),
+                                          (["-n", "auto"], ["0", "1", "2"])])
+def test_n_and_gpus_choose_which_gpus_the_workers_get(tmp_path: Path, args, pinned):
+    proc, pins = _fake_gpu_run(tmp_path, "0,1,2", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert pins == pinned
+
+
+def test_more_workers_than_gpus_is_refused_before_any_worker_starts(tmp_path: Path):
+    proc, pins = _fake_gpu_run(tmp_path, "0,1,2", "-n", "4")
+    assert proc.returncode == 4 and "-n 4 would put more than one timing worker on a GPU" in proc.stderr
+    assert pins == []
