@@ -243,3 +243,17 @@ def test_more_workers_than_gpus_is_refused_before_any_worker_starts(tmp_path: Pa
     proc, pins = _fake_gpu_run(tmp_path, "0,1,2", "-n", "4")
     assert proc.returncode == 4 and "-n 4 would put more than one timing worker on a GPU" in proc.stderr
     assert pins == []
+
+
+def test_a_replacement_worker_keeps_the_gpu_of_the_worker_it_replaces(tmp_path: Path):
+    import re
+
+    proc, pins = _fake_gpu_run(tmp_path, "0,1", "-p", "tests.plugins.fault_injection", "--inject-fault",
+                               "exit@q1s128", "--inject-fault-at", "setup", "--batch-specs", "q1s64", "q1s128",
+                               "q1s256", "q1s512", "q2s512", "q4s512")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    died = re.search(r"worker (gw\d) \(GPU (\d)\) died while running \S+q1s128\]: exit code 3", proc.stdout)
+    assert died, proc.stdout
+    files = {p.stem: p.read_text() for p in (tmp_path / "pins").iterdir()}
+    replacements = sorted(set(files) - {"gw0", "gw1"})
+    assert replacements and all(files[w] == died.group(2) for w in replacements), files

@@ -22,6 +22,14 @@ FAKE_STICKY_TEXT = "CUDA error: an illegal memory access was encountered (fake, 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--inject-fault", metavar="KIND@TEXT", help="test only: fault the case whose id contains TEXT")
+    parser.addoption("--inject-fault-at", choices=("setup", "call"), default="call",
+                     help="test only: the phase the fault happens in (setup: before a skip could happen)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.config.getoption("inject_fault_at") == "setup":
+        _maybe_fault(item)
 
 
 def _illegal_address() -> None:
@@ -39,13 +47,21 @@ def _illegal_address() -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> None:
+    if item.config.getoption("inject_fault_at") == "call":
+        _maybe_fault(item)
+
+
+_DONE: list[str] = []  # once per process
+
+
+def _maybe_fault(item: pytest.Item) -> None:
     spec = item.config.getoption("inject_fault")
-    if not spec or getattr(pytest_runtest_call, "done", False):
+    if not spec or _DONE:
         return
     kind, _, text = spec.partition("@")
     if text not in item.nodeid:
         return
-    pytest_runtest_call.done = True  # type: ignore[attr-defined]
+    _DONE.append(item.nodeid)
     if kind == "segfault":
         ctypes.string_at(0)
     elif kind == "abort":
