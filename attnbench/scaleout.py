@@ -151,6 +151,13 @@ def _xdist_available(config: pytest.Config) -> bool:
 
 # ---------------------------------------------------------------- the plugin
 
+PLAN_KEY = pytest.StashKey[WorkerPlan]()
+RECORDER_KEY = pytest.StashKey["FlightRecorder"]()
+CRASH_DIR_KEY = pytest.StashKey[Path]()
+RESCHEDULED_KEY = pytest.StashKey[dict]()  # nodeid -> how often a worker died before it began
+MAX_RESCHEDULES = 3  # a case whose workers keep dying before it starts is failed, not retried forever
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("attnbench-scaleout", "attnbench workers (pytest-xdist): one per GPU, crash isolation")
     group.addoption("--gpus", metavar="auto|none|N|LIST",
@@ -199,11 +206,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.maxworkerrestart = str(DEFAULT_MAX_WORKER_RESTART)
 
 
-PLAN_KEY = pytest.StashKey[WorkerPlan]()
-RECORDER_KEY = pytest.StashKey["FlightRecorder"]()
-CRASH_DIR_KEY = pytest.StashKey[Path]()
-
-
 def pytest_report_header(config: pytest.Config) -> str | None:
     plan = config.stash.get(PLAN_KEY, None)
     return f"attnbench workers: {plan.why}" if plan is not None else None
@@ -234,15 +236,19 @@ def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any
     exit_text = describe_exit(_exit_status(node))
     gpu = node.workerinput.get(WORKER_GPU)
     where = f"worker {worker_id}" + (f" (GPU {gpu})" if gpu is not None else "")
-    if story.current != crashitem:
+    tries = node.config.stash.setdefault(RESCHEDULED_KEY, {})
+    if story.current != crashitem and tries.get(crashitem, 0) < MAX_RESCHEDULES:
         # It never started: the worker stopped before it (a poisoned context exiting on purpose, or a
         # crash between cases). Hand it back; the replacement worker runs it.
+        tries[crashitem] = tries.get(crashitem, 0) + 1
         sched.mark_test_pending(crashitem)
         report.outcome = "rerun"  # type: ignore[assignment]
         report.longrepr = f"{where} stopped before {crashitem} began ({exit_text}); rescheduled"
         report.attnbench_rescheduled = True  # type: ignore[attr-defined]
         return
     cause = story.cause(exit_text)
+    if story.current != crashitem:
+        cause = f"workers died {MAX_RESCHEDULES + 1} times before it began; last: {cause}"
     report.longrepr = f"{where} died while running {crashitem}: {cause}"
     report.when = "call"  # type: ignore[assignment]
     if story.record is not None:
