@@ -11,7 +11,7 @@ itself, and under xdist the numbers come from the workers. So:
   controller with the report, and ``add_to_session`` turns it back into the session's
   ``Metadata`` there, so ``--benchmark-json``, ``--benchmark-save``, ``--benchmark-compare``
   and ``--benchmark-compare-fail`` see every worker's cases;
-* ``keep_enabled_under_xdist`` stops the session from disabling itself (and, with
+* ``pytest_configure``/``pytest_sessionstart`` stop the session from disabling itself (and, with
   ``--benchmark-only``, from refusing to start) when xdist is active.
 """
 

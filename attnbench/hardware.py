@@ -83,6 +83,14 @@ def device_peaks(device: Any) -> dict[str, float]:
             "peak_method": "best of 20: torch.mm bf16 8192^3; 1 GiB device-to-device copy (read+write bytes)"}
 
 
+def cuda_visible_entries() -> list[str] | None:
+    """The entries of ``CUDA_VISIBLE_DEVICES`` (indices, or UUIDs as given); None when it is not set."""
+    import os
+
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return None if env is None else [e.strip() for e in env.split(",") if e.strip()]
+
+
 def gpu_identity(device: Any) -> dict[str, Any] | None:
     """Which physical GPU ``device`` is: its index on the host, name and UUID, and the xdist worker."""
     import os
@@ -94,7 +102,7 @@ def gpu_identity(device: Any) -> dict[str, Any] | None:
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
-    visible = [e.strip() for e in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if e.strip()]
+    visible = cuda_visible_entries() or []
     host_index: Any = visible[index] if index < len(visible) else index
     if isinstance(host_index, str) and host_index.isdigit():
         host_index = int(host_index)

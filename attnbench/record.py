@@ -13,7 +13,6 @@ Torch-free: reading saved results never needs a GPU stack.
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Mapping
 
@@ -40,6 +39,11 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_finite(value: Any) -> bool:
+    """A number that is neither NaN nor infinite: in a results file anything else is corruption."""
+    return is_number(value) and math.isfinite(value)
+
+
 def show(value: Any) -> str:
     import json
 
@@ -62,7 +66,7 @@ def _part(cls: type, data: Any, where: str) -> Any:
         if value is None or kind == "any":
             values[name] = value
         elif kind == "number":
-            require(is_number(value) and math.isfinite(value), f"{label} is {show(value)}, expected a finite number")
+            require(is_finite(value), f"{label} is {show(value)}, expected a finite number")
             values[name] = value
         elif kind == "int":
             require(isinstance(value, int) and not isinstance(value, bool), f"{label} is {show(value)}, expected an integer")
@@ -74,7 +78,7 @@ def _part(cls: type, data: Any, where: str) -> Any:
             require(isinstance(value, dict), f"{label} is {show(value)}, expected an object")
             values[name] = value
         elif kind == "numbers":
-            require(isinstance(value, list) and all(is_number(v) and math.isfinite(v) for v in value),
+            require(isinstance(value, list) and all(is_finite(v) for v in value),
                      f"{label} is {show(value)}, expected a list of finite numbers")
             values[name] = tuple(float(v) for v in value)
         elif kind == "ints":
@@ -264,10 +268,6 @@ class CaseRecord:
     @property
     def samples(self) -> tuple[float, ...]:
         return self.timing.samples
-
-    @property
-    def median(self) -> float | None:
-        return statistics.median(self.samples) if self.samples else None
 
     def to_json(self, *, include_samples: bool = True) -> dict[str, Any]:
         """Plain JSON: the key's fields at the top level (as pytest-benchmark users read ``extra_info``),

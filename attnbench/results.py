@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from attnbench.record import SCHEMA as RECORD_SCHEMA
 from attnbench.record import SHAPE_FIELDS, CaseRecord
+from attnbench.record import is_finite as _is_finite
 from attnbench.record import is_number as _is_number
 from attnbench.record import require as _require
 from attnbench.record import show as _show
@@ -222,22 +223,19 @@ class BenchmarkResult:
         raw = stats.get("data") or []
         _require(isinstance(raw, list), f"stats.data is {_kind(raw)}, expected a list of numbers")
         for i, sample in enumerate(raw):
-            _require(_is_number(sample) and math.isfinite(sample), f"stats.data[{i}] is {_show(sample)}, "
-                                                                  f"expected a number")
+            _require(_is_finite(sample), f"stats.data[{i}] is {_show(sample)}, expected a number")
         data = [float(s) for s in raw]
         if data:
             times = _times_from_samples(data)
         else:  # --benchmark-save keeps only the summary unless --benchmark-save-data
             for key in ("mean", "median", "stddev", "min", "max", "iqr", "rounds"):
                 value = stats.get(key)
-                _require(value is None or (_is_number(value) and math.isfinite(value)),
-                         f"stats.{key} is {_show(value)}, expected a number")
+                _require(value is None or _is_finite(value), f"stats.{key} is {_show(value)}, expected a number")
             times = {"mean_time": stats.get("mean"), "median_time": stats.get("median"),
                      "std_time": stats.get("stddev"), "min_time": stats.get("min"), "max_time": stats.get("max"),
                      "iqr_time": stats.get("iqr"), "rounds": int(stats.get("rounds") or 0)}
         info = dict(_container(entry, "extra_info", "extra_info") or {})
-        if info.get("schema") is None and isinstance(info.get("timing"), dict) and "verification" in info:
-            info = upgrade_schema_1(info)  # a timed case of a 2026-11 file
+        info = upgrade_schema_1(info)
         if info.get("schema") == RECORD_SCHEMA:
             CaseRecord.from_json(info)  # every field typed and checked; names the wrong one
         else:  # a plain pytest-benchmark test (no attnbench record)
@@ -254,8 +252,7 @@ class BenchmarkResult:
     def _from_info(cls, info: dict[str, Any], times: dict[str, Any], samples: list[float], *, status: str,
                    error: str | None, timer: str | None, fullname: str | None,
                    fallback_name: str | None = None) -> "BenchmarkResult":
-        if info.get("schema") is None and isinstance(info.get("timing"), dict) and "verification" in info:
-            info = upgrade_schema_1(info)
+        info = upgrade_schema_1(info)
         shape = info.get("shape") or {}
         memory = info.get("memory") or {}
         # schema 2 (the typed record) keeps the work model under "work"; the flat schema 1 at the top
@@ -365,9 +362,12 @@ _TIMING_FACTS_V1 = ("time_unit", "working_set_bytes", "l2_bytes")  # top-level i
 
 def upgrade_schema_1(info: dict[str, Any]) -> dict[str, Any]:
     """A schema-1 (flat, 2026-11) ``extra_info`` of a timed case as the schema-2 record JSON: the work model
-    moves under ``work`` and the timing facts under ``timing``; nothing else changes."""
+    moves under ``work`` and the timing facts under ``timing``; nothing else changes. Anything else (a
+    record already, an untimed case, a plain pytest-benchmark test) is returned as it is."""
     from attnbench.record import Work
 
+    if info.get("schema") is not None or not isinstance(info.get("timing"), dict) or "verification" not in info:
+        return info
     out: dict[str, Any] = {"schema": RECORD_SCHEMA}
     timing = dict(info.get("timing") or {})
     for key, value in info.items():
@@ -438,10 +438,9 @@ def _check_value(name: str, value: Any, label: str | None = None) -> None:
     if value is None:
         _require(name not in _NOT_NULL, f"{label} is null, expected {expected}")
         return
-    finite = lambda v: _is_number(v) and math.isfinite(v)  # noqa: E731 - NaN/inf in a file is corruption
-    ok = {_NUMBER: finite(value), _STR: isinstance(value, str), "true or false": isinstance(value, bool),
+    ok = {_NUMBER: _is_finite(value), _STR: isinstance(value, str), "true or false": isinstance(value, bool),
           "an object": isinstance(value, dict),
-          "a list of numbers": isinstance(value, list) and all(finite(v) for v in value)}[expected]
+          "a list of numbers": isinstance(value, list) and all(_is_finite(v) for v in value)}[expected]
     _require(ok, f"{label} is {_show(value)}, expected {expected}")
 
 

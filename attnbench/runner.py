@@ -44,13 +44,8 @@ class CaseResult:
         described = self.case.describe()
         t = self.timing
         unit = "host" if t.mode == "host" else "device"
-        timing_part = TimingSummary(
-            mode=t.mode, calls_per_round=t.calls_per_round, warmup_rounds=t.warmup_rounds, stopped_by=t.stopped_by,
-            buffer_sets=t.buffer_sets, working_set_bytes=t.working_set_bytes, l2_bytes=t.l2_bytes,
-            capture_error=t.capture_error, estimated_call_s=t.estimated_call_s, round_target_s=t.round_target_s,
-            rounds=t.rounds, rel_noise=t.rel_noise if t.samples else None,
-            rel_stderr=t.rel_stderr if t.samples else None, cache_state=t.cache_state,
-            time_unit=f"{unit} seconds per attention call (one layer)", samples=tuple(t.samples))
+        timing_part = TimingSummary(**t.info(), time_unit=f"{unit} seconds per attention call (one layer)",
+                                    samples=tuple(t.samples))
         metrics = dict(self.metrics)
         kernels = metrics.pop("kernels", None)
         work = Work(**{k: v for k, v in metrics.items() if k in Work.KINDS})

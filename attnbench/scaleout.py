@@ -34,7 +34,10 @@ from typing import Any, Sequence
 
 import pytest
 
+from attnbench.hardware import cuda_visible_entries
 from attnbench.plugin import STUDY_KEY
+from attnbench.reporting_plugin import REPORT_ATTRIBUTE, case_for_item, is_xdist_worker
+from attnbench.results import FAILED, BenchmarkResult
 
 WORKER_GPU = "attnbench_gpu"  # workerinput key: the CUDA_VISIBLE_DEVICES entry a worker is pinned to
 RECORDER_DIR = "attnbench_recorder_dir"  # workerinput key: where workers keep their flight recorders
@@ -131,18 +134,8 @@ def visible_gpu_entries() -> list[str]:
     except ImportError:
         return []
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is None:
-        return [str(i) for i in range(count)]
-    return [e.strip() for e in env.split(",") if e.strip()][:count]
-
-
-def is_worker(config: pytest.Config) -> bool:
-    return hasattr(config, "workerinput")
-
-
-def is_controller(config: pytest.Config) -> bool:
-    return not is_worker(config) and config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None))
+    entries = cuda_visible_entries()
+    return [str(i) for i in range(count)] if entries is None else entries[:count]
 
 
 def _xdist_available(config: pytest.Config) -> bool:
@@ -154,6 +147,7 @@ def _xdist_available(config: pytest.Config) -> bool:
 PLAN_KEY = pytest.StashKey[WorkerPlan]()
 RECORDER_KEY = pytest.StashKey["FlightRecorder"]()
 CRASH_DIR_KEY = pytest.StashKey[Path]()
+POISONED_KEY = pytest.StashKey[str]()  # in-process: the case whose sticky CUDA error poisoned the process
 RESCHEDULED_KEY = pytest.StashKey[dict]()  # nodeid -> how often a worker died before it began
 MAX_RESCHEDULES = 3  # a case whose workers keep dying before it starts is failed, not retried forever
 
@@ -181,7 +175,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 # Plain priority: after attnbench.plugin (tryfirst) resolved the study, before xdist's trylast configure.
 def pytest_configure(config: pytest.Config) -> None:
     """Controller: decide the worker plan before xdist builds its session. Worker: pin."""
-    if is_worker(config):
+    if is_xdist_worker(config):
         _configure_worker(config)
         return
     study = config.stash.get(STUDY_KEY, None)
@@ -252,9 +246,6 @@ def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any
     report.longrepr = f"{where} died while running {crashitem}: {cause}"
     report.when = "call"  # type: ignore[assignment]
     if story.record is not None:
-        from attnbench.reporting_plugin import REPORT_ATTRIBUTE
-        from attnbench.results import FAILED
-
         setattr(report, REPORT_ATTRIBUTE, {**story.record, "status": FAILED,
                                            "error": f"process died: {cause}"})
 
@@ -273,7 +264,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     crash_dir = session.config.stash.get(CRASH_DIR_KEY, None)
-    if crash_dir is not None and not is_worker(session.config):
+    if crash_dir is not None and not is_xdist_worker(session.config):
         shutil.rmtree(crash_dir, ignore_errors=True)
 
 
@@ -397,9 +388,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
                          f"({recorder.poisoned})\n")
         sys.stderr.flush()
         os._exit(POISONED_EXIT)
-    from attnbench.reporting_plugin import case_for_item
-    from attnbench.results import FAILED, BenchmarkResult
-
     case = case_for_item(item)
     record = BenchmarkResult.from_case(case, FAILED, fullname=item.nodeid).to_record() if case else None
     recorder.write(event="start", nodeid=item.nodeid, record=record)
@@ -414,7 +402,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     report = yield
     if call.excinfo is None or "bench_case" not in getattr(item, "fixturenames", ()):
         return report
-    first = call.excinfo.exconly().strip().splitlines()[0] if call.excinfo.exconly().strip() else ""
+    lines = call.excinfo.exconly().strip().splitlines()
+    first = lines[0] if lines else ""
     recorder = item.config.stash.get(RECORDER_KEY, None)
     if recorder is not None:
         recorder.write(event="error", nodeid=item.nodeid, text=first[:500])
@@ -426,9 +415,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         else:
             item.config.stash[POISONED_KEY] = f"{item.nodeid}: {sticky[:300]}"
     return report
-
-
-POISONED_KEY = pytest.StashKey[str]()
 
 
 @pytest.hookimpl(tryfirst=True)

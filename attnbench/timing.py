@@ -73,7 +73,9 @@ class Timing:
 
     def info(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "samples"}
-        out.update(rounds=self.rounds, rel_noise=self.rel_noise, rel_stderr=self.rel_stderr)
+        timed = bool(self.samples)  # an untimed case has no spread (rel_stderr would be inf)
+        out.update(rounds=self.rounds, rel_noise=self.rel_noise if timed else None,
+                   rel_stderr=self.rel_stderr if timed else None)
         return out
 
 
