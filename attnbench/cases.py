@@ -55,8 +55,8 @@ class BenchCase:
 
     @property
     def unsupported_sweep(self) -> str | None:
-        """Why a builder knob this case forces (swept, or set in the study's per-backend section) does not
-        apply to this backend, if it does not."""
+        """Why a builder knob this case forces (swept, or set by the Python API's arguments or a per-backend
+        YAML section, which the study already checked) does not apply to this backend, if it does not."""
         if self.sweep_param in (NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD) and self.sweep_value != AUTO:
             problem = knob_problem(self.backend, self.sweep_param)
             if problem:
