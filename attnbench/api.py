@@ -55,6 +55,8 @@ class BenchmarkConfig:
     noise_target: float = _D["noise_target"]
     seed: int = _D["seed"]
     kernel_profile: bool = _D["kernel_profile"]
+    kv_fill: str = _D["kv_fill"]
+    timed_region: str = "layer"  # one case times one region ("layer" or "attention")
     extra: dict[str, Any] = field(default_factory=dict)  # upstream fields this suite does not use
 
     def model_overrides(self) -> dict[str, Any]:
@@ -81,9 +83,14 @@ def _run(family: str, config: BenchmarkConfig, params: dict[str, int]) -> Benchm
         registry.canonical_name(config.backend)  # raises with the list of valid names if unknown
         raise ValueError(f"{config.backend} is not a {family} backend")
     parse_batch_spec(config.batch_spec)
+    try:
+        (region,) = options.BY_NAME["timed_region"].value(config.timed_region)
+    except options.OptionError as exc:
+        raise ValueError(f"BenchmarkConfig.timed_region: {exc}") from None
     case = BenchCase(
         study="api", backend=info, batch_spec=config.batch_spec.strip(),
-        shape=make_shape(family, config.model_overrides()), run=config.run_settings(), backend_settings=params)
+        shape=make_shape(family, config.model_overrides()), run=config.run_settings(), backend_settings=params,
+        timed_region=region)
     try:
         return BenchmarkResult.from_case_result(execute(case))
     except SkipCase as exc:

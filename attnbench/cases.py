@@ -22,6 +22,7 @@ class BenchCase:
     sweep_value: Any = None  # an int, or AUTO for the backend's own default
     pipeline: str | None = None  # decode_vs_prefill mode: "decode" or "prefill"
     backend_settings: dict[str, Any] = field(default_factory=dict)  # from the study's per-backend section
+    timed_region: str = "layer"  # "layer": vLLM's layer step; "attention": the backend's attention call alone
 
     @property
     def family(self) -> str:
@@ -82,4 +83,6 @@ class BenchCase:
             "pipeline": self.pipeline,
             "backend_params": self.backend_params,
             "device": self.run.device,
+            "timed_region": self.timed_region,
+            "kv_fill": self.run.kv_fill,
         }

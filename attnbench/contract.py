@@ -30,6 +30,9 @@ class LayerCall:
     result: Callable[[], "torch.Tensor"]  # the output of the last call
     oracle: Callable[[], "torch.Tensor"]  # the reference result for this layer's current cache contents
     check_cache: Callable[[], str | None] = lambda: None  # None, or why the cache write is wrong
+    # brings the buffers to the state ``run`` expects, once before the first call: for the attention
+    # region, one layer step writes the new tokens into the cache (and MLA absorbs the decode rows' q)
+    prepare: Callable[[], Any] = lambda: None
 
 
 class CaseAdapter(Protocol):

@@ -44,19 +44,33 @@ def attention_buffer_bytes(layout: BatchLayout, shape: AttentionShape) -> int:
     return e * (cache + 2 * t * shape.num_q_heads * shape.head_dim + 2 * t * shape.num_kv_heads * shape.head_dim)
 
 
+def kv_data(kv_fill: str, tensor_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+            gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """K/V-side data (cache contents, the new tokens' K/V or latent): seeded random, or zeros (kv_fill)."""
+    if kv_fill == "zeros":
+        return torch.zeros(tensor_shape, dtype=dtype, device=device)
+    return random_tensor(tensor_shape, dtype, device, gen, scale)
+
+
+def fill_kv_(tensor: torch.Tensor, kv_fill: str, gen: torch.Generator) -> torch.Tensor:
+    if kv_fill == "zeros":
+        return tensor.zero_()
+    return fill_random_(tensor, gen)
+
+
 def make_attention_buffers(layout: BatchLayout, shape: AttentionShape, device: torch.device, seed: int,
-                           allocate_cache: Callable[[], AttentionCache]) -> AttentionBuffers:
+                           allocate_cache: Callable[[], AttentionCache], kv_fill: str = "random") -> AttentionBuffers:
     gen = generator(device, seed)
     dt = torch_dtype(shape.dtype)
     t = layout.num_tokens
     kv_cache, key_cache, value_cache = allocate_cache()
-    fill_random_(key_cache, gen)
-    fill_random_(value_cache, gen)
+    fill_kv_(key_cache, kv_fill, gen)
+    fill_kv_(value_cache, kv_fill, gen)
     out = torch.full((t, shape.num_q_heads, shape.head_dim), float("nan"), dtype=dt, device=device)  # poisoned
     return AttentionBuffers(
         query=random_tensor((t, shape.num_q_heads, shape.head_dim), dt, device, gen),
-        key=random_tensor((t, shape.num_kv_heads, shape.head_dim), dt, device, gen),
-        value=random_tensor((t, shape.num_kv_heads, shape.head_dim), dt, device, gen),
+        key=kv_data(kv_fill, (t, shape.num_kv_heads, shape.head_dim), dt, device, gen),
+        value=kv_data(kv_fill, (t, shape.num_kv_heads, shape.head_dim), dt, device, gen),
         kv_cache=kv_cache, key_cache=key_cache, value_cache=value_cache, output=out)
 
 
@@ -104,18 +118,18 @@ def make_kv_b_proj_weight(shape: MLAShape, device: torch.device, seed: int) -> t
 
 
 def make_mla_buffers(layout: BatchLayout, shape: MLAShape, device: torch.device, seed: int,
-                     kv_cache: torch.Tensor | None = None) -> MLABuffers:
+                     kv_cache: torch.Tensor | None = None, kv_fill: str = "random") -> MLABuffers:
     gen = generator(device, seed)
     dt = torch_dtype(shape.dtype)
     t = layout.num_tokens
     if kv_cache is None:
         kv_cache = torch.empty(layout.num_blocks, layout.block_size, shape.head_dim, dtype=dt, device=device)
-    fill_random_(kv_cache, gen)
+    fill_kv_(kv_cache, kv_fill, gen)
     out = torch.full((t, shape.num_q_heads * shape.v_head_dim), float("nan"), dtype=dt, device=device)
     return MLABuffers(
         q=random_tensor((t, shape.num_q_heads, shape.qk_head_dim), dt, device, gen),
-        kv_c=random_tensor((t, shape.kv_lora_rank), dt, device, gen),
-        k_pe=random_tensor((t, shape.qk_rope_head_dim), dt, device, gen),
+        kv_c=kv_data(kv_fill, (t, shape.kv_lora_rank), dt, device, gen),
+        k_pe=kv_data(kv_fill, (t, shape.qk_rope_head_dim), dt, device, gen),
         kv_cache=kv_cache, output=out)
 
 

@@ -144,6 +144,17 @@ def _device(v: str) -> str:
     return v
 
 
+TIMED_REGIONS = ("layer", "attention")
+KV_FILLS = ("random", "zeros")
+
+
+def _regions(values: tuple[str, ...]) -> tuple[str, ...]:
+    for v in values:
+        if v not in TIMED_REGIONS:
+            raise OptionError(f"must be {' or '.join(TIMED_REGIONS)}, got {v!r}")
+    return tuple(dict.fromkeys(values))
+
+
 def canonical_backends(names: Iterable[str]) -> tuple[str, ...]:
     """AttentionBackendEnum spellings, aliases collapsed, in the order given."""
     try:
@@ -213,6 +224,14 @@ OPTIONS: tuple[Option, ...] = (
     _run("noise_target", float, 0.005, "stop timing once the mean's relative standard error is below F (0 = never)",
          metavar="F", check=at_least(0, " (0 = never stop early)", hi=1), examples=(0.0, 0.02)),
     _run("cache_state", str, "cold", "cold L2 or warm", choices=("cold", "warm"), examples=("warm", "cold")),
+    # the timed region is an axis (one case per region); layer keeps the historic test ids
+    Option("timed_region", str, "what one timed call is: layer (vLLM's layer step: KV-cache write + attention, "
+           "MLA projections included) or attention (the backend's attention call alone on an already written cache)",
+           flags=("--timed-region",), yaml=("timed_region", "benchmark.timed_region"), default=("layer",),
+           many=True, lone=True, metavar="layer|attention", check=_regions, examples=(["attention"], ["layer", "attention"])),
+    _run("kv_fill", str, "random", "K/V data: random (the default; what a model's cache holds) or zeros (as "
+         "zero-filled benchmarks do: faster on compute-bound kernels, and verification cannot see wrong weights)",
+         upstream=False, choices=KV_FILLS, examples=("zeros", "random")),
     _run("profile_memory", bool, False, "record peak device memory per case", const=True, examples=(True, False)),
     _run("seed", int, 0, "seed for every random input", metavar="N", check=at_least(0), examples=(3, 7)),
     _run("kernel_profile", bool, True, "skip the per-case torch.profiler pass (kernel durations, attention share)",

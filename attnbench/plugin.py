@@ -91,10 +91,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                         with_value(shape, sweep.param, value)
                     except ShapeError as exc:
                         raise StudyError(f"--sweep-values: {sweep.param}={value}: {exc}") from None
-        cases = len(backends) * len(specs) * (len(sweep.points()) if sweep else 1) * (2 if mode != "standard" else 1)
+        cases = (len(backends) * len(specs) * len(study.timed_region) * (len(sweep.points()) if sweep else 1)
+                 * (2 if mode != "standard" else 1))
         if cases > MAX_CASES:
             raise StudyError(f"{study.source or 'the command line'}: the study has {cases} {family} cases "
                              f"({len(backends)} backends x {len(specs)} batch specs"
+                             + (f" x {len(study.timed_region)} timed regions" if len(study.timed_region) > 1 else "")
                              + (f" x {len(sweep.points())} sweep values" if sweep else "")
                              + (" x 2 pipelines" if mode != "standard" else "")
                              + f"), more than the limit {MAX_CASES}: split it into several studies")
@@ -106,7 +108,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("bench_backend", [pytest.param(None, marks=pytest.mark.attnbench_unused)])
         return
     metafunc.parametrize("bench_backend", [_backend_param(b) for b in backends])
-    metafunc.parametrize("bench_spec", specs, ids=specs)
+    # the region rides on the spec's id, named only when it is not the layer step: ids (and so saved
+    # baselines) from before the axis existed stay the layer-step ids they always were
+    regions = study.timed_region
+    pairs = [(spec, region) for spec in specs for region in regions]
+    metafunc.parametrize(("bench_spec", "bench_region"), pairs, ids=[region_id(s, r) for s, r in pairs])
     if study.sweep is not None:
         points = study.sweep.points()
         metafunc.parametrize("bench_sweep_value", points, ids=[f"{study.sweep.param}={v}" for v in points])
@@ -122,6 +128,16 @@ def bench_backend() -> None:
 @pytest.fixture
 def bench_spec() -> None:
     return None
+
+
+def region_id(spec: str, region: str) -> str:
+    """A case's spec id with its timed region: ``q8k`` (the layer step), ``q8k-attention-only``."""
+    return spec if region == "layer" else f"{spec}-{region}-only"
+
+
+@pytest.fixture
+def bench_region() -> str:
+    return "layer"
 
 
 @pytest.fixture
@@ -141,11 +157,11 @@ def bench_study(request: pytest.FixtureRequest) -> Study:
 
 @pytest.fixture
 def bench_case(request: pytest.FixtureRequest, bench_study: Study, bench_backend: str, bench_spec: str,
-               bench_sweep_value: Any, bench_pipeline: str | None) -> BenchCase:
+               bench_sweep_value: Any, bench_pipeline: str | None, bench_region: str) -> BenchCase:
     """The case this test id stands for, composed from the parametrized axes and the study."""
     backend = backend_for_item(request.node)  # bench_backend is the name; the family comes from the marker
     assert backend is not None, f"{request.node.nodeid}: {bench_backend!r} is not a benchmark backend"
-    return compose_case(bench_study, backend, bench_spec, bench_sweep_value, bench_pipeline)
+    return compose_case(bench_study, backend, bench_spec, bench_sweep_value, bench_pipeline, bench_region)
 
 
 def backend_for_item(item: pytest.Item) -> registry.BackendInfo | None:
@@ -159,12 +175,13 @@ def backend_for_item(item: pytest.Item) -> registry.BackendInfo | None:
 
 
 def compose_case(study: Study, backend: registry.BackendInfo, batch_spec: str, sweep_value: Any = None,
-                 pipeline: str | None = None) -> BenchCase:
+                 pipeline: str | None = None, timed_region: str = "layer") -> BenchCase:
     """The one place a test id's axes and the study become a ``BenchCase`` (fixture and reporting)."""
     return BenchCase(
         study=study.name, backend=backend, batch_spec=batch_spec, shape=study.shape_for(backend.family),
         run=study.run, sweep_param=study.sweep.param if study.sweep else None, sweep_value=sweep_value,
         pipeline=pipeline, backend_settings=study.backend_settings.get(backend.name, {}),
+        timed_region=timed_region,
     )
 
 

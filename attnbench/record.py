@@ -81,6 +81,10 @@ def _part(cls: type, data: Any, where: str) -> Any:
             require(isinstance(value, list) and all(is_finite(v) for v in value),
                      f"{label} is {show(value)}, expected a list of finite numbers")
             values[name] = tuple(float(v) for v in value)
+        elif kind == "strs":
+            require(isinstance(value, list) and all(isinstance(v, str) for v in value),
+                    f"{label} is {show(value)}, expected a list of strings")
+            values[name] = tuple(value)
         elif kind == "ints":
             require(isinstance(value, list) and all(isinstance(v, int) for v in value),
                      f"{label} is {show(value)}, expected a list of integers")
@@ -104,7 +108,8 @@ class CaseKey:
 
     KINDS: ClassVar[dict[str, str]] = {"backend": "str", "batch_spec": "str", "family": "str", "study": "str",
                                        "shape": "object", "sweep_param": "str", "pipeline": "str",
-                                       "backend_params": "object", "device": "str", "cache_state": "str"}
+                                       "backend_params": "object", "device": "str", "cache_state": "str",
+                                       "timed_region": "str", "kv_fill": "str"}
     backend: str
     batch_spec: str
     family: str | None = None
@@ -116,6 +121,9 @@ class CaseKey:
     backend_params: Mapping[str, Any] = field(default_factory=dict)  # builder knobs forced for this case
     device: str | None = None
     cache_state: str | None = None
+    # what one timed call is, and the K/V data; records written before these existed were layer / random
+    timed_region: str = "layer"
+    kv_fill: str = "random"
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,8 @@ class Verification:
     KINDS: ClassVar[dict[str, str]] = {"status": "str", "rel_error": "number", "max_abs_error": "number",
                                        "ref_abs_max": "number", "nonfinite": "int", "first_nonfinite": "ints",
                                        "cache_problem": "str", "rel_tol": "number", "abs_tol": "number",
-                                       "reason": "str", "first_call_s": "number"}
+                                       "reason": "str", "first_call_s": "number", "worst_requests": "ints",
+                                       "worst_request_rel_errors": "numbers", "after_timing": "object"}
     status: str  # "passed", "failed" or "oracle" (this is the reference)
     rel_error: float | None = None
     max_abs_error: float | None = None
@@ -166,6 +175,12 @@ class Verification:
     abs_tol: float | None = None
     reason: str | None = None
     first_call_s: float | None = None  # host seconds of the first (untimed) call, JIT compilation included
+    # per request (index in execution order, relative L2 error), worst first; the tolerance holds for each
+    worst_requests: tuple[int, ...] | None = None
+    worst_request_rel_errors: tuple[float, ...] | None = None
+    # the outputs the last timed round (graph replay) left, checked against the REFERENCE again:
+    # {"status", "buffers_checked", "buffers", "rel_error" (worst), "worst_request_rel_error", "reason"?}
+    after_timing: Mapping[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -182,7 +197,9 @@ class Verification:
         parts = [f"rel_error={self.rel_error:.3e} (tol {self.rel_tol:.0e})" if self.rel_error is not None else "",
                  f"max_abs_error={self.max_abs_error:.3e} (tol {self.abs_tol:.3e})" if self.max_abs_error is not None else "",
                  f"{self.nonfinite} NaN/inf, first at {self.first_nonfinite}" if self.nonfinite else "",
-                 f"cache write: {self.cache_problem}" if self.cache_problem else ""]
+                 f"cache write: {self.cache_problem}" if self.cache_problem else "",
+                 f"worst request #{self.worst_requests[0]}: rel_error={self.worst_request_rel_errors[0]:.3e}"
+                 if self.worst_requests and self.worst_request_rel_errors else ""]
         return ", ".join(p for p in parts if p)
 
 
@@ -240,8 +257,47 @@ class GpuIdentity:
     worker: str | None = None  # the xdist worker id, or None in-process
 
 
+@dataclass(frozen=True)
+class Clocks:
+    """NVML readings while the case was timed (``clocks.summarize``): one sample per timed round."""
+
+    KINDS: ClassVar[dict[str, str]] = {
+        **{k: "int" for k in ("rounds_sampled", "sm_mhz_min", "sm_mhz_max", "max_sm_mhz", "temp_c_max",
+                              "throttled_rounds", "sm_mhz_before", "sm_mhz_after", "temp_c_before", "temp_c_after")},
+        **{k: "number" for k in ("sm_mhz_median", "power_w_median", "power_w_max", "power_w_before",
+                                 "power_w_after")},
+        "throttle_reasons": "strs"}
+    rounds_sampled: int
+    sm_mhz_min: int | None = None
+    sm_mhz_median: float | None = None
+    sm_mhz_max: int | None = None
+    max_sm_mhz: int | None = None  # the GPU's own maximum SM clock, for scale
+    power_w_median: float | None = None
+    power_w_max: float | None = None
+    temp_c_max: int | None = None
+    throttled_rounds: int = 0  # rounds sampled with a power, thermal or hardware slowdown reason set
+    throttle_reasons: tuple[str, ...] = ()  # which ones (clocks.THROTTLE_REASONS names)
+    sm_mhz_before: int | None = None
+    sm_mhz_after: int | None = None
+    power_w_before: float | None = None
+    power_w_after: float | None = None
+    temp_c_before: int | None = None
+    temp_c_after: int | None = None
+
+    @property
+    def throttled(self) -> bool:
+        return self.throttled_rounds > 0
+
+    def note(self) -> str:
+        """One line for tables and verdicts: empty when no round ran throttled."""
+        if not self.throttled:
+            return ""
+        return (f"throttled ({', '.join(self.throttle_reasons)}) in {self.throttled_rounds}/{self.rounds_sampled} "
+                f"rounds, SM clock {self.sm_mhz_min}-{self.sm_mhz_max} MHz")
+
+
 _PARTS: dict[str, type] = {"timing": TimingSummary, "verification": Verification, "work": Work,
-                           "memory": Memory, "host_seconds": HostSeconds, "gpu": GpuIdentity}
+                           "memory": Memory, "host_seconds": HostSeconds, "gpu": GpuIdentity, "clocks": Clocks}
 _FREE = ("backend_info", "kernels", "search")  # what vLLM or a plugin reports, kept as given
 
 
@@ -260,6 +316,7 @@ class CaseRecord:
     host_seconds: HostSeconds | None = None
     gpu: GpuIdentity | None = None
     search: Mapping[str, Any] | None = None
+    clocks: Clocks | None = None
 
     @property
     def verified(self) -> bool:
@@ -312,4 +369,4 @@ class CaseRecord:
         return cls(key=key, timing=parts["timing"], verification=parts["verification"],
                    work=parts["work"] or Work(), backend_info=data.get("backend_info") or {},
                    kernels=data.get("kernels"), memory=parts["memory"], host_seconds=parts["host_seconds"],
-                   gpu=parts["gpu"], search=data.get("search"))
+                   gpu=parts["gpu"], search=data.get("search"), clocks=parts["clocks"])

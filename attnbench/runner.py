@@ -6,6 +6,7 @@ is one measurement, not two.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 import traceback
@@ -14,10 +15,10 @@ from typing import Any
 
 import torch
 
-from attnbench import hardware, metrics, timing
+from attnbench import clocks, hardware, metrics, timing
 from attnbench.cases import BenchCase
 from attnbench.contract import CaseAdapter, LayerCall, SkipCase, load_adapter
-from attnbench.record import CaseKey, CaseRecord, GpuIdentity, HostSeconds, Memory, TimingSummary, Work
+from attnbench.record import CaseKey, CaseRecord, Clocks, GpuIdentity, HostSeconds, Memory, TimingSummary, Work
 from attnbench.verify import Verification, compare
 from attnbench.workload import resolve_device
 
@@ -34,6 +35,7 @@ class CaseResult:
     memory: dict[str, Any] = field(default_factory=dict)
     host_seconds: dict[str, float] = field(default_factory=dict)  # setup, verify, timing, profile, total
     gpu: dict[str, Any] | None = None  # the physical GPU that timed it (index, name, UUID, worker)
+    clocks: Clocks | None = None  # NVML readings while it was timed
 
     @property
     def seconds(self) -> float:
@@ -54,7 +56,7 @@ class CaseResult:
             work=work, backend_info=dict(self.info), kernels=kernels,
             memory=Memory(**self.memory) if self.memory else None,
             host_seconds=HostSeconds(**self.host_seconds) if self.host_seconds else None,
-            gpu=GpuIdentity(**self.gpu) if self.gpu else None)
+            gpu=GpuIdentity(**self.gpu) if self.gpu else None, clocks=self.clocks)
 
     def extra_info(self) -> dict[str, Any]:
         """pytest-benchmark's ``extra_info``: the record, its samples left to pytest-benchmark's stats."""
@@ -113,22 +115,38 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
         memory = _check_memory(adapter, n_buffers, device, case.run.profile_memory)
         layers = [adapter.make_layer(i) for i in range(n_buffers)]
         clock.lap("setup")
+        rows = [r.q_len for r in adapter.requests]  # the output's rows, request by request, in execution order
         with adapter.context():
-            verification = _verify(layers[0], case)  # layer 0: every layer runs the same code on its own buffers
+            started = time.perf_counter()
+            for layer in layers:
+                layer.prepare()  # the attention region's cache write; nothing for the layer step
+            verification, expected = _verify(layers[0], case, rows, time.perf_counter() - started)
         clock.lap("verify")
         if not verification.passed:
             raise VerificationFailed(f"{case.backend.name} {case.batch_spec}: output does not match REFERENCE: "
                                  f"{verification.summary()}")
+        monitor = clocks.monitor_for(device) if time_it and device.type == "cuda" else None
         if time_it:
+            before = monitor.sample() if monitor else None
             t = timing.measure([layer.run for layer in layers], device=device, repeats=case.run.repeats,
                                warmup_iters=case.run.warmup_iters, min_rounds=case.run.min_rounds,
                                noise_target=case.run.noise_target, cache_state=case.run.cache_state,
                                buffer_sets=sets, working_set_bytes=n_buffers * adapter.bytes_per_layer,
-                               context=adapter.context)
+                               context=adapter.context, sample=monitor.sample if monitor else None)
+            after = monitor.sample() if monitor else None
+            clock_part = clocks.summarize(before, t.round_samples, after, monitor.max_sm_mhz) if monitor else None
         else:
             t = timing.Timing([], "none", 0, 0, "not-timed", case.run.cache_state, sets,
                               n_buffers * adapter.bytes_per_layer, l2)
+            clock_part = None
         clock.lap("timing")
+        if time_it and expected is not None:
+            with adapter.context():  # oracles of buffer sets other than 0 may run vLLM code (kv_b_proj)
+                verification = _verify_after_timing(layers, expected, case, rows, verification)
+            clock.lap("verify")
+            if verification.after_timing["status"] != "passed":
+                raise VerificationFailed(f"{case.backend.name} {case.batch_spec}: the last timed round's output does "
+                                         f"not match REFERENCE: {verification.after_timing['reason']}")
         kernels = None
         if device.type == "cuda" and case.run.kernel_profile:
             kernels = timing.kernel_breakdown([layer.run for layer in layers], device, context=adapter.context)
@@ -144,7 +162,7 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
                 # graph replay time over the sum of the kernels' own durations: ~1 means kernel time
                 mets["kernels"]["timed_over_kernel_sum"] = t.median / kernels["kernel_sum_s"]
         return CaseResult(case, t, verification, mets, dict(adapter.info), memory, host_seconds=clock.laps,
-                          gpu=hardware.gpu_identity(device))
+                          gpu=hardware.gpu_identity(device), clocks=clock_part)
     finally:
         adapter.close()
 
@@ -162,19 +180,61 @@ class _PhaseClock:
         self._last = now
 
 
-def _verify(layer: LayerCall, case: BenchCase) -> Verification:
+def _verify(layer: LayerCall, case: BenchCase, rows: list[int], prepare_s: float
+            ) -> tuple[Verification, torch.Tensor | None]:
+    """The eager gate on layer buffer 0, and the REFERENCE output it used (kept for the check after timing)."""
     if case.backend.is_reference:
-        return Verification.oracle()
+        return Verification.oracle(), None
     start = time.perf_counter()
     layer.run()  # the first call: JIT compilation (FlashInfer, Triton) and autotuning happen here, untimed
     output = layer.result()
     if output.is_cuda:
         torch.cuda.synchronize(output.device)
-    first_call_s = time.perf_counter() - start
+    first_call_s = time.perf_counter() - start + prepare_s  # the attention region's JIT runs in prepare
     cache_problem = layer.check_cache()
     expected = layer.oracle()
     return compare(output, expected, cache_problem=cache_problem, dtype=case.effective_shape.dtype,
-                   first_call_s=first_call_s)
+                   first_call_s=first_call_s, request_rows=rows), expected
+
+
+# The check after timing recomputes the REFERENCE of every buffer set but the first while this stays small:
+# attended pairs x heads summed over the sets (2**34 is ~10^10, seconds of float32 math on a GPU), and
+# requests summed over the sets (the oracle loops over requests in Python).
+AFTER_TIMING_PAIR_BUDGET = 2**34
+AFTER_TIMING_REQUEST_BUDGET = 1024
+
+
+def sets_to_check_after_timing(case: BenchCase, n_buffers: int) -> int:
+    """How many layer buffers (from 0) the check after timing covers: all where affordable, else buffer 0."""
+    requests = case.requests
+    pairs = sum(metrics.attended_pairs(r.q_len, r.kv_len) for r in requests) * case.effective_shape.num_q_heads
+    affordable = min(AFTER_TIMING_PAIR_BUDGET // max(1, pairs), AFTER_TIMING_REQUEST_BUDGET // max(1, len(requests)))
+    return max(1, min(n_buffers, affordable))
+
+
+def _verify_after_timing(layers: list[LayerCall], expected: torch.Tensor, case: BenchCase, rows: list[int],
+                         eager: Verification) -> Verification:
+    """Check the outputs the last timed round (the graph's last replay) left against the REFERENCE: the replay
+    computes what was verified eagerly. Buffer 0 reuses the eager check's REFERENCE output."""
+    checked = sets_to_check_after_timing(case, len(layers))
+    dtype = case.effective_shape.dtype
+    worst: Verification | None = None
+    failed: tuple[int, Verification] | None = None
+    for index in range(checked):
+        layer = layers[index]
+        output = layer.result()
+        v = compare(output, expected if index == 0 else layer.oracle(), dtype=dtype, request_rows=rows)
+        if worst is None or v.rel_error > worst.rel_error:
+            worst = v
+        if not v.passed and failed is None:
+            failed = (index, v)
+    assert worst is not None
+    after: dict[str, Any] = {"status": "passed" if failed is None else "failed", "buffers_checked": checked,
+                             "buffers": len(layers), "rel_error": worst.rel_error,
+                             "worst_request_rel_error": (worst.worst_request_rel_errors or (None,))[0]}
+    if failed is not None:
+        after["reason"] = f"layer buffer {failed[0]}: {failed[1].summary()}"
+    return dataclasses.replace(eager, after_timing=after)
 
 
 def _check_memory(adapter: CaseAdapter, n_buffers: int, device: torch.device, profile: bool) -> dict[str, Any]:

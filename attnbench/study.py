@@ -66,6 +66,7 @@ class RunSettings:
     min_rounds: int = 10  # not an option: the fewest rounds before noise_target may stop timing
     seed: int = _D["seed"]
     kernel_profile: bool = _D["kernel_profile"]  # one torch.profiler pass per GPU case: kernel durations and roles
+    kv_fill: Literal["random", "zeros"] = _D["kv_fill"]  # the K/V data: zeros only to reproduce zero-filled suites
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Study:
     batch_sizes: tuple[int, ...] = _D["batch_sizes"]
     model: dict[str, Any] = field(default_factory=dict)
     sweep: Sweep | None = None
+    timed_region: tuple[str, ...] = _D["timed_region"]  # an axis: one case per region
     backend_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     run: RunSettings = field(default_factory=RunSettings)
     output_csv: str | None = None
@@ -186,14 +188,20 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
         out["batch_specs"] = tuple(dict.fromkeys(out.get("batch_specs", ()) + ranges))
     problem = _mode_problem(out)
     if problem:
-        raise StudyError(f"{where}: key 'parameter_sweep': {problem}")
+        raise StudyError(f"{where}: key '{problem[0]}': {problem[1]}")
     return {**out, "run": parts["run"], "model": parts["model"]}
 
 
-def _mode_problem(fields_: dict[str, Any]) -> str | None:
-    """The one cross-option rule: a decode_vs_prefill study already sweeps the pipeline."""
-    if fields_.get("mode") == "decode_vs_prefill" and fields_.get("sweep") is not None:
-        return "decode_vs_prefill mode already sweeps the pipeline"
+def _mode_problem(fields_: dict[str, Any]) -> tuple[str, str] | None:
+    """The cross-option rules of decode_vs_prefill, as (YAML key, why): it already sweeps the pipeline, and it
+    compares whole layer steps (the decode path's projection GEMMs are part of what the threshold trades)."""
+    if fields_.get("mode") != "decode_vs_prefill":
+        return None
+    if fields_.get("sweep") is not None:
+        return "parameter_sweep", "decode_vs_prefill mode already sweeps the pipeline"
+    if tuple(fields_.get("timed_region", ("layer",))) != ("layer",):
+        return "timed_region", ("decode_vs_prefill mode compares whole layer steps (the decode path's W_UK/W_UV "
+                                "GEMMs are part of the trade): only the layer region applies")
     return None
 
 
@@ -283,8 +291,9 @@ def build_study(yaml_fields: dict[str, Any] | None, cli: dict[str, Any]) -> Stud
                              "in the YAML)")
         fields_["sweep"] = Sweep(fields_["sweep"].param, fields_["sweep"].values, True)
     problem = _mode_problem(fields_)
-    if problem:  # the YAML alone passed parse_study_dict, so the sweep came from here
-        raise StudyError(f"--sweep-param: {problem}")
+    if problem:  # the YAML alone passed parse_study_dict, so the conflict came from here
+        flag = {"parameter_sweep": "--sweep-param", "timed_region": "--timed-region"}[problem[0]]
+        raise StudyError(f"{flag}: {problem[1]}")
     return Study(**fields_, model=parts["model"], run=RunSettings(**parts["run"]))
 
 

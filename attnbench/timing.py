@@ -18,7 +18,7 @@ import math
 import statistics
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ContextManager, Sequence
 
 import torch
@@ -47,6 +47,8 @@ class Timing:
     capture_error: str | None = None
     estimated_call_s: float | None = None  # one eager call, measured before sizing the round
     round_target_s: float | None = None  # the round duration calls_per_round was chosen for
+    # what ``sample`` returned in each timed round (NVML clocks), taken while the round ran; not in info()
+    round_samples: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def rounds(self) -> int:
@@ -72,7 +74,7 @@ class Timing:
         return self.rel_noise / math.sqrt(len(self.samples)) if self.samples else float("inf")
 
     def info(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k != "samples"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("samples", "round_samples")}
         timed = bool(self.samples)  # an untimed case has no spread (rel_stderr would be inf)
         out.update(rounds=self.rounds, rel_noise=self.rel_noise if timed else None,
                    rel_stderr=self.rel_stderr if timed else None)
@@ -102,11 +104,13 @@ def should_stop(samples: Sequence[float], min_rounds: int, noise_target: float) 
 def measure(steps: Sequence[Step], *, device: torch.device, repeats: int, warmup_iters: int,
             min_rounds: int = 10, noise_target: float = 0.0, cache_state: str = "cold",
             buffer_sets: int = 1, working_set_bytes: int = 0, use_graph: bool = True,
-            context: Callable[[], ContextManager[Any]] = nullcontext) -> Timing:
+            context: Callable[[], ContextManager[Any]] = nullcontext,
+            sample: Callable[[], Any] | None = None) -> Timing:
     """Time ``steps`` (each one attention call) and return seconds per call, per round.
 
     ``context`` is entered around all host-side calls (e.g. vLLM's forward context); graph
-    replays run no Python and need none.
+    replays run no Python and need none. ``sample`` (the GPU's clocks) is called once per timed
+    round while the round runs on the device; its results are ``Timing.round_samples``.
     """
     if not steps:
         raise ValueError("nothing to time")
@@ -116,7 +120,7 @@ def measure(steps: Sequence[Step], *, device: torch.device, repeats: int, warmup
         if device.type != "cuda":
             return _measure_host(list(steps), repeats, warmup_iters, min_rounds, noise_target, common)
         return _measure_cuda(list(steps), device, repeats, warmup_iters, min_rounds, noise_target, use_graph,
-                             common)
+                             common, sample)
 
 
 def calls_for_round(rotation_s: float, steps: int, target_s: float = ROUND_TARGET_S) -> int:
@@ -158,7 +162,8 @@ def _measure_host(steps: list[Step], repeats: int, warmup: int, min_rounds: int,
 
 
 def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup: int, min_rounds: int,
-                  noise_target: float, use_graph: bool, common: dict[str, Any]) -> Timing:
+                  noise_target: float, use_graph: bool, common: dict[str, Any],
+                  sample: Callable[[], Any] | None = None) -> Timing:
     with torch.cuda.device(device):
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -194,18 +199,27 @@ def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup:
         run = graph.replay if graph is not None else body
         mode = "cuda-graph" if graph is not None else "cuda-events"
 
+        readings: list[Any] = []
+        timed = False  # warm-up rounds are not sampled
+
         def one_round() -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             run()
             end.record()
+            if sample is not None and timed:
+                readings.append(sample())  # the replay is queued: this reads the clocks while it runs
             end.synchronize()
             return start.elapsed_time(end) / 1e3 / calls
 
         warmup = warmup_rounds_for(rotation_s * inner, warmup)
-        samples, stopped = _run_rounds(one_round, repeats, warmup, min_rounds, noise_target)
+        for _ in range(warmup):
+            one_round()
+        timed = True
+        samples, stopped = _run_rounds(one_round, repeats, 0, min_rounds, noise_target)
     return Timing(samples, mode, calls, warmup, stopped, capture_error=capture_error,
-                  estimated_call_s=rotation_s / len(steps), round_target_s=ROUND_TARGET_S, **common)
+                  estimated_call_s=rotation_s / len(steps), round_target_s=ROUND_TARGET_S, round_samples=readings,
+                  **common)
 
 
 # Kernel names by role, for the attention kernel's share of a step (matched case-insensitively).

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import Sequence
 
 import torch
 
@@ -15,37 +17,76 @@ TOLERANCE = {"bfloat16": (2e-2, 5e-2), "float16": (1e-2, 2e-2), "float32": (1e-4
 CHUNK_ELEMENTS = 1 << 26  # rows compared at a time: a few hundred MB of float32 temporaries, not the output x3
 
 
+WORST_SHOWN = 5  # requests listed, worst first
+
+
 def compare(output: torch.Tensor, expected: torch.Tensor, *, dtype: str = "bfloat16",
             cache_problem: str | None = None, first_call_s: float | None = None,
-            chunk_elements: int = CHUNK_ELEMENTS) -> Verification:
-    """Relative L2 error, max-abs error and non-finite count of ``output`` against ``expected``.
+            request_rows: Sequence[int] | None = None, chunk_elements: int = CHUNK_ELEMENTS) -> Verification:
+    """Relative L2 error, max-abs error and non-finite count of ``output`` against ``expected``, globally and
+    per request (``request_rows``: each request's row count, in row order; the relative tolerance holds for
+    every request on its own, so one wrong request in 256 fails although the global error barely moves).
 
     Computed where the tensors live (a GPU output is not copied to the host: for a 256-request
     prefill that copy alone took seconds), in float32 chunks of rows, with the norms summed in float64."""
     out_all = output.detach().reshape(expected.shape)
     ref_all = expected.detach()
-    per_row = max(1, out_all[0].numel()) if out_all.dim() else 1
-    rows = max(1, chunk_elements // per_row)
-    diff_sq = ref_sq = 0.0
+    if out_all.dim() < 2:  # one row per element
+        out_all, ref_all = out_all.reshape(-1, 1), ref_all.reshape(-1, 1)
+    n_rows = out_all.shape[0]
+    rows = max(1, chunk_elements // max(1, out_all[0].numel())) if n_rows else 1
+    diff_sq, ref_sq = [], []  # per row, float64
     max_abs = ref_max = 0.0
     nonfinite, first = 0, None
-    for start in range(0, max(1, out_all.shape[0] if out_all.dim() else 1), rows):
-        out = out_all[start:start + rows].float() if out_all.dim() else out_all.float()
-        ref = ref_all[start:start + rows].float() if ref_all.dim() else ref_all.float()
+    for start in range(0, n_rows, rows):
+        out = out_all[start:start + rows].float()
+        ref = ref_all[start:start + rows].float()
         bad = ~torch.isfinite(out)
         count = int(bad.sum())
         if count and first is None:
             index = [int(i) for i in bad.nonzero()[0]]
-            first = tuple([index[0] + start, *index[1:]]) if index else ()
+            first = (index[0] + start, *index[1:])
         nonfinite += count
         diff = (out - ref).nan_to_num(nan=float("inf"))
-        diff_sq += float(torch.linalg.vector_norm(diff, dtype=torch.float64)) ** 2
-        ref_sq += float(torch.linalg.vector_norm(ref, dtype=torch.float64)) ** 2
+        diff_sq.append(torch.linalg.vector_norm(diff.flatten(1), dim=1, dtype=torch.float64) ** 2)
+        ref_sq.append(torch.linalg.vector_norm(ref.flatten(1), dim=1, dtype=torch.float64) ** 2)
         max_abs = max(max_abs, float(diff.abs().max())) if diff.numel() else max_abs
         ref_max = max(ref_max, float(ref.abs().max())) if ref.numel() else ref_max
-    rel = math.sqrt(diff_sq) / max(math.sqrt(ref_sq), 1e-30)
+    row_diff = torch.cat(diff_sq) if diff_sq else torch.zeros(0, dtype=torch.float64)
+    row_ref = torch.cat(ref_sq) if ref_sq else torch.zeros(0, dtype=torch.float64)
+    rel = math.sqrt(float(row_diff.sum())) / max(math.sqrt(float(row_ref.sum())), 1e-30)
     rel_tol, abs_frac = TOLERANCE[dtype]
     abs_tol = abs_frac * max(ref_max, 1e-6)
-    ok = nonfinite == 0 and rel <= rel_tol and max_abs <= abs_tol and cache_problem is None
+    worst_index: tuple[int, ...] = ()
+    worst_error: tuple[float, ...] = ()
+    per_request_ok = True
+    if request_rows is not None:
+        if sum(request_rows) != n_rows:
+            raise ValueError(f"request_rows sum to {sum(request_rows)}, the output has {n_rows} rows")
+        errors = _per_request(row_diff, row_ref, request_rows)
+        order = sorted(range(len(errors)), key=lambda i: -errors[i])[:WORST_SHOWN]
+        worst_index, worst_error = tuple(order), tuple(errors[i] for i in order)
+        per_request_ok = not worst_error or worst_error[0] <= rel_tol
+    ok = nonfinite == 0 and rel <= rel_tol and per_request_ok and max_abs <= abs_tol and cache_problem is None
     return Verification("passed" if ok else "failed", rel, max_abs, ref_max, nonfinite, first, cache_problem,
-                        rel_tol, abs_tol, first_call_s=first_call_s)
+                        rel_tol, abs_tol, first_call_s=first_call_s,
+                        worst_requests=worst_index or None, worst_request_rel_errors=worst_error or None)
+
+
+def _per_request(row_diff: torch.Tensor, row_ref: torch.Tensor, request_rows: Sequence[int]) -> list[float]:
+    """Each request's relative L2 error from per-row squared norms (segment sums; inf where it is non-finite)."""
+    ends = torch.tensor(list(itertools.accumulate(request_rows)), dtype=torch.long, device=row_diff.device)
+    cum_diff = torch.cat([row_diff.new_zeros(1), row_diff.cumsum(0)])
+    cum_ref = torch.cat([row_ref.new_zeros(1), row_ref.cumsum(0)])
+    starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+    seg_diff = (cum_diff[ends] - cum_diff[starts]).clamp_min(0)
+    seg_ref = (cum_ref[ends] - cum_ref[starts]).clamp_min(0)
+    # a cumulative sum past an inf row is inf - inf = nan downstream: take those requests' rows directly
+    rel = (seg_diff.sqrt() / seg_ref.sqrt().clamp_min(1e-30)).tolist()
+    bad = [i for i, r in enumerate(rel) if not math.isfinite(r)]
+    if bad:
+        bounds = [0, *itertools.accumulate(request_rows)]
+        for i in bad:
+            d = float(row_diff[bounds[i]:bounds[i + 1]].sum())
+            rel[i] = math.sqrt(d) / max(math.sqrt(float(row_ref[bounds[i]:bounds[i + 1]].sum())), 1e-30)
+    return rel

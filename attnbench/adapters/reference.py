@@ -19,7 +19,8 @@ from attnbench.contract import LayerCall
 from attnbench.shapes import AttentionShape, MLAShape
 from attnbench.workload import build_layout, resolve_device
 
-TIMED_REGION = "cache write + attention (plain torch, float32 math)"
+TIMED_REGION = {"layer": "cache write + attention (plain torch, float32 math)",
+                "attention": "attention over the already written cache (plain torch, float32 math)"}
 
 
 class ReferenceAttentionAdapter:
@@ -33,7 +34,7 @@ class ReferenceAttentionAdapter:
         self.requests = case.requests
         self.layout = build_layout(self.requests, shape.block_size, self.device, case.run.seed)
         self.bytes_per_layer = layers.attention_buffer_bytes(self.layout, shape)
-        self.info: dict[str, Any] = {"kernel_path": "torch reference", "timed_region": TIMED_REGION,
+        self.info: dict[str, Any] = {"kernel_path": "torch reference", "timed_region": TIMED_REGION[case.timed_region],
                                      "driven_through": "attnbench.oracle"}
 
     def estimate_bytes(self, num_layer_buffers: int) -> int:
@@ -44,17 +45,26 @@ class ReferenceAttentionAdapter:
     def make_layer(self, index: int) -> LayerCall:
         layout, shape = self.layout, self.shape
         buf = layers.make_attention_buffers(layout, shape, self.device, self.case.run.seed + 1 + index,
-                                            lambda: layers.plain_attention_cache(layout, shape, self.device))
+                                            lambda: layers.plain_attention_cache(layout, shape, self.device),
+                                            self.case.run.kv_fill)
         scale = shape.head_dim ** -0.5
 
-        def run() -> None:
+        def write() -> None:
             write_kv(buf.key_cache, layout.slot_mapping, buf.key)
             write_kv(buf.value_cache, layout.slot_mapping, buf.value)
+
+        def attend() -> None:
             buf.output.copy_(paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
                                                        layout.query_lens, layout.kv_lens, scale))
 
-        return LayerCall(run, lambda: buf.output, layers.attention_oracle(buf, layout, scale),
-                         layers.attention_cache_check(buf, layout))
+        def step() -> None:
+            write()
+            attend()
+
+        layer_region = self.case.timed_region == "layer"
+        return LayerCall(step if layer_region else attend, lambda: buf.output,
+                         layers.attention_oracle(buf, layout, scale), layers.attention_cache_check(buf, layout),
+                         prepare=(lambda: None) if layer_region else write)
 
     def context(self) -> ContextManager[Any]:
         return nullcontext()
@@ -74,7 +84,8 @@ class ReferenceMLAAdapter:
         self.layout = build_layout(self.requests, shape.block_size, self.device, case.run.seed)
         self.bytes_per_layer = layers.mla_buffer_bytes(self.layout, shape)
         self.info: dict[str, Any] = {"kernel_path": "torch reference (latent up-projected with kv_b_proj)",
-                                     "timed_region": TIMED_REGION, "driven_through": "attnbench.oracle"}
+                                     "timed_region": TIMED_REGION[case.timed_region],
+                                     "driven_through": "attnbench.oracle"}
 
     def estimate_bytes(self, num_layer_buffers: int) -> int:
         shape = self.shape
@@ -84,15 +95,23 @@ class ReferenceMLAAdapter:
     def make_layer(self, index: int) -> LayerCall:
         layout, shape = self.layout, self.shape
         seed = self.case.run.seed + 1 + index
-        buf = layers.make_mla_buffers(layout, shape, self.device, seed)
+        buf = layers.make_mla_buffers(layout, shape, self.device, seed, kv_fill=self.case.run.kv_fill)
         weight = layers.make_kv_b_proj_weight(shape, self.device, seed + 10_000)
         oracle = layers.mla_oracle(buf, layout, shape, weight)
 
-        def run() -> None:
+        def write() -> None:
             write_kv(buf.kv_cache, layout.slot_mapping, torch.cat([buf.kv_c, buf.k_pe], dim=-1))
+
+        def attend() -> None:
             buf.output.copy_(oracle())
 
-        return LayerCall(run, lambda: buf.output, oracle, layers.mla_cache_check(buf, layout))
+        def step() -> None:
+            write()
+            attend()
+
+        layer_region = self.case.timed_region == "layer"
+        return LayerCall(step if layer_region else attend, lambda: buf.output, oracle,
+                         layers.mla_cache_check(buf, layout), prepare=(lambda: None) if layer_region else write)
 
     def context(self) -> ContextManager[Any]:
         return nullcontext()

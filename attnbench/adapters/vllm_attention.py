@@ -23,7 +23,8 @@ from attnbench.contract import LayerCall
 from attnbench.workload import torch_dtype
 
 DRIVEN_THROUGH = "vllm Attention layer forward under set_forward_context (do_kv_cache_update, then impl.forward)"
-TIMED_REGION = "KV-cache write + attention (the layer step)"
+TIMED_REGION = {"layer": "KV-cache write + attention (the layer step)",
+                "attention": "impl.forward alone, on a cache the layer step already wrote"}
 
 
 def layer_name(index: int) -> str:
@@ -47,7 +48,10 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
         self.bytes_per_layer = layers.attention_buffer_bytes(self.layout, self.shape)
 
     def _describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"driven_through": DRIVEN_THROUGH, "timed_region": TIMED_REGION}
+        region = TIMED_REGION[self.case.timed_region]
+        if self.case.timed_region == "attention" and self.backend_cls.forward_includes_kv_cache_update:
+            region += " (this backend's forward writes the cache itself)"
+        info: dict[str, Any] = {"driven_through": DRIVEN_THROUGH, "timed_region": region}
         describe = KERNEL_PATH.get(self.case.backend.name)
         if describe is not None:
             info.update(describe(self.metadata, self.layers[0].impl, self.layout))
@@ -67,15 +71,27 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
             key_view, value_view = logical_views(kv, shape.head_dim)
             return kv, key_view, value_view
 
-        buf = layers.make_attention_buffers(layout, shape, self.device, self.case.run.seed + 1 + index, allocate)
+        buf = layers.make_attention_buffers(layout, shape, self.device, self.case.run.seed + 1 + index, allocate,
+                                            self.case.run.kv_fill)
         layer.kv_cache = buf.kv_cache
         last: dict[str, torch.Tensor] = {}
 
-        def run() -> None:
+        def step() -> None:
             last["out"] = layer.forward(buf.query, buf.key, buf.value)
 
-        return LayerCall(run, lambda: last["out"], layers.attention_oracle(buf, layout, shape.head_dim ** -0.5),
-                         layers.attention_cache_check(buf, layout))
+        oracle = layers.attention_oracle(buf, layout, shape.head_dim ** -0.5)
+        check = layers.attention_cache_check(buf, layout)
+        if self.case.timed_region == "layer":
+            return LayerCall(step, lambda: last["out"], oracle, check)
+        # the attention call as unified_attention_with_output makes it: 3-D q/k/v, the layer's cache and the
+        # builder's metadata, into a preallocated output
+        out = torch.empty_like(buf.query)
+        impl, metadata = layer.impl, self.metadata
+
+        def attend() -> None:
+            impl.forward(layer, buf.query, buf.key, buf.value, buf.kv_cache, metadata, output=out)
+
+        return LayerCall(attend, lambda: out, oracle, check, prepare=step)
 
 
 def _flash_attn_path(md: Any, impl: Any, layout: Any) -> dict[str, Any]:

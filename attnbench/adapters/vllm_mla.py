@@ -25,8 +25,10 @@ from attnbench.contract import LayerCall, SkipCase
 from attnbench.workload import torch_dtype
 
 DRIVEN_THROUGH = "vllm MLAAttention layer forward under set_forward_context"
-TIMED_REGION = ("latent-cache write + q absorption (W_UK) + forward_mqa (decode rows) + forward_mha "
-                "(prefill rows, kv_b_proj up-projection) + V up-projection (W_UV)")
+TIMED_REGION = {"layer": ("latent-cache write + q absorption (W_UK) + forward_mqa (decode rows) + forward_mha "
+                          "(prefill rows, kv_b_proj up-projection) + V up-projection (W_UV)"),
+                "attention": ("forward_mqa on the already absorbed q (decode rows) + forward_mha (prefill rows, "
+                              "kv_b_proj up-projection), on a latent cache the layer step already wrote")}
 
 
 def layer_name(index: int) -> str:
@@ -83,7 +85,7 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
         prefill = getattr(md, "prefill", None)
         decode = getattr(md, "decode", None)
         info: dict[str, Any] = {
-            "driven_through": DRIVEN_THROUGH, "timed_region": TIMED_REGION,
+            "driven_through": DRIVEN_THROUGH, "timed_region": TIMED_REGION[self.case.timed_region],
             "num_decodes": int(md.num_decodes or 0), "num_decode_tokens": int(md.num_decode_tokens or 0),
             "num_prefills": int(md.num_prefills or 0),
             "prefill_backend": type(layer.prefill_backend).__name__ if layer.prefill_backend is not None else None,
@@ -106,18 +108,65 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
         shape, layout, layer = self.shape, self.layout, self.layers[index]
         cache = vllm_common.allocate_kv_cache(self.backend_cls, layout.num_blocks, layout.block_size, 1,
                                               shape.head_dim, torch_dtype(shape.dtype), self.device)
-        buf = layers.make_mla_buffers(layout, shape, self.device, self.case.run.seed + 1 + index, kv_cache=cache)
+        buf = layers.make_mla_buffers(layout, shape, self.device, self.case.run.seed + 1 + index, kv_cache=cache,
+                                      kv_fill=self.case.run.kv_fill)
         layer.kv_cache = buf.kv_cache
         k_pe = buf.k_pe.unsqueeze(1)  # the model passes k_pe as [T, 1, rope]
         out_shape = torch.Size((layout.num_tokens, shape.num_q_heads * shape.v_head_dim))
         last: dict[str, torch.Tensor] = {}
 
-        def run() -> None:
+        def step() -> None:
             last["out"] = layer.forward(buf.q, buf.kv_c, k_pe, output_shape=out_shape)
 
-        return LayerCall(run, lambda: last["out"],
-                         layers.mla_oracle(buf, layout, shape, layer.kv_b_proj.weight),
-                         layers.mla_cache_check(buf, layout))
+        oracle = layers.mla_oracle(buf, layout, shape, layer.kv_b_proj.weight)
+        check = layers.mla_cache_check(buf, layout)
+        if self.case.timed_region == "layer":
+            return LayerCall(step, lambda: last["out"], oracle, check)
+        return self._attention_call(layer, buf, k_pe, step, oracle, check)
+
+    def _attention_call(self, layer: Any, buf: layers.MLABuffers, k_pe: torch.Tensor, step: Any, oracle: Any,
+                        check: Any) -> LayerCall:
+        """forward_mqa / forward_mha alone, with the inputs MLAAttention.forward_impl hands them: the decode
+        rows' q absorbed by W_UK (bmm into an [N, B, L] buffer, used transposed, head-padded as vLLM pads it)
+        beforehand; the latent decode output is up-projected by W_UV only when the result is read."""
+        md, impl = self.metadata, layer.impl
+        n_dec, total = int(md.num_decode_tokens or 0), self.layout.num_tokens
+        out = torch.empty(total, self.shape.num_q_heads * self.shape.v_head_dim, dtype=buf.q.dtype, device=buf.q.device)
+        absorbed: dict[str, Any] = {}
+        latent: dict[str, torch.Tensor] = {}
+
+        def prepare() -> None:
+            step()  # the layer step writes the new tokens' latents into the cache
+            if not n_dec:
+                return
+            q_nope, q_pe = buf.q[:n_dec].split([layer.qk_nope_head_dim, layer.qk_rope_head_dim], dim=-1)
+            q_nope = q_nope.transpose(0, 1)
+            heads, rows, _ = q_nope.shape
+            rank = layer.W_UK_T.shape[-1]
+            pad = layer.q_pad_num_heads
+            if pad is not None:
+                padded = q_pe.new_empty((rows, pad, q_pe.shape[-1]))
+                padded.resize_(q_pe.shape)
+                padded.copy_(q_pe)
+                q_pe = padded
+            ql_nope = q_nope.new_empty((pad if pad is not None else heads, rows, rank))
+            ql_nope.resize_((heads, rows, rank))
+            torch.bmm(q_nope, layer.W_UK_T, out=ql_nope)
+            absorbed["q"] = (ql_nope.transpose(0, 1), q_pe)
+
+        def attend() -> None:
+            if n_dec:
+                latent["out"], _ = impl.forward_mqa(absorbed["q"], buf.kv_cache, md, layer)
+            if n_dec < total:
+                impl.forward_mha(buf.q[n_dec:], buf.kv_c[n_dec:], k_pe[n_dec:], buf.kv_cache, md, layer._k_scale,
+                                 output=out[n_dec:])
+
+        def result() -> torch.Tensor:
+            if n_dec:
+                layer._v_up_proj(latent["out"], out=out[:n_dec])
+            return out
+
+        return LayerCall(attend, result, oracle, check, prepare=prepare)
 
 
 def make_adapter(case: BenchCase) -> VllmMLAAdapter:
