@@ -1,0 +1,84 @@
+"""Test-only adapters (fakes of a backend) that exercise the runner's correctness gates on the CPU.
+
+``FakeReplayDrift``: a backend whose eager calls are right and whose later calls (what the timed
+rounds run) go wrong in one request, from call ``wrong_from`` on; the check after timing must fail it.
+``FakeOneWrongRequest``: right everywhere except one request, by a relative error just above
+tolerance; the per-request gate must fail it while the global error passes.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, ContextManager
+
+from attnbench import layers
+from attnbench.backends import BackendInfo
+from attnbench.cases import BenchCase
+from attnbench.contract import LayerCall
+from attnbench.oracle import paged_attention, write_kv
+from attnbench.workload import build_layout, resolve_device
+
+
+class FakeAttentionAdapter:
+    """The REFERENCE computation, with a hook that spoils the output of some calls."""
+
+    mla_paths = None
+
+    def __init__(self, case: BenchCase, wrong_from: int | None, wrong_request: int, factor: float) -> None:
+        self.case, self.shape = case, case.effective_shape
+        self.device = resolve_device(case.run.device)
+        self.requests = case.requests
+        self.layout = build_layout(self.requests, self.shape.block_size, self.device, case.run.seed)
+        self.bytes_per_layer = layers.attention_buffer_bytes(self.layout, self.shape)
+        self.info: dict[str, Any] = {"kernel_path": "fake"}
+        self.calls = 0
+        self.wrong_from, self.wrong_request, self.factor = wrong_from, wrong_request, factor
+
+    def estimate_bytes(self, num_layer_buffers: int) -> int:
+        return num_layer_buffers * self.bytes_per_layer
+
+    def make_layer(self, index: int) -> LayerCall:
+        layout, shape = self.layout, self.shape
+        buf = layers.make_attention_buffers(layout, shape, self.device, self.case.run.seed + 1 + index,
+                                            lambda: layers.plain_attention_cache(layout, shape, self.device))
+        scale = shape.head_dim ** -0.5
+        start = sum(r.q_len for r in self.requests[:self.wrong_request])
+        rows = slice(start, start + self.requests[self.wrong_request].q_len)
+
+        def run() -> None:
+            write_kv(buf.key_cache, layout.slot_mapping, buf.key)
+            write_kv(buf.value_cache, layout.slot_mapping, buf.value)
+            buf.output.copy_(paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
+                                             layout.query_lens, layout.kv_lens, scale))
+            if self.wrong_from is not None and self.calls >= self.wrong_from:
+                buf.output[rows] *= self.factor
+            self.calls += 1
+
+        return LayerCall(run, lambda: buf.output, layers.attention_oracle(buf, layout, scale),
+                         layers.attention_cache_check(buf, layout))
+
+    def context(self) -> ContextManager[Any]:
+        return nullcontext()
+
+    def close(self) -> None:
+        pass
+
+
+def make_replay_drift(case: BenchCase) -> FakeAttentionAdapter:
+    # call 0 is the eager check; every later call (warm-up, timed rounds) doubles request 1's output
+    return FakeAttentionAdapter(case, wrong_from=1, wrong_request=1, factor=2.0)
+
+
+def make_one_wrong_request(case: BenchCase) -> FakeAttentionAdapter:
+    # 3 % off in one request: far beyond bf16 tolerance (2 %) there, tiny in the global error of many
+    return FakeAttentionAdapter(case, wrong_from=0, wrong_request=0, factor=1.03)
+
+
+def make_honest(case: BenchCase) -> FakeAttentionAdapter:
+    return FakeAttentionAdapter(case, wrong_from=None, wrong_request=0, factor=1.0)
+
+
+def fake_backend(factory: str) -> BackendInfo:
+    return BackendInfo(f"FAKE_{factory.upper()}", "attention", f"tests.plugins.fake_adapters:make_{factory}",
+                       needs_vllm=False, needs_cuda=False)
+
