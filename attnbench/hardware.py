@@ -128,11 +128,13 @@ def host_available_bytes() -> int | None:
         return None
 
 
-def _nvidia_smi(fields: str) -> list[str] | None:
+def _nvidia_smi(fields: str, gpu: str) -> list[str] | None:
+    """``nvidia-smi`` fields of one GPU, named by its UUID: an index would be the host's GPU 0, not the one a
+    worker given ``CUDA_VISIBLE_DEVICES=3`` runs on."""
     if not shutil.which("nvidia-smi"):
         return None
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits", "-i", "0"],
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits", "-i", gpu],
                              capture_output=True, text=True, timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
@@ -163,7 +165,9 @@ def machine_info(device: str = "cuda") -> dict[str, Any]:
         "memory_bytes": props.total_memory,
         "l2_bytes": getattr(props, "L2_cache_size", None),
     }
-    smi = _nvidia_smi("driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit")
+    identity = gpu_identity(dev)
+    smi = (_nvidia_smi("driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit", identity["uuid"])
+           if identity and identity["uuid"] else None)
     if smi:
         keys = ("driver", "sm_clock_mhz", "max_sm_clock_mhz", "mem_clock_mhz", "max_mem_clock_mhz", "power_limit_w")
         info["gpu"].update(dict(zip(keys, smi)))
