@@ -15,9 +15,11 @@ intermediates the kernels make for themselves are not.
 * MLA (vLLM's ``MLAAttention`` forward): per request, activations only — q at
   ``qk_head_dim`` (nope + rope, 192) per head, the new tokens' kv_c + k_pe (576 wide)
   read from the layer and written to the latent cache, the latent cache read once (whole
-  pages), and the output at Hq·``v_head_dim``. Both pipelines move the same activations;
-  the absorbed q (576 wide) and the latent output (512 wide) of the decode path are
-  intermediates and are not counted.
+  pages), and the output at Hq·``v_head_dim``. The decode path reads the request's whole
+  kv from the cache (the new tokens were just written there); the prefill path reads only
+  the context (kv − q tokens, whole pages) from it and takes the new tokens' latents from
+  the layer inputs, which are already counted. The absorbed q (576 wide) and the latent
+  output (512 wide) of the decode path are intermediates and are not counted.
 
   - decode path (MQA over the latent): attention 2·Hq·(576 + 512)·pairs, plus the
     projection GEMMs — q absorption ``q_nope [T,Hq,nope] x W_UK [Hq,nope,rank]`` and the V
@@ -102,12 +104,14 @@ def request_work(req: BatchRequest, shape: Shape, mla_path: str | None = None) -
     hq, latent, rank = shape.num_q_heads, shape.head_dim, shape.kv_lora_rank
     nope, qk, v = shape.qk_nope_head_dim, shape.qk_head_dim, shape.v_head_dim
     t = req.q_len
-    # the layer's inputs and outputs, the same for both pipelines
+    path = _resolve_path(req, mla_path)
+    if path == "prefill":
+        # forward_mha gathers only the context from the cache; the new latents come from the layer inputs
+        kv_read = _paged(req.kv_len - t, shape.block_size)
     nbytes = e * (t * hq * qk  # q, nope + rope per head
                   + t * latent * 2  # kv_c + k_pe of the new tokens: read from the layer, written to the cache
                   + kv_read * latent  # the latent cache, once, in whole pages
                   + t * hq * v)  # output
-    path = _resolve_path(req, mla_path)
     if path == "decode":
         # MQA over the latent: scores over rank + rope, values over the rank-wide latent
         attention = 2 * hq * (latent + rank) * pairs

@@ -146,7 +146,7 @@ def test_mixed_batch_bound_per_phase():
 # ---------------------------------------------------------------------------------------------- MLA
 # The timed step is vLLM's MLAAttention forward. Compulsory I/O is the layer's inputs and outputs only:
 # q at qk = nope + rope per head, the new tokens' 576-wide latent read and written to the cache, the
-# latent cache read once (whole pages), the output at H x v. Decode path = q absorption bmm with W_UK,
+# latent cache read once (whole pages; the prefill path reads only the context, kv - q), the output at H x v. Decode path = q absorption bmm with W_UK,
 # MQA over the 576-wide latent, V up-projection bmm with W_UV. Prefill path = kv_b_proj up-projection
 # of every latent, then MHA over qk 192 / v 128. Weights (H x (nope + v) x rank elements) once per call
 # per pipeline, never per request. Expectations are written out by hand from those definitions.
@@ -182,15 +182,30 @@ def test_mla_prefill_formula():
     up_projection = 2 * 300 * RANK * H * (NOPE + V)  # kv_b_proj over every latent
     assert work.projection_flops == up_projection
     assert work.flops == 2 * H * ((NOPE + ROPE) + V) * pairs + up_projection
-    assert work.bytes == _mla_io(300, 320)  # 5 pages of 64
+    # no context: forward_mha reads nothing from the cache; the 300 new latents come from the layer inputs
+    assert work.bytes == _mla_io(300, 0) == 2 * (300 * H * 192 + 2 * 300 * LATENT + 300 * H * V)
     assert work.weight_bytes == 0
 
 
-def test_mla_activation_bytes_do_not_depend_on_the_pipeline():
+def test_mla_prefill_reads_only_its_context_from_the_cache():
+    # 100 new tokens on 1000 of context: 1000 context tokens are 16 pages of 64 (not ceil(1100 / 64) = 18)
+    work = metrics.request_work(BatchRequest(100, 1100), MLA, "prefill")
+    assert work.bytes == _mla_io(100, 1024)
+    # the decode path reads the whole kv (the new tokens included) from the cache it has just written
+    assert metrics.request_work(BatchRequest(100, 1100), MLA, "decode").bytes == _mla_io(100, 1152)
+    # the issue's q2k at DeepSeek-V3 (Hq 128): the old model counted 2048 x 576 x 2 more bytes (+1.1 %)
+    q2k = metrics.request_work(BatchRequest(2048, 2048), MLAShape())
+    assert q2k.bytes == 2 * (2048 * 128 * 192 + 2 * 2048 * 576 + 2048 * 128 * 128)
+
+
+def test_mla_activation_bytes_differ_by_pipeline_only_in_the_cache_read():
+    # decode reads ceil(kv / 64) pages, prefill ceil((kv - q) / 64): the same for the first two requests
     for req in (BatchRequest(1, 1000), BatchRequest(4, 1024), BatchRequest(64, 64)):
         decode = metrics.request_work(req, MLA, "decode")
         prefill = metrics.request_work(req, MLA, "prefill")
-        assert decode.bytes == prefill.bytes == _mla_io(req.q_len, -(-req.kv_len // 64) * 64)
+        assert decode.bytes == _mla_io(req.q_len, -(-req.kv_len // 64) * 64)
+        assert prefill.bytes == _mla_io(req.q_len, -(-(req.kv_len - req.q_len) // 64) * 64)
+    assert metrics.request_work(BatchRequest(64, 64), MLA, "prefill").bytes == _mla_io(64, 0)
 
 
 def test_mla_weights_are_read_once_per_call_not_per_request():
@@ -256,7 +271,7 @@ def test_mla_summary_shows_projection_flops_and_weight_bytes():
     assert out["projection_flops"] == projection
     assert out["flops"] == attention + projection
     assert out["weight_bytes"] == 2 * WEIGHT_BYTES
-    assert out["bytes"] == _mla_io(300, 320) + 8 * _mla_io(1, 1024) + 2 * WEIGHT_BYTES
+    assert out["bytes"] == _mla_io(300, 0) + 8 * _mla_io(1, 1024) + 2 * WEIGHT_BYTES
     assert out["phases"]["decode"]["weight_bytes"] == WEIGHT_BYTES
     assert out["phases"]["decode"]["projection_flops"] == 8 * 2 * H * (NOPE * RANK + RANK * V)
     assert out["tflops"] == pytest.approx(out["flops"] / 1e-3 / 1e12)
