@@ -52,6 +52,16 @@ intermediates the kernels make for themselves are not.
   read). In ``phase_work`` a pipeline's weights belong to the phase named like the
   pipeline when that phase runs on it, else to the first phase (prefill, extend, decode)
   that does — so the phases still sum to the total.
+
+The timed region (``timed_region``): "layer" (the default) is the layer step above.
+"attention" is the backend's attention call alone, on a cache that is already written,
+so there is no cache-write group. Standard attention (``impl.forward``) reads the new
+tokens' K/V from the cache as part of K/V, not from the layer. MLA decode rows run
+``forward_mqa`` on the absorbed q: it reads the absorbed q (rank + rope, 576 per head)
+and writes the latent output (rank, 512 per head), with no W_UK / W_UV GEMMs and no
+weights. MLA prefill rows run ``forward_mha``, which still up-projects the context and
+new latents with kv_b_proj (so it reads those weights) and reads the new tokens' kv_c +
+k_pe as its inputs.
 """
 
 from __future__ import annotations
@@ -67,6 +77,8 @@ PHASES = ("prefill", "extend", "decode")
 MLA_PATHS = ("decode", "prefill")
 CACHE_WRITE = "cache_write"
 ATTENTION = "attention"  # a standard backend's one attention kernel for the whole batch
+# What the timer covered: the whole layer step, or the backend's attention call alone (see the docstring).
+TIMED_REGIONS = ("layer", "attention")
 # The kernel groups a call can run, one after another: each pipeline's in its own order (the sequential
 # floor, a sum, does not depend on the order of the pipelines).
 KERNEL_GROUPS = (CACHE_WRITE, ATTENTION, "decode_q_absorb", "decode_attention", "decode_v_up", "prefill_kv_up",
@@ -114,23 +126,31 @@ def _attention_group(attention_path: str | None) -> str:
     return f"{attention_path}_attention"
 
 
+def _check_region(timed_region: str) -> None:
+    if timed_region not in TIMED_REGIONS:
+        raise ValueError(f"unknown timed region {timed_region!r} (expected one of {', '.join(TIMED_REGIONS)})")
+
+
 def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
-                   attention_path: str | None = None) -> dict[str, Work]:
+                   attention_path: str | None = None, *, timed_region: str = "layer") -> dict[str, Work]:
     """One request's activation work (no weights: see ``weight_groups``) split over the kernel groups that run
     it; the groups sum to ``request_work``. The attention group carries the pairs, the request and its tokens.
 
     For MLA, ``mla_path`` is "decode" (MQA over the latent) or "prefill" (MHA); None means
     ``default_mla_path``. For standard attention, ``attention_path`` ("decode" / "prefill") names the
     attention kernel of a backend that runs decode and prefill rows as separate kernels; None means one
-    kernel for the whole batch."""
+    kernel for the whole batch. ``timed_region``: "layer" or "attention" (``TIMED_REGIONS``)."""
+    _check_region(timed_region)
+    layer = timed_region == "layer"
     e = shape.elem_bytes
     pairs = attended_pairs(req.q_len, req.kv_len)
     kv_read = _paged(req.kv_len, shape.block_size)
     t = req.q_len
     if isinstance(shape, AttentionShape):
         d, hq, hkv = shape.head_dim, shape.num_q_heads, shape.num_kv_heads
-        return {
-            CACHE_WRITE: Work(bytes=e * t * hkv * 2 * d * 2),  # new K/V read from the layer and written to the cache
+        # new K/V read from the layer and written to the cache; impl.forward alone finds them in the cache
+        groups = {CACHE_WRITE: Work(bytes=e * t * hkv * 2 * d * 2)} if layer else {}
+        return groups | {
             _attention_group(attention_path): Work(
                 pairs, 2 * hq * (d + d) * pairs,
                 e * (t * hq * d  # Q
@@ -141,8 +161,13 @@ def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
     hq, latent, rank = shape.num_q_heads, shape.head_dim, shape.kv_lora_rank
     nope, rope, qk, v = shape.qk_nope_head_dim, shape.qk_rope_head_dim, shape.qk_head_dim, shape.v_head_dim
     # kv_c + k_pe of the new tokens: read from the layer, written to the latent cache
-    groups = {CACHE_WRITE: Work(bytes=e * t * latent * 2)}
-    if _resolve_path(req, mla_path) == "decode":
+    groups = {CACHE_WRITE: Work(bytes=e * t * latent * 2)} if layer else {}
+    path = _resolve_path(req, mla_path)
+    if path == "decode" and not layer:
+        # forward_mqa alone: the absorbed q (rank + rope per head) in, the latent output (rank per head) out
+        groups["decode_attention"] = Work(pairs, 2 * hq * (latent + rank) * pairs,
+                                          e * (t * hq * latent + kv_read * latent + t * hq * rank), 1, t)
+    elif path == "decode":
         absorb = 2 * t * hq * nope * rank  # q_nope [T,Hq,nope] x W_UK [Hq,nope,rank]
         v_up = 2 * t * hq * rank * v  # latent out [T,Hq,rank] x W_UV [Hq,rank,v]
         groups["decode_q_absorb"] = Work(flops=absorb, bytes=e * t * hq * nope, projection_flops=absorb)
@@ -153,26 +178,31 @@ def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
         groups["decode_v_up"] = Work(flops=v_up, bytes=e * t * hq * v, projection_flops=v_up)  # writes the output
     else:
         # kv_b_proj up-projects every new and cached latent; only the context (kv - q, whole pages) is read
-        # from the cache, the new latents are the layer inputs already counted by the cache write
+        # from the cache
         up = 2 * req.kv_len * rank * hq * (nope + v)
         context = _paged(req.kv_len - t, shape.block_size)
-        groups["prefill_kv_up"] = Work(flops=up, bytes=e * context * latent, projection_flops=up)
+        # forward_mha alone reads the new latents as its inputs (in the layer step the cache write did)
+        new_latents = 0 if layer else t * latent
+        groups["prefill_kv_up"] = Work(flops=up, bytes=e * (new_latents + context * latent), projection_flops=up)
         # MHA over qk / v: reads q (nope + rope per head), writes the output
         groups["prefill_attention"] = Work(pairs, 2 * hq * (qk + v) * pairs, e * (t * hq * qk + t * hq * v), 1, t)
     return groups
 
 
-def request_work(req: BatchRequest, shape: Shape, mla_path: str | None = None) -> Work:
+def request_work(req: BatchRequest, shape: Shape, mla_path: str | None = None, *,
+                 timed_region: str = "layer") -> Work:
     """Activation work of one request (no weights: see ``weight_work``): the sum of its ``request_groups``.
 
     For MLA, ``mla_path`` is "decode" (MQA over the latent) or "prefill" (MHA); None means
     ``default_mla_path``."""
-    return sum(request_groups(req, shape, mla_path).values(), Work())
+    return sum(request_groups(req, shape, mla_path, timed_region=timed_region).values(), Work())
 
 
-def weight_groups(shape: Shape, mla_path: str) -> dict[str, Work]:
+def weight_groups(shape: Shape, mla_path: str, *, timed_region: str = "layer") -> dict[str, Work]:
     """The weights one MLA pipeline reads once per call, by the GEMM that reads them: W_UK (q absorption) and
-    W_UV (V up-projection) for the decode path, kv_b_proj for the prefill path. None for standard attention."""
+    W_UV (V up-projection) for the decode path, kv_b_proj for the prefill path. None for standard attention,
+    and none for the decode path when only its attention kernel (forward_mqa) was timed."""
+    _check_region(timed_region)
     if not isinstance(shape, MLAShape):
         return {}
     if mla_path not in MLA_PATHS:
@@ -183,15 +213,17 @@ def weight_groups(shape: Shape, mla_path: str) -> dict[str, Work]:
     def weights(n: int) -> Work:
         return Work(bytes=e * n, weight_bytes=e * n)
 
+    if mla_path == "decode" and timed_region == "attention":
+        return {}
     if mla_path == "decode":
         return {"decode_q_absorb": weights(hq * nope * rank), "decode_v_up": weights(hq * rank * v)}
     return {"prefill_kv_up": weights(hq * (nope + v) * rank)}
 
 
-def weight_work(shape: Shape, mla_path: str) -> Work:
+def weight_work(shape: Shape, mla_path: str, *, timed_region: str = "layer") -> Work:
     """The weights one call reads for one MLA pipeline (kv_b_proj, i.e. W_UK + W_UV): counted once per call
     per pipeline used. Standard attention has no weights in the timed step."""
-    return sum(weight_groups(shape, mla_path).values(), Work())
+    return sum(weight_groups(shape, mla_path, timed_region=timed_region).values(), Work())
 
 
 def default_mla_path(req: BatchRequest) -> str:
@@ -205,26 +237,26 @@ def _resolve_path(req: BatchRequest, mla_path: str | None) -> str:
     return path
 
 
-def phase_work(requests: Sequence[BatchRequest], shape: Shape,
-               mla_paths: Sequence[str] | None = None) -> dict[str, Work]:
+def phase_work(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Sequence[str] | None = None, *,
+               timed_region: str = "layer") -> dict[str, Work]:
     """Work per phase (prefill / extend / decode) and ``total``; MLA weights once per pipeline used."""
     out = {p: Work() for p in PHASES}
     phases_on: dict[str, list[str]] = {}  # MLA pipeline -> the phases whose requests run on it
     for i, req in enumerate(requests):
         path = mla_paths[i] if mla_paths else None
-        out[req.kind] = out[req.kind] + request_work(req, shape, path)
+        out[req.kind] = out[req.kind] + request_work(req, shape, path, timed_region=timed_region)
         if isinstance(shape, MLAShape):
             phases_on.setdefault(_resolve_path(req, path), []).append(req.kind)
     for pipeline, kinds in phases_on.items():
         home = pipeline if pipeline in kinds else next(p for p in PHASES if p in kinds)
-        out[home] = out[home] + weight_work(shape, pipeline)
+        out[home] = out[home] + weight_work(shape, pipeline, timed_region=timed_region)
     out = {p: w for p, w in out.items() if w.requests}
     out["total"] = sum(out.values(), Work())
     return out
 
 
 def kernel_groups(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Sequence[str] | None = None,
-                  attention_paths: Sequence[str] | None = None) -> dict[str, Work]:
+                  attention_paths: Sequence[str] | None = None, *, timed_region: str = "layer") -> dict[str, Work]:
     """Work per kernel group (``KERNEL_GROUPS`` order, empty groups left out): the partition of the call's
     work over the kernels that run one after another. MLA weights go to the GEMMs of each pipeline used.
 
@@ -235,12 +267,13 @@ def kernel_groups(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Seq
     pipelines: set[str] = set()
     for i, req in enumerate(requests):
         path = mla_paths[i] if mla_paths else None
-        for group, w in request_groups(req, shape, path, attention_paths[i] if attention_paths else None).items():
+        attention_path = attention_paths[i] if attention_paths else None
+        for group, w in request_groups(req, shape, path, attention_path, timed_region=timed_region).items():
             out[group] = out[group] + w
         if isinstance(shape, MLAShape):
             pipelines.add(_resolve_path(req, path))
     for pipeline in pipelines:
-        for group, w in weight_groups(shape, pipeline).items():
+        for group, w in weight_groups(shape, pipeline, timed_region=timed_region).items():
             out[group] = out[group] + w
     return {g: w for g, w in out.items() if w.flops or w.bytes}
 
@@ -277,7 +310,7 @@ def bound_label(phases: Mapping[str, Work], peak_flops: float | None, peak_bytes
 
 def summarize(requests: Sequence[BatchRequest], shape: Shape, seconds: float,
               peaks: dict[str, Any] | None = None, mla_paths: Sequence[str] | None = None, *,
-              attention_paths: Sequence[str] | None = None) -> dict[str, Any]:
+              attention_paths: Sequence[str] | None = None, timed_region: str = "layer") -> dict[str, Any]:
     """Metrics for ``extra_info``: FLOPs, bytes, rates, both floors, % of measured peak, bound per phase and
     per kernel group.
 
@@ -285,15 +318,17 @@ def summarize(requests: Sequence[BatchRequest], shape: Shape, seconds: float,
     and ``bytes`` includes ``weight_bytes`` (MLA's kv_b_proj weights, once per call per pipeline used); both
     are also given on their own, in the total and per phase. ``pct_of_peak`` is measured against the
     sequential floor (``pct_of_peak_basis``); ``pct_of_peak_overlap`` against the overlap floor.
-    ``attention_paths``: see ``kernel_groups``."""
+    ``attention_paths``: see ``kernel_groups``. ``timed_region``: what the timer covered, "layer" (the
+    layer step) or "attention" (the backend's attention call alone; see the module docstring)."""
     peaks = peaks or {}
     pf, pb = peaks.get("peak_bf16_tflops"), peaks.get("peak_copy_gbps")
     pf = pf * 1e12 if pf else None
     pb = pb * 1e9 if pb else None
-    phases = phase_work(requests, shape, mla_paths)
-    groups = kernel_groups(requests, shape, mla_paths, attention_paths)
+    phases = phase_work(requests, shape, mla_paths, timed_region=timed_region)
+    groups = kernel_groups(requests, shape, mla_paths, attention_paths, timed_region=timed_region)
     total = phases["total"]
     out: dict[str, Any] = {
+        "timed_region": timed_region,
         "attended_pairs": total.pairs,
         "flops": total.flops,
         "bytes": total.bytes,

@@ -197,7 +197,7 @@ class Work:
                                        "phases": "object", "peaks": "object", "bound_label": "str",
                                        "overlap_floor_s": "number", "sequential_floor_s": "number",
                                        "pct_of_peak_basis": "str", "pct_of_peak_overlap": "number",
-                                       "kernel_groups": "object"}
+                                       "kernel_groups": "object", "timed_region": "str"}
     attended_pairs: int | None = None
     flops: int | None = None
     bytes: int | None = None
@@ -217,6 +217,7 @@ class Work:
     pct_of_peak_basis: str | None = None  # which floor pct_of_peak uses: "sequential"
     pct_of_peak_overlap: float | None = None  # the overlap floor over the median, in %
     kernel_groups: Mapping[str, Any] = field(default_factory=dict)  # per group: flops, bytes, bound, floor_s
+    timed_region: str | None = None  # the region this work models: "layer" or "attention" (None: layer, before it)
 
 
 @dataclass(frozen=True)

@@ -477,3 +477,67 @@ def test_summarize_keys_are_the_records_work_fields():
     work = CaseRecord.from_json(record).work
     assert (work.pct_of_peak_basis, work.bound_label) == ("sequential", "decode:mem+prefill:comp")
     assert work.sequential_floor_s == out["sequential_floor_s"] and work.kernel_groups == out["kernel_groups"]
+
+
+# ------------------------------------------------------------------------------------ timed region
+# "attention": the backend's attention call alone, on an already written cache. Standard attention is
+# impl.forward (no cache write, the new K/V read from the cache as part of K/V); MLA decode rows are
+# forward_mqa on the absorbed q (576 per head in, the 512-wide latent out, no projection GEMMs or weights);
+# MLA prefill rows are forward_mha (kv_b_proj over context + new latents, the new kv_c + k_pe as inputs).
+
+def test_attention_region_of_standard_attention_drops_exactly_the_cache_write():
+    reqs = parse_batch_spec(MIXED)
+    shape = AttentionShape()
+    layer = metrics.summarize(reqs, shape, 1e-3, PEAKS)
+    attention = metrics.summarize(reqs, shape, 1e-3, PEAKS, timed_region="attention")
+    cache_write = sum(E * r.q_len * shape.num_kv_heads * 2 * shape.head_dim * 2 for r in reqs)
+    assert layer["kernel_groups"]["cache_write"]["bytes"] == cache_write == 2 * 4132 * 8 * 256 * 2
+    assert layer["bytes"] - attention["bytes"] == cache_write
+    assert attention["flops"] == layer["flops"] and attention["attended_pairs"] == layer["attended_pairs"]
+    assert (layer["timed_region"], attention["timed_region"]) == ("layer", "attention")
+    # one varlen kernel is the whole region: one group, so the two floors are one
+    assert list(attention["kernel_groups"]) == ["attention"]
+    assert attention["sequential_floor_s"] == attention["overlap_floor_s"]
+    assert attention["pct_of_peak"] == attention["pct_of_peak_overlap"]
+    for req in reqs:
+        assert (metrics.request_work(req, shape).bytes - metrics.request_work(req, shape, timed_region="attention").bytes
+                == E * req.q_len * 8 * 256 * 2)
+
+
+def test_attention_region_of_a_tiny_call_by_hand():
+    out = metrics.summarize([BatchRequest(2, 4)], TINY, 10.0, SLOW_PEAKS, timed_region="attention")
+    assert (out["flops"], out["bytes"]) == (224, 128)  # Q 16 + K/V one page 32 + O 16 elements, 2 bytes each
+    assert out["overlap_floor_s"] == out["sequential_floor_s"] == pytest.approx(2.24)
+
+
+def test_attention_region_of_mla_decode_is_forward_mqa_on_the_absorbed_q():
+    work = metrics.request_work(BatchRequest(1, 1000), MLA, timed_region="attention")
+    # absorbed q (512 + 64 per head) in, 16 pages of the latent cache, the latent output (512 per head) out
+    assert work.bytes == E * (H * LATENT + 1024 * LATENT + H * RANK) == 2 * (9216 + 589_824 + 8192)
+    assert work.flops == 2 * H * (LATENT + RANK) * 1000 and work.projection_flops == 0
+    decode = metrics.phase_work(parse_batch_spec("8q1s1k"), MLA, timed_region="attention")["total"]
+    assert decode.weight_bytes == 0 and decode.bytes == 8 * work.bytes  # no W_UK / W_UV in the region
+    groups = metrics.kernel_groups(parse_batch_spec("8q1s1k"), MLA, timed_region="attention")
+    assert list(groups) == ["decode_attention"]
+    assert metrics.weight_work(MLA, "decode", timed_region="attention") == metrics.Work()
+
+
+def test_attention_region_of_mla_prefill_is_forward_mha():
+    req = BatchRequest(100, 1100)
+    layer = metrics.request_work(req, MLA)
+    work = metrics.request_work(req, MLA, timed_region="attention")
+    # the new latents are still read (as forward_mha's inputs), no longer written to the cache
+    assert layer.bytes - work.bytes == E * 100 * LATENT
+    assert work.bytes == E * (100 * H * (NOPE + ROPE) + 100 * LATENT + 1024 * LATENT + 100 * H * V)
+    assert work.flops == layer.flops and work.projection_flops == 2 * 1100 * RANK * H * (NOPE + V)
+    groups = metrics.kernel_groups([req], MLA, timed_region="attention")
+    assert list(groups) == ["prefill_kv_up", "prefill_attention"]
+    assert groups["prefill_kv_up"].weight_bytes == WEIGHT_BYTES  # kv_b_proj runs inside forward_mha
+    mixed = metrics.summarize(parse_batch_spec("q300_8q1s1k"), MLA, 1e-3, PEAKS, timed_region="attention")
+    assert mixed["weight_bytes"] == WEIGHT_BYTES  # the prefill path's kv_b_proj only
+    assert mixed["projection_flops"] == 2 * 300 * RANK * H * (NOPE + V)
+
+
+def test_unknown_timed_region_is_refused():
+    with pytest.raises(ValueError, match="unknown timed region 'kernel'"):
+        metrics.summarize(parse_batch_spec("q1s1k"), AttentionShape(), 1e-3, PEAKS, timed_region="kernel")
