@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import importlib.util
 import shutil
@@ -48,14 +47,37 @@ def package_version(name: str) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
-def device_peaks(device: Any) -> dict[str, float]:
-    """Measured once per session: a large bf16 matmul (TFLOP/s) and a device-to-device copy (GB/s)."""
+_PEAKS: dict[Any, dict[str, Any]] = {}  # physical GPU (its UUID, else its index) -> the peaks measured on it
+
+
+def physical_gpu_key(index: int) -> Any:
+    """What names GPU ``index`` of this process physically: its UUID, else the index itself (one process
+    never sees one GPU under two indices, so the index is unique here too)."""
+    import torch
+
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    return f"GPU-{uuid}" if uuid is not None else ("index", index)
+
+
+def device_peaks(device: Any) -> dict[str, Any]:
+    """Measured once per physical GPU per process: a large bf16 matmul (TFLOP/s) and a device-to-device copy
+    (GB/s). Keyed by the GPU, not by how it was named, so "cuda" and "cuda:0" share one measurement (two
+    would disagree slightly and give one case two peaks)."""
     import torch
 
     device = torch.device(device)
     if device.type != "cuda":
         return {}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    key = physical_gpu_key(index)
+    if key not in _PEAKS:
+        _PEAKS[key] = _measure_peaks(torch.device("cuda", index))
+    return dict(_PEAKS[key])  # a copy: a caller that edits its peaks must not edit everyone's
+
+
+def _measure_peaks(device: Any) -> dict[str, Any]:
+    import torch
+
     n = 8192
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)

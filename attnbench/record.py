@@ -211,7 +211,10 @@ class Work:
                                        "projection_flops": "int", "weight_bytes": "int", "tflops": "number",
                                        "gbps": "number", "bound": "str", "pct_of_peak": "number",
                                        "pct_peak_flops": "number", "pct_peak_bandwidth": "number",
-                                       "phases": "object", "peaks": "object"}
+                                       "phases": "object", "peaks": "object", "bound_label": "str",
+                                       "overlap_floor_s": "number", "sequential_floor_s": "number",
+                                       "pct_of_peak_basis": "str", "pct_of_peak_overlap": "number",
+                                       "kernel_groups": "object", "timed_region": "str"}
     attended_pairs: int | None = None
     flops: int | None = None
     bytes: int | None = None
@@ -219,12 +222,19 @@ class Work:
     weight_bytes: int | None = None
     tflops: float | None = None
     gbps: float | None = None
-    bound: str | None = None
-    pct_of_peak: float | None = None
+    bound: str | None = None  # of the whole call (the overlap floor's limit)
+    pct_of_peak: float | None = None  # the floor named by pct_of_peak_basis over the median, in %
     pct_peak_flops: float | None = None
     pct_peak_bandwidth: float | None = None
     phases: Mapping[str, Any] = field(default_factory=dict)
     peaks: Mapping[str, Any] = field(default_factory=dict)
+    bound_label: str | None = None  # "memory" / "compute", per phase when mixed: "decode:mem+prefill:comp"
+    overlap_floor_s: float | None = None  # max(F / peak, B / bw) over the whole call
+    sequential_floor_s: float | None = None  # the sum of that floor over the kernel groups (>= overlap)
+    pct_of_peak_basis: str | None = None  # which floor pct_of_peak uses: "sequential"
+    pct_of_peak_overlap: float | None = None  # the overlap floor over the median, in %
+    kernel_groups: Mapping[str, Any] = field(default_factory=dict)  # per group: flops, bytes, bound, floor_s
+    timed_region: str | None = None  # the region this work models: "layer" or "attention" (None: layer, before it)
 
 
 @dataclass(frozen=True)

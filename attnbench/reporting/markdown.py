@@ -263,7 +263,8 @@ def methodology(baseline: Baseline) -> str:
                      "the fraction of that kernel time spent in kernels classified as attention "
                      "(`attnbench.timing.KERNEL_ROLES`).")
     lines.append("- **Rates** at the median: TFLOP/s or GB/s of the bound resource (`bound` from the roofline model), "
-                 "with % of the measured peak above.")
+                 "with % of peak: the sequential floor (the sum of max(FLOPs / peak, bytes / bandwidth) over the "
+                 "kernels that run one after another) over the median; per-phase bounds for mixed batches.")
     return "\n".join(lines)
 
 

@@ -78,10 +78,18 @@ def short_kernel_path(path: str | None, limit: int = 40) -> str:
     return path if len(path) <= limit else path[:limit - 1] + "…"
 
 
+def bound_label(r: BenchmarkResult | None) -> str:
+    """The bound the sequential floor (% peak's basis) comes from: per phase for a mixed batch."""
+    if r is None:
+        return ""
+    return info(r, "work", "bound_label") or r.bound or ""
+
+
 METRICS: dict[str, Metric] = {m.header: m for m in (
     Metric("TFLOP/s", _number("tflops"), summary=True),
     Metric("GB/s", _number("gbps"), summary=True),
     Metric("% peak", _number("pct_of_peak", 2), lambda g: any(r.pct_of_peak is not None for r in g), summary=True),
+    Metric("bound", bound_label, lambda g: any(bound_label(r) for r in g), summary=True, right=False),
     Metric("MiB", memory, lambda g: any(r.memory_info for r in g), summary=True),
     Metric("attention share", lambda r: percent(info(r, "kernels", "attention_share"))),
     Metric("split · attention share", lambda r: f"{split(r)} · {percent(info(r, 'kernels', 'attention_share'))}"),
@@ -102,6 +110,9 @@ def rate(result: BenchmarkResult) -> str:
         return NO_VALUE
     if result.pct_of_peak is not None:
         text += f" ({percent(result.pct_of_peak / 100)})"
+    label = bound_label(result)
+    if ":" in label:  # a mixed batch: the rate is the total's, the label says what bounds each phase
+        text += f" {label}"
     return text
 
 
