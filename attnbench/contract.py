@@ -41,6 +41,8 @@ class CaseAdapter(Protocol):
     info: dict[str, Any]
     bytes_per_layer: int  # one layer's buffers (cache, inputs, outputs) that a call touches
     mla_paths: list[str] | None  # per request: "decode" or "prefill" (MLA only)
+    # per request, which attention kernel runs it where a standard backend splits them (FlashInfer); None: one
+    attention_paths: list[str] | None
     requests: list["BatchRequest"]  # in execution order
 
     def make_layer(self, index: int) -> LayerCall: ...

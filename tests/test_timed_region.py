@@ -69,6 +69,9 @@ def test_both_regions_and_zero_fill_run_verified_on_the_cpu(pytester):
         assert layer["kv_fill"] == attention["kv_fill"] == "zeros"
         assert "already written" in attention["backend_info"]["timed_region"]
         assert layer["verified"] and attention["verified"]
+        # the work model follows the region: no cache write in the attention call
+        assert (layer["work"]["timed_region"], attention["work"]["timed_region"]) == ("layer", "attention")
+        assert attention["work"]["bytes"] < layer["work"]["bytes"]
         assert CaseRecord.from_json(attention).key.timed_region == "attention"
 
 

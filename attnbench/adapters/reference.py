@@ -25,6 +25,7 @@ TIMED_REGION = {"layer": "cache write + attention (plain torch, float32 math)",
 
 class ReferenceAttentionAdapter:
     mla_paths = None
+    attention_paths = None
 
     def __init__(self, case: BenchCase) -> None:
         shape = case.effective_shape
@@ -74,6 +75,8 @@ class ReferenceAttentionAdapter:
 
 
 class ReferenceMLAAdapter:
+    attention_paths = None
+
     def __init__(self, case: BenchCase) -> None:
         shape = case.effective_shape
         assert isinstance(shape, MLAShape)

@@ -46,6 +46,9 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
 
     def _after_build(self) -> None:
         self.bytes_per_layer = layers.attention_buffer_bytes(self.layout, self.shape)
+        if self.case.backend.name == "FLASHINFER":  # separate decode and prefill wrappers, decodes first
+            n_dec = int(getattr(self.metadata, "num_decodes", 0) or 0)
+            self.attention_paths = ["decode"] * n_dec + ["prefill"] * (len(self.requests) - n_dec)
 
     def _describe(self) -> dict[str, Any]:
         region = TIMED_REGION[self.case.timed_region]

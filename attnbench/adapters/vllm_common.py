@@ -206,6 +206,7 @@ class VllmLayerAdapter:
     """
 
     mla_paths: list[str] | None = None
+    attention_paths: list[str] | None = None
 
     def __init__(self, case: Any) -> None:
         prepare_environment()

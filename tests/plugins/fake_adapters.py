@@ -23,6 +23,7 @@ class FakeAttentionAdapter:
     """The REFERENCE computation, with a hook that spoils the output of some calls."""
 
     mla_paths = None
+    attention_paths = None
 
     def __init__(self, case: BenchCase, wrong_from: int | None, wrong_request: int, factor: float) -> None:
         self.case, self.shape = case, case.effective_shape
