@@ -18,7 +18,7 @@ import benchmark
 from attnbench import options, plugin
 from attnbench.api import BenchmarkConfig
 from attnbench.options import OPTIONS, Option
-from attnbench.results import SHAPE_FIELDS
+from attnbench.record import SHAPE_FIELDS
 from attnbench.shapes import ATTENTION_KEYS, MLA_KEYS
 from attnbench.study import RunSettings, Study, StudyError, build_study, load_study_file
 
