@@ -58,7 +58,9 @@ def csv_row(outcome: CaseOutcome) -> dict[str, Any]:
 
 
 class ResultsFormatter:
-    """Upstream's formatter interface: a table on the console, and CSV / JSON files, over ``CaseOutcome``s."""
+    """Upstream's formatter interface: a table on the console, and CSV / JSON files, over ``CaseOutcome``s.
+
+    ``crossovers`` (``crossover_rows``) may be given when a caller writes both files, so they are computed once."""
 
     def __init__(self, console: Any = None, machine_info: dict[str, Any] | None = None):
         self.console = console
@@ -74,14 +76,15 @@ class ResultsFormatter:
         for renderable in summary_renderables(chosen):
             console.print(renderable)
 
-    def save_csv(self, results: list[CaseOutcome], path: str | os.PathLike[str]) -> Path:
+    def save_csv(self, results: list[CaseOutcome], path: str | os.PathLike[str],
+                 crossovers: list[dict[str, Any]] | None = None) -> Path:
         def write(f: IO[str]) -> None:
             writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
             writer.writeheader()
             for result in results:
                 writer.writerow(csv_row(result))
 
-        crossovers = crossover_rows(results)
+        crossovers = crossover_rows(results) if crossovers is None else crossovers
         if crossovers:  # decode_vs_prefill: the answer per backend x batch size, beside the per-case rows
             def write_crossovers(f: IO[str]) -> None:
                 writer = csv.DictWriter(f, fieldnames=list(crossovers[0]))
@@ -92,10 +95,11 @@ class ResultsFormatter:
             _atomic_write(crossover_csv_path(path), write_crossovers, newline="")
         return _atomic_write(Path(path), write, newline="")
 
-    def save_json(self, results: list[CaseOutcome], path: str | os.PathLike[str]) -> Path:
+    def save_json(self, results: list[CaseOutcome], path: str | os.PathLike[str],
+                  crossovers: list[dict[str, Any]] | None = None) -> Path:
         doc = {"schema": SCHEMA, "created": _now(), "machine_info": self.machine_info or {},
                "results": [r.to_json() for r in results]}
-        crossovers = crossover_rows(results)
+        crossovers = crossover_rows(results) if crossovers is None else crossovers
         if crossovers:  # decode_vs_prefill: the answer per backend x batch size
             doc["crossovers"] = crossovers
         return _atomic_write(Path(path), lambda f: json.dump(doc, f, indent=1, default=str))

@@ -34,8 +34,8 @@ from attnbench.cases import BenchCase
 from attnbench.reporting.verdicts import (SLOWER, THRESHOLD, GpuMismatch, Verdict, check_gpu, compare_results,
                                           counts, gpu_name, verdict_table, write_verdict_json)
 from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, crossover_csv_path,
-                               load_results, merge_results, partial_path, path_conflict, unusable_folder_reason,
-                               unwritable_reason)
+                               crossover_rows, load_results, merge_results, partial_path, path_conflict,
+                               unusable_folder_reason, unwritable_reason)
 from attnbench.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case_key, describe_key
 from attnbench.plugin import STUDY_KEY, backend_for_item, compose_case
 from attnbench.record import SCHEMA as RECORD_SCHEMA
@@ -349,11 +349,12 @@ class ReportingSession:
         assert self.journal is not None
         rows = merge_results(load_results(self.journal.path, allow_empty=True).results)  # the record of truth
         formatter = ResultsFormatter(machine_info=session_machine_info(self.study))
+        crossovers = crossover_rows(rows)  # once, for both files
         written = []
         if self.study.output_csv:
-            written.append(formatter.save_csv(rows, self.study.output_csv))
+            written.append(formatter.save_csv(rows, self.study.output_csv, crossovers))
         if self.study.output_json:
-            written.append(formatter.save_json(rows, self.study.output_json))
+            written.append(formatter.save_json(rows, self.study.output_json, crossovers))
         if self.study.output_json:
             self.journal.path.unlink()  # everything in it is in the JSON, which --resume reads too
         else:
