@@ -31,7 +31,7 @@ import pytest
 
 from attnbench.bench_shim import BenchmarkView, add_to_session, recorded_samples
 from attnbench.cases import BenchCase
-from attnbench.reporting.verdicts import (SLOWER, THRESHOLD, GpuMismatch, Verdict, check_gpu, compare_results,
+from attnbench.reporting.verdicts import (SLOWER, GpuMismatch, Verdict, check_gpu, compare_results,
                                           counts, gpu_name, verdict_table, write_verdict_json)
 from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, crossover_csv_path,
                                crossover_rows, load_results, merge_results, partial_path, path_conflict,
@@ -45,27 +45,6 @@ from attnbench.study import Study
 
 REPORT_ATTRIBUTE = "attnbench_result"  # the case's CaseOutcome JSON, carried on a TestReport
 VIEW_ATTRIBUTE = "attnbench_benchmark"  # a worker's case as pytest-benchmark stores it (xdist only)
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("attnbench-reporting", "attnbench reporting (summary table, exports, resume, "
-                                                    "baselines, plots); --output-csv/--output-json are above")
-    group.addoption("--resume", metavar="FILE",
-                    help="skip cases already timed in FILE (a .partial.jsonl journal or an --output-json file) "
-                         "and carry its rows into the outputs")
-    group.addoption("--baseline-json", metavar="FILE",
-                    help="compare this run against FILE (pytest-benchmark JSON, or attnbench JSON) at the end")
-    group.addoption("--verdict-json", metavar="FILE", help="write the baseline verdicts to FILE")
-    group.addoption("--verdict-threshold", type=float, default=THRESHOLD, metavar="F",
-                    help=f"practical threshold for SAME/SLOWER/FASTER as a fraction (default {THRESHOLD})")
-    group.addoption("--fail-on-regression", action="store_true",
-                    help="exit non-zero when a case is SLOWER than --baseline-json")
-    group.addoption("--allow-gpu-mismatch", action="store_true",
-                    help="compare against a baseline from another GPU model (a warning instead of an error)")
-    group.addoption("--plot", action="store_true", help="write PNG plots next to the outputs")
-    group.addoption("--plot-dir", metavar="DIR", help="folder for --plot (default: next to --output-json/-csv, "
-                                                      "else ./results)")
-    group.addoption("--no-bench-summary", action="store_true", help="do not print the attnbench summary table")
 
 
 @pytest.hookimpl(trylast=True)  # after attnbench.plugin has resolved the study
@@ -183,11 +162,7 @@ class ReportingSession:
     warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        opt = self.config.getoption
-        threshold = opt("verdict_threshold")
-        if not 0 <= threshold < 1:  # NaN fails the comparison too
-            raise pytest.UsageError(f"--verdict-threshold: must be a fraction between 0 and 1 (0.05 = 5 %), "
-                                    f"got {threshold}")
+        opt = self.config.getoption  # the run settings, checked by attnbench.plugin (options.session_values)
         if not is_xdist_worker(self.config):
             self._check_outputs_writable()
         self.resume_path = opt("resume")

@@ -152,14 +152,6 @@ RESCHEDULED_KEY = pytest.StashKey[dict]()  # nodeid -> how often a worker died b
 MAX_RESCHEDULES = 3  # a case whose workers keep dying before it starts is failed, not retried forever
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("attnbench-scaleout", "attnbench workers (pytest-xdist): one per GPU, crash isolation")
-    group.addoption("--gpus", metavar="auto|none|N|LIST",
-                    help="one xdist worker per GPU, each pinned to its GPU: 'auto' (the default for GPU runs: every "
-                         "visible GPU), a count, or CUDA_VISIBLE_DEVICES entries '0,2'; 'none' runs in-process "
-                         "(a crash then ends the run)")
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto`` on a GPU run: one worker per visible GPU, not per CPU core."""

@@ -17,7 +17,6 @@ Flow (``attnbench.crossover_search`` holds the logic):
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -43,20 +42,8 @@ _INFO_KEY = pytest.StashKey[dict]()
 CaseKey = tuple[str, str, str, str]  # family, backend, batch spec, pipeline
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("attnbench-search", "attnbench crossover search")
-    group.addoption("--full-grid", action="store_true",
-                    help="decode_vs_prefill: time every query length instead of bisecting for the crossover")
-    group.addoption("--search-timeout", type=float, default=600.0, metavar="S",
-                    help="how long an xdist worker waits for another worker's result the search needs before "
-                         "timing the case anyway (default 600)")
-
-
 @pytest.hookimpl(trylast=True)  # after attnbench.plugin has resolved the study
 def pytest_configure(config: pytest.Config) -> None:
-    timeout = config.getoption("search_timeout")
-    if not (math.isfinite(timeout) and timeout >= 0):
-        raise pytest.UsageError(f"--search-timeout: must be a finite number of seconds >= 0, got {timeout}")
     study = config.stash.get(STUDY_KEY, None)
     if study is None or study.mode != "decode_vs_prefill" or config.getoption("full_grid"):
         return

@@ -60,6 +60,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from attnbench import options
 from attnbench.exports import ResultsFileError, load_results
 from attnbench.reporting.cells import NO_VALUE, change, us
 from attnbench.reporting.model import ADDED, BAD, DOUBT, GONE, GOOD, Cell, Column, Table
@@ -69,7 +70,7 @@ FASTER, SLOWER, SAME, UNSURE, NEW = "FASTER", "SLOWER", "SAME", "UNSURE", "NEW"
 UNTIMED = "UNTIMED"  # the new run holds the baseline's case but skipped or failed it
 MISSING = "MISSING"  # the new run does not hold the baseline's case at all
 VERDICTS = (FASTER, SLOWER, SAME, UNSURE, NEW, UNTIMED, MISSING)
-THRESHOLD = 0.02
+THRESHOLD = options.DEFAULTS["verdict_threshold"]  # --verdict-threshold's default
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 MIN_BOOTSTRAP_ROUNDS = 5
@@ -264,15 +265,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmark.py compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("baseline", help="baseline results (pytest-benchmark JSON, or attnbench JSON/JSONL)")
     parser.add_argument("new", help="new results, same formats")
-    parser.add_argument("--threshold", type=float, default=THRESHOLD,
+    parser.add_argument("--threshold", type=_threshold, default=THRESHOLD,
                         help=f"practical threshold t as a fraction (default {THRESHOLD}: +-2%%)")
     parser.add_argument("--confidence", type=float, default=CONFIDENCE, help="confidence level (default 0.95)")
     parser.add_argument("--allow-gpu-mismatch", action="store_true", help="compare runs from different GPU models")
     parser.add_argument("--verdict-json", metavar="FILE", help="also write the verdicts as JSON")
     parser.add_argument("--no-fail", action="store_true", help="exit 0 even if a case is SLOWER")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    if not 0 < args.confidence < 1 or not 0 <= args.threshold < 1:  # NaN fails both comparisons
-        parser.error("--confidence must be in (0, 1) and --threshold in [0, 1)")
+    if not 0 < args.confidence < 1:  # NaN fails the comparison too
+        parser.error("--confidence must be in (0, 1)")
     if args.verdict_json:
         from attnbench.exports import unwritable_reason
 
@@ -307,6 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------ helpers
+
+def _threshold(text: str) -> float:
+    """--threshold by --verdict-threshold's rule (the option table's row)."""
+    try:
+        return options.BY_NAME["verdict_threshold"].value(text, cli=True)
+    except options.OptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _unstructured(result: CaseOutcome | None) -> bool:
