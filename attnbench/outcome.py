@@ -221,8 +221,7 @@ def case_key(outcome: CaseOutcome) -> tuple:
     k = outcome.key
     if not k.batch_spec:
         return ("fullname", outcome.fullname or k.backend)
-    shape = {name: v for name, v in k.shape.items() if v is not None}
-    return ("case", k.family, k.backend, k.batch_spec, _canon(shape), k.sweep_param, _canon(k.sweep_value),
+    return ("case", k.family, k.backend, k.batch_spec, _canon(k.dims), k.sweep_param, _canon(k.sweep_value),
             k.pipeline, _canon(dict(k.backend_params)), k.cache_state, devicekind_of(k.device))
 
 

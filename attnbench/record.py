@@ -147,6 +147,11 @@ class CaseKey:
             require(value is None or ok, f"shape.{name} is {show(value)}, expected {expected}")
         return key
 
+    @property
+    def dims(self) -> dict[str, Any]:
+        """The shape's set dimensions in ``SHAPE_FIELDS`` order (how tables and keys show them)."""
+        return {name: self.shape[name] for name in SHAPE_FIELDS if self.shape.get(name) is not None}
+
     # what the batch is: new tokens, requests, longest query and KV (a spec the grammar rejects raises ValueError)
     @property
     def batch_stats(self) -> dict[str, Any]:

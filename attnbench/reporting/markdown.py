@@ -284,7 +284,7 @@ def sources(baseline: Baseline) -> str:
 
 
 def _section(study: str, results: Sequence[CaseOutcome], table: str, notes: Sequence[str]) -> str:
-    shape = results[0].key.shape if results else {}
+    shape = results[0].key.dims if results else {}
     dims = ", ".join(f"{k}={v}" for k, v in shape.items() if k not in ("num_layers", "kv_cache_dtype"))
     parts = [f"## {study_title(study)}", "", f"Study `{study}`; {dims}.", "", table]
     for note in notes:  # each its own paragraph

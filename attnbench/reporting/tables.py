@@ -281,7 +281,7 @@ def _vs_best(r: CaseOutcome, best: float | None) -> Cell:
 
 def _caption(group: Sequence[CaseOutcome]) -> str:
     first = group[0]
-    shape = ", ".join(f"{k}={v}" for k, v in first.key.shape.items() if k not in ("kv_cache_dtype",))
+    shape = ", ".join(f"{k}={v}" for k, v in first.key.dims.items() if k not in ("kv_cache_dtype",))
     timers = {r.timer for r in group if r.timer}
     unit = "median µs per attention call (one layer)"
     if timers:
