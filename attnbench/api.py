@@ -2,8 +2,9 @@
 -> ``BenchmarkResult``.
 
 It builds the same ``BenchCase`` the pytest plugin builds and calls the same
-``runner.execute``: one measurement, not a second one. ``BenchmarkResult.mean_time`` is
-device seconds per attention call (one layer) on a GPU, host seconds on the CPU.
+``runner.execute``: one measurement, not a second one. ``BenchmarkResult`` has upstream's fields
+(``mean_time`` is device seconds per attention call of one layer on a GPU, host seconds on the
+CPU) read from the case's ``CaseOutcome``, which it carries whole as ``outcome``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from attnbench import backends as registry
 from attnbench import options
 from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD
 from attnbench.cases import BenchCase
-from attnbench.results import SHAPE_FIELDS, BenchmarkResult
 from attnbench.contract import SkipCase
+from attnbench.outcome import SKIPPED, CaseOutcome
+from attnbench.record import SHAPE_FIELDS
 from attnbench.runner import execute
 from attnbench.shapes import make_shape
 from attnbench.study import RunSettings
@@ -77,6 +79,47 @@ class BenchmarkConfig:
 options.check_record(BenchmarkConfig, ("run", "model"))
 
 
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """Upstream's result of one case; its numbers are the outcome's (None where it has none)."""
+
+    config: BenchmarkConfig
+    outcome: CaseOutcome
+
+    @property
+    def mean_time(self) -> float | None:
+        return self.outcome.times.mean
+
+    @property
+    def std_time(self) -> float | None:
+        return self.outcome.times.stddev
+
+    @property
+    def min_time(self) -> float | None:
+        return self.outcome.times.min
+
+    @property
+    def max_time(self) -> float | None:
+        return self.outcome.times.max
+
+    @property
+    def throughput_tokens_per_sec(self) -> float | None:
+        return self.outcome.throughput
+
+    @property
+    def memory_allocated_mb(self) -> float | None:
+        peak = self.outcome.memory.peak_allocated_bytes
+        return peak / 2**20 if peak is not None else None
+
+    @property
+    def error(self) -> str | None:
+        return self.outcome.reason
+
+    @property
+    def success(self) -> bool:
+        return self.outcome.passed
+
+
 def _run(family: str, config: BenchmarkConfig, params: dict[str, int]) -> BenchmarkResult:
     info = registry.lookup(config.backend, family)  # type: ignore[arg-type]
     if info is None:
@@ -92,9 +135,10 @@ def _run(family: str, config: BenchmarkConfig, params: dict[str, int]) -> Benchm
         shape=make_shape(family, config.model_overrides()), run=config.run_settings(), backend_settings=params,
         timed_region=region)
     try:
-        return BenchmarkResult.from_case_result(execute(case))
+        outcome = CaseOutcome.measured(execute(case).record())
     except SkipCase as exc:
-        return BenchmarkResult.from_case(case, "skipped", str(exc))
+        outcome = CaseOutcome.unmeasured(case, SKIPPED, str(exc))
+    return BenchmarkResult(config, outcome)
 
 
 def run_mla_benchmark(backend: str, config: BenchmarkConfig, num_kv_splits: int | None = None,

@@ -22,8 +22,7 @@ from typing import Any, ClassVar, Sequence
 
 import pytest
 
-TIMER_NAMES = {"cuda-graph": "cuda_events(cuda_graph_replay)", "cuda-events": "cuda_events(eager)",
-               "host": "time.perf_counter"}
+from attnbench.record import TIMER_NAMES
 
 
 def session_of(config: pytest.Config) -> Any | None:

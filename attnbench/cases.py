@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD, BackendInfo, knob_problem
+from attnbench.record import CaseKey
 from attnbench.shapes import Shape, sweepable_keys, with_value
 from attnbench.study import AUTO, RunSettings
 from grammar import BatchRequest, parse_batch_spec
@@ -86,3 +87,7 @@ class BenchCase:
             "timed_region": self.timed_region,
             "kv_fill": self.run.kv_fill,
         }
+
+    def key(self) -> CaseKey:
+        """The case's identity in its record and in every report."""
+        return CaseKey(**self.describe(), cache_state=self.run.cache_state)

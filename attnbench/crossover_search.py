@@ -23,7 +23,10 @@ import bisect
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from attnbench.outcome import CaseOutcome
 
 DECODE, PREFILL, TIE = "decode", "prefill", "tie"
 PIPELINES = (DECODE, PREFILL)
@@ -106,20 +109,20 @@ class Measurement:
         return self.status == "passed" and self.seconds is not None and self.seconds > 0
 
 
-def measurement(record: Mapping[str, Any]) -> Measurement:
-    """From a ``BenchmarkResult.to_record()`` dict (or a result's ``vars()``): the runner's rel_stderr when it
-    recorded one, else std / mean / sqrt(rounds)."""
-    timing = ((record.get("extra") or {}).get("timing") or {}) if isinstance(record.get("extra"), dict) else {}
-    err = timing.get("rel_stderr") if isinstance(timing, dict) else None
-    std, mean, rounds = record.get("std_time"), record.get("mean_time"), record.get("rounds") or 0
-    if err is None and std is not None and mean and rounds >= 2:
-        err = std / mean / math.sqrt(rounds)
-    return Measurement(record.get("median_time"), err, record.get("status") or "passed")
+def measurement(outcome: "CaseOutcome") -> Measurement:
+    """One case's median with the runner's rel_stderr when it recorded one, else std / mean / sqrt(rounds)."""
+    t = outcome.times
+    err = outcome.record.timing.rel_stderr if outcome.record is not None else None
+    if err is None and t.stddev is not None and t.mean and t.rounds >= 2:
+        err = t.stddev / t.mean / math.sqrt(t.rounds)
+    return Measurement(t.median, err, outcome.status)
 
 
 def compare(decode: Measurement, prefill: Measurement, k: float = NOISE_K, rel_tie: float = REL_TIE) -> str:
     """DECODE or PREFILL (the faster one), or TIE when they are within noise; both must be timed."""
-    td, tp = float(decode.seconds), float(prefill.seconds)  # type: ignore[arg-type]
+    if decode.seconds is None or prefill.seconds is None:
+        raise ValueError("compare needs both pipelines timed")
+    td, tp = decode.seconds, prefill.seconds
     noise = k * math.hypot(td * (decode.rel_stderr or 0.0), tp * (prefill.rel_stderr or 0.0))
     if abs(td - tp) <= max(noise, rel_tie * min(td, tp)):
         return TIE
@@ -140,7 +143,9 @@ class Point:
 
     def outcome(self, k: float = NOISE_K, rel_tie: float = REL_TIE) -> str | None:
         """DECODE, PREFILL or TIE; None when not both pipelines were timed."""
-        return compare(self.decode, self.prefill, k, rel_tie) if self.timed else None  # type: ignore[arg-type]
+        if not self.timed or self.decode is None or self.prefill is None:
+            return None
+        return compare(self.decode, self.prefill, k, rel_tie)
 
 
 # ------------------------------------------------------------------ the answer

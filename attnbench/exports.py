@@ -3,11 +3,13 @@
 * ``ResultsFormatter.save_csv`` / ``save_json`` keep upstream attention_benchmarks' interface and its column /
   key names (``backend, batch_spec, num_layers, mean_time, std_time, throughput, memory_mb``
   lead the CSV; JSON records carry ``config`` and ``throughput_tokens_per_sec``); more
-  columns follow. The JSON is ``{"schema", "created", "machine_info", "results": [...]}``.
-* ``Journal`` appends one JSON line per finished case and fsyncs it, so a crash mid-study
+  columns follow. The JSON is ``{"schema", "created", "machine_info", "results": [...]}``, each result a
+  ``CaseOutcome.to_json`` row.
+* ``Journal`` appends one such row per finished case, a JSON line, and fsyncs it, so a crash mid-study
   loses nothing already measured; the final CSV/JSON are written from it.
 * ``load_results`` reads any of: a journal (JSON lines), this module's JSON, upstream's JSON
-  (a list of records), or a pytest-benchmark JSON (``--benchmark-json`` / ``--benchmark-save``).
+  (a list of records), or a pytest-benchmark JSON (``--benchmark-json`` / ``--benchmark-save``), each
+  into ``CaseOutcome``s: one reader per format below.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Sequence
 
-from attnbench.record import RecordError
-from attnbench.results import SHAPE_FIELDS, BenchmarkResult, case_key
+from attnbench.outcome import FAILED, PASSED, CaseOutcome, Times, case_key, summary_times
+from attnbench.record import SCHEMA as RECORD_SCHEMA
+from attnbench.record import (SHAPE_FIELDS, CaseKey, CaseRecord, RecordError, is_finite, keys_of, kind_of, require,
+                              show, upgrade_schema_1)
 
 SCHEMA = "attnbench.results/1"
 
@@ -43,41 +47,44 @@ def partial_path(output: str | os.PathLike[str]) -> Path:
     return Path(f"{output}.partial.jsonl")
 
 
-def csv_row(result: BenchmarkResult) -> dict[str, Any]:
-    row: dict[str, Any] = {name: getattr(result, name, None) for name in CSV_COLUMNS if hasattr(result, name)}
-    row["throughput"] = result.throughput
-    row["memory_mb"] = result.peak_memory_bytes / 2**20 if result.peak_memory_bytes is not None else None
-    row["rel_noise"] = result.rel_noise
-    row["backend_params"] = json.dumps(result.backend_params, sort_keys=True) if result.backend_params else None
+def csv_row(outcome: CaseOutcome) -> dict[str, Any]:
+    """The JSON row's plain columns (CSV holds no lists or objects)."""
+    row = outcome.to_json()
+    row["memory_mb"] = row["memory_allocated_mb"]
+    row["rel_noise"] = outcome.times.rel_noise
+    row["backend_params"] = json.dumps(row["backend_params"], sort_keys=True) if row["backend_params"] else None
     # empty cells, not "None" or 0: an unknown number must not read as a measured zero
     return {k: ("" if row.get(k) is None else row[k]) for k in CSV_COLUMNS}
 
 
 class ResultsFormatter:
-    """Upstream's formatter interface: a table on the console, and CSV / JSON files, over ``BenchmarkResult``s."""
+    """Upstream's formatter interface: a table on the console, and CSV / JSON files, over ``CaseOutcome``s.
+
+    ``crossovers`` (``crossover_rows``) may be given when a caller writes both files, so they are computed once."""
 
     def __init__(self, console: Any = None, machine_info: dict[str, Any] | None = None):
         self.console = console
         self.machine_info = machine_info
 
-    def print_table(self, results: list[BenchmarkResult], backends: list[str] | None = None) -> None:
+    def print_table(self, results: list[CaseOutcome], backends: list[str] | None = None) -> None:
         from rich.console import Console
 
         from attnbench.reporting.console import summary_renderables
 
         console = self.console or Console()
-        chosen = [r for r in results if backends is None or r.backend in backends]
+        chosen = [r for r in results if backends is None or r.key.backend in backends]
         for renderable in summary_renderables(chosen):
             console.print(renderable)
 
-    def save_csv(self, results: list[BenchmarkResult], path: str | os.PathLike[str]) -> Path:
+    def save_csv(self, results: list[CaseOutcome], path: str | os.PathLike[str],
+                 crossovers: list[dict[str, Any]] | None = None) -> Path:
         def write(f: IO[str]) -> None:
             writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
             writer.writeheader()
             for result in results:
                 writer.writerow(csv_row(result))
 
-        crossovers = _crossover_rows(results)
+        crossovers = crossover_rows(results) if crossovers is None else crossovers
         if crossovers:  # decode_vs_prefill: the answer per backend x batch size, beside the per-case rows
             def write_crossovers(f: IO[str]) -> None:
                 writer = csv.DictWriter(f, fieldnames=list(crossovers[0]))
@@ -88,10 +95,11 @@ class ResultsFormatter:
             _atomic_write(crossover_csv_path(path), write_crossovers, newline="")
         return _atomic_write(Path(path), write, newline="")
 
-    def save_json(self, results: list[BenchmarkResult], path: str | os.PathLike[str]) -> Path:
+    def save_json(self, results: list[CaseOutcome], path: str | os.PathLike[str],
+                  crossovers: list[dict[str, Any]] | None = None) -> Path:
         doc = {"schema": SCHEMA, "created": _now(), "machine_info": self.machine_info or {},
-               "results": [r.to_record() for r in results]}
-        crossovers = _crossover_rows(results)
+               "results": [r.to_json() for r in results]}
+        crossovers = crossover_rows(results) if crossovers is None else crossovers
         if crossovers:  # decode_vs_prefill: the answer per backend x batch size
             doc["crossovers"] = crossovers
         return _atomic_write(Path(path), lambda f: json.dump(doc, f, indent=1, default=str))
@@ -103,8 +111,9 @@ def crossover_csv_path(path: str | os.PathLike[str]) -> Path:
     return p.with_name(f"{p.stem}.crossover{p.suffix or '.csv'}")
 
 
-def _crossover_rows(results: list[BenchmarkResult]) -> list[dict[str, Any]]:
-    if not any(r.pipeline in ("decode", "prefill") for r in results):
+def crossover_rows(results: list[CaseOutcome]) -> list[dict[str, Any]]:
+    """The decode_vs_prefill answers as plain rows (empty for any other study)."""
+    if not any(r.key.pipeline in ("decode", "prefill") for r in results):
         return []
     from attnbench.reporting.analysis import crossover_records
 
@@ -114,7 +123,7 @@ def _crossover_rows(results: list[BenchmarkResult]) -> list[dict[str, Any]]:
 class Journal:
     """An append-only JSON-lines file: one record per finished case, flushed and fsynced per line."""
 
-    def __init__(self, path: str | os.PathLike[str], carried: Iterable[BenchmarkResult] = ()):
+    def __init__(self, path: str | os.PathLike[str], carried: Iterable[CaseOutcome] = ()):
         """Start a fresh journal at ``path`` holding ``carried`` (rows carried from a resumed run).
 
         The file is replaced atomically, so when ``path`` is itself the journal being resumed its
@@ -125,7 +134,7 @@ class Journal:
         _atomic_write(self.path, lambda f: f.write(lines))
         self._file: IO[str] | None = open(self.path, "a", encoding="utf-8")
 
-    def append(self, result: BenchmarkResult) -> None:
+    def append(self, result: CaseOutcome) -> None:
         if self._file is None:
             raise ValueError(f"journal {self.path} is closed")
         self._file.write(_line(result))
@@ -140,7 +149,7 @@ class Journal:
 
 @dataclass
 class LoadedResults:
-    results: list[BenchmarkResult]
+    results: list[CaseOutcome]
     machine_info: dict[str, Any] | None = None  # None when the file has none (a journal)
     kind: str = "attnbench-json"  # "journal", "attnbench-json", "seed-json" or "pytest-benchmark"
     notes: list[str] = field(default_factory=list)
@@ -198,12 +207,12 @@ def _load_text(p: Path, text: str) -> LoadedResults:
                 pass
         raise ResultsFileError(f"{p}: not JSON: {exc}") from None
     if isinstance(doc, list):
-        return LoadedResults(_records(p, doc, "record", BenchmarkResult.from_record), None, "seed-json")
+        return LoadedResults(_records(p, doc, "record", from_seed_record), None, "seed-json")
     if isinstance(doc, dict) and "benchmarks" in doc:
-        results = _records(p, doc["benchmarks"], "benchmarks", BenchmarkResult.from_benchmark_json)
+        results = _records(p, doc["benchmarks"], "benchmarks", from_benchmark_entry)
         return LoadedResults(results, _machine_info(p, doc), "pytest-benchmark")
     if isinstance(doc, dict) and "results" in doc:
-        results = _records(p, doc["results"], "results", BenchmarkResult.from_record)
+        results = _records(p, doc["results"], "results", CaseOutcome.from_json)
         return LoadedResults(results, _machine_info(p, doc), "attnbench-json")
     if isinstance(doc, dict) and "backend" in doc:  # a journal of one line
         return _load_journal(p, text)
@@ -212,7 +221,7 @@ def _load_text(p: Path, text: str) -> LoadedResults:
     raise ResultsFileError(f"{p}: neither attnbench results, a journal, nor pytest-benchmark JSON (found {found})")
 
 
-def _records(p: Path, items: Any, what: str, build: Any) -> list[BenchmarkResult]:
+def _records(p: Path, items: Any, what: str, build: Any) -> list[CaseOutcome]:
     """``build`` over a list of records, naming the file and the record on the first malformed one."""
     if not isinstance(items, list):
         raise ResultsFileError(f"{p}: {what!r} is a JSON {type(items).__name__}, expected a list of records")
@@ -226,6 +235,62 @@ def _records(p: Path, items: Any, what: str, build: Any) -> list[BenchmarkResult
     return out
 
 
+# ------------------------------------------------------------------ foreign formats
+
+def from_benchmark_entry(entry: Any) -> CaseOutcome:
+    """One entry of pytest-benchmark's ``benchmarks`` list (only passed tests are saved there): the record in its
+    ``extra_info`` (schema 1 upgraded), the times from ``stats.data``, else from the summary when
+    ``--benchmark-save`` kept no samples. An entry with no record (a plain pytest-benchmark test) is known by its
+    node id. Raises ``RecordError`` naming the field when the entry is malformed."""
+    require(isinstance(entry, dict), f"benchmark entry is {kind_of(entry)}, expected an object")
+    stats = _container(entry, "stats") or {}
+    raw = stats.get("data") or []
+    require(isinstance(raw, list), f"stats.data is {kind_of(raw)}, expected a list of numbers")
+    for i, sample in enumerate(raw):
+        require(is_finite(sample), f"stats.data[{i}] is {show(sample)}, expected a number")
+    times = Times.of(raw) if raw else summary_times(stats, ("mean", "median", "stddev", "min", "max", "iqr", "rounds"),
+                                           "stats.")
+    info = upgrade_schema_1(dict(_container(entry, "extra_info") or {}))
+    timer = (_container(entry, "options") or {}).get("timer")
+    for key, value in (("fullname", entry.get("fullname")), ("name", entry.get("name")), ("options.timer", timer)):
+        require(value is None or isinstance(value, str), f"{key} is {show(value)}, expected a string")
+    if info.get("schema") == RECORD_SCHEMA:
+        record: CaseRecord | None = CaseRecord.from_json(info, samples=raw or None)
+        key = record.key
+    else:
+        record, key = None, CaseKey(backend=entry.get("name") or "?", batch_spec="")
+    return CaseOutcome(key, PASSED, None, record, times, entry.get("fullname"), timer)
+
+
+def from_seed_record(row: Any) -> CaseOutcome:
+    """One record of upstream's JSON (``config`` plus times, ``error`` when it failed); a list of this module's
+    rows reads as well. Raises ``RecordError`` naming the field."""
+    require(isinstance(row, dict), f"record is {kind_of(row)}, expected an object")
+    if "backend" in row or "config" not in row:
+        return CaseOutcome.from_json(row)
+    config = _container(row, "config") or {}
+    for required in ("backend", "batch_spec"):
+        require(required in config, f"seed record's config has no {required!r} (keys: {keys_of(config)})")
+    key = CaseKey.from_json({"backend": config["backend"], "batch_spec": config["batch_spec"],
+                             "device": config.get("device"),
+                             "shape": {k: config[k] for k in SHAPE_FIELDS if config.get(k) is not None}},
+                            "config")
+    throughput, error = row.get("throughput_tokens_per_sec"), row.get("error")
+    require(throughput is None or is_finite(throughput),
+            f"throughput_tokens_per_sec is {show(throughput)}, expected a number")
+    require(error is None or isinstance(error, str), f"error is {show(error)}, expected a string")
+    times = summary_times(row, ("mean_time", "median_time", "std_time", "min_time", "max_time", "iqr_time",
+                                "rounds"))
+    return CaseOutcome(key, FAILED if error else PASSED, error, times=times)
+
+
+def _container(parent: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """``parent[key]`` when it is an object or absent/null; a RecordError otherwise."""
+    value = parent.get(key)
+    require(value is None or isinstance(value, dict), f"{key} is {show(value)}, expected an object")
+    return value
+
+
 def _machine_info(p: Path, doc: dict[str, Any]) -> dict[str, Any] | None:
     info = doc.get("machine_info")
     if info is not None and not isinstance(info, dict):
@@ -233,9 +298,9 @@ def _machine_info(p: Path, doc: dict[str, Any]) -> dict[str, Any] | None:
     return info
 
 
-def merge_results(results: Iterable[BenchmarkResult]) -> list[BenchmarkResult]:
+def merge_results(results: Iterable[CaseOutcome]) -> list[CaseOutcome]:
     """One result per case: a later result of the same case replaces an earlier one, in place."""
-    by_key: dict[tuple, BenchmarkResult] = {}
+    by_key: dict[tuple, CaseOutcome] = {}
     for result in results:
         by_key[case_key(result)] = result
     return list(by_key.values())
@@ -253,7 +318,7 @@ def _load_journal(p: Path, text: str) -> LoadedResults:
             notes.append(f"{p}:{number}: unreadable line skipped ({exc})")
             continue
         try:
-            results.append(BenchmarkResult.from_record(record))
+            results.append(CaseOutcome.from_json(record))
         except (RecordError, TypeError) as exc:
             notes.append(f"{p}:{number}: unreadable line skipped ({exc})")
             if isinstance(record, dict):  # a JSON object that is not a result: worth naming if none is
@@ -268,8 +333,8 @@ def _load_journal(p: Path, text: str) -> LoadedResults:
     return LoadedResults(results, None, "journal", notes)
 
 
-def _line(result: BenchmarkResult) -> str:
-    return json.dumps(result.to_record(), default=str) + "\n"
+def _line(result: CaseOutcome) -> str:
+    return json.dumps(result.to_json(), default=str) + "\n"
 
 
 def _atomic_write(path: Path, write: Any, newline: str | None = None) -> Path:

@@ -12,6 +12,10 @@ A newcomer adds an option by adding one row to ``OPTIONS``; if it is a run setti
 field, the typed record also needs the field its consumers read, and ``check_record`` names it at
 import. YAML sections that need real code stay in study.py: ``batch_spec_ranges``,
 ``parameter_sweep``, per-backend sections (``CUTLASS_MLA:``); the ``--sweep-*`` rows are combined there.
+
+The "session" rows are settings of one pytest run (reporting, resume, baselines, plots, workers, the
+crossover search): pytest flags only, since a study file says what to measure, not where a run
+reports or how it spreads. ``session_values`` checks them at configure time.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ class Option:
     kind: type  # of one value: int, float, str or bool
     help: str
     # where the value lands: "run" (RunSettings), "model" (shape override), "study" (a Study field);
-    # "sweep" (the three --sweep-* flags, combined by study.build_study), "file" (--bench-config itself)
+    # "sweep" (the three --sweep-* flags, combined by study.build_study), "file" (--bench-config itself),
+    # "session" (a pytest-run setting: see the module doc)
     to: str = "study"
     flags: tuple[str, ...] = ()  # pytest spellings, canonical first; () = YAML only
     yaml: tuple[str, ...] = ()  # "repeats", "benchmark.repeats", "model.num_q_heads", "output.csv"; () = CLI only
@@ -58,9 +63,18 @@ class Option:
     choices: tuple[Any, ...] = ()
     check: Check | None = None
     examples: tuple[Any, Any] = ()  # two valid, distinct values (tests/test_options.py runs each row with them)
+    expected: str | None = None  # what it takes, in words: any refusal says "must be <expected>, got <value>"
 
     def value(self, raw: Any, cli: bool = False) -> Any:
         """``raw`` typed, range-checked and normalised; ``cli``: text from argv may spell a number."""
+        if self.expected is None:
+            return self._value(raw, cli)
+        try:
+            return self._value(raw, cli)
+        except OptionError:
+            raise OptionError(f"must be {self.expected}, got {raw!r}") from None
+
+    def _value(self, raw: Any, cli: bool) -> Any:
         if self.many:
             if isinstance(raw, str) and self.lone:
                 raw = [raw]
@@ -118,6 +132,13 @@ def at_least(lo: float, note: str = "", hi: float = INT_MAX) -> Check:
             raise OptionError(f"must be < 2**63, got {v}" if hi == INT_MAX else f"must be <= {hi}, got {v}")
         return v
     return check
+
+
+def fraction(v: float) -> float:
+    """A share in [0, 1): a threshold of 1 (100 %) would call every change the same."""
+    if not 0 <= v < 1:
+        raise OptionError(f"must be in [0, 1), got {v}")
+    return v
 
 
 def each(check: Check) -> Check:
@@ -196,6 +217,15 @@ def _dim(name: str, kind: type = int, examples: tuple[Any, Any] = (2, 4), yaml: 
                   (_spell(name),), metavar=metavar, check=at_least(1) if kind is int else None, examples=examples)
 
 
+def _session(name: str, kind: type, help: str, *, const: Any = None, default: Any = None,
+             examples: tuple[Any, Any] = ("a", "b"), **kw: Any) -> Option:
+    """A pytest-run setting: its flag only; a flag without a value switches it on."""
+    if const is not None:
+        default, examples = False, (True, False)
+    return Option(name, kind, help, "session", (_spell(name),), (), (), default, const=const, examples=examples,
+                  **kw)
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("bench_config", str, "YAML study", "file", ("--bench-config",), (), ("--config",),
            metavar="FILE", examples=("a.yaml", "b.yaml")),
@@ -246,6 +276,30 @@ OPTIONS: tuple[Option, ...] = (
            upstream=("--output-csv",), metavar="FILE", check=_non_empty, examples=("a.csv", "b.csv")),
     Option("output_json", str, "write one JSON record per case", flags=("--output-json",), yaml=("output.json",),
            upstream=("--output-json",), metavar="FILE", check=_non_empty, examples=("a.json", "b.json")),
+    # the pytest run's own settings (module doc); their consumers are named after each row
+    _session("resume", str, "skip cases already timed in FILE (a .partial.jsonl journal or an --output-json file) "
+             "and carry its rows into the outputs", metavar="FILE"),  # reporting_plugin
+    _session("baseline_json", str, "compare this run against FILE (pytest-benchmark JSON, or attnbench JSON) at "
+             "the end", metavar="FILE"),  # reporting_plugin, reporting.verdicts
+    _session("verdict_json", str, "write the baseline verdicts to FILE", metavar="FILE"),
+    _session("verdict_threshold", float, "practical threshold for SAME/SLOWER/FASTER as a fraction", default=0.02,
+             metavar="F", check=fraction, examples=(0.02, 0.05), expected="a fraction between 0 and 1 (0.05 = 5 %)"),
+    _session("fail_on_regression", bool, "exit non-zero when a case is SLOWER than --baseline-json", const=True),
+    _session("allow_gpu_mismatch", bool, "compare against a baseline from another GPU model (a warning instead of "
+             "an error)", const=True),
+    _session("plot", bool, "write PNG plots next to the outputs", const=True),  # reporting.plots
+    _session("plot_dir", str, "folder for --plot (default: next to --output-json/-csv, else ./results)",
+             metavar="DIR"),
+    _session("no_bench_summary", bool, "do not print the attnbench summary table", const=True),
+    # scaleout.plan_workers checks it, against the GPUs it sees
+    _session("gpus", str, "one xdist worker per GPU, each pinned to its GPU: 'auto' (the default for GPU runs: "
+             "every visible GPU), a count, or CUDA_VISIBLE_DEVICES entries '0,2'; 'none' runs in-process (a crash "
+             "then ends the run)", metavar="auto|none|N|LIST", examples=("auto", "0,2")),
+    _session("full_grid", bool, "decode_vs_prefill: time every query length instead of bisecting for the crossover",
+             const=True),  # search_plugin
+    _session("search_timeout", float, "how long an xdist worker waits for another worker's result the search needs "
+             "before timing the case anyway", default=600.0, metavar="S", check=at_least(0), examples=(600.0, 5.0),
+             expected="a finite number of seconds >= 0"),
 )
 
 BY_NAME = {o.name: o for o in OPTIONS}
@@ -262,8 +316,23 @@ def cli_values(get: Callable[[str], Any]) -> dict[str, Any]:
     """``build_study``'s ``cli`` from a getter of parsed pytest options (``config.getoption``)."""
     out: dict[str, Any] = {"model": {}}
     for opt in OPTIONS:
-        if opt.flags:
+        if opt.flags and opt.to != "session":
             (out["model"] if opt.to == "model" else out)[opt.name] = get(opt.name)
+    return out
+
+
+def session_values(get: Callable[[str], Any]) -> dict[str, Any]:
+    """The session rows' values from parsed pytest options (``config.getoption``), typed and checked; unset ones
+    their default. Raises ``OptionError`` prefixed with the flag."""
+    out = {}
+    for opt in OPTIONS:
+        if opt.to != "session":
+            continue
+        raw = get(opt.name)
+        try:
+            out[opt.name] = opt.default if raw is None else opt.value(raw, cli=True)
+        except OptionError as exc:
+            raise OptionError(f"{opt.flags[0]}: {exc}") from None
     return out
 
 

@@ -23,10 +23,23 @@ ERRORS_KEY = pytest.StashKey[list]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("attnbench", "vLLM attention benchmarks (command line > --bench-config YAML > defaults)")
-    for opt in options.OPTIONS:  # one row per option: flags, help, YAML keys and rules live there
+    """Every attnbench flag, from the option table (flags, help, YAML keys and rules live there)."""
+    study = parser.getgroup("attnbench", "vLLM attention benchmarks (command line > --bench-config YAML > defaults)")
+    run = parser.getgroup("attnbench-run", "attnbench run settings, pytest only (reporting, resume, baselines, "
+                                           "plots, workers, crossover search)")
+    for opt in options.OPTIONS:
         if opt.flags:
-            group.addoption(*opt.flags, **opt.pytest_kwargs())
+            (run if opt.to == "session" else study).addoption(*opt.flags, **opt.pytest_kwargs())
+
+
+def _check_session_options(config: pytest.Config) -> None:
+    """The run settings typed and checked once, here; every plugin then reads them with ``config.getoption``."""
+    try:
+        values = options.session_values(config.getoption)
+    except options.OptionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    for name, value in values.items():
+        setattr(config.option, name, value)
 
 
 def _cli_values(config: pytest.Config) -> dict[str, Any]:
@@ -45,6 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "requires_cuda: needs a CUDA device")
     config.addinivalue_line("markers", "requires_vllm: needs vLLM installed")
     config.addinivalue_line("markers", "requires_capability(min, max): needs an SM capability in [min, max]")
+    _check_session_options(config)
     try:
         config.stash[STUDY_KEY] = resolve_study(config)
     except StudyError as exc:

@@ -4,7 +4,7 @@
 work (FLOPs, bytes, rates, phases), the kernel path vLLM took, memory, host seconds and the GPU.
 ``to_json``/``from_json`` are its one serialisation: it is pytest-benchmark's ``extra_info``
 (samples left to pytest-benchmark's own ``stats``), what an xdist worker sends the controller,
-and what the reporting view (``results.BenchmarkResult``) is built from. ``from_json`` checks
+and what ``outcome.CaseOutcome`` (the record with its status and times) carries. ``from_json`` checks
 every field it reads and names the one that is wrong (``RecordError``).
 
 Torch-free: reading saved results never needs a GPU stack.
@@ -21,7 +21,11 @@ SHAPE_FIELDS = ("num_layers", "head_dim", "num_q_heads", "num_kv_heads", "block_
                 "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 _SHAPE_NAMES = ("dtype", "kv_cache_dtype")  # the shape fields that are names, not counts
 
-SCHEMA = 2  # 1: the flat extra_info of 2026-11 (read by results.BenchmarkResult's legacy path); 2: this record
+SCHEMA = 2  # 1: the flat extra_info of 2026-11 (``upgrade_schema_1`` reads it); 2: this record
+
+# pytest-benchmark's "timer" for each timing mode: what the stored numbers measured
+TIMER_NAMES = {"cuda-graph": "cuda_events(cuda_graph_replay)", "cuda-events": "cuda_events(eager)",
+               "host": "time.perf_counter"}
 
 
 class RecordError(ValueError):
@@ -49,6 +53,18 @@ def show(value: Any) -> str:
 
     text = json.dumps(value, default=str)
     return f"{text[:40]}..." if len(text) > 43 else text
+
+
+def kind_of(value: Any) -> str:
+    """What a JSON value is, for messages: "an object", "a number", ..."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), f"a {type(value).__name__}")
+
+
+def keys_of(data: dict[str, Any]) -> str:
+    """The first keys of an object, for messages."""
+    keys = sorted(map(str, data))
+    return ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") if keys else "none"
 
 
 def _part(cls: type, data: Any, where: str) -> Any:
@@ -125,6 +141,67 @@ class CaseKey:
     timed_region: str = "layer"
     kv_fill: str = "random"
 
+    @classmethod
+    def from_json(cls, data: Any, where: str = "record") -> "CaseKey":
+        """The key's fields of ``data`` (a record's top level), each checked; the shape's values too."""
+        require(isinstance(data, dict), f"{where} is {show(data)}, expected an object")
+        for required in ("backend", "batch_spec"):
+            require(isinstance(data.get(required), str), f"{where}: {required} is {show(data.get(required))}, "
+                                                          f"expected a string")
+        key = _part(cls, data, where)
+        for name, value in (key.shape or {}).items():
+            expected = "a string" if name in _SHAPE_NAMES else "an integer"
+            ok = isinstance(value, str) if name in _SHAPE_NAMES else isinstance(value, int) and not isinstance(value, bool)
+            require(value is None or ok, f"shape.{name} is {show(value)}, expected {expected}")
+        return key
+
+    @property
+    def dims(self) -> dict[str, Any]:
+        """The shape's set dimensions in ``SHAPE_FIELDS`` order (how tables and keys show them)."""
+        return {name: self.shape[name] for name in SHAPE_FIELDS if self.shape.get(name) is not None}
+
+    # what the batch is: new tokens, requests, longest query and KV (a spec the grammar rejects raises ValueError)
+    @property
+    def batch_stats(self) -> dict[str, Any]:
+        from grammar import get_batch_stats, parse_batch_spec
+
+        return get_batch_stats(parse_batch_spec(self.batch_spec))
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.batch_stats["total_tokens"])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.batch_stats["total_requests"])
+
+    @property
+    def q_len(self) -> int:
+        return int(self.batch_stats["max_q_len"])
+
+    @property
+    def kv_len(self) -> int:
+        return int(self.batch_stats["max_kv_len"])
+
+    @property
+    def size_key(self) -> tuple[int, int, str]:
+        """Orders batch specs by size: total new tokens, then total KV, then the spelling."""
+        stats = self.batch_stats
+        return int(stats["total_tokens"]), int(stats["total_kv_cache"]), self.batch_spec
+
+    @property
+    def variant(self) -> str | None:
+        """What tells this case from its siblings in one table row (the pipeline, or sweep param=value, and
+        the timed region when it is not the layer step)."""
+        region = f"{self.timed_region}-only" if self.timed_region != "layer" else None
+        if self.pipeline is not None:
+            base: str | None = self.pipeline
+        elif self.sweep_param is not None:
+            base = f"{self.sweep_param}={self.sweep_value}"
+        else:
+            base = None
+        return " ".join(p for p in (base, region) if p) or None
+
 
 @dataclass(frozen=True)
 class TimingSummary:
@@ -153,6 +230,10 @@ class TimingSummary:
     cache_state: str | None = None
     time_unit: str | None = None
     samples: tuple[float, ...] = ()
+
+    @property
+    def timer_name(self) -> str:
+        return TIMER_NAMES.get(self.mode, self.mode)
 
 
 @dataclass(frozen=True)
@@ -364,11 +445,7 @@ class CaseRecord:
         known = key_names | set(_PARTS) | set(_FREE) | {"schema", "verified"}
         unknown = sorted(set(data) - known)
         require(not unknown, f"record: unknown key(s) {', '.join(map(str, unknown))}")
-        key = _part(CaseKey, {k: v for k, v in data.items() if k in key_names}, "record")
-        for name, value in (key.shape or {}).items():
-            expected = "a string" if name in _SHAPE_NAMES else "an integer"
-            ok = isinstance(value, str) if name in _SHAPE_NAMES else isinstance(value, int) and not isinstance(value, bool)
-            require(value is None or ok, f"shape.{name} is {show(value)}, expected {expected}")
+        key = CaseKey.from_json({k: v for k, v in data.items() if k in key_names})
         parts = {name: _part(kind, data.get(name), name) for name, kind in _PARTS.items()}
         if samples is not None:
             timing = dict(data["timing"], samples=samples)
@@ -380,3 +457,25 @@ class CaseRecord:
                    work=parts["work"] or Work(), backend_info=data.get("backend_info") or {},
                    kernels=data.get("kernels"), memory=parts["memory"], host_seconds=parts["host_seconds"],
                    gpu=parts["gpu"], search=data.get("search"), clocks=parts["clocks"])
+
+
+_TIMING_FACTS_V1 = ("time_unit", "working_set_bytes", "l2_bytes")  # top-level in schema 1, in ``timing`` since 2
+
+
+def upgrade_schema_1(info: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 (flat, 2026-11) ``extra_info`` of a timed case as the schema-2 record JSON: the work model
+    moves under ``work`` and the timing facts under ``timing``; nothing else changes. Anything else (a
+    record already, an untimed case, a plain pytest-benchmark test) is returned as it is."""
+    if info.get("schema") is not None or not isinstance(info.get("timing"), dict) or "verification" not in info:
+        return info
+    out: dict[str, Any] = {"schema": SCHEMA}
+    timing = dict(info.get("timing") or {})
+    for key, value in info.items():
+        if key in Work.KINDS:
+            out.setdefault("work", {})[key] = value
+        elif key in _TIMING_FACTS_V1:
+            timing.setdefault(key, value)
+        elif key != "timing":
+            out[key] = value
+    out["timing"] = timing
+    return out

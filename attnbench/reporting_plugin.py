@@ -3,10 +3,10 @@
 Flow of one session:
 
 1. ``pytest_runtest_makereport`` (on the process that ran the test, an xdist worker too)
-   turns each benchmark case's outcome into a ``BenchmarkResult`` from structured data:
-   the ``benchmark`` fixture's ``extra_info`` and samples, else the ``bench_case`` (skips
-   and failures), and attaches it to the report as a plain dict (``attnbench_result``) so
-   it crosses xdist's process boundary with the report.
+   turns each benchmark case into a ``CaseOutcome``: the runner's record with its samples,
+   else the ``bench_case`` (skips and failures), and attaches its JSON to the report
+   (``attnbench_result``, read back by ``outcome_of``) so it crosses xdist's process
+   boundary with the report.
 2. ``pytest_runtest_logreport`` (in the controlling process) appends it to the journal
    ``<output>.partial.jsonl`` (fsync per line) and to the session's list.
 3. ``pytest_sessionfinish`` writes the final CSV/JSON from the journal, the plots, and the
@@ -29,41 +29,22 @@ from typing import Any
 
 import pytest
 
-from attnbench.bench_shim import TIMER_NAMES, BenchmarkView, add_to_session, recorded_samples
+from attnbench.bench_shim import BenchmarkView, add_to_session, recorded_samples
 from attnbench.cases import BenchCase
-from attnbench.reporting.verdicts import (SLOWER, THRESHOLD, GpuMismatch, Verdict, check_gpu, compare_results,
+from attnbench.reporting.verdicts import (SLOWER, GpuMismatch, Verdict, check_gpu, compare_results,
                                           counts, gpu_name, verdict_table, write_verdict_json)
 from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, crossover_csv_path,
-                               load_results, merge_results, partial_path, path_conflict, unusable_folder_reason,
-                               unwritable_reason)
+                               crossover_rows, load_results, merge_results, partial_path, path_conflict,
+                               unusable_folder_reason, unwritable_reason)
+from attnbench.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case_key, describe_key
 from attnbench.plugin import STUDY_KEY, backend_for_item, compose_case
+from attnbench.record import SCHEMA as RECORD_SCHEMA
+from attnbench.record import CaseRecord
 from attnbench.recording import CASE_RESULT_ATTRIBUTE
-from attnbench.results import FAILED, PASSED, SKIPPED, BenchmarkResult, case_key, describe_key
 from attnbench.study import Study
 
-REPORT_ATTRIBUTE = "attnbench_result"  # the per-case record carried on a TestReport
+REPORT_ATTRIBUTE = "attnbench_result"  # the case's CaseOutcome JSON, carried on a TestReport
 VIEW_ATTRIBUTE = "attnbench_benchmark"  # a worker's case as pytest-benchmark stores it (xdist only)
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("attnbench-reporting", "attnbench reporting (summary table, exports, resume, "
-                                                    "baselines, plots); --output-csv/--output-json are above")
-    group.addoption("--resume", metavar="FILE",
-                    help="skip cases already timed in FILE (a .partial.jsonl journal or an --output-json file) "
-                         "and carry its rows into the outputs")
-    group.addoption("--baseline-json", metavar="FILE",
-                    help="compare this run against FILE (pytest-benchmark JSON, or attnbench JSON) at the end")
-    group.addoption("--verdict-json", metavar="FILE", help="write the baseline verdicts to FILE")
-    group.addoption("--verdict-threshold", type=float, default=THRESHOLD, metavar="F",
-                    help=f"practical threshold for SAME/SLOWER/FASTER as a fraction (default {THRESHOLD})")
-    group.addoption("--fail-on-regression", action="store_true",
-                    help="exit non-zero when a case is SLOWER than --baseline-json")
-    group.addoption("--allow-gpu-mismatch", action="store_true",
-                    help="compare against a baseline from another GPU model (a warning instead of an error)")
-    group.addoption("--plot", action="store_true", help="write PNG plots next to the outputs")
-    group.addoption("--plot-dir", metavar="DIR", help="folder for --plot (default: next to --output-json/-csv, "
-                                                      "else ./results)")
-    group.addoption("--no-bench-summary", action="store_true", help="do not print the attnbench summary table")
 
 
 @pytest.hookimpl(trylast=True)  # after attnbench.plugin has resolved the study
@@ -95,29 +76,38 @@ def case_for_item(item: pytest.Item) -> BenchCase | None:
                         params.get("bench_sweep_value"), params.get("bench_pipeline"))
 
 
-def result_for(item: pytest.Item, call: pytest.CallInfo[Any], report: pytest.TestReport) -> BenchmarkResult | None:
-    """The case's result from this phase's report: setup (skips, errors) or call (everything else)."""
+def result_for(item: pytest.Item, call: pytest.CallInfo[Any], report: pytest.TestReport) -> CaseOutcome | None:
+    """The case's outcome from this phase's report: setup (skips, errors) or call (everything else)."""
     if call.when == "teardown" or (call.when == "setup" and report.passed):
         return None
     case = case_for_item(item)
     if case is None:
         return None
     if report.skipped:
-        return BenchmarkResult.from_case(case, SKIPPED, _skip_reason(call, report), fullname=item.nodeid)
+        return CaseOutcome.unmeasured(case, SKIPPED, _skip_reason(call, report), fullname=item.nodeid)
     if report.failed:
         message = call.excinfo.exconly() if call.excinfo else str(report.longrepr)
-        return BenchmarkResult.from_case(case, FAILED, message, fullname=item.nodeid)
+        return CaseOutcome.unmeasured(case, FAILED, message, fullname=item.nodeid)
     bench = getattr(item, "funcargs", {}).get("benchmark")
     info = dict(getattr(bench, "extra_info", None) or {})
-    if not info:  # the test passed without recording (not a run_benchmark body)
-        return BenchmarkResult.from_case(case, PASSED, fullname=item.nodeid)
+    if info.get("schema") != RECORD_SCHEMA:  # the test passed without recording (not a run_benchmark body)
+        return CaseOutcome.unmeasured(case, PASSED, fullname=item.nodeid)
+    # extra_info is the runner's record (with the search's note, when it searched); the samples are the runner's
+    # own (a worker's fixture is off under xdist), else pytest-benchmark's
     measured = getattr(bench, CASE_RESULT_ATTRIBUTE, None)
-    if measured is not None:  # the runner's own samples: a worker's fixture is off under xdist
-        samples, timer = list(measured.timing.samples), TIMER_NAMES.get(measured.timing.mode, measured.timing.mode)
-    else:
-        stats = getattr(bench, "stats", None)
-        samples, timer = recorded_samples(bench), (getattr(stats, "options", None) or {}).get("timer")
-    return BenchmarkResult.from_extra_info(info, samples, timer=timer, fullname=item.nodeid)
+    samples = list(measured.timing.samples) if measured is not None else recorded_samples(bench)
+    return CaseOutcome.measured(CaseRecord.from_json(info, samples=samples or None), fullname=item.nodeid)
+
+
+def attach_outcome(report: pytest.TestReport, outcome: CaseOutcome) -> None:
+    # plain JSON: xdist serialises every report attribute, so it reaches the controller
+    setattr(report, REPORT_ATTRIBUTE, outcome.to_json())
+
+
+def outcome_of(report: pytest.TestReport) -> CaseOutcome | None:
+    """The outcome ``pytest_runtest_makereport`` attached to ``report`` (on any process), or None."""
+    data = getattr(report, REPORT_ATTRIBUTE, None)
+    return CaseOutcome.from_json(data) if data is not None else None
 
 
 def benchmark_view(item: pytest.Item) -> BenchmarkView | None:
@@ -135,8 +125,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     report = yield
     result = result_for(item, call, report)
     if result is not None:
-        # a plain dict: xdist serialises every report attribute, so it reaches the controller
-        setattr(report, REPORT_ATTRIBUTE, result.to_record())
+        attach_outcome(report, result)
         if call.when == "call" and is_xdist_worker(item.config):
             view = benchmark_view(item)
             if view is not None:
@@ -159,7 +148,7 @@ class ReportingSession:
 
     config: pytest.Config
     study: Study
-    results: list[BenchmarkResult] = field(default_factory=list)  # this session's, in completion order
+    results: list[CaseOutcome] = field(default_factory=list)  # this session's, in completion order
     resume_path: str | None = None
     resumed: LoadedResults | None = None
     done_keys: set[tuple] = field(default_factory=set)
@@ -168,16 +157,12 @@ class ReportingSession:
     new_gpu: str | None = None
     verdicts: list[Verdict] | None = None
     journal: Journal | None = None
-    final: list[BenchmarkResult] = field(default_factory=list)
+    final: list[CaseOutcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # lines for the summary: files written, warnings
     warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        opt = self.config.getoption
-        threshold = opt("verdict_threshold")
-        if not 0 <= threshold < 1:  # NaN fails the comparison too
-            raise pytest.UsageError(f"--verdict-threshold: must be a fraction between 0 and 1 (0.05 = 5 %), "
-                                    f"got {threshold}")
+        opt = self.config.getoption  # the run settings, checked by attnbench.plugin (options.session_values)
         if not is_xdist_worker(self.config):
             self._check_outputs_writable()
         self.resume_path = opt("resume")
@@ -257,7 +242,7 @@ class ReportingSession:
         done = []
         for item in items:
             case = case_for_item(item)
-            if case is not None and BenchmarkResult.from_case(case, PASSED).key() in self.done_keys:
+            if case is not None and case_key(CaseOutcome.unmeasured(case, PASSED)) in self.done_keys:
                 done.append(item)
         if done:
             done_ids = {id(item) for item in done}
@@ -282,10 +267,11 @@ class ReportingSession:
         return self.journal
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        record = getattr(report, REPORT_ATTRIBUTE, None)
-        if record is None or is_xdist_worker(self.config):
+        if is_xdist_worker(self.config):
             return
-        result = BenchmarkResult.from_record(record)
+        result = outcome_of(report)
+        if result is None:
+            return
         self.results.append(result)
         view = getattr(report, VIEW_ATTRIBUTE, None)
         if view is not None:  # a worker measured it: pytest-benchmark's session here has not seen it
@@ -300,7 +286,7 @@ class ReportingSession:
         """Every GPU that timed a case of this session (index, name, UUID), from the cases' records."""
         seen: dict[str, dict[str, Any]] = {}
         for result in self.results:
-            gpu = result.case_record.gpu if result.case_record else None
+            gpu = result.record.gpu if result.record is not None else None
             if gpu is not None:
                 seen.setdefault(str(gpu.uuid or gpu.index), dataclasses.asdict(gpu))
         return sorted(seen.values(), key=lambda g: str(g["index"]))
@@ -338,11 +324,12 @@ class ReportingSession:
         assert self.journal is not None
         rows = merge_results(load_results(self.journal.path, allow_empty=True).results)  # the record of truth
         formatter = ResultsFormatter(machine_info=session_machine_info(self.study))
+        crossovers = crossover_rows(rows)  # once, for both files
         written = []
         if self.study.output_csv:
-            written.append(formatter.save_csv(rows, self.study.output_csv))
+            written.append(formatter.save_csv(rows, self.study.output_csv, crossovers))
         if self.study.output_json:
-            written.append(formatter.save_json(rows, self.study.output_json))
+            written.append(formatter.save_json(rows, self.study.output_json, crossovers))
         if self.study.output_json:
             self.journal.path.unlink()  # everything in it is in the JSON, which --resume reads too
         else:
@@ -411,12 +398,12 @@ class ReportingSession:
 NOT_TIMED_SCHEMA = 2  # 1: one entry per case; 2: one entry per (status, reason) with the cases' ids
 
 
-def group_not_timed(results: list[BenchmarkResult]) -> list[dict[str, Any]]:
+def group_not_timed(results: list[CaseOutcome]) -> list[dict[str, Any]]:
     """``[{"status", "reason", "count", "cases": [fullname, ...]}]`` for the cases that have no timing."""
     groups: dict[tuple[str, str], list[str]] = {}
     for r in results:
         if not r.timed:
-            groups.setdefault((r.status, r.error or ""), []).append(r.fullname or describe_key(r))
+            groups.setdefault((r.status, r.reason or ""), []).append(r.fullname or describe_key(r))
     return [{"status": status, "reason": reason, "count": len(cases), "cases": cases}
             for (status, reason), cases in groups.items()]
 

@@ -18,7 +18,7 @@ import torch
 from attnbench import clocks, hardware, metrics, timing
 from attnbench.cases import BenchCase
 from attnbench.contract import CaseAdapter, LayerCall, SkipCase, load_adapter
-from attnbench.record import CaseKey, CaseRecord, Clocks, GpuIdentity, HostSeconds, Memory, TimingSummary, Work
+from attnbench.record import CaseRecord, Clocks, GpuIdentity, HostSeconds, Memory, TimingSummary, Work
 from attnbench.verify import Verification, compare
 from attnbench.workload import resolve_device
 
@@ -43,7 +43,6 @@ class CaseResult:
 
     def record(self) -> CaseRecord:
         """The one typed record of this case."""
-        described = self.case.describe()
         t = self.timing
         unit = "host" if t.mode == "host" else "device"
         timing_part = TimingSummary(**t.info(), time_unit=f"{unit} seconds per attention call (one layer)",
@@ -52,7 +51,7 @@ class CaseResult:
         kernels = metrics.pop("kernels", None)
         work = Work(**{k: v for k, v in metrics.items() if k in Work.KINDS})
         return CaseRecord(
-            key=CaseKey(**{**described, "cache_state": t.cache_state}), timing=timing_part, verification=self.verification,
+            key=self.case.key(), timing=timing_part, verification=self.verification,
             work=work, backend_info=dict(self.info), kernels=kernels,
             memory=Memory(**self.memory) if self.memory else None,
             host_seconds=HostSeconds(**self.host_seconds) if self.host_seconds else None,

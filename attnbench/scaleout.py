@@ -36,8 +36,8 @@ import pytest
 
 from attnbench.hardware import cuda_visible_entries
 from attnbench.plugin import STUDY_KEY
-from attnbench.reporting_plugin import REPORT_ATTRIBUTE, case_for_item, is_xdist_worker
-from attnbench.results import FAILED, BenchmarkResult
+from attnbench.outcome import FAILED, CaseOutcome
+from attnbench.reporting_plugin import attach_outcome, case_for_item, is_xdist_worker
 
 WORKER_GPU = "attnbench_gpu"  # workerinput key: the CUDA_VISIBLE_DEVICES entry a worker is pinned to
 RECORDER_DIR = "attnbench_recorder_dir"  # workerinput key: where workers keep their flight recorders
@@ -152,14 +152,6 @@ RESCHEDULED_KEY = pytest.StashKey[dict]()  # nodeid -> how often a worker died b
 MAX_RESCHEDULES = 3  # a case whose workers keep dying before it starts is failed, not retried forever
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("attnbench-scaleout", "attnbench workers (pytest-xdist): one per GPU, crash isolation")
-    group.addoption("--gpus", metavar="auto|none|N|LIST",
-                    help="one xdist worker per GPU, each pinned to its GPU: 'auto' (the default for GPU runs: every "
-                         "visible GPU), a count, or CUDA_VISIBLE_DEVICES entries '0,2'; 'none' runs in-process "
-                         "(a crash then ends the run)")
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto`` on a GPU run: one worker per visible GPU, not per CPU core."""
@@ -246,8 +238,8 @@ def pytest_handlecrashitem(crashitem: str, report: pytest.TestReport, sched: Any
     report.longrepr = f"{where} died while running {crashitem}: {cause}"
     report.when = "call"  # type: ignore[assignment]
     if story.record is not None:
-        setattr(report, REPORT_ATTRIBUTE, {**story.record, "status": FAILED,
-                                           "error": f"process died: {cause}"})
+        died = dataclasses.replace(CaseOutcome.from_json(story.record), reason=f"process died: {cause}")
+        attach_outcome(report, died)
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, str] | None:
@@ -303,7 +295,7 @@ class FlightStory:
     """What a dead worker's recorder says: the case it was in and the last words."""
 
     current: str | None = None  # nodeid of a case started and not finished
-    record: dict[str, Any] | None = None  # that case's skeleton record
+    record: dict[str, Any] | None = None  # that case's failed CaseOutcome, as JSON
     errors: list[str] = dataclasses.field(default_factory=list)  # exception lines seen in that case
     fault: str = ""  # faulthandler's dump (fatal signal + Python stack)
 
@@ -389,7 +381,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         sys.stderr.flush()
         os._exit(POISONED_EXIT)
     case = case_for_item(item)
-    record = BenchmarkResult.from_case(case, FAILED, fullname=item.nodeid).to_record() if case else None
+    record = CaseOutcome.unmeasured(case, FAILED, fullname=item.nodeid).to_json() if case else None
     recorder.write(event="start", nodeid=item.nodeid, record=record)
     result = yield
     recorder.write(event="done", nodeid=item.nodeid)

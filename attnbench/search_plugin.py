@@ -17,7 +17,6 @@ Flow (``attnbench.crossover_search`` holds the logic):
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -28,9 +27,11 @@ from typing import Any, Iterable
 import pytest
 
 from attnbench import backends as registry
-from attnbench.crossover_search import (PIPELINES, Curve, SearchState, decide_waiting, measurement, search_levels,
-                                        vllm_default)
+from attnbench.crossover_search import (PIPELINES, Curve, Measurement, SearchState, decide_waiting, measurement,
+                                        search_levels, vllm_default)
+from attnbench.outcome import FAILED
 from attnbench.plugin import STUDY_KEY
+from attnbench.reporting_plugin import outcome_of
 from grammar import get_batch_stats, parse_batch_spec
 
 SEARCH_SKIP_REASON = "not visited by the adaptive crossover search (--full-grid times it)"
@@ -41,20 +42,8 @@ _INFO_KEY = pytest.StashKey[dict]()
 CaseKey = tuple[str, str, str, str]  # family, backend, batch spec, pipeline
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("attnbench-search", "attnbench crossover search")
-    group.addoption("--full-grid", action="store_true",
-                    help="decode_vs_prefill: time every query length instead of bisecting for the crossover")
-    group.addoption("--search-timeout", type=float, default=600.0, metavar="S",
-                    help="how long an xdist worker waits for another worker's result the search needs before "
-                         "timing the case anyway (default 600)")
-
-
 @pytest.hookimpl(trylast=True)  # after attnbench.plugin has resolved the study
 def pytest_configure(config: pytest.Config) -> None:
-    timeout = config.getoption("search_timeout")
-    if not (math.isfinite(timeout) and timeout >= 0):
-        raise pytest.UsageError(f"--search-timeout: must be a finite number of seconds >= 0, got {timeout}")
     study = config.stash.get(STUDY_KEY, None)
     if study is None or study.mode != "decode_vs_prefill" or config.getoption("full_grid"):
         return
@@ -279,40 +268,39 @@ class CrossoverSearch:
         if key is None or info is None or not info["visit"]:
             return  # not a search case, or one the search skipped: no result to learn from
         curve, q, pipeline = key
-        record = getattr(report, "attnbench_result", None)
-        if record is not None:
-            self._record(curve, q, pipeline, record, info["reason"], info["level"])
+        outcome = outcome_of(report)
+        if outcome is not None:
+            self._record(curve, q, pipeline, measurement(outcome),
+                         outcome.info("backend_info", "default_reorder_batch_threshold"), info["reason"], info["level"])
         elif report.when == "teardown" and not self.state.known(curve, q, pipeline):
             # it ran without a record (no reporting plugin): untimed, so no other case waits for it
-            self._record(curve, q, pipeline, {"status": "unknown"}, info["reason"], info["level"])
+            self._record(curve, q, pipeline, Measurement(None, status="unknown"), None, info["reason"], info["level"])
 
     def _feed_crash(self, report: pytest.TestReport) -> None:
         """The controller runs nothing, so each worker feeds the search the cases it ran; but a case whose worker
         died (attnbench.scaleout fails it here) has no worker left to report it, and others would wait for it."""
-        record = getattr(report, "attnbench_result", None)
-        if record is None or record.get("status") != "failed" or record.get("pipeline") not in PIPELINES:
+        outcome = outcome_of(report)
+        if outcome is None or outcome.status != FAILED or outcome.key.pipeline not in PIPELINES:
             return
         for rec in self.log.read_new():
             if rec.get("kind") == "grid":
                 curve = tuple(rec["curve"])
                 for spec, q in (rec.get("specs") or {}).items():
                     self.where[(curve[0], curve[1], spec)] = (curve, q)
-        hit = self.where.get((record.get("family"), record.get("backend"), record.get("batch_spec")))
+        hit = self.where.get((outcome.key.family, outcome.key.backend, outcome.key.batch_spec))
         if hit is not None:
             self.log.append({"kind": "result", "curve": list(hit[0]), "q": hit[1],  # type: ignore[call-overload]
-                             "pipeline": record["pipeline"], "seconds": None, "rel_stderr": None,
+                             "pipeline": outcome.key.pipeline, "seconds": None, "rel_stderr": None,
                              "status": "failed", "level": None, "reason": "reported by the controller"})
 
-    def _record(self, curve: Curve, q: int, pipeline: str, record: dict[str, Any], reason: str | None,
+    def _record(self, curve: Curve, q: int, pipeline: str, m: Measurement, default: Any, reason: str | None,
                 level: int | None) -> None:
         assert self.state is not None
-        m = measurement(record)
         self.state.tell(curve, q, pipeline, m.seconds, m.rel_stderr, m.status)
-        backend_info = (record.get("extra") or {}).get("backend_info") or {}
         self.log.append({"kind": "result", "curve": list(curve), "q": q, "pipeline": pipeline,  # type: ignore[call-overload]
                          "seconds": m.seconds, "rel_stderr": m.rel_stderr, "status": m.status,
                          "level": level, "reason": reason,
-                         "default": backend_info.get("default_reorder_batch_threshold")})
+                         "default": default})
 
     # ------------------------------------------------------------ the end
 

@@ -119,11 +119,12 @@ def test_api_runs_the_same_measurement_on_cpu():
     config = BenchmarkConfig(backend="reference", batch_spec="2q16_4q1s64", num_q_heads=4, num_kv_heads=2,
                              head_dim=32, device="cpu", repeats=4, warmup_iters=1)
     result = run_attention_benchmark(config)
-    assert result.status == "passed"
-    assert result.backend == "REFERENCE" and result.batch_spec == "2q16_4q1s64"
+    assert result.outcome.status == "passed" and result.success
+    assert (result.outcome.key.backend, result.outcome.key.batch_spec) == ("REFERENCE", "2q16_4q1s64")
     assert 0 < result.min_time <= result.mean_time <= result.max_time
-    assert result.num_q_heads == 4 and result.head_dim == 32  # custom dims are honoured, not dropped
-    assert result.rounds is not None and result.rounds <= 4
+    shape = result.outcome.key.shape
+    assert shape["num_q_heads"] == 4 and shape["head_dim"] == 32  # custom dims are honoured, not dropped
+    assert 0 < result.outcome.times.rounds <= 4
 
 
 def test_mla_api_honours_custom_dims_and_reports_skips():
@@ -131,8 +132,9 @@ def test_mla_api_honours_custom_dims_and_reports_skips():
                              qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, block_size=4,
                              device="cpu", repeats=2, warmup_iters=0)
     result = run_mla_benchmark("reference", config)
-    assert result.status == "passed" and result.kv_lora_rank == 32 and result.head_dim == 40
+    shape = result.outcome.key.shape
+    assert result.outcome.status == "passed" and shape["kv_lora_rank"] == 32 and shape["head_dim"] == 40
     skipped = run_mla_benchmark("FLASHMLA", config, reorder_batch_threshold=4)
-    assert skipped.status == "skipped" and "CUDA" in (skipped.error or "")
+    assert skipped.outcome.status == "skipped" and "CUDA" in (skipped.error or "")
     with pytest.raises(ValueError, match="unknown backend"):
         run_mla_benchmark("nope", config)

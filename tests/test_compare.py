@@ -13,7 +13,9 @@ from attnbench.exports import load_results
 from attnbench.reporting import verdicts as compare
 from attnbench.reporting.verdicts import (FASTER, MISSING, NEW, SAME, SLOWER, UNSURE, GpuMismatch, check_gpu,
                                           classify, compare_results, gpu_name, ratio_interval)
-from attnbench.results import BenchmarkResult
+from attnbench.exports import from_benchmark_entry
+from attnbench.outcome import CaseOutcome
+from tests.factories import sampled
 
 DATA = Path(__file__).parent / "data"
 BASELINE, NEW_RUN = DATA / "verdict_baseline.json", DATA / "verdict_new.json"
@@ -84,8 +86,8 @@ def test_threshold_is_a_parameter() -> None:
     assert classify(1.03, 1.04, 0.05) == SAME
 
 
-def result(samples: list[float], spec: str = "q1s1k") -> BenchmarkResult:
-    return BenchmarkResult.from_extra_info({"backend": "A", "batch_spec": spec, "family": "attention"}, samples)
+def result(samples: list[float], spec: str = "q1s1k") -> CaseOutcome:
+    return sampled("A", spec, samples, family="attention")
 
 
 def test_more_rounds_narrow_the_interval() -> None:
@@ -109,18 +111,16 @@ def test_one_round_has_no_spread_and_is_unsure() -> None:
 
 
 def test_unstructured_entries_match_by_fullname_but_structured_ones_do_not() -> None:
-    def plain(fullname: str, seconds: float) -> BenchmarkResult:
+    def plain(fullname: str, seconds: float) -> CaseOutcome:
         entry = {"name": "t", "fullname": fullname, "extra_info": {},
                  "stats": {"data": [seconds * (1 + i * 1e-4) for i in range(10)]}}
-        return BenchmarkResult.from_benchmark_json(entry)
+        return from_benchmark_entry(entry)
 
     [v] = compare_results([plain("tests/a.py::test_x", 1e-5)], [plain("tests/a.py::test_x", 1e-5)])
     assert v.verdict == SAME and v.label == "tests/a.py::test_x"
     # the same test id at another shape is another case, not a regression
-    a = BenchmarkResult.from_extra_info({"backend": "A", "batch_spec": "q1s1k", "shape": {"num_q_heads": 8}},
-                                        [1e-5] * 5, fullname="t[A-q1s1k]")
-    b = BenchmarkResult.from_extra_info({"backend": "A", "batch_spec": "q1s1k", "shape": {"num_q_heads": 32}},
-                                        [4e-5] * 5, fullname="t[A-q1s1k]")
+    a = sampled("A", "q1s1k", [1e-5] * 5, fullname="t[A-q1s1k]", shape={"num_q_heads": 8})
+    b = sampled("A", "q1s1k", [4e-5] * 5, fullname="t[A-q1s1k]", shape={"num_q_heads": 32})
     assert sorted(v.verdict for v in compare_results([a], [b])) == [MISSING, NEW]
 
 
@@ -202,9 +202,8 @@ def test_command_reports_a_mistyped_pytest_benchmark_stat(capsys, tmp_path: Path
 
 
 def test_runs_on_different_device_kinds_are_different_cases() -> None:
-    def on(device: str) -> BenchmarkResult:
-        info = {"backend": "A", "batch_spec": "q1s1k", "family": "attention", "device": device}
-        return BenchmarkResult.from_extra_info(info, [1e-5 * (1 + i * 1e-4) for i in range(10)])
+    def on(device: str) -> CaseOutcome:
+        return sampled("A", "q1s1k", [1e-5 * (1 + i * 1e-4) for i in range(10)], family="attention", device=device)
 
     assert sorted(v.verdict for v in compare_results([on("cpu")], [on("cuda")])) == [MISSING, NEW]
     [same] = compare_results([on("cuda")], [on("cuda:0")])

@@ -1,4 +1,4 @@
-"""BenchmarkResult (from every source), CSV/JSON exports, the journal, and loading results back."""
+"""CaseOutcome (from every source), CSV/JSON exports, the journal, and loading results back."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 from attnbench import backends
 from attnbench.cases import BenchCase
 from attnbench.exports import (CSV_COLUMNS, SEED_CSV_COLUMNS, Journal, ResultsFileError, ResultsFormatter,
-                               load_results, merge_results, partial_path)
-from attnbench.results import FAILED, PASSED, SKIPPED, BenchmarkResult, case_key
+                               from_benchmark_entry, from_seed_record, load_results, merge_results, partial_path)
+from attnbench.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case_key
 from attnbench.study import build_study
+from tests.factories import sampled, untimed
 
 DATA = Path(__file__).parent / "data"
 
@@ -42,60 +43,62 @@ def recorded_entries() -> list[dict]:
 
 # ------------------------------------------------------------------ the model
 
-def test_from_case_result_takes_times_work_and_memory_from_the_measurement(measured) -> None:
+def test_a_measured_outcome_takes_times_work_and_memory_from_the_record(measured) -> None:
     case, case_result = measured
-    result = BenchmarkResult.from_case_result(case_result)
+    result = CaseOutcome.measured(case_result.record())
     samples = case_result.timing.samples
-    assert (result.backend, result.batch_spec, result.family) == ("REFERENCE", "2q16_2q1s64", "attention")
-    assert (result.num_q_heads, result.num_kv_heads, result.head_dim, result.dtype) == (8, 8, 128, "bfloat16")
-    assert result.rounds == len(samples) == 4
-    assert result.median_time == pytest.approx(statistics.median(samples))
-    assert result.mean_time == pytest.approx(statistics.fmean(samples))
-    assert result.min_time == min(samples) and result.max_time == max(samples)
-    assert result.flops == case_result.metrics["flops"] and result.flops > 0
-    assert result.tflops == pytest.approx(result.flops / result.median_time / 1e12)
-    assert result.throughput == pytest.approx(34 / result.median_time)  # 2x16 + 2x1 new tokens
+    k, t = result.key, result.times
+    assert (k.backend, k.batch_spec, k.family) == ("REFERENCE", "2q16_2q1s64", "attention")
+    assert tuple(k.shape[n] for n in ("num_q_heads", "num_kv_heads", "head_dim", "dtype")) == (8, 8, 128, "bfloat16")
+    assert t.rounds == len(samples) == 4
+    assert t.median == pytest.approx(statistics.median(samples))
+    assert t.mean == pytest.approx(statistics.fmean(samples))
+    assert t.min == min(samples) and t.max == max(samples)
+    assert result.work.flops == case_result.metrics["flops"] and result.work.flops > 0
+    assert result.work.tflops == pytest.approx(result.work.flops / result.median / 1e12)
+    assert result.throughput == pytest.approx(34 / result.median)  # 2x16 + 2x1 new tokens
     assert result.verified is True and result.status == PASSED
-    assert result.kv_memory_bytes == case_result.memory["kv_and_buffers_bytes"] > 0  # --profile-memory on CPU
+    assert result.memory.kv_and_buffers_bytes == case_result.memory["kv_and_buffers_bytes"] > 0  # CPU profile
 
 
 def test_every_source_of_one_case_gives_the_same_key(measured) -> None:
     case, case_result = measured
-    from_case = BenchmarkResult.from_case(case, SKIPPED, "why")
-    from_measurement = BenchmarkResult.from_case_result(case_result)
-    from_record = BenchmarkResult.from_record(json.loads(json.dumps(from_measurement.to_record())))
+    from_case = CaseOutcome.unmeasured(case, SKIPPED, "why")
+    from_measurement = CaseOutcome.measured(case_result.record())
+    from_record = CaseOutcome.from_json(json.loads(json.dumps(from_measurement.to_json())))
     assert case_key(from_case) == case_key(from_measurement) == case_key(from_record)
 
 
 def test_key_separates_cases_that_share_a_test_id() -> None:
     # the same test id at another shape (--num-q-heads) is another case
-    a = BenchmarkResult.from_case(cpu_case(num_q_heads=8), PASSED, fullname="t[REFERENCE-q1]")
-    b = BenchmarkResult.from_case(cpu_case(num_q_heads=16), PASSED, fullname="t[REFERENCE-q1]")
+    a = CaseOutcome.unmeasured(cpu_case(num_q_heads=8), PASSED, fullname="t[REFERENCE-q1]")
+    b = CaseOutcome.unmeasured(cpu_case(num_q_heads=16), PASSED, fullname="t[REFERENCE-q1]")
     assert case_key(a) != case_key(b)
 
 
-def test_from_benchmark_json_reads_samples_when_saved_and_summary_otherwise() -> None:
+def test_from_benchmark_entry_reads_samples_when_saved_and_summary_otherwise() -> None:
     entry = recorded_entries()[0]
-    with_data = BenchmarkResult.from_benchmark_json(entry)
-    assert with_data.samples == entry["stats"]["data"]
-    assert with_data.median_time == pytest.approx(entry["stats"]["median"])
+    with_data = from_benchmark_entry(entry)
+    assert list(with_data.times.samples) == entry["stats"]["data"]
+    assert with_data.median == pytest.approx(entry["stats"]["median"])
     assert with_data.fullname == entry["fullname"] and with_data.timer == "time.perf_counter"
     summary_only = {**entry, "stats": {k: v for k, v in entry["stats"].items() if k != "data"}}
-    without = BenchmarkResult.from_benchmark_json(summary_only)
-    assert without.samples == []
-    assert (without.median_time, without.std_time, without.iqr_time, without.rounds) == (
+    without = from_benchmark_entry(summary_only).times
+    assert without.samples == ()
+    assert (without.median, without.stddev, without.iqr, without.rounds) == (
         entry["stats"]["median"], entry["stats"]["stddev"], entry["stats"]["iqr"], entry["stats"]["rounds"])
 
 
 def test_record_round_trip_is_lossless(measured) -> None:
-    result = BenchmarkResult.from_case_result(measured[1], fullname="x::y")
-    assert BenchmarkResult.from_record(json.loads(json.dumps(result.to_record()))) == result
+    result = CaseOutcome.measured(measured[1].record(), fullname="x::y")
+    assert CaseOutcome.from_json(json.loads(json.dumps(result.to_json()))) == result
 
 
 def test_record_carries_the_seed_keys() -> None:
-    result = BenchmarkResult(backend="FLASH_ATTN", batch_spec="q2k", num_layers=1, median_time=1e-3,
-                             peak_memory_bytes=3 * 2**20)
-    record = result.to_record()
+    from tests.factories import timed
+
+    result = timed("FLASH_ATTN", "q2k", 1e-3, shape={"num_layers": 1}, peak_memory_bytes=3 * 2**20)
+    record = result.to_json()
     assert record["config"]["backend"] == "FLASH_ATTN" and record["config"]["num_layers"] == 1
     assert record["memory_allocated_mb"] == 3.0
     assert "throughput_tokens_per_sec" in record
@@ -104,22 +107,22 @@ def test_record_carries_the_seed_keys() -> None:
 # ------------------------------------------------------------------ CSV / JSON
 
 def test_csv_has_the_seed_columns_first_and_one_row_per_case(tmp_path: Path, measured) -> None:
-    passed = BenchmarkResult.from_case_result(measured[1])
-    skipped = BenchmarkResult.from_case(measured[0], SKIPPED, "FLASH_ATTN needs a CUDA device")
+    passed = CaseOutcome.measured(measured[1].record())
+    skipped = CaseOutcome.unmeasured(measured[0], SKIPPED, "FLASH_ATTN needs a CUDA device")
     path = ResultsFormatter().save_csv([passed, skipped], tmp_path / "out" / "r.csv")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0].keys())[:len(SEED_CSV_COLUMNS)] == SEED_CSV_COLUMNS
     assert len(rows) == 2
-    assert float(rows[0]["mean_time"]) == pytest.approx(passed.mean_time)
+    assert float(rows[0]["mean_time"]) == pytest.approx(passed.times.mean)
     assert rows[0]["status"] == "passed" and rows[1]["status"] == "skipped"
     assert rows[1]["error"] == "FLASH_ATTN needs a CUDA device"
     assert rows[1]["mean_time"] == ""  # unknown stays empty, never a fake 0
-    assert int(rows[0]["kv_memory_bytes"]) == passed.kv_memory_bytes
+    assert int(rows[0]["kv_memory_bytes"]) == passed.memory.kv_and_buffers_bytes
 
 
 def test_json_adds_machine_info_and_loads_back(tmp_path: Path, measured) -> None:
-    result = BenchmarkResult.from_case_result(measured[1])
+    result = CaseOutcome.measured(measured[1].record())
     info = {"attnbench": {"gpu": {"name": "NVIDIA H100 80GB HBM3"}}}
     path = ResultsFormatter(machine_info=info).save_json([result], tmp_path / "r.json")
     doc = json.loads(path.read_text())
@@ -135,7 +138,8 @@ def test_loads_seed_json_and_pytest_benchmark_json(tmp_path: Path) -> None:
              "error": None}]
     (tmp_path / "seed.json").write_text(json.dumps(seed))
     [r] = load_results(tmp_path / "seed.json").results
-    assert (r.backend, r.batch_spec, r.num_layers, r.mean_time, r.status) == ("flash", "q2k", 10, 0.001, PASSED)
+    assert (r.key.backend, r.key.batch_spec, r.key.shape["num_layers"], r.times.mean, r.status) == (
+        "flash", "q2k", 10, 0.001, PASSED)
     bench = load_results(DATA / "cpu_run.json")
     assert bench.kind == "pytest-benchmark" and len(bench.results) == len(recorded_entries())
     assert bench.machine_info["attnbench"]["torch"]
@@ -155,42 +159,42 @@ def test_journal_line_is_on_disk_as_soon_as_it_is_appended(tmp_path: Path) -> No
     path = partial_path(tmp_path / "results.json")
     assert path.name == "results.json.partial.jsonl"
     journal = Journal(path)
-    journal.append(BenchmarkResult(backend="A", batch_spec="q1s1k", median_time=1e-5, rounds=3))
+    journal.append(sampled("A", "q1s1k", [1e-5] * 3))
     # read while the writer is still open: nothing is waiting in a buffer
-    assert [r.backend for r in load_results(path).results] == ["A"]
-    journal.append(BenchmarkResult(backend="B", batch_spec="q1s1k", status=FAILED, error="boom"))
-    assert [r.error for r in load_results(path).results] == [None, "boom"]
+    assert [r.key.backend for r in load_results(path).results] == ["A"]
+    journal.append(untimed("B", "q1s1k", FAILED, "boom"))
+    assert [r.reason for r in load_results(path).results] == [None, "boom"]
     journal.close()
 
 
 def test_journal_tolerates_a_line_cut_by_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "r.partial.jsonl"
     journal = Journal(path)
-    journal.append(BenchmarkResult(backend="A", batch_spec="q1s1k"))
+    journal.append(untimed("A", "q1s1k"))
     journal.close()
     with open(path, "a") as f:
         f.write('{"backend": "B", "batch_sp')  # the process died mid-write
     with pytest.warns(UserWarning, match="unreadable line"):
         loaded = load_results(path)
-    assert [r.backend for r in loaded.results] == ["A"]
+    assert [r.key.backend for r in loaded.results] == ["A"]
 
 
 def test_journal_seeded_from_itself_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "r.partial.jsonl"
     first = Journal(path)
-    first.append(BenchmarkResult(backend="A", batch_spec="q1s1k"))
+    first.append(untimed("A", "q1s1k"))
     first.close()
     carried = load_results(path).results
     second = Journal(path, carried=carried)  # resuming from the very file being rewritten
-    second.append(BenchmarkResult(backend="B", batch_spec="q1s1k"))
+    second.append(untimed("B", "q1s1k"))
     second.close()
-    assert [r.backend for r in load_results(path).results] == ["A", "B"]
+    assert [r.key.backend for r in load_results(path).results] == ["A", "B"]
 
 
 def test_merge_keeps_one_result_per_case_the_latest() -> None:
-    old = BenchmarkResult(backend="A", batch_spec="q1s1k", status=FAILED, error="flaky")
-    other = BenchmarkResult(backend="B", batch_spec="q1s1k", median_time=2e-5)
-    new = BenchmarkResult(backend="A", batch_spec="q1s1k", median_time=1e-5)
+    old = untimed("A", "q1s1k", FAILED, "flaky")
+    other = sampled("B", "q1s1k", [2e-5])
+    new = sampled("A", "q1s1k", [1e-5])
     merged = merge_results([old, other, new])
     assert merged == [new, other]
 
@@ -253,24 +257,24 @@ def test_record_builders_reject_malformed_input_with_a_value_error() -> None:
                 {"backend": "A", "batch_spec": "q1", "status": "exploded"}, {"config": {"backend": "x"}},
                 {"config": [1]}):
         with pytest.raises(RecordError):
-            BenchmarkResult.from_record(bad)  # type: ignore[arg-type]
+            from_seed_record(bad)  # a list's record: upstream's or ours
     entry = recorded_entries()[0]
     for bad_entry in (None, {**entry, "stats": 5}, {**entry, "extra_info": []},
                       {**entry, "extra_info": {**entry["extra_info"], "flops": "many"}},
                       {**entry, "extra_info": {**entry["extra_info"], "shape": {"num_q_heads": "8"}}},
                       {**entry, "stats": {"median": [1]}}):
         with pytest.raises(RecordError):
-            BenchmarkResult.from_benchmark_json(bad_entry)  # type: ignore[arg-type]
+            from_benchmark_entry(bad_entry)
     assert issubclass(RecordError, ValueError) and issubclass(ResultsFileError, ValueError)
 
 
 def test_journal_skips_a_malformed_record_line_among_good_ones(tmp_path: Path) -> None:
     path = tmp_path / "r.partial.jsonl"
-    good = json.dumps(BenchmarkResult(backend="A", batch_spec="q1s1k").to_record())
+    good = json.dumps(untimed("A", "q1s1k").to_json())
     path.write_text(good + '\n{"backend": "B", "batch_spec": "q1s1k", "median_time": "slow"}\n')
     with pytest.warns(UserWarning, match=r"r\.partial\.jsonl:2: unreadable line skipped \(median_time"):
         loaded = load_results(path)
-    assert [r.backend for r in loaded.results] == ["A"]
+    assert [r.key.backend for r in loaded.results] == ["A"]
 
 
 # ------------------------------------------------------------------ unwritable outputs
@@ -291,7 +295,7 @@ def test_atomic_writer_removes_its_temporary_file_when_the_rename_fails(tmp_path
     target = tmp_path / "r.csv"
     target.mkdir()
     (target / "keep").write_text("x")  # a non-empty directory where the file should go
-    result = BenchmarkResult(backend="A", batch_spec="q1s1k")
+    result = untimed("A", "q1s1k")
     with pytest.raises(OSError):
         ResultsFormatter().save_csv([result], target)
     with pytest.raises(OSError):
@@ -314,9 +318,8 @@ def test_unwritable_reason(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ case identity: device
 
 def test_key_separates_devices_but_not_device_indices() -> None:
-    def on(device: str | None) -> BenchmarkResult:
-        return BenchmarkResult(backend="FLASH_ATTN", batch_spec="q1s1k", family="attention", device=device,
-                               median_time=1e-5, rounds=3)
+    def on(device: str | None) -> CaseOutcome:
+        return sampled("FLASH_ATTN", "q1s1k", [1e-5] * 3, family="attention", device=device)
 
     assert case_key(on("cpu")) != case_key(on("cuda"))
     assert case_key(on("cuda")) == case_key(on("cuda:0")) == case_key(on("cuda:1"))
@@ -339,9 +342,9 @@ def test_the_runner_writes_one_typed_record_that_round_trips(measured) -> None:
     extra = case_result.extra_info()
     assert "samples" not in extra["timing"]
     assert CaseRecord.from_json(extra, samples=list(record.samples)) == record
-    # the reporting view carries the same typed record
-    view = BenchmarkResult.from_case_result(case_result)
-    assert view.case_record == record and view.median_time == statistics.median(record.samples)
+    # the outcome carries the same typed record, and its times are the record's samples
+    outcome = CaseOutcome.measured(record)
+    assert outcome.record == record and outcome.median == statistics.median(record.samples)
 
 
 @pytest.mark.parametrize("path, value, message", [

@@ -18,7 +18,7 @@ import benchmark
 from attnbench import options, plugin
 from attnbench.api import BenchmarkConfig
 from attnbench.options import OPTIONS, Option
-from attnbench.results import SHAPE_FIELDS
+from attnbench.record import SHAPE_FIELDS
 from attnbench.shapes import ATTENTION_KEYS, MLA_KEYS
 from attnbench.study import RunSettings, Study, StudyError, build_study, load_study_file
 
@@ -73,7 +73,7 @@ def test_the_table_is_well_formed():
         assert len(spellings) == len(set(spellings)), spellings
     for opt in OPTIONS:
         assert opt.flags or opt.yaml, opt.name
-        assert opt.to in ("run", "model", "study", "sweep", "file"), opt.name
+        assert opt.to in ("run", "model", "study", "sweep", "file", "session"), opt.name
         assert all(f.startswith("--") and f == f.lower() for f in opt.flags + opt.upstream), opt.name
         assert len(opt.examples) == 2 and opt.value(opt.examples[0]) != opt.value(opt.examples[1]), opt.name
         if opt.const is not None:
@@ -171,8 +171,12 @@ def bad_values(opt: Option) -> list[tuple[Any, str]]:
 def test_numeric_flags_refuse_nan_inf_negative_non_ascii_and_huge(opt):
     for text, _ in bad_values(opt):
         cli = {opt.name: [text] if opt.many else text}
-        with pytest.raises(StudyError) as info:
-            build_study(None, {"model": cli} if opt.to == "model" else cli)
+        if opt.to == "session":  # a run setting: checked by session_values, not merged into the study
+            with pytest.raises(options.OptionError) as info:
+                options.session_values(cli.get)
+        else:
+            with pytest.raises(StudyError) as info:
+                build_study(None, {"model": cli} if opt.to == "model" else cli)
         assert str(info.value).startswith(f"{opt.flags[0]}: "), (text, str(info.value))
 
 

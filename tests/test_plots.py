@@ -1,4 +1,4 @@
-"""PNG plots from BenchmarkResults (live or saved)."""
+"""PNG plots from CaseOutcomes (live or saved)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,15 @@ pytest.importorskip("matplotlib")
 
 from attnbench.exports import ResultsFormatter, load_results  # noqa: E402
 from attnbench.reporting import plots  # noqa: E402
-from attnbench.results import SKIPPED, BenchmarkResult  # noqa: E402
+from attnbench.outcome import SKIPPED, CaseOutcome  # noqa: E402
+from tests import factories  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 
 
-def timed(backend: str, spec: str, seconds: float, **fields) -> BenchmarkResult:
-    fields.setdefault("study", "s")
+def timed(backend: str, spec: str, seconds: float, **fields) -> CaseOutcome:
     fields.setdefault("family", "mla")
-    return BenchmarkResult(backend=backend, batch_spec=spec, median_time=seconds, mean_time=seconds,
-                           std_time=seconds * 0.01, iqr_time=seconds * 0.01, rounds=10, **fields)
+    return factories.timed(backend, spec, seconds, iqr=seconds * 0.01, rounds=10, **fields)
 
 
 def image(path: Path):
@@ -36,17 +35,17 @@ def assert_drawn(path: Path) -> None:
     assert pixels[..., :3].std() > 0.05  # not a blank canvas
 
 
-def sweep_results() -> list[BenchmarkResult]:
+def sweep_results() -> list[CaseOutcome]:
     out = []
     for spec, base in (("64q1s1k", 40e-6), ("8q1s16k", 150e-6)):
         for value, factor in (("auto", 1.0), (1, 1.3), (4, 0.9)):
             out.append(timed("CUTLASS_MLA", spec, base * factor, sweep_param="num_kv_splits", sweep_value=value))
-        out.append(BenchmarkResult("FLASHINFER_MLA", spec, family="mla", study="s", status=SKIPPED,
-                                   error="no knob", sweep_param="num_kv_splits", sweep_value=4))
+        out.append(factories.untimed("FLASHINFER_MLA", spec, SKIPPED, "no knob", family="mla", study="s",
+                                     sweep_param="num_kv_splits", sweep_value=4))
     return out
 
 
-def pipeline_results() -> list[BenchmarkResult]:
+def pipeline_results() -> list[CaseOutcome]:
     out = []
     for batch in (1, 16):
         for q in (1, 2, 4, 8, 16, 32, 64):
@@ -58,7 +57,7 @@ def pipeline_results() -> list[BenchmarkResult]:
 
 def test_backend_bars_from_recorded_run(tmp_path: Path) -> None:
     results = load_results(DATA / "cpu_run.json").results
-    attention = [r for r in results if r.family == "attention"]
+    attention = [r for r in results if r.key.family == "attention"]
     path = plots.backend_bars(attention, tmp_path / "bars.png", title="cpu run")
     assert path == tmp_path / "bars.png"
     assert_drawn(path)
@@ -79,7 +78,7 @@ def test_plots_that_do_not_apply_draw_nothing(tmp_path: Path) -> None:
     assert plots.sweep_heatmap(standard, tmp_path / "a.png") is None
     assert plots.crossover_plot(standard, tmp_path / "b.png") is None
     assert plots.backend_bars(pipeline_results(), tmp_path / "c.png") is None  # every result has a pipeline
-    assert plots.backend_bars([BenchmarkResult("A", "q1s1k", status=SKIPPED)], tmp_path / "d.png") is None
+    assert plots.backend_bars([factories.untimed("A", "q1s1k", SKIPPED)], tmp_path / "d.png") is None
     assert not list(tmp_path.iterdir())
 
 
@@ -100,7 +99,7 @@ def test_plot_command_on_saved_json(tmp_path: Path, capsys) -> None:
 
 def test_plot_command_with_nothing_to_plot(tmp_path: Path, capsys) -> None:
     path = tmp_path / "skips.json"
-    ResultsFormatter().save_json([BenchmarkResult("A", "q1s1k", status=SKIPPED, error="x")], path)
+    ResultsFormatter().save_json([factories.untimed("A", "q1s1k", SKIPPED, "x")], path)
     assert plots.main([str(path), "--out", str(tmp_path)]) == 1
     assert "nothing to plot" in capsys.readouterr().err
     assert json.loads(path.read_text())["results"]
@@ -147,7 +146,7 @@ def test_sweep_heatmap_colours_noise_pale_and_is_symmetric_in_log(tmp_path: Path
 
 
 def test_crossover_plot_has_one_figure_legend_below_the_panels(tmp_path: Path, figures) -> None:
-    results = pipeline_results() + [timed("FLASH_ATTN_MLA", r.batch_spec, r.median_time * 0.8, pipeline=r.pipeline)
+    results = pipeline_results() + [timed("FLASH_ATTN_MLA", r.key.batch_spec, r.median * 0.8, pipeline=r.key.pipeline)
                                     for r in pipeline_results()]
     plots.crossover_plot(results, tmp_path / "cross.png")
     fig = figures[0]

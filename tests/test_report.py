@@ -9,14 +9,8 @@ import pytest
 from attnbench.reporting.analysis import crossover_table
 from attnbench.reporting.cells import format_time_us
 from attnbench.reporting.console import render_summary
-from attnbench.results import FAILED, SKIPPED, BenchmarkResult
-
-
-def timed(backend: str, spec: str, seconds: float, noise: float = 0.01, **fields) -> BenchmarkResult:
-    fields.setdefault("study", "s")
-    fields.setdefault("family", "attention")
-    return BenchmarkResult(backend=backend, batch_spec=spec, median_time=seconds, mean_time=seconds,
-                           std_time=seconds * noise, rounds=20, **fields)
+from attnbench.outcome import FAILED, SKIPPED, CaseOutcome
+from tests.factories import timed, untimed
 
 
 def rows(text: str) -> list[str]:
@@ -82,8 +76,8 @@ def test_bound_column_shows_the_per_phase_label_of_a_mixed_batch() -> None:
 def test_skips_share_a_numbered_footnote_with_their_reason() -> None:
     reason = "FLASH_ATTN requires SM80+ (found none)"
     results = [timed("REFERENCE", "q1s1k", 1e-5), timed("REFERENCE", "q2k", 1e-3),
-               BenchmarkResult("FLASH_ATTN", "q1s1k", family="attention", study="s", status=SKIPPED, error=reason),
-               BenchmarkResult("FLASH_ATTN", "q2k", family="attention", study="s", status=SKIPPED, error=reason)]
+               untimed("FLASH_ATTN", "q1s1k", SKIPPED, reason, family="attention", study="s"),
+               untimed("FLASH_ATTN", "q2k", SKIPPED, reason, family="attention", study="s")]
     text = render_summary(results)
     assert all("skip[1]" in row for row in rows(text))
     assert text.count(reason) == 1 and "[1] skipped (2): " + reason in text
@@ -92,7 +86,7 @@ def test_skips_share_a_numbered_footnote_with_their_reason() -> None:
 def test_failures_are_red_with_their_error() -> None:
     error = "AssertionError: FLASH_ATTN q1s1k: output does not match REFERENCE: rel_error=3.1e-01"
     results = [timed("REFERENCE", "q1s1k", 1e-5),
-               BenchmarkResult("FLASH_ATTN", "q1s1k", family="attention", study="s", status=FAILED, error=error)]
+               untimed("FLASH_ATTN", "q1s1k", FAILED, error, family="attention", study="s")]
     plain = render_summary(results)
     assert "FAILED[1]" in plain and error in plain
     colored = render_summary(results, color=True)
@@ -111,7 +105,7 @@ def test_grouping_uses_structured_fields_not_test_ids() -> None:
 
 
 def test_not_timed_results_say_so() -> None:
-    r = BenchmarkResult("REFERENCE", "q1s1k", family="attention", study="s")  # --benchmark-disable / xdist
+    r = untimed("REFERENCE", "q1s1k", family="attention", study="s")  # --benchmark-disable / xdist
     assert "not timed" in render_summary([r])
 
 
@@ -122,8 +116,8 @@ def test_sweep_table_has_a_column_per_backend_and_value_and_drops_all_skipped_co
     for value, seconds in (("auto", 10e-6), (1, 14e-6), (4, 8e-6)):
         results.append(timed("CUTLASS_MLA", "q1s1k", seconds, sweep_param="num_kv_splits", sweep_value=value))
     results.append(timed("FLASHINFER_MLA", "q1s1k", 11e-6, sweep_param="num_kv_splits", sweep_value="auto"))
-    results.append(BenchmarkResult("FLASHINFER_MLA", "q1s1k", family="attention", study="s", status=SKIPPED,
-                                   error="no num_kv_splits knob", sweep_param="num_kv_splits", sweep_value=4))
+    results.append(untimed("FLASHINFER_MLA", "q1s1k", SKIPPED, "no num_kv_splits knob", family="attention", study="s",
+                           sweep_param="num_kv_splits", sweep_value=4))
     text = render_summary(results)
     header = "\n".join(line for line in text.splitlines() if line.startswith("┃"))
     assert header.count("CUTLASS_MLA") == 3 and header.count("FLASHINFER_MLA") == 1
@@ -134,7 +128,7 @@ def test_sweep_table_has_a_column_per_backend_and_value_and_drops_all_skipped_co
 # ------------------------------------------------------------------ crossover
 
 def pipelines(backend: str, batch_size: int, times: dict[int, tuple[float, float]], kv: int = 1024,
-              study: str = "reorder") -> list[BenchmarkResult]:
+              study: str = "reorder") -> list[CaseOutcome]:
     out = []
     for q, (decode, prefill) in times.items():
         spec = (f"{batch_size}" if batch_size > 1 else "") + f"q{q}s{kv}"
@@ -175,8 +169,7 @@ def test_crossover_splits_kv_lengths_and_ignores_unpaired_or_untimed_cases() -> 
     results = pipelines("FLASHMLA", 2, {1: (1e-5, 2e-5), 8: (3e-5, 2e-5)}, kv=1024)
     results += pipelines("FLASHMLA", 2, {1: (1e-5, 2e-5), 8: (1e-5, 2e-5)}, kv=4096)
     results.append(timed("FLASHMLA", "2q16s1024", 1e-5, pipeline="decode", study="reorder", family="mla"))
-    results.append(BenchmarkResult("FLASHMLA", "2q32s1024", family="mla", study="reorder", pipeline="decode",
-                                   status=SKIPPED, error="x"))
+    results.append(untimed("FLASHMLA", "2q32s1024", SKIPPED, "x", family="mla", study="reorder", pipeline="decode"))
     rows_ = crossover_table(results)
     assert [(c.kv_len, c.q_lens, c.decode_up_to) for c in rows_] == [(1024, [1, 8], 1), (4096, [1, 8], 8)]
 
@@ -191,12 +184,9 @@ def test_crossover_appears_under_the_pipeline_table() -> None:
 
 def test_best_sweep_value_per_spec_against_auto():
     from attnbench.reporting.analysis import best_sweep_values
-    from attnbench.results import BenchmarkResult
-
     def r(backend, spec, value, us):
-        return BenchmarkResult(backend=backend, batch_spec=spec, family="mla", study="s",
-                               sweep_param="reorder_batch_threshold", sweep_value=value,
-                               median_time=us * 1e-6, mean_time=us * 1e-6, rounds=10)
+        return timed(backend, spec, us * 1e-6, noise=0.0, rounds=10, family="mla", study="s",
+                     sweep_param="reorder_batch_threshold", sweep_value=value)
 
     rows = best_sweep_values([r("FLASHMLA", "16q4s1k", "auto", 110.0), r("FLASHMLA", "16q4s1k", 1, 7000.0),
                               r("FLASHMLA", "16q4s1k", 8, 100.0), r("FLASH_ATTN_MLA", "16q4s1k", "auto", 75.0),
@@ -238,6 +228,6 @@ def test_crossover_answers_reach_the_json_and_a_sibling_csv(tmp_path) -> None:
     assert crossover_csv_path(tmp_path / "r.csv").name == "r.crossover.csv"
     assert {(r["backend"], r["batch_size"], r["reorder_batch_threshold"]) for r in rows} == {
         ("FLASHMLA", "4", "4"), ("FLASH_ATTN_MLA", "2", "1")}
-    plain = [r for r in results if r.pipeline is None]
+    plain = [r for r in results if r.key.pipeline is None]
     formatter.save_json(plain, tmp_path / "p.json")
     assert "crossovers" not in _json.loads((tmp_path / "p.json").read_text())

@@ -186,16 +186,16 @@ def test_a_killed_study_keeps_its_finished_cases_and_resume_skips_them(tmp_path:
         slow.wait()
     assert not out.exists()
     [done] = load_results(journal).results
-    assert (done.batch_spec, done.status, done.rounds) == ("2q16_2q1s64", "passed", 100)
+    assert (done.key.batch_spec, done.status, done.times.rounds) == ("2q16_2q1s64", "passed", 100)
 
     resumed = run_pytest("bench_attention", *CPU, "-k", "REFERENCE", "--batch-specs", "2q16_2q1s64", "q1s256",
                          "--resume", str(journal), "--output-json", str(out))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "1 case(s) already done" in resumed.stdout and "1 passed" in resumed.stdout
-    final = {r.batch_spec: r for r in load_results(out).results}
+    final = {r.key.batch_spec: r for r in load_results(out).results}
     assert set(final) == {"2q16_2q1s64", "q1s256"}
-    assert final["2q16_2q1s64"].samples == done.samples  # carried, not re-measured
-    assert final["q1s256"].rounds == 3
+    assert final["2q16_2q1s64"].times.samples == done.times.samples  # carried, not re-measured
+    assert final["q1s256"].times.rounds == 3
     assert not journal.exists()
 
 

@@ -1,4 +1,4 @@
-"""Everything that turns ``BenchmarkResult``s into something to read: tables, pages, plots, verdicts.
+"""Everything that turns ``outcome.CaseOutcome``s into something to read: tables, pages, plots, verdicts.
 
 Data flows one way: ``analysis`` (what the results say) and ``tables`` (which rows and columns show it)
 build ``model.Table``s from results, with every number ordered and formatted by ``cells``; the renderers

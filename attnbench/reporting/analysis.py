@@ -17,29 +17,29 @@ from typing import Any, Iterable, Sequence
 
 from attnbench.crossover_search import CrossoverAnswer, Point, crossover_answer, measurement, vllm_default
 from attnbench.reporting.cells import spec_order
-from attnbench.results import BenchmarkResult
+from attnbench.outcome import CaseOutcome
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the checkout's studies (absent in a plain install)
 
 
-def group_results(results: Iterable[BenchmarkResult]) -> dict[tuple[str, str], list[BenchmarkResult]]:
+def group_results(results: Iterable[CaseOutcome]) -> dict[tuple[str, str], list[CaseOutcome]]:
     """Results by (study, family), in first-seen order."""
-    groups: dict[tuple[str, str], list[BenchmarkResult]] = {}
+    groups: dict[tuple[str, str], list[CaseOutcome]] = {}
     for r in results:
-        groups.setdefault((r.study or "-", r.family or "-"), []).append(r)
+        groups.setdefault((r.key.study or "-", r.key.family or "-"), []).append(r)
     return groups
 
 
-def has_variants(group: Sequence[BenchmarkResult]) -> bool:
-    """Whether a group compares variants of each case (sweep values or pipelines) rather than backends only."""
-    return any(r.pipeline for r in group) or any(r.sweep_param for r in group)
+def has_variants(group: Sequence[CaseOutcome]) -> bool:
+    """Whether a group compares variants of each case (sweep values, pipelines or timed regions) rather than
+    backends only."""
+    return (any(r.key.pipeline for r in group) or any(r.key.sweep_param for r in group)
+            or len({r.key.timed_region for r in group}) > 1)
 
 
-def info(result: BenchmarkResult | None, section: str, key: str) -> Any:
-    """``extra_info[section][key]`` as the result kept it (under ``extra``), or None."""
-    if result is None:
-        return None
-    return (result.extra.get(section) or {}).get(key)
+def info(result: CaseOutcome | None, section: str, key: str) -> Any:
+    """What vLLM (``section`` "backend_info") or the profiler ("kernels") reported as ``key``, or None."""
+    return result.info(section, key) if result is not None else None
 
 
 def study_title(study: str, configs: Path = CONFIGS) -> str:
@@ -85,17 +85,17 @@ class Crossover:
     answer: CrossoverAnswer | None = None
 
 
-def crossover_table(results: Iterable[BenchmarkResult]) -> list[Crossover]:
+def crossover_table(results: Iterable[CaseOutcome]) -> list[Crossover]:
     """Per backend and batch size, the largest q at which the decode pipeline is still faster.
 
     Uses timed results with ``pipeline`` "decode" or "prefill" (decode_vs_prefill mode). The
     batch size is the number of requests of a spec and q its longest query. If one batch size
     holds the same q at several KV lengths, each KV length gets its own row.
     """
-    by_group: dict[tuple, dict[tuple[int, int], dict[str, BenchmarkResult]]] = defaultdict(lambda: defaultdict(dict))
+    by_group: dict[tuple, dict[tuple[int, int], dict[str, CaseOutcome]]] = defaultdict(lambda: defaultdict(dict))
     for r in results:
-        if r.pipeline in ("decode", "prefill") and r.timed:
-            by_group[(r.study, r.family, r.backend, r.batch_size)][(r.q_len, r.kv_len)][r.pipeline] = r
+        if r.key.pipeline in ("decode", "prefill") and r.timed:
+            by_group[(r.key.study, r.key.family, r.key.backend, r.key.batch_size)][(r.key.q_len, r.key.kv_len)][r.key.pipeline] = r
     rows: list[Crossover] = []
     for (study, family, backend, batch_size), points in by_group.items():
         both = {qk: t for qk, t in points.items() if len(t) == 2}
@@ -114,10 +114,10 @@ def crossover_table(results: Iterable[BenchmarkResult]) -> list[Crossover]:
 
 
 def _crossover(study: str | None, family: str | None, backend: str, batch_size: int, kv: int | None,
-               by_q: dict[int, dict[str, BenchmarkResult]]) -> Crossover:
+               by_q: dict[int, dict[str, CaseOutcome]]) -> Crossover:
     qs = sorted(by_q)
-    times = {q: (by_q[q]["decode"].median_time or 0.0, by_q[q]["prefill"].median_time or 0.0) for q in qs}  # timed
-    answer = crossover_answer([Point(q, measurement(vars(by_q[q]["decode"])), measurement(vars(by_q[q]["prefill"])))
+    times = {q: (by_q[q]["decode"].median, by_q[q]["prefill"].median) for q in qs}  # timed
+    answer = crossover_answer([Point(q, measurement(by_q[q]["decode"]), measurement(by_q[q]["prefill"]))
                                for q in qs], vllm_default(backend, _recorded_default(by_q)))
     # one reading of the curve, the noise-aware one: the threshold before the first flip, the flips counted
     # between clear winners (a tie is no flip)
@@ -129,7 +129,7 @@ def _crossover(study: str | None, family: str | None, backend: str, batch_size: 
                      _geomean([times[q][0] / times[q][1] for q in above]), flips, times, answer)
 
 
-def crossover_records(results: Iterable[BenchmarkResult]) -> list[dict[str, Any]]:
+def crossover_records(results: Iterable[CaseOutcome]) -> list[dict[str, Any]]:
     """The crossover answers as plain data, for the CSV/JSON exports: one row per backend x batch size."""
     rows = []
     for c in crossover_table(results):
@@ -144,13 +144,13 @@ def crossover_records(results: Iterable[BenchmarkResult]) -> list[dict[str, Any]
     return rows
 
 
-def _recorded_default(by_q: dict[int, dict[str, BenchmarkResult]]) -> Any:
+def _recorded_default(by_q: dict[int, dict[str, CaseOutcome]]) -> Any:
     """The default reorder_batch_threshold vLLM's builder reported for these cases (GPU runs record it)."""
     for pair in by_q.values():
         for r in pair.values():
-            backend_info = r.extra.get("backend_info")
-            if isinstance(backend_info, dict) and backend_info.get("default_reorder_batch_threshold") is not None:
-                return backend_info["default_reorder_batch_threshold"]
+            default = r.info("backend_info", "default_reorder_batch_threshold")
+            if default is not None:
+                return default
     return None
 
 
@@ -186,19 +186,19 @@ class BestSweepValue:
         return self.auto_time / self.best_time if self.auto_time and self.best_time else None
 
 
-def best_sweep_values(results: Iterable[BenchmarkResult]) -> list[BestSweepValue]:
+def best_sweep_values(results: Iterable[CaseOutcome]) -> list[BestSweepValue]:
     """Per backend and batch spec of a sweep, the value with the lowest median time."""
-    by_case: dict[tuple[str, str, str], list[BenchmarkResult]] = defaultdict(list)
+    by_case: dict[tuple[str, str, str], list[CaseOutcome]] = defaultdict(list)
     for r in results:
-        if r.sweep_param and r.timed:
-            by_case[(r.backend, r.batch_spec, r.sweep_param)].append(r)
+        if r.key.sweep_param and r.timed:
+            by_case[(r.key.backend, r.key.batch_spec, r.key.sweep_param)].append(r)
     rows = []
     for (backend, spec, param), group in by_case.items():
         best = min(group, key=lambda r: r.median)
-        auto = next((r for r in group if str(r.sweep_value) == "auto"), None)
-        noise = max((x.rel_noise or 0.0) for x in (best, auto) if x is not None)
-        rows.append(BestSweepValue(backend, spec, param, best.sweep_value, best.median,
-                                   auto.median_time if auto else None, len(group), noise))
+        auto = next((r for r in group if str(r.key.sweep_value) == "auto"), None)
+        noise = max((x.times.rel_noise or 0.0) for x in (best, auto) if x is not None)
+        rows.append(BestSweepValue(backend, spec, param, best.key.sweep_value, best.median,
+                                   auto.median if auto else None, len(group), noise))
     size = {spec: i for i, spec in enumerate(spec_order(r for group in by_case.values() for r in group))}
     rows.sort(key=lambda b: (b.param, b.backend, size[b.batch_spec]))
     return rows

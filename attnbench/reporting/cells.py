@@ -1,6 +1,6 @@
 """Ordering and formatting of table cells, shared by every renderer (each rule written once here).
 
-Ordering: batch specs by size (``BenchmarkResult.size_key``), sweep values with the backend default
+Ordering: batch specs by size (``CaseKey.size_key``), sweep values with the backend default
 first, backends in the order the results name them. Formatting: µs with significant digits (or the
 digits the measured noise supports), shares and changes as percentages, speed-ups, MiB.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from attnbench.results import BenchmarkResult
+from attnbench.outcome import CaseOutcome
 from attnbench.study import AUTO
 
 NO_VALUE = "–"  # what a cell shows when there is nothing to show: no timing, no data
@@ -19,15 +19,16 @@ _MAX_TIME_DECIMALS = 3
 
 # ------------------------------------------------------------------ ordering
 
-def spec_order(results: Iterable[BenchmarkResult]) -> list[str]:
+def spec_order(results: Iterable[CaseOutcome]) -> list[str]:
     """Batch specs by size (total new tokens, then total KV); an unparsable spec from a foreign file sorts last."""
     keys: dict[str, tuple[Any, ...]] = {}
     for r in results:
-        if r.batch_spec not in keys:
+        spec = r.key.batch_spec
+        if spec not in keys:
             try:
-                keys[r.batch_spec] = r.size_key
+                keys[spec] = r.key.size_key
             except ValueError:
-                keys[r.batch_spec] = (math.inf, math.inf, r.batch_spec)
+                keys[spec] = (math.inf, math.inf, spec)
     return sorted(keys, key=keys.__getitem__)
 
 
@@ -38,9 +39,9 @@ def sweep_order(values: Iterable[Any]) -> list[Any]:
                                          v if isinstance(v, (int, float)) else 0, str(v)))
 
 
-def backend_order(results: Iterable[BenchmarkResult]) -> list[str]:
+def backend_order(results: Iterable[CaseOutcome]) -> list[str]:
     """Backends in the order the results first name them: the run's own order, no list of names kept here."""
-    return list(dict.fromkeys(r.backend for r in results))
+    return list(dict.fromkeys(r.key.backend for r in results))
 
 
 # ------------------------------------------------------------------ numbers
@@ -64,9 +65,9 @@ def us(seconds: float | None, digits: int = 3) -> str:
     return NO_VALUE if seconds is None else significant(seconds * 1e6, digits)
 
 
-def median_us(result: BenchmarkResult | None) -> str:
+def median_us(result: CaseOutcome | None) -> str:
     """A result's median in µs (3 significant digits), or NO_VALUE when it has no timing."""
-    return us(result.median_time) if result is not None and result.timed else NO_VALUE
+    return us(result.median) if result is not None and result.timed else NO_VALUE
 
 
 def format_time_us(seconds: float, rel_noise: float | None) -> str:

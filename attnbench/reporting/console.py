@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from attnbench.reporting import model
 from attnbench.reporting.tables import summary_tables
-from attnbench.results import BenchmarkResult
+from attnbench.outcome import CaseOutcome
 
 STYLES = {model.FASTEST: "bold green", model.GOOD: "bold green", model.BAD: "bold red", model.DOUBT: "yellow",
           model.ADDED: "cyan", model.GONE: "magenta", model.MUTED: "dim"}
@@ -49,12 +49,12 @@ def _text(cell: model.Cell) -> Any:
     return text
 
 
-def summary_renderables(results: Sequence[BenchmarkResult]) -> list[Any]:
+def summary_renderables(results: Sequence[CaseOutcome]) -> list[Any]:
     """Rich tables (and footnotes) for ``results``: one per study x family, plus crossovers and best sweep values."""
     return [r for table in summary_tables(results) for r in to_rich(table)]
 
 
-def render_summary(results: Sequence[BenchmarkResult], width: int = 160, color: bool = False) -> str:
+def render_summary(results: Sequence[CaseOutcome], width: int = 160, color: bool = False) -> str:
     """The summary as text (ANSI-coloured when ``color``), for a terminal reporter or a file."""
     return render_renderables(summary_renderables(results), width, color)
 

@@ -38,7 +38,7 @@ from attnbench.reporting.cells import NO_VALUE, backend_order, median_us, signif
 from attnbench.reporting.model import FASTEST, Cell, Table, simple_table
 from attnbench.reporting.tables import (METRICS, Metric, backend_table, crossover_model, crossover_pivot, split,
                                         sweep_table, wins_line)
-from attnbench.results import PASSED, BenchmarkResult
+from attnbench.outcome import PASSED, CaseOutcome
 
 _CHECKOUT = CONFIGS.parent  # paths on the page are shown relative to it
 
@@ -65,7 +65,7 @@ class LogNote:
 class Baseline:
     directory: Path
     files: list[tuple[Path, LoadedResults]]
-    results: list[BenchmarkResult]  # merged: one per case
+    results: list[CaseOutcome]  # merged: one per case
     source: dict[int, str] = field(default_factory=dict)  # id(result) -> the JSON file's name
     logs_dir: Path | None = None
     log_notes: list[LogNote] = field(default_factory=list)
@@ -74,11 +74,11 @@ class Baseline:
     def machine_infos(self) -> list[dict[str, Any]]:
         return [loaded.machine_info for _, loaded in self.files if loaded.machine_info]
 
-    def study(self, name: str) -> list[BenchmarkResult]:
-        return [r for r in self.results if r.study == name]
+    def study(self, name: str) -> list[CaseOutcome]:
+        return [r for r in self.results if r.key.study == name]
 
     def studies(self) -> list[str]:
-        return list(dict.fromkeys(r.study or "-" for r in self.results))
+        return list(dict.fromkeys(r.key.study or "-" for r in self.results))
 
 
 def load_baseline(directory: str | os.PathLike[str], logs: str | os.PathLike[str] | None = None) -> Baseline:
@@ -94,7 +94,7 @@ def load_baseline(directory: str | os.PathLike[str], logs: str | os.PathLike[str
         raise BaselineError(f"{root}: no pytest-benchmark JSON files under it "
                             "(expected <gpu>/<machine>/NNNN_<study>.json)")
     files: list[tuple[Path, LoadedResults]] = []
-    everything: list[BenchmarkResult] = []
+    everything: list[CaseOutcome] = []
     source: dict[int, str] = {}
     for path in paths:
         loaded = load_results(path)  # ResultsFileError names the file
@@ -209,7 +209,7 @@ def header(baseline: Baseline, command: str) -> str:
 
 
 def _device_names(baseline: Baseline) -> str | None:
-    names = {r.device for r in baseline.results if r.device}
+    names = {r.key.device for r in baseline.results if r.key.device}
     return ", ".join(sorted(names)) if names else None
 
 
@@ -222,21 +222,21 @@ def _span(values: Sequence[float]) -> str:
 
 def methodology(baseline: Baseline) -> str:
     results = baseline.results
-    records = [rec for r in results if (rec := r.case_record) is not None]  # the timed cases, typed
+    records = [r.record for r in results if r.record is not None]  # the cases the runner recorded
     modes = Counter(rec.timing.mode for rec in records) or Counter({"?": len(results)})
-    caches = Counter(r.cache_state or "?" for r in results)
+    caches = Counter(r.key.cache_state or "?" for r in results)
     timers = Counter(r.timer or "?" for r in results)
     units = Counter(rec.timing.time_unit or "seconds per call" for rec in records)
     statuses = Counter(rec.verification.status for rec in records)
     verified = sum(1 for r in results if r.verified)
     rel_errors = [rec.verification.rel_error for rec in records if rec.verification.rel_error is not None]
     tolerances = sorted({rec.verification.rel_tol for rec in records if rec.verification.rel_tol})
-    rounds = [r.rounds for r in results if r.rounds]
+    rounds = [r.times.rounds for r in results if r.times.rounds]
     stopped = Counter(rec.timing.stopped_by or "?" for rec in records)
     sets = [rec.timing.buffer_sets for rec in records if rec.timing.buffer_sets]
     ratios = [rec.timing.working_set_bytes / rec.timing.l2_bytes for rec in records
               if rec.timing.working_set_bytes and rec.timing.l2_bytes]
-    regions = {(r.family or "-"): info(r, "backend_info", "timed_region") for r in results
+    regions = {(r.key.family or "-"): info(r, "backend_info", "timed_region") for r in results
                if info(r, "backend_info", "timed_region")}
     methods = Counter(info(r, "kernels", "method") and re.sub(r"\d+ calls", "N calls", info(r, "kernels", "method"))
                       for r in results if info(r, "kernels", "method"))
@@ -277,15 +277,15 @@ def _counted(counter: Counter[str]) -> str:
 def sources(baseline: Baseline) -> str:
     rows = []
     for path, loaded in baseline.files:
-        studies = ", ".join(dict.fromkeys(r.study or "-" for r in loaded.results))
+        studies = ", ".join(dict.fromkeys(r.key.study or "-" for r in loaded.results))
         backends = ", ".join(backend_order(loaded.results))
         rows.append((f"`{path.relative_to(baseline.directory)}`", studies, backends, str(len(loaded.results))))
     return "## Sources\n\n" + md_table(("file", "study", "backends", "passed cases"), rows,
                                        right=(False, False, False, True))
 
 
-def _section(study: str, results: Sequence[BenchmarkResult], table: str, notes: Sequence[str]) -> str:
-    shape = results[0].shape if results else {}
+def _section(study: str, results: Sequence[CaseOutcome], table: str, notes: Sequence[str]) -> str:
+    shape = results[0].key.dims if results else {}
     dims = ", ".join(f"{k}={v}" for k, v in shape.items() if k not in ("num_layers", "kv_cache_dtype"))
     parts = [f"## {study_title(study)}", "", f"Study `{study}`; {dims}.", "", table]
     for note in notes:  # each its own paragraph
@@ -294,16 +294,16 @@ def _section(study: str, results: Sequence[BenchmarkResult], table: str, notes: 
     return "\n".join(parts)
 
 
-def _has(results: Sequence[BenchmarkResult], backend: str, section: str, key: str) -> bool:
-    return any(info(r, section, key) is not None for r in results if r.backend == backend)
+def _has(results: Sequence[CaseOutcome], backend: str, section: str, key: str) -> bool:
+    return any(info(r, section, key) is not None for r in results if r.key.backend == backend)
 
 
-def standard_section(study: str, results: Sequence[BenchmarkResult]) -> str:
+def standard_section(study: str, results: Sequence[CaseOutcome]) -> str:
     backends = backend_order(results)
     extra: list[tuple[str, Metric]] = []
     constant: list[str] = []
     for b in backends:  # a kernel path that never changes is said once, under the table
-        paths = {info(r, "backend_info", "kernel_path") for r in results if r.backend == b}
+        paths = {info(r, "backend_info", "kernel_path") for r in results if r.key.backend == b}
         paths.discard(None)
         if len(paths) == 1:
             constant.append(f"{b}: {next(iter(paths))}")
@@ -318,16 +318,16 @@ def standard_section(study: str, results: Sequence[BenchmarkResult]) -> str:
     return _section(study, results, markdown_table(table), notes)
 
 
-def _shares(results: Sequence[BenchmarkResult], with_split: bool) -> list[tuple[str, Metric]]:
+def _shares(results: Sequence[CaseOutcome], with_split: bool) -> list[tuple[str, Metric]]:
     metric = METRICS["split · attention share" if with_split else "attention share"]
     return [(b, metric) for b in backend_order(results)]
 
 
-def _share_notes(results: Sequence[BenchmarkResult]) -> list[str]:
+def _share_notes(results: Sequence[CaseOutcome]) -> list[str]:
     """Name what a 0 % attention share means: no kernel matched the attention role."""
     notes = []
     for backend in backend_order(results):
-        mine = [r for r in results if r.backend == backend and info(r, "kernels", "attention_share") is not None]
+        mine = [r for r in results if r.key.backend == backend and info(r, "kernels", "attention_share") is not None]
         zero = [r for r in mine if info(r, "kernels", "attention_share") == 0]
         if not (mine and zero):
             continue
@@ -348,7 +348,7 @@ def _share_notes(results: Sequence[BenchmarkResult]) -> list[str]:
 _LIBRARY_KERNEL = re.compile(r"at::native|^Memset|^Memcpy")
 
 
-def _split_notes(results: Sequence[BenchmarkResult]) -> list[str]:
+def _split_notes(results: Sequence[CaseOutcome]) -> list[str]:
     """Cases where the builder sent requests with q <= reorder_batch_threshold down the prefill path."""
     notes = []
     for r in results:
@@ -361,32 +361,32 @@ def _split_notes(results: Sequence[BenchmarkResult]) -> list[str]:
         except ValueError:
             continue
         if decodes < eligible:
-            notes.append(f"{r.backend} {r.batch_spec}: {eligible} requests have q ≤ its threshold {threshold}, "
+            notes.append(f"{r.key.backend} {r.key.batch_spec}: {eligible} requests have q ≤ its threshold {threshold}, "
                          f"but only {decodes} took the decode path ({split(r)}); the other "
                          f"{eligible - decodes} ran through the prefill pipeline ({median_us(r)} µs).")
     return notes
 
 
-def _q_lens(result: BenchmarkResult) -> list[int]:
+def _q_lens(result: CaseOutcome) -> list[int]:
     from grammar import parse_batch_spec
 
-    return [request.q_len for request in parse_batch_spec(result.batch_spec)]
+    return [request.q_len for request in parse_batch_spec(result.key.batch_spec)]
 
 
-def mla_decode_section(study: str, results: Sequence[BenchmarkResult]) -> str:
+def mla_decode_section(study: str, results: Sequence[CaseOutcome]) -> str:
     table, winners = backend_table(results, _shares(results, with_split=False))
     prefills = [r for r in results if info(r, "backend_info", "num_prefills")]
     path = ("Every request of every case ran through the decode (MQA) path (num_prefills = 0)." if not prefills else
             f"{len(prefills)} cases sent requests through the prefill path: "
-            + ", ".join(f"{r.backend} {r.batch_spec} ({split(r)})" for r in prefills) + ".")
+            + ", ".join(f"{r.key.backend} {r.key.batch_spec} ({split(r)})" for r in prefills) + ".")
     return _section(study, results, markdown_table(table),
                     [wins_line(winners, len(winners)), path, *_share_notes(results)])
 
 
-def mla_mixed_section(study: str, results: Sequence[BenchmarkResult]) -> str:
+def mla_mixed_section(study: str, results: Sequence[CaseOutcome]) -> str:
     table, winners = backend_table(results, _shares(results, with_split=True))
     thresholds = {b: sorted({str(info(r, "backend_info", "reorder_batch_threshold")) for r in results
-                             if r.backend == b}) for b in backend_order(results)}
+                             if r.key.backend == b}) for b in backend_order(results)}
     notes = [wins_line(winners, len(winners)),
              "*split*: requests vLLM's metadata builder sent down the decode (d) and the prefill (p) path; the "
              "default reorder_batch_threshold is " + ", ".join(f"{b} {'/'.join(t)}" for b, t in thresholds.items())
@@ -394,9 +394,9 @@ def mla_mixed_section(study: str, results: Sequence[BenchmarkResult]) -> str:
     return _section(study, results, markdown_table(table), notes)
 
 
-def sweep_section(study: str, results: Sequence[BenchmarkResult]) -> str:
-    swept = [r for r in results if r.sweep_param is not None]
-    param = swept[0].sweep_param if swept else "?"
+def sweep_section(study: str, results: Sequence[CaseOutcome]) -> str:
+    swept = [r for r in results if r.key.sweep_param is not None]
+    param = swept[0].key.sweep_param if swept else "?"
     table, winners = sweep_table(swept)
     *body, path_row = table.rows
     slow = []
@@ -422,11 +422,11 @@ def _row_best(row: Sequence[Cell]) -> float | None:
                default=None)
 
 
-def crossovers(results: Sequence[BenchmarkResult]) -> list[Crossover]:
+def crossovers(results: Sequence[CaseOutcome]) -> list[Crossover]:
     return crossover_table(results)
 
 
-def crossover_section(study: str, results: Sequence[BenchmarkResult]) -> str:
+def crossover_section(study: str, results: Sequence[CaseOutcome]) -> str:
     rows = crossovers(results)
     if not rows:
         return ""
@@ -448,7 +448,7 @@ def crossover_section(study: str, results: Sequence[BenchmarkResult]) -> str:
     return "\n".join(parts)
 
 
-def generic_section(study: str, results: Sequence[BenchmarkResult]) -> str:
+def generic_section(study: str, results: Sequence[CaseOutcome]) -> str:
     table, winners = backend_table(results)
     return _section(study, results, markdown_table(table), [wins_line(winners, len(winners))])
 
@@ -457,8 +457,8 @@ def skipped_section(baseline: Baseline) -> str:
     in_json = [r for r in baseline.results if not r.passed]
     lines = ["## Skipped and failed cases", ""]
     if in_json:
-        rows = [(r.study or "-", r.backend, r.batch_spec + (f" {r.variant}" if r.variant else ""), r.status,
-                 (r.error or "").splitlines()[0][:160] if r.error else "") for r in in_json]
+        rows = [(r.key.study or "-", r.key.backend, r.key.batch_spec + (f" {r.key.variant}" if r.key.variant else ""),
+                 r.status, r.reason.splitlines()[0][:160] if r.reason else "") for r in in_json]
         lines += [md_table(("study", "backend", "case", "status", "reason"), rows, right=(False,) * 5), ""]
     if not baseline.log_notes:
         if not in_json:
@@ -545,9 +545,9 @@ def render(baseline: Baseline, command: str, plots: Sequence[tuple[str, Path]] =
         results = baseline.study(study)
         if study in _SECTIONS:
             sections.append(_SECTIONS[study](study, results))
-        elif any(r.pipeline for r in results):
+        elif any(r.key.pipeline for r in results):
             sections.append(crossover_section(study, results))
-        elif any(r.sweep_param for r in results):
+        elif any(r.key.sweep_param for r in results):
             sections.append(sweep_section(study, results))
         else:
             sections.append(generic_section(study, results))
@@ -566,7 +566,7 @@ def render_short(baseline: Baseline) -> str:
         parts += [f"Standard attention on {_gpu_name(baseline)}" + (f", vLLM {vllm}" if vllm else "")
                   + f": median µs per layer call ({how_measured(standard)}; fastest in bold).", "",
                   markdown_table(table)]
-    pipelines = [r for r in baseline.results if r.pipeline]
+    pipelines = [r for r in baseline.results if r.key.pipeline]
     rows = crossovers(pipelines)
     if rows:
         qs = sorted({q for c in rows for q in c.q_lens})
@@ -579,10 +579,10 @@ def render_short(baseline: Baseline) -> str:
     return "\n".join(parts).lstrip("\n") + "\n"
 
 
-def how_measured(results: Sequence[BenchmarkResult]) -> str:
+def how_measured(results: Sequence[CaseOutcome]) -> str:
     """'CUDA-graph replay, cold L2, all verified against the reference', from the results themselves."""
-    modes = sorted({rec.timing.mode if (rec := r.case_record) else "?" for r in results})
-    caches = sorted({r.cache_state or "?" for r in results})
+    modes = sorted({r.record.timing.mode if r.record is not None else "?" for r in results})
+    caches = sorted({r.key.cache_state or "?" for r in results})
     verified = sum(1 for r in results if r.verified)
     mode_text = "CUDA-graph replay" if modes == ["cuda-graph"] else "timing " + "/".join(modes)
     check = ("all verified against the reference" if verified == len(results)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from attnbench.results import BenchmarkResult
+from attnbench.outcome import CaseOutcome
 
 # emphasis: what a cell is, not how it looks (the console colours them, markdown bolds FASTEST)
 FASTEST = "fastest"  # the best time of its row
@@ -27,7 +27,7 @@ class Cell:
     text: str = ""
     value: float | None = None  # the number shown (seconds for a time, the factor for a speed-up)
     emphasis: str | None = None
-    result: BenchmarkResult | None = None  # the result the cell shows, for a renderer that draws more of it
+    result: CaseOutcome | None = None  # the result the cell shows, for a renderer that draws more of it
     below: tuple[Cell, ...] = ()  # further lines of the same cell
 
     def lines(self) -> list[Cell]:

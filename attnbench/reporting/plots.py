@@ -1,4 +1,4 @@
-"""PNG plots over ``BenchmarkResult``s, from a live session (``--plot``) or saved results.
+"""PNG plots over ``CaseOutcome``s, from a live session (``--plot``) or saved results.
 
 Each figure draws a table of the model: ``tables.time_table`` (bars), ``tables.speedup_tables``
 (heatmap) and ``analysis.crossover_table`` (crossover), so a figure and the tables beside it agree
@@ -36,7 +36,7 @@ from attnbench.reporting.analysis import crossover_table, group_results
 from attnbench.reporting.cells import significant
 from attnbench.reporting.model import FASTEST
 from attnbench.reporting.tables import speedup_tables, time_table
-from attnbench.results import SKIPPED, BenchmarkResult
+from attnbench.outcome import SKIPPED, CaseOutcome
 
 _LOG_SCALE_SPAN = 20.0  # use a log time axis when the largest time is more than this many times the smallest
 _MAX_WIDTH = 14.0  # inches: backend_bars grows with the number of specs and backends up to this
@@ -58,7 +58,7 @@ def _save(fig: Any, path: str | Path) -> Path:
     return out
 
 
-def backend_bars(results: Sequence[BenchmarkResult], path: str | Path, title: str = "") -> Path | None:
+def backend_bars(results: Sequence[CaseOutcome], path: str | Path, title: str = "") -> Path | None:
     """Grouped bars: x = batch spec (by size), one bar per backend, y = median µs. None if nothing timed."""
     table = time_table(results)
     rows = [row for row in table.rows if any(cell.value for cell in row[1:])]  # specs with a timing
@@ -82,7 +82,7 @@ def backend_bars(results: Sequence[BenchmarkResult], path: str | Path, title: st
             if cell.value:
                 xs.append(offset)
                 ys.append(cell.value * 1e6)
-                errs.append((r.iqr_time or 0.0) * 1e6 / 2 if r is not None else 0.0)
+                errs.append((r.times.iqr or 0.0) * 1e6 / 2 if r is not None else 0.0)
             elif r is not None:
                 missing.append((offset, "skip" if r.status == SKIPPED else r.status))
         bars = ax.bar(xs, ys, width, yerr=errs, capsize=2, color=colors[backend])
@@ -102,7 +102,7 @@ def backend_bars(results: Sequence[BenchmarkResult], path: str | Path, title: st
     return _save(fig, path)
 
 
-def sweep_heatmap(results: Sequence[BenchmarkResult], path: str | Path, title: str = "") -> Path | None:
+def sweep_heatmap(results: Sequence[CaseOutcome], path: str | Path, title: str = "") -> Path | None:
     """Per backend: batch spec x sweep value, colour = speed-up over the default; best value outlined."""
     param, reference, grids = speedup_tables(results)
     if not grids:
@@ -146,7 +146,7 @@ def sweep_heatmap(results: Sequence[BenchmarkResult], path: str | Path, title: s
     return _save(fig, path)
 
 
-def crossover_plot(results: Sequence[BenchmarkResult], path: str | Path, title: str = "") -> Path | None:
+def crossover_plot(results: Sequence[CaseOutcome], path: str | Path, title: str = "") -> Path | None:
     """decode_vs_prefill: one panel per batch size, time against q for both pipelines of each backend."""
     crossovers = crossover_table(results)
     if not crossovers:
@@ -179,8 +179,8 @@ def crossover_plot(results: Sequence[BenchmarkResult], path: str | Path, title: 
             a = c.answer
             if a is not None and a.vllm_default is not None and qs_all[0] <= a.vllm_default <= qs_all[-1]:
                 ax.axvline(a.vllm_default, color=color, linestyle="-.", linewidth=0.8, alpha=0.5)
-            if _marked(a):
-                q = a.lo if a.lo is not None else qs_all[0]  # type: ignore[union-attr]
+            if a is not None and _marked(a):
+                q = a.lo if a.lo is not None else qs_all[0]
                 ax.axvline(q, color=color, linestyle=":", linewidth=1)
                 if a.interval:  # within noise between lo and hi: shade it, the threshold may be anywhere in it
                     ax.axvspan(q, a.hi, color=color, alpha=0.12, linewidth=0)
@@ -225,7 +225,7 @@ PLOTS: dict[str, Callable[..., Path | None]] = {"bars": backend_bars, "sweep": s
                                                 "crossover": crossover_plot}
 
 
-def make_plots(results: Sequence[BenchmarkResult], out_dir: str | Path, stem: str = "attnbench") -> list[Path]:
+def make_plots(results: Sequence[CaseOutcome], out_dir: str | Path, stem: str = "attnbench") -> list[Path]:
     """Every plot that applies, per study x family: ``<out_dir>/<stem>.<study>.<family>.<kind>.png``."""
     written = []
     for (study, family), group in group_results(results).items():

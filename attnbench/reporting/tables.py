@@ -26,7 +26,7 @@ from attnbench.reporting.analysis import (BestSweepValue, Crossover, best_sweep_
 from attnbench.reporting.cells import (NO_VALUE, backend_order, behind_best, format_time_us, median_us, mib,
                                        percent, ratio, significant, spec_order, speedup, sweep_order, us)
 from attnbench.reporting.model import BAD, FASTEST, MUTED, Cell, Column, Table
-from attnbench.results import FAILED, SKIPPED, BenchmarkResult
+from attnbench.outcome import FAILED, SKIPPED, CaseOutcome
 from attnbench.study import AUTO
 
 MARKS = {"passed": "✓", "oracle": "ref", "skipped": "·", "failed": "✗"}
@@ -40,25 +40,26 @@ class Metric:
     """One number per result, as a column. ``cell`` also gets None: the backend has no result in that row."""
 
     header: str
-    cell: Callable[[BenchmarkResult | None], str]
-    shown: Callable[[Sequence[BenchmarkResult]], bool] = lambda group: True  # whether a table shows it at all
+    cell: Callable[[CaseOutcome | None], str]
+    shown: Callable[[Sequence[CaseOutcome]], bool] = lambda group: True  # whether a table shows it at all
     summary: bool = False  # a column of the console summary, per backend (for timed results)
     right: bool = True
 
 
-def _number(name: str, digits: int = 3) -> Callable[[BenchmarkResult | None], str]:
-    return lambda r: significant(getattr(r, name) if r is not None else None, digits)
+def _number(name: str, digits: int = 3) -> Callable[[CaseOutcome | None], str]:
+    """A rate of the work model (``record.Work``), at the median."""
+    return lambda r: significant(getattr(r.work, name) if r is not None else None, digits)
 
 
-def memory(r: BenchmarkResult | None) -> str:
-    if r is not None and r.peak_memory_bytes is not None:
-        return mib(r.peak_memory_bytes)
-    if r is not None and r.kv_memory_bytes is not None:
-        return f"~{mib(r.kv_memory_bytes)}"  # the estimate (no peak measured off GPU)
+def memory(r: CaseOutcome | None) -> str:
+    if r is not None and r.memory.peak_allocated_bytes is not None:
+        return mib(r.memory.peak_allocated_bytes)
+    if r is not None and r.memory.kv_and_buffers_bytes is not None:
+        return f"~{mib(r.memory.kv_and_buffers_bytes)}"  # the estimate (no peak measured off GPU)
     return ""
 
 
-def split(r: BenchmarkResult | None) -> str:
+def split(r: CaseOutcome | None) -> str:
     """How vLLM's builder split the batch: decode requests / prefill requests."""
     decodes, prefills = info(r, "backend_info", "num_decodes"), info(r, "backend_info", "num_prefills")
     if decodes is None and prefills is None:
@@ -78,19 +79,20 @@ def short_kernel_path(path: str | None, limit: int = 40) -> str:
     return path if len(path) <= limit else path[:limit - 1] + "…"
 
 
-def bound_label(r: BenchmarkResult | None) -> str:
+def bound_label(r: CaseOutcome | None) -> str:
     """The bound the sequential floor (% peak's basis) comes from: per phase for a mixed batch."""
     if r is None:
         return ""
-    return info(r, "work", "bound_label") or r.bound or ""
+    return r.work.bound_label or r.work.bound or ""
 
 
 METRICS: dict[str, Metric] = {m.header: m for m in (
     Metric("TFLOP/s", _number("tflops"), summary=True),
     Metric("GB/s", _number("gbps"), summary=True),
-    Metric("% peak", _number("pct_of_peak", 2), lambda g: any(r.pct_of_peak is not None for r in g), summary=True),
+    Metric("% peak", _number("pct_of_peak", 2), lambda g: any(r.work.pct_of_peak is not None for r in g),
+           summary=True),
     Metric("bound", bound_label, lambda g: any(bound_label(r) for r in g), summary=True, right=False),
-    Metric("MiB", memory, lambda g: any(r.memory_info for r in g), summary=True),
+    Metric("MiB", memory, lambda g: any(memory(r) for r in g), summary=True),
     Metric("attention share", lambda r: percent(info(r, "kernels", "attention_share"))),
     Metric("split · attention share", lambda r: f"{split(r)} · {percent(info(r, 'kernels', 'attention_share'))}"),
     Metric("path", lambda r: short_kernel_path(info(r, "backend_info", "kernel_path")), right=False),
@@ -98,18 +100,19 @@ METRICS: dict[str, Metric] = {m.header: m for m in (
 )}
 
 
-def rate(result: BenchmarkResult) -> str:
+def rate(result: CaseOutcome) -> str:
     """The rate of the bound resource at the median (GB/s if memory-bound, else TFLOP/s), with % of peak."""
-    if result.bound == "memory" and result.gbps is not None:
-        text = f"{significant(result.gbps)} GB/s"
-    elif result.tflops is not None:
-        text = f"{significant(result.tflops)} TFLOP/s"
-    elif result.gbps is not None:
-        text = f"{significant(result.gbps)} GB/s"
+    w = result.work
+    if w.bound == "memory" and w.gbps is not None:
+        text = f"{significant(w.gbps)} GB/s"
+    elif w.tflops is not None:
+        text = f"{significant(w.tflops)} TFLOP/s"
+    elif w.gbps is not None:
+        text = f"{significant(w.gbps)} GB/s"
     else:
         return NO_VALUE
-    if result.pct_of_peak is not None:
-        text += f" ({percent(result.pct_of_peak / 100)})"
+    if w.pct_of_peak is not None:
+        text += f" ({percent(w.pct_of_peak / 100)})"
     label = bound_label(result)
     if ":" in label:  # a mixed batch: the rate is the total's, the label says what bounds each phase
         text += f" {label}"
@@ -127,8 +130,8 @@ class Footnotes:
     skipped_cases: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     failed_cases: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
-    def mark(self, result: BenchmarkResult, label: str) -> Cell:
-        reason = (result.error or result.status).splitlines()[0][:_MAX_ERROR_CHARS] if result.error else result.status
+    def mark(self, result: CaseOutcome, label: str) -> Cell:
+        reason = result.reason.splitlines()[0][:_MAX_ERROR_CHARS] if result.reason else result.status
         if result.status == SKIPPED:
             number = self.skips.setdefault(reason, len(self.skips) + len(self.failures) + 1)
             self.skipped_cases[reason].append(label)
@@ -149,7 +152,7 @@ class Footnotes:
         return out
 
 
-def summary_tables(results: Sequence[BenchmarkResult]) -> list[Table]:
+def summary_tables(results: Sequence[CaseOutcome]) -> list[Table]:
     """The session summary: per study x family its table, then its crossovers and best sweep values."""
     out: list[Table] = []
     for (study, family), group in group_results(results).items():
@@ -163,13 +166,13 @@ def summary_tables(results: Sequence[BenchmarkResult]) -> list[Table]:
     return out
 
 
-def metrics_table(study: str, family: str, group: Sequence[BenchmarkResult]) -> Table:
+def metrics_table(study: str, family: str, group: Sequence[CaseOutcome]) -> Table:
     """Per backend: the median µs with its mark, "vs best" in the row, then the summary metrics."""
     backends = backend_order(group)
-    cells = {(r.batch_spec, r.backend): r for r in group}
+    cells = {(r.key.batch_spec, r.key.backend): r for r in group}
     metrics = [m for m in METRICS.values() if m.summary and m.shown(group)]
     # a backend that timed nothing (skipped or failed everywhere) gets its status column only
-    timed_backends = {r.backend for r in group if r.timed}
+    timed_backends = {r.key.backend for r in group if r.timed}
     columns = [Column("batch spec", right=False, wrap=False)]
     for i, backend in enumerate(backends):
         columns.append(Column(f"{backend}\nµs", key=backend, group=i, lead=True, wrap=False))
@@ -194,16 +197,17 @@ def metrics_table(study: str, family: str, group: Sequence[BenchmarkResult]) -> 
     return table
 
 
-def variant_table(study: str, family: str, group: Sequence[BenchmarkResult]) -> Table:
+def variant_table(study: str, family: str, group: Sequence[CaseOutcome]) -> Table:
     """Columns: backend x sweep value (or pipeline); a cell: time + mark, its distance from the row's best."""
-    cells = {(r.batch_spec, r.backend, _variant(r)): r for r in group}
+    cells = {(r.key.batch_spec, r.key.backend, _variant(r)): r for r in group}
     present = {key[1:] for key in cells}
     values = sweep_order(_variant(r) for r in group)
     every = [(b, v) for b in backend_order(group) for v in values if (b, v) in present]
     # a column of nothing but skips says one thing many times: its reason goes to the footnotes only
     columns = [c for c in every if any(r.status != SKIPPED for k, r in cells.items() if k[1:] == c)]
-    show_memory = any(r.memory_info for r in group)
-    mode = "decode vs prefill" if any(r.pipeline for r in group) else f"sweep of {group[0].sweep_param}"
+    show_memory = any(memory(r) for r in group)
+    mode = ("decode vs prefill" if any(r.key.pipeline for r in group)
+            else f"sweep of {group[0].key.sweep_param}" if any(r.key.sweep_param for r in group) else "timed regions")
     table = Table(f"{study} · {family} · {mode}", [Column("batch spec", right=False, wrap=False)]
                   + [Column(f"{b}\n{v}", key=(b, v)) for b, v in columns])
     notes = Footnotes()
@@ -254,74 +258,90 @@ def best_sweep_model(rows: Sequence[BestSweepValue]) -> Table:
     return table
 
 
-def _variant(r: BenchmarkResult) -> Any:
-    """What tells a result from its siblings in one row: the pipeline, or the bare sweep value (the title names it)."""
-    if r.pipeline is not None:
-        return r.pipeline
-    return r.sweep_value if r.sweep_param is not None else ""
+def _variant(r: CaseOutcome) -> Any:
+    """What tells a result from its siblings in one row: the pipeline, or the bare sweep value (the title names it),
+    then the timed region when it is not the layer step."""
+    if r.key.pipeline is not None:
+        base: Any = r.key.pipeline
+    else:
+        base = r.key.sweep_value if r.key.sweep_param is not None else ""
+    if r.key.timed_region == "layer":
+        return base
+    return f"{base} {r.key.timed_region}-only".strip()
 
 
 def _best_time(results: Any) -> float | None:
-    return min((r.median_time for r in results if r is not None and r.timed), default=None)
+    return min((r.median for r in results if r is not None and r.timed), default=None)
 
 
-def _time_cell(r: BenchmarkResult, notes: Footnotes, label: str) -> Cell:
+def _time_cell(r: CaseOutcome, notes: Footnotes, label: str) -> Cell:
     if r.status in (SKIPPED, FAILED):
         return notes.mark(r, label)
     if not r.timed:
         return Cell("not timed", emphasis=MUTED, result=r)
     seconds = r.median
-    return Cell(f"{format_time_us(seconds, r.rel_noise)} {_verified_mark(r)}", seconds, result=r)
+    throttled = r.record is not None and r.record.clocks is not None and r.record.clocks.throttled
+    return Cell(f"{format_time_us(seconds, r.times.rel_noise)} {_verified_mark(r)}{THROTTLED if throttled else ''}",
+                seconds, result=r)
 
 
-def _verified_mark(r: BenchmarkResult) -> str:
-    status = r.case_record.verification.status if r.case_record else None
-    if status in MARKS:
-        return MARKS[status]
-    return "✓" if r.verified else "–"
+THROTTLED = "‡"
 
 
-def _vs_best(r: BenchmarkResult, best: float | None) -> Cell:
+def _verified_mark(r: CaseOutcome) -> str:
+    status = r.record.verification.status if r.record is not None else None
+    return MARKS.get(status or "", "–")
+
+
+def _vs_best(r: CaseOutcome, best: float | None) -> Cell:
     if not r.timed or not best:
         return Cell()
-    if r.median_time == best:
+    if r.median == best:
         return Cell("best", emphasis=FASTEST)
     return Cell(behind_best(r.median, best))
 
 
-def _caption(group: Sequence[BenchmarkResult]) -> str:
+def _caption(group: Sequence[CaseOutcome]) -> str:
     first = group[0]
-    shape = ", ".join(f"{k}={v}" for k, v in first.shape.items() if k not in ("kv_cache_dtype",))
+    shape = ", ".join(f"{k}={v}" for k, v in first.key.dims.items() if k not in ("kv_cache_dtype",))
     timers = {r.timer for r in group if r.timer}
     unit = "median µs per attention call (one layer)"
     if timers:
         unit += f"; timer: {', '.join(sorted(timers))}"
     marks = "✓ verified against REFERENCE, ref = the reference itself, – not verified"
-    on_gpu = bool(first.device) and str(first.device).startswith("cuda")
-    cache = (f"{first.cache_state} L2" if on_gpu else "L2 not controlled (host timer)") if first.cache_state else ""
-    where = ", ".join(p for p in (f"device {first.device}" if first.device else "", cache) if p)
+    if any(r.record is not None and r.record.clocks is not None and r.record.clocks.throttled for r in group):
+        marks += f", {THROTTLED} timed rounds ran with the SM clock throttled (record: clocks)"
+    regions = sorted({r.key.timed_region for r in group})
+    if regions != ["layer"]:
+        marks += "; timed region: " + ", ".join("the layer step" if g == "layer" else f"{g} call only" for g in regions)
+    if any(r.key.kv_fill == "zeros" for r in group):
+        marks += ("; K/V ZERO-FILLED (--kv-fill zeros): not representative of a model's cache, and the "
+                  "verification cannot catch wrong attention weights")
+    on_gpu = bool(first.key.device) and str(first.key.device).startswith("cuda")
+    cache = (f"{first.key.cache_state} L2" if on_gpu else "L2 not controlled (host timer)") if first.key.cache_state else ""
+    where = ", ".join(p for p in (f"device {first.key.device}" if first.key.device else "", cache) if p)
     return ". ".join(p for p in (f"{shape}; {where}" if shape and where else shape or where, unit, marks) if p) + "."
 
 
 # ------------------------------------------------------------------ results page and plots
 
-def time_table(results: Sequence[BenchmarkResult]) -> Table:
+def time_table(results: Sequence[CaseOutcome]) -> Table:
     """Rows: batch specs by size; one µs column per backend, over the results with no sweep value or pipeline.
     A cell holds its result and median; the row's fastest is FASTEST."""
-    plain = [r for r in results if r.variant is None]
+    plain = [r for r in results if r.key.variant is None]
     backends = backend_order(plain)
-    cells = {(r.batch_spec, r.backend): r for r in plain}
+    cells = {(r.key.batch_spec, r.key.backend): r for r in plain}
     table = Table("", [Column("batch spec", right=False)] + [Column(f"{b} µs", key=b) for b in backends])
     for spec in spec_order(plain):
         row = [cells.get((spec, b)) for b in backends]
         timed = [r for r in row if r is not None and r.timed]
-        best = min(timed, key=lambda r: r.median_time or 0.0, default=None)
-        table.add(spec, *(Cell(median_us(r), r.median_time if r.timed else None, FASTEST if r is best else None, r)
+        best = min(timed, key=lambda r: r.median, default=None)
+        table.add(spec, *(Cell(median_us(r), r.median if r.timed else None, FASTEST if r is best else None, r)
                           if r is not None else Cell(NO_VALUE) for r in row))
     return table
 
 
-def backend_table(results: Sequence[BenchmarkResult], extra: Sequence[tuple[str, Metric]] = (),
+def backend_table(results: Sequence[CaseOutcome], extra: Sequence[tuple[str, Metric]] = (),
                   with_rate: bool = True) -> tuple[Table, list[str]]:
     """``time_table``, then the fastest backend, its rate, and the ``extra`` (backend, metric) columns;
     also the fastest backend of each row."""
@@ -333,37 +353,37 @@ def backend_table(results: Sequence[BenchmarkResult], extra: Sequence[tuple[str,
     for row in table.rows:
         by_backend = {b: cell.result for b, cell in zip(backends, row[1:])}
         best = next((cell.result for cell in row[1:] if cell.emphasis == FASTEST), None)
-        row.append(Cell(best.backend if best else NO_VALUE))
+        row.append(Cell(best.key.backend if best else NO_VALUE))
         if with_rate:
             row.append(Cell(rate(best) if best else NO_VALUE))
         row += [Cell(m.cell(by_backend.get(b))) for b, m in extra]
         if best:
-            winners.append(best.backend)
+            winners.append(best.key.backend)
     return table, winners
 
 
-def sweep_table(results: Sequence[BenchmarkResult]) -> tuple[Table, list[str]]:
+def sweep_table(results: Sequence[CaseOutcome]) -> tuple[Table, list[str]]:
     """Rows: batch specs; a µs column per backend x sweep value ("auto" shows the value it resolved to), the
     fastest column, and a last row naming the path the builder sent each column's requests down. A case
     missing from the results shows NO_VALUE marked ¹. Also returns the fastest column of each row."""
-    swept = [r for r in results if r.sweep_param is not None]
-    values = sweep_order(r.sweep_value for r in swept)
-    cells = {(r.batch_spec, r.backend, str(r.sweep_value)): r for r in swept}
+    swept = [r for r in results if r.key.sweep_param is not None]
+    values = sweep_order(r.key.sweep_value for r in swept)
+    cells = {(r.key.batch_spec, r.key.backend, str(r.key.sweep_value)): r for r in swept}
     columns = [(b, str(v)) for b in backend_order(swept) for v in values]
     headers = []
     for b, v in columns:
         resolved = {info(r, "backend_info", "reorder_batch_threshold") for r in swept
-                    if r.backend == b and str(r.sweep_value) == v}
+                    if r.key.backend == b and str(r.key.sweep_value) == v}
         headers.append(f"{b} auto (={next(iter(resolved))})" if v == AUTO and len(resolved) == 1 else f"{b} {v}")
     table = Table("", [Column("batch spec", right=False)] + [Column(h, key=c) for h, c in zip(headers, columns)]
                   + [Column("fastest", right=False)])
     winners = []
     for spec in spec_order(swept):
         row = [cells.get((spec, b, v)) for b, v in columns]
-        timed = [(r.median_time, i) for i, r in enumerate(row) if r is not None and r.timed]
+        timed = [(r.median, i) for i, r in enumerate(row) if r is not None and r.timed]
         best = min(timed)[1] if timed else None
         label = f"{columns[best][0]} {columns[best][1]}" if best is not None else NO_VALUE
-        table.add(spec, *(Cell(median_us(r), r.median_time if r.timed else None, FASTEST if i == best else None, r)
+        table.add(spec, *(Cell(median_us(r), r.median if r.timed else None, FASTEST if i == best else None, r)
                           if r is not None else Cell(f"{NO_VALUE}¹") for i, r in enumerate(row)), label)
         if best is not None:
             winners.append(label)
@@ -371,7 +391,7 @@ def sweep_table(results: Sequence[BenchmarkResult]) -> tuple[Table, list[str]]:
     return table, winners
 
 
-def path_kind(results: Sequence[BenchmarkResult]) -> str:
+def path_kind(results: Sequence[CaseOutcome]) -> str:
     """Where the builder sent these cases' requests: all "decode", all "prefill", or "mixed"."""
     if not results:
         return NO_VALUE
@@ -401,19 +421,19 @@ def crossover_pivot(rows: Sequence[Crossover], backends: Sequence[str] = ()) -> 
     return table
 
 
-def speedup_tables(results: Sequence[BenchmarkResult]) -> tuple[str, Any, list[Table]]:
+def speedup_tables(results: Sequence[CaseOutcome]) -> tuple[str, Any, list[Table]]:
     """For the sweep heatmap: the swept parameter, the reference value ("auto", else the first value) and per
     backend that timed something a table: batch specs x sweep values, each cell the speed-up over the reference
     (figure text, ASCII x), FASTEST on the fastest value of each row."""
-    swept = [r for r in results if r.sweep_param and r.pipeline is None]
-    param = swept[0].sweep_param if swept else ""
-    values = sweep_order(r.sweep_value for r in swept)
+    swept = [r for r in results if r.key.sweep_param and r.key.pipeline is None]
+    param = swept[0].key.sweep_param if swept else ""
+    values = sweep_order(r.key.sweep_value for r in swept)
     specs = spec_order(swept)
-    cells = {(r.backend, r.batch_spec, str(r.sweep_value)): r for r in swept}
+    cells = {(r.key.backend, r.key.batch_spec, str(r.key.sweep_value)): r for r in swept}
     reference = AUTO if AUTO in values else values[0] if values else None
     tables = []
     for backend in backend_order(swept):
-        if not any(r.timed and r.backend == backend for r in swept):
+        if not any(r.timed and r.key.backend == backend for r in swept):
             continue
         table = Table(backend, [Column("batch spec", right=False)] + [Column(str(v), key=v) for v in values])
         for spec in specs:

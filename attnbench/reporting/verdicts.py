@@ -1,6 +1,6 @@
 """Regression verdicts against a saved baseline, aware of each run's measured noise.
 
-For every case present in both runs (matched by ``attnbench.results.case_key``: family,
+For every case present in both runs (matched by ``attnbench.outcome.case_key``: family,
 backend, batch spec, shape, sweep value, pipeline, backend knobs, cache state, device kind;
 records without those fields are matched by pytest fullname) we estimate
 
@@ -60,16 +60,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from attnbench import options
 from attnbench.exports import ResultsFileError, load_results
 from attnbench.reporting.cells import NO_VALUE, change, us
 from attnbench.reporting.model import ADDED, BAD, DOUBT, GONE, GOOD, Cell, Column, Table
-from attnbench.results import BenchmarkResult, case_key, describe_key
+from attnbench.outcome import CaseOutcome, Times, case_key, describe_key
 
 FASTER, SLOWER, SAME, UNSURE, NEW = "FASTER", "SLOWER", "SAME", "UNSURE", "NEW"
 UNTIMED = "UNTIMED"  # the new run holds the baseline's case but skipped or failed it
 MISSING = "MISSING"  # the new run does not hold the baseline's case at all
 VERDICTS = (FASTER, SLOWER, SAME, UNSURE, NEW, UNTIMED, MISSING)
-THRESHOLD = 0.02
+THRESHOLD = options.DEFAULTS["verdict_threshold"]  # --verdict-threshold's default
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 MIN_BOOTSTRAP_ROUNDS = 5
@@ -129,17 +130,18 @@ def classify(ci_low: float | None, ci_high: float | None, threshold: float = THR
     return UNSURE
 
 
-def ratio_interval(baseline: BenchmarkResult, new: BenchmarkResult, confidence: float = CONFIDENCE,
+def ratio_interval(baseline: CaseOutcome, new: CaseOutcome, confidence: float = CONFIDENCE,
                    seed: int = 0) -> tuple[float, float | None, float | None, str, str | None]:
     """(ratio, ci_low, ci_high, method, note) for new / baseline median times."""
     ratio = new.median / baseline.median
-    if baseline.rounds < 2 or new.rounds < 2:
+    b, n = baseline.times, new.times
+    if b.rounds < 2 or n.rounds < 2:
         return ratio, None, None, "none", "fewer than 2 rounds: spread unknown"
-    if len(baseline.samples) >= MIN_BOOTSTRAP_ROUNDS and len(new.samples) >= MIN_BOOTSTRAP_ROUNDS:
-        interval = _bootstrap(baseline.samples, new.samples, confidence, seed)
+    if len(b.samples) >= MIN_BOOTSTRAP_ROUNDS and len(n.samples) >= MIN_BOOTSTRAP_ROUNDS:
+        interval = _bootstrap(b.samples, n.samples, confidence, seed)
         if interval is not None:
             return ratio, interval[0], interval[1], "bootstrap", None
-    se_b, se_n = _median_se(baseline), _median_se(new)
+    se_b, se_n = _median_se(b), _median_se(n)
     if se_b is None or se_n is None:
         return ratio, None, None, "none", "no spread recorded"
     z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
@@ -147,7 +149,7 @@ def ratio_interval(baseline: BenchmarkResult, new: BenchmarkResult, confidence: 
     return ratio, ratio * math.exp(-z * spread), ratio * math.exp(z * spread), "summary", None
 
 
-def compare_results(baseline: Sequence[BenchmarkResult], new: Sequence[BenchmarkResult], *,
+def compare_results(baseline: Sequence[CaseOutcome], new: Sequence[CaseOutcome], *,
                     threshold: float = THRESHOLD, confidence: float = CONFIDENCE) -> list[Verdict]:
     """A verdict per case of ``new`` (NEW if the baseline lacks it, UNTIMED if ``new`` did not time it), then
     MISSING for the timed baseline cases ``new`` does not hold."""
@@ -165,22 +167,26 @@ def compare_results(baseline: Sequence[BenchmarkResult], new: Sequence[Benchmark
         label = describe_key(result)
         if base is None:
             if result.timed:
-                verdicts.append(Verdict(label, NEW, new_median=result.median_time, new_rounds=result.rounds, key=key))
+                verdicts.append(Verdict(label, NEW, new_median=result.median, new_rounds=result.times.rounds, key=key))
             continue
         used.add(id(base))
         if not result.timed:
-            verdicts.append(Verdict(label, UNTIMED, baseline_median=base.median_time, baseline_rounds=base.rounds,
-                                    note=f"{result.status}: {result.error}" if result.error else result.status,
+            verdicts.append(Verdict(label, UNTIMED, baseline_median=base.median, baseline_rounds=base.times.rounds,
+                                    note=f"{result.status}: {result.reason}" if result.reason else result.status,
                                     matched_by=matched_by, key=key))
             continue
         seed = zlib.crc32(repr(key).encode())
         ratio, lo, hi, method, note = ratio_interval(base, result, confidence, seed)
-        verdicts.append(Verdict(label, classify(lo, hi, threshold), ratio, lo, hi, method, base.median_time,
-                                result.median_time, base.rounds, result.rounds, matched_by, note, key))
+        # a change measured while either run's clocks were held down says so: it may be the GPU, not the code
+        throttled = "; ".join(f"{side} run {c.note()}" for side, c in (("baseline", _clocks(base)), ("new", _clocks(result)))
+                              if c is not None and c.throttled)
+        note = "; ".join(n for n in (note, throttled) if n) or None
+        verdicts.append(Verdict(label, classify(lo, hi, threshold), ratio, lo, hi, method, base.median,
+                                result.median, base.times.rounds, result.times.rounds, matched_by, note, key))
     for base in baseline:
         if base.timed and id(base) not in used and base_by_key.get(case_key(base)) is base:
-            verdicts.append(Verdict(describe_key(base), MISSING, baseline_median=base.median_time,
-                                    baseline_rounds=base.rounds, note="not in the new run", key=case_key(base)))
+            verdicts.append(Verdict(describe_key(base), MISSING, baseline_median=base.median,
+                                    baseline_rounds=base.times.rounds, note="not in the new run", key=case_key(base)))
     return verdicts
 
 
@@ -263,15 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmark.py compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("baseline", help="baseline results (pytest-benchmark JSON, or attnbench JSON/JSONL)")
     parser.add_argument("new", help="new results, same formats")
-    parser.add_argument("--threshold", type=float, default=THRESHOLD,
+    parser.add_argument("--threshold", type=_threshold, default=THRESHOLD,
                         help=f"practical threshold t as a fraction (default {THRESHOLD}: +-2%%)")
     parser.add_argument("--confidence", type=float, default=CONFIDENCE, help="confidence level (default 0.95)")
     parser.add_argument("--allow-gpu-mismatch", action="store_true", help="compare runs from different GPU models")
     parser.add_argument("--verdict-json", metavar="FILE", help="also write the verdicts as JSON")
     parser.add_argument("--no-fail", action="store_true", help="exit 0 even if a case is SLOWER")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    if not 0 < args.confidence < 1 or not 0 <= args.threshold < 1:  # NaN fails both comparisons
-        parser.error("--confidence must be in (0, 1) and --threshold in [0, 1)")
+    if not 0 < args.confidence < 1:  # NaN fails the comparison too
+        parser.error("--confidence must be in (0, 1)")
     if args.verdict_json:
         from attnbench.exports import unwritable_reason
 
@@ -307,19 +313,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # ------------------------------------------------------------------ helpers
 
-def _unstructured(result: BenchmarkResult | None) -> bool:
+def _threshold(text: str) -> float:
+    """--threshold by --verdict-threshold's rule (the option table's row)."""
+    try:
+        return options.BY_NAME["verdict_threshold"].value(text, cli=True)
+    except options.OptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _clocks(result: CaseOutcome) -> Any:
+    return result.record.clocks if result.record is not None else None
+
+
+def _unstructured(result: CaseOutcome | None) -> bool:
     return result is not None and case_key(result)[0] == "fullname"
 
 
-def _median_se(result: BenchmarkResult) -> float | None:
+def _median_se(times: Times) -> float | None:
     sigma = None
-    if result.iqr_time:
-        sigma = result.iqr_time / _IQR_PER_SIGMA
-    elif result.std_time is not None:
-        sigma = result.std_time
+    if times.iqr:
+        sigma = times.iqr / _IQR_PER_SIGMA
+    elif times.stddev is not None:
+        sigma = times.stddev
     if sigma is None:
         return None
-    return _MEDIAN_SE_FACTOR * sigma / math.sqrt(result.rounds)
+    return _MEDIAN_SE_FACTOR * sigma / math.sqrt(times.rounds)
 
 
 def _bootstrap(base: Sequence[float], new: Sequence[float], confidence: float,

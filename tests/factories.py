@@ -1,0 +1,41 @@
+"""Outcomes for reporting tests, built the way the runner and the loaders build them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attnbench.outcome import PASSED, CaseOutcome, Times
+from attnbench.record import CaseKey, CaseRecord, Memory, TimingSummary, Verification, Work
+
+_WORK = {f for f in Work.KINDS}
+_MEMORY = {"peak_memory_bytes": "peak_allocated_bytes", "kv_memory_bytes": "kv_and_buffers_bytes"}
+
+
+def key(backend: str, spec: str, **fields: Any) -> CaseKey:
+    return CaseKey(backend, spec, **fields)
+
+
+def timed(backend: str, spec: str, seconds: float, *, noise: float = 0.01, rounds: int = 20, iqr: float | None = None,
+          samples: list[float] | None = None, fullname: str | None = None, backend_info: dict | None = None,
+          study: str | None = "s", family: str | None = "attention", **fields: Any) -> CaseOutcome:
+    """A verified, timed case: times from a summary (or ``samples``); work and memory fields go into its record."""
+    work = {k: fields.pop(k) for k in list(fields) if k in _WORK}
+    memory = {_MEMORY[k]: fields.pop(k) for k in list(fields) if k in _MEMORY}
+    k = CaseKey(backend, spec, family=family, study=study, **fields)
+    times = Times.of(samples) if samples else Times(rounds, seconds, seconds, seconds * noise, iqr=iqr)
+    record = CaseRecord(k, TimingSummary("host", rounds=times.rounds, samples=tuple(samples or ())),
+                        Verification("passed"), Work(**work), backend_info=backend_info or {},
+                        memory=Memory(**memory) if memory else None)
+    return CaseOutcome(k, PASSED, None, record, times, fullname, "time.perf_counter")
+
+
+def untimed(backend: str, spec: str, status: str = PASSED, reason: str | None = None, *,
+            fullname: str | None = None, **fields: Any) -> CaseOutcome:
+    """A case with no record: skipped, failed, or passed without timing."""
+    return CaseOutcome(CaseKey(backend, spec, **fields), status, reason, fullname=fullname)
+
+
+def sampled(backend: str, spec: str, samples: list[float], *, fullname: str | None = None,
+            **fields: Any) -> CaseOutcome:
+    """A foreign timed result (no record): a key and its samples."""
+    return CaseOutcome(CaseKey(backend, spec, **fields), PASSED, None, None, Times.of(samples), fullname)
