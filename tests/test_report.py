@@ -67,7 +67,7 @@ def test_bound_column_shows_the_per_phase_label_of_a_mixed_batch() -> None:
     assert "bound" not in render_summary([timed("A", "q1s1k", 10e-6)])
     decode = timed("A", "q1s1k", 10e-6, bound="memory", gbps=900.0, pct_of_peak=30.0)
     mixed = timed("A", "q8k_32q1s1k", 1e-3, bound="compute", tflops=500.0, pct_of_peak=60.0,
-                  extra={"work": {"bound_label": "decode:mem+prefill:comp"}})
+                  bound_label="decode:mem+prefill:comp")
     table = rows(render_summary([decode, mixed]))
     assert "memory" in table[0] and "decode:mem+prefill:comp" in table[1]
     assert rate(mixed) == "500 TFLOP/s (60 %) decode:mem+prefill:comp" and rate(decode) == "900 GB/s (30 %)"
