@@ -153,6 +153,7 @@ class LoadedResults:
     machine_info: dict[str, Any] | None = None  # None when the file has none (a journal)
     kind: str = "attnbench-json"  # "journal", "attnbench-json", "seed-json" or "pytest-benchmark"
     notes: list[str] = field(default_factory=list)
+    lists_untimed: bool = False  # the file names its skipped and failed cases (attnbench.not_timed, schema 3)
 
 
 class ResultsFileError(ValueError):
@@ -210,7 +211,10 @@ def _load_text(p: Path, text: str) -> LoadedResults:
         return LoadedResults(_records(p, doc, "record", from_seed_record), None, "seed-json")
     if isinstance(doc, dict) and "benchmarks" in doc:
         results = _records(p, doc["benchmarks"], "benchmarks", from_benchmark_entry)
-        return LoadedResults(results, _machine_info(p, doc), "pytest-benchmark")
+        block = doc.get("attnbench")
+        results += _not_timed(p, block)
+        listed = isinstance(block, dict) and isinstance(block.get("schema"), int) and block["schema"] >= 3
+        return LoadedResults(results, _machine_info(p, doc), "pytest-benchmark", lists_untimed=listed)
     if isinstance(doc, dict) and "results" in doc:
         results = _records(p, doc["results"], "results", CaseOutcome.from_json)
         return LoadedResults(results, _machine_info(p, doc), "attnbench-json")
@@ -219,6 +223,32 @@ def _load_text(p: Path, text: str) -> LoadedResults:
     found = f"an object with keys {', '.join(sorted(doc)[:6]) or 'none'}" if isinstance(doc, dict) else \
         f"a JSON {type(doc).__name__}"
     raise ResultsFileError(f"{p}: neither attnbench results, a journal, nor pytest-benchmark JSON (found {found})")
+
+
+def _not_timed(p: Path, block: Any) -> list[CaseOutcome]:
+    """The skipped and failed cases this suite adds to pytest-benchmark's JSON (``attnbench.not_timed``, schema 3
+    keeps their case keys; older blocks name test ids only and are left to the logs)."""
+    if block is None:
+        return []
+    where = f"{p}: attnbench.not_timed"
+    if not isinstance(block, dict) or not isinstance(block.get("not_timed", []), list):
+        raise ResultsFileError(f"{p}: 'attnbench' is {kind_of(block)}, expected an object with a not_timed list")
+    if not isinstance(block.get("schema"), int) or block["schema"] < 3:
+        return []
+    out = []
+    for i, group in enumerate(block["not_timed"]):
+        try:
+            require(isinstance(group, dict), f"[{i}] is {kind_of(group)}, expected an object")
+            status, reason, names, keys = (group.get(k) for k in ("status", "reason", "cases", "keys"))
+            require(isinstance(status, str) and isinstance(reason, str), f"[{i}]: status and reason must be strings")
+            require(isinstance(names, list) and isinstance(keys, list) and len(names) == len(keys),
+                    f"[{i}]: cases and keys must be lists of one length")
+            for name, key in zip(names, keys):
+                require(isinstance(name, str), f"[{i}].cases: {show(name)} is not a string")
+                out.append(CaseOutcome(CaseKey.from_json(key, f"[{i}].keys"), status, reason or None, fullname=name))
+        except RecordError as exc:
+            raise ResultsFileError(f"{where}{exc}" if str(exc).startswith("[") else f"{where}: {exc}") from None
+    return out
 
 
 def _records(p: Path, items: Any, what: str, build: Any) -> list[CaseOutcome]:

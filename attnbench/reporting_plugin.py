@@ -395,17 +395,21 @@ class ReportingSession:
             terminalreporter.write_line(f"attnbench WARNING: {line}", yellow=True, bold=True)
 
 
-NOT_TIMED_SCHEMA = 2  # 1: one entry per case; 2: one entry per (status, reason) with the cases' ids
+# 1: one entry per case; 2: one entry per (status, reason) with the cases' ids; 3: and their case keys
+NOT_TIMED_SCHEMA = 3
 
 
 def group_not_timed(results: list[CaseOutcome]) -> list[dict[str, Any]]:
-    """``[{"status", "reason", "count", "cases": [fullname, ...]}]`` for the cases that have no timing."""
-    groups: dict[tuple[str, str], list[str]] = {}
+    """``[{"status", "reason", "count", "cases": [fullname, ...], "keys": [case key, ...]}]`` for the cases that
+    have no timing: ``exports.load_results`` reads them back as outcomes, so no report scrapes a pytest log."""
+    groups: dict[tuple[str, str], list[CaseOutcome]] = {}
     for r in results:
         if not r.timed:
-            groups.setdefault((r.status, r.reason or ""), []).append(r.fullname or describe_key(r))
-    return [{"status": status, "reason": reason, "count": len(cases), "cases": cases}
-            for (status, reason), cases in groups.items()]
+            groups.setdefault((r.status, r.reason or ""), []).append(r)
+    return [{"status": status, "reason": reason, "count": len(group),
+             "cases": [r.fullname or describe_key(r) for r in group],
+             "keys": [dataclasses.asdict(r.key) for r in group]}
+            for (status, reason), group in groups.items()]
 
 
 def current_gpu_name(study: Study) -> str:

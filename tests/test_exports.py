@@ -365,3 +365,20 @@ def test_a_malformed_record_names_the_field(measured, path, value, message) -> N
     target[path[-1]] = value
     with pytest.raises(RecordError, match=message.replace(".", r"\.")):
         CaseRecord.from_json(data)
+
+
+def test_a_malformed_not_timed_block_is_one_error_naming_the_file(tmp_path):
+    import json as _json
+
+    from attnbench.exports import ResultsFileError, load_results
+
+    path = tmp_path / "b.json"
+    path.write_text(_json.dumps({"benchmarks": [], "machine_info": {}, "attnbench": {
+        "schema": 3, "not_timed": [{"status": "skipped", "reason": "r", "cases": ["t[a]"], "keys": [{"backend": 3}]}]}}))
+    with pytest.raises(ResultsFileError, match=r"b\.json: attnbench\.not_timed\[0\]\.keys"):
+        load_results(path, allow_empty=True)
+    path.write_text(_json.dumps({"benchmarks": [], "attnbench": {"schema": 3, "not_timed": [
+        {"status": "skipped", "reason": "no GPU", "cases": ["t[a]"],
+         "keys": [{"backend": "FLASHMLA", "batch_spec": "q1", "family": "mla"}]}]}}))
+    (skip,) = load_results(path).results
+    assert (skip.status, skip.reason, skip.key.backend, skip.fullname) == ("skipped", "no GPU", "FLASHMLA", "t[a]")

@@ -175,6 +175,14 @@ def test_a_dying_case_fails_alone_with_its_cause_and_everything_else_is_exported
     (not_timed,) = json.loads((tmp_path / "b.json").read_text())["attnbench"]["not_timed"]
     assert (not_timed["status"], not_timed["count"]) == ("failed", 1) and cause in not_timed["reason"]
     assert not_timed["cases"] == [f"bench_attention/test_attention.py::test_attention[REFERENCE-{victim}]"]
+    # read back with its case key: reports learn what failed from the JSON, not from a pytest log
+    from attnbench.exports import load_results
+
+    loaded = load_results(tmp_path / "b.json")
+    (failed,) = [r for r in loaded.results if not r.timed]
+    assert loaded.lists_untimed and failed.status == "failed" and cause in failed.reason
+    assert (failed.key.backend, failed.key.batch_spec, failed.key.device) == ("REFERENCE", victim, "cpu")
+    assert len(loaded.results) == len(SPECS)
 
 
 def test_a_poisoned_worker_stops_and_its_next_case_runs_on_a_replacement(tmp_path: Path):

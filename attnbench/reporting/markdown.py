@@ -107,7 +107,8 @@ def load_baseline(directory: str | os.PathLike[str], logs: str | os.PathLike[str
     if not any(r.timed for r in merged):
         raise BaselineError(f"{root}: the JSON files hold no timed results")
     baseline = Baseline(root, files, merged, source, logs_dir)
-    if logs_dir is not None:
+    if logs_dir is not None and not all(loaded.lists_untimed for _, loaded in files):
+        # older files hold passed cases only: their skipped and failed cases are in the pytest logs
         baseline.log_notes = read_log_notes(logs_dir, baseline)
     return baseline
 
