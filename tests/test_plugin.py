@@ -69,7 +69,9 @@ def test_ids_carry_backend_spec_and_sweep_value(pytester):
     (["--batch-specs", "8q1S1k"], "8q1S1k"),
     (["--backends", "nope"], "nope"),
     (["--device", "gpu"], "gpu"),
-], ids=["bad-spec", "unknown-backend", "bad-device"])
+    (["--timed-region", "kernel"], "kernel"),
+    (["--kv-fill", "ones"], "ones"),
+], ids=["bad-spec", "unknown-backend", "bad-device", "unknown-region", "unknown-kv-fill"])
 def test_bad_options_are_one_line_usage_errors(pytester, args, token):
     # paths first: the options take several values (nargs="+") and would swallow a path after them
     assert_usage_error(run(pytester, BENCH_MLA, "--collect-only", "-q", *args), token)
