@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import pytest
 
 from attnbench.hardware import cuda_visible_entries
-from attnbench.plugin import STUDY_KEY
+from attnbench.plugin import STUDY_KEY, Once
 from attnbench.reporting_plugin import REPORT_ATTRIBUTE, case_for_item, is_xdist_worker
 from attnbench.results import FAILED, BenchmarkResult
 
@@ -154,7 +154,7 @@ MAX_RESCHEDULES = 3  # a case whose workers keep dying before it starts is faile
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("attnbench-scaleout", "attnbench workers (pytest-xdist): one per GPU, crash isolation")
-    group.addoption("--gpus", metavar="auto|none|N|LIST",
+    group.addoption("--gpus", metavar="auto|none|N|LIST", action=Once,
                     help="one xdist worker per GPU, each pinned to its GPU: 'auto' (the default for GPU runs: every "
                          "visible GPU), a count, or CUDA_VISIBLE_DEVICES entries '0,2'; 'none' runs in-process "
                          "(a crash then ends the run)")
