@@ -176,7 +176,10 @@ def load_results(path: str | os.PathLike[str], *, allow_empty: bool = False) -> 
     except UnicodeDecodeError as exc:
         raise ResultsFileError(f"{p}: not a text results file (byte {exc.start} is not UTF-8: "
                                f"{raw[exc.start:exc.start + 1]!r})") from None
-    loaded = _load_text(p, text)
+    try:
+        loaded = _load_text(p, text)
+    except RecursionError:  # 200,000 nested '[': Python's JSON parser recurses per level
+        raise ResultsFileError(f"{p}: not a results file: JSON nested too deeply") from None
     if not loaded.results and not allow_empty:
         raise ResultsFileError(f"{p}: holds no results ({'an empty file' if not text.strip() else 'zero records'})")
     return loaded

@@ -32,13 +32,14 @@ import pytest
 from attnbench.bench_shim import TIMER_NAMES, BenchmarkView, add_to_session, recorded_samples
 from attnbench.cases import BenchCase
 from attnbench.reporting.verdicts import (SLOWER, THRESHOLD, GpuMismatch, Verdict, check_gpu, compare_results,
-                                          counts, gpu_name, verdict_table, write_verdict_json)
+                                          counts, recorded_gpu, verdict_table, write_verdict_json)
 from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, crossover_csv_path,
                                load_results, merge_results, partial_path, path_conflict, unusable_folder_reason,
                                unwritable_reason)
-from attnbench.plugin import STUDY_KEY, backend_for_item, compose_case
+from attnbench.options import OptionError, number
+from attnbench.plugin import STUDY_KEY, Once, backend_for_item, compose_case
 from attnbench.recording import CASE_RESULT_ATTRIBUTE
-from attnbench.results import FAILED, PASSED, SKIPPED, BenchmarkResult, case_key, describe_key
+from attnbench.results import FAILED, PASSED, SKIPPED, BenchmarkResult, case_key, describe_key, device_kind
 from attnbench.study import Study
 
 REPORT_ATTRIBUTE = "attnbench_result"  # the per-case record carried on a TestReport
@@ -48,20 +49,20 @@ VIEW_ATTRIBUTE = "attnbench_benchmark"  # a worker's case as pytest-benchmark st
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("attnbench-reporting", "attnbench reporting (summary table, exports, resume, "
                                                     "baselines, plots); --output-csv/--output-json are above")
-    group.addoption("--resume", metavar="FILE",
+    group.addoption("--resume", metavar="FILE", action=Once,
                     help="skip cases already timed in FILE (a .partial.jsonl journal or an --output-json file) "
                          "and carry its rows into the outputs")
-    group.addoption("--baseline-json", metavar="FILE",
+    group.addoption("--baseline-json", metavar="FILE", action=Once,
                     help="compare this run against FILE (pytest-benchmark JSON, or attnbench JSON) at the end")
-    group.addoption("--verdict-json", metavar="FILE", help="write the baseline verdicts to FILE")
-    group.addoption("--verdict-threshold", type=float, default=THRESHOLD, metavar="F",
+    group.addoption("--verdict-json", metavar="FILE", action=Once, help="write the baseline verdicts to FILE")
+    group.addoption("--verdict-threshold", default=THRESHOLD, metavar="F", action=Once,  # text: checked below
                     help=f"practical threshold for SAME/SLOWER/FASTER as a fraction (default {THRESHOLD})")
     group.addoption("--fail-on-regression", action="store_true",
                     help="exit non-zero when a case is SLOWER than --baseline-json")
     group.addoption("--allow-gpu-mismatch", action="store_true",
                     help="compare against a baseline from another GPU model (a warning instead of an error)")
     group.addoption("--plot", action="store_true", help="write PNG plots next to the outputs")
-    group.addoption("--plot-dir", metavar="DIR", help="folder for --plot (default: next to --output-json/-csv, "
+    group.addoption("--plot-dir", metavar="DIR", action=Once, help="folder for --plot (default: next to --output-json/-csv, "
                                                       "else ./results)")
     group.addoption("--no-bench-summary", action="store_true", help="do not print the attnbench summary table")
 
@@ -174,18 +175,24 @@ class ReportingSession:
 
     def __post_init__(self) -> None:
         opt = self.config.getoption
-        threshold = opt("verdict_threshold")
+        try:
+            threshold = number(opt("verdict_threshold"))  # ASCII digits: float("٠.٥") would be 0.5
+        except OptionError as exc:
+            raise pytest.UsageError(f"--verdict-threshold: {exc}") from None
         if not 0 <= threshold < 1:  # NaN fails the comparison too
             raise pytest.UsageError(f"--verdict-threshold: must be a fraction between 0 and 1 (0.05 = 5 %), "
                                     f"got {threshold}")
+        self.config.option.verdict_threshold = threshold
         if not is_xdist_worker(self.config):
             self._check_outputs_writable()
+            self._check_benchmark_storage()
         self.resume_path = opt("resume")
         if self.resume_path:
             try:
                 self.resumed = load_results(self.resume_path)
             except ResultsFileError as exc:
                 raise pytest.UsageError(f"--resume: {exc}") from None
+            self._keep_rows_of_this_study()
             self.done_keys = {case_key(r) for r in self.resumed.results if r.timed}
         baseline_path = opt("baseline_json")
         if baseline_path and not is_xdist_worker(self.config):
@@ -194,13 +201,60 @@ class ReportingSession:
             except ResultsFileError as exc:
                 raise pytest.UsageError(f"--baseline-json: {exc}") from None
             # checked before any case runs: a mismatch found after hours of measuring helps nobody
-            self.baseline_gpu, self.new_gpu = gpu_name(self.baseline.machine_info), current_gpu_name(self.study)
+            self.baseline_gpu, self.new_gpu = recorded_gpu(self.baseline), current_gpu_name(self.study)
             try:
                 warning = check_gpu(self.baseline_gpu, self.new_gpu, opt("allow_gpu_mismatch"))
             except GpuMismatch as exc:
                 raise pytest.UsageError(f"--baseline-json {baseline_path}: {exc}") from None
             if warning:
                 self.warnings.append(warning)
+
+    def _keep_rows_of_this_study(self) -> None:
+        """--resume carries only rows of this study measured on this GPU (another study's journal must not slip its
+        rows into this one's outputs): the others are left out, and said so; a file with none is refused."""
+        assert self.resumed is not None
+        rows, here = self.resumed.results, current_gpu_name(self.study)
+        file_gpu = recorded_gpu(self.resumed)
+        other_study: dict[str, int] = {}
+        other_gpu: dict[str, int] = {}
+        kept = []
+        for r in rows:
+            gpu = "none (CPU)" if device_kind(r.device) == "cpu" else (
+                r.case_record.gpu.name if r.case_record is not None and r.case_record.gpu else file_gpu)
+            if r.study is not None and r.study != self.study.name:
+                other_study[r.study] = other_study.get(r.study, 0) + 1
+            elif gpu is not None and gpu != here:
+                other_gpu[gpu] = other_gpu.get(gpu, 0) + 1
+            else:
+                kept.append(r)
+        if len(kept) == len(rows):
+            return
+        why = [f"{n} of study {name!r}" for name, n in other_study.items()]
+        why += [f"{n} measured on {gpu!r}" for gpu, n in other_gpu.items()]
+        what = f"this study is {self.study.name!r} on {here!r}"
+        if not kept:
+            raise pytest.UsageError(f"--resume {self.resume_path}: none of its {len(rows)} rows is of this study on "
+                                    f"this GPU ({', '.join(why)}; {what})")
+        self.resumed.results = kept
+        self.notes.append(f"--resume {self.resume_path}: took {len(kept)} of its {len(rows)} rows; left out "
+                          f"{', '.join(why)} ({what})")
+
+    def _check_benchmark_storage(self) -> None:
+        """pytest-benchmark's storage, checked now: it would fail with a traceback after the run (--benchmark-save
+        into a folder that cannot be made), or compare against nothing with a mere warning (--benchmark-compare)."""
+        opt = self.config.getoption
+        storage = str(opt("benchmark_storage", None) or "")
+        if "://" in storage and not storage.startswith("file://"):
+            return  # elasticsearch: not a path
+        folder = storage.removeprefix("file://")
+        if folder and (opt("benchmark_save", None) or opt("benchmark_autosave", None)):
+            reason = unusable_folder_reason(folder)
+            if reason is not None:
+                raise pytest.UsageError(f"--benchmark-storage {folder}: cannot save runs there: {reason}")
+        if folder and opt("benchmark_compare", None) not in (None, [], False):
+            if not Path(folder).is_dir() or next(Path(folder).glob("*/*.json"), None) is None:
+                raise pytest.UsageError(f"--benchmark-compare: no saved runs in --benchmark-storage {folder} "
+                                        f"(save one first with --benchmark-save NAME)")
 
     def _check_outputs_writable(self) -> None:
         """Every output path is checked now, not after every case has run: writable, and no two files of the
@@ -217,6 +271,13 @@ class ReportingSession:
             reason = unwritable_reason(path)
             if reason is not None:
                 raise pytest.UsageError(f"{label} {path}: cannot write the results there: {reason}")
+        bench_json = getattr(opt("benchmark_json", None), "name", None)
+        if isinstance(bench_json, str) and not bench_json.startswith("<"):  # "<stdout>" for '-'
+            for label, path in (("--baseline-json", opt("baseline_json")), ("--resume", opt("resume"))):
+                if path and Path(path).exists() and _same_path(path, bench_json):
+                    raise pytest.UsageError(f"--benchmark-json {bench_json}: the same file as {label} {path} "
+                                            f"(pytest-benchmark emptied it when it read the command line)")
+            files.append(("--benchmark-json", bench_json))
         if opt("verdict_json"):
             reason = unwritable_reason(opt("verdict_json"))
             if reason is not None:
@@ -324,7 +385,7 @@ class ReportingSession:
             return
         carried = self.resumed.results if self.resumed else []
         self.final = merge_results([*carried, *self.results])
-        if carried and not self.config.option.collectonly:
+        if carried and not self.config.option.collectonly and session.exitstatus != pytest.ExitCode.USAGE_ERROR:
             self._journal()  # every case was already done: the outputs still get the carried rows
         if self.journal is not None:
             self.journal.close()

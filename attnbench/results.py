@@ -225,12 +225,16 @@ class BenchmarkResult:
         for i, sample in enumerate(raw):
             _require(_is_finite(sample), f"stats.data[{i}] is {_show(sample)}, expected a number")
         data = [float(s) for s in raw]
+        # the summary is checked even when the samples are used: a file with NaN rounds is a broken file
+        for key in ("mean", "median", "stddev", "min", "max", "iqr", "rounds"):
+            value = stats.get(key)
+            _require(value is None or _is_finite(value), f"stats.{key} is {_show(value)}, expected a number")
+        rounds = stats.get("rounds")
+        _require(rounds is None or (rounds >= 0 and float(rounds).is_integer()),
+                 f"stats.rounds is {_show(rounds)}, expected a whole number of rounds")
         if data:
             times = _times_from_samples(data)
         else:  # --benchmark-save keeps only the summary unless --benchmark-save-data
-            for key in ("mean", "median", "stddev", "min", "max", "iqr", "rounds"):
-                value = stats.get(key)
-                _require(value is None or _is_finite(value), f"stats.{key} is {_show(value)}, expected a number")
             times = {"mean_time": stats.get("mean"), "median_time": stats.get("median"),
                      "std_time": stats.get("stddev"), "min_time": stats.get("min"), "max_time": stats.get("max"),
                      "iqr_time": stats.get("iqr"), "rounds": int(stats.get("rounds") or 0)}

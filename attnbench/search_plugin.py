@@ -30,7 +30,8 @@ import pytest
 from attnbench import backends as registry
 from attnbench.crossover_search import (PIPELINES, Curve, SearchState, decide_waiting, measurement, search_levels,
                                         vllm_default)
-from attnbench.plugin import STUDY_KEY
+from attnbench.options import OptionError, number
+from attnbench.plugin import STUDY_KEY, Once
 from grammar import get_batch_stats, parse_batch_spec
 
 SEARCH_SKIP_REASON = "not visited by the adaptive crossover search (--full-grid times it)"
@@ -45,16 +46,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("attnbench-search", "attnbench crossover search")
     group.addoption("--full-grid", action="store_true",
                     help="decode_vs_prefill: time every query length instead of bisecting for the crossover")
-    group.addoption("--search-timeout", type=float, default=600.0, metavar="S",
+    group.addoption("--search-timeout", default=600.0, metavar="S", action=Once,  # text: checked at configure
                     help="how long an xdist worker waits for another worker's result the search needs before "
                          "timing the case anyway (default 600)")
 
 
 @pytest.hookimpl(trylast=True)  # after attnbench.plugin has resolved the study
 def pytest_configure(config: pytest.Config) -> None:
-    timeout = config.getoption("search_timeout")
+    try:
+        timeout = number(config.getoption("search_timeout"))  # ASCII digits, finite
+    except OptionError as exc:
+        raise pytest.UsageError(f"--search-timeout: {exc}") from None
     if not (math.isfinite(timeout) and timeout >= 0):
         raise pytest.UsageError(f"--search-timeout: must be a finite number of seconds >= 0, got {timeout}")
+    config.option.search_timeout = timeout
     study = config.stash.get(STUDY_KEY, None)
     if study is None or study.mode != "decode_vs_prefill" or config.getoption("full_grid"):
         return
