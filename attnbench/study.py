@@ -297,10 +297,15 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
         elif key == "batch_spec_ranges":
             _check(isinstance(value, list) and all(isinstance(r, dict) for r in value), where, key,
                    "must be a list of mappings with a 'template'")
+            repeated: list[str] = []
             try:
-                ranges += tuple(generate_batch_specs_from_ranges(value))
+                ranges += tuple(generate_batch_specs_from_ranges(value, repeated))
             except BatchSpecError as exc:
                 raise StudyError(f"{where}: key '{key}': {exc}") from None
+            if repeated:
+                notes.setdefault("batch_specs", []).append(
+                    f"{where}: key '{key}': {len(repeated)} generated spec(s) repeat a batch already generated and "
+                    f"are run once: {_listing(repeated)}")
         elif key in ("parameter_sweep", "model_parameter_sweep"):
             once("sweep", key)
             sweep_notes: list[str] = []
@@ -361,7 +366,7 @@ def make_sweep(param: str, values: list[Any], include_auto: bool, origin: str = 
     repeated values are swept once and ``notes`` gets a line saying so."""
     dims = sweepable_keys("attention") | sweepable_keys("mla")
     if param not in BACKEND_PARAMS and param not in dims:
-        raise StudyError(f"unknown sweep parameter {param!r} (valid: {', '.join(BACKEND_PARAMS)}, "
+        raise StudyError(f"unknown sweep parameter {_clip(param)!r} (valid: {', '.join(BACKEND_PARAMS)}, "
                          f"or a model dimension: {', '.join(sorted(dims))})")
     parsed: list[Any] = []
     autos = 0
