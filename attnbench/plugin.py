@@ -83,8 +83,31 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[STUDY_KEY] = resolve_study(config)
     except StudyError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if not hasattr(config, "workerinput"):
+        check_benchmark_storage(config)
     config.stash[ERRORS_KEY] = []
     config.stash[NOTES_KEY] = repeated_options(config)
+
+
+def check_benchmark_storage(config: pytest.Config) -> None:
+    """pytest-benchmark's storage, checked before pytest-benchmark configures: it would fail with a traceback after
+    the run (--benchmark-save into a folder that cannot be made), or compare against nothing with a mere warning
+    (--benchmark-compare with no saved run)."""
+    from attnbench.exports import unusable_folder_reason
+
+    opt = config.getoption
+    storage = str(opt("benchmark_storage", None) or "")
+    if "://" in storage and not storage.startswith("file://"):
+        return  # elasticsearch: not a path
+    folder = storage.removeprefix("file://")
+    if folder and (opt("benchmark_save", None) or opt("benchmark_autosave", None)):
+        reason = unusable_folder_reason(folder)
+        if reason is not None:
+            raise pytest.UsageError(f"--benchmark-storage {folder}: cannot save runs there: {reason}")
+    if folder and opt("benchmark_compare", None) not in (None, [], False):
+        if not Path(folder).is_dir() or next(Path(folder).glob("*/*.json"), None) is None:
+            raise pytest.UsageError(f"--benchmark-compare: no saved runs in --benchmark-storage {folder} "
+                                    f"(save one first with --benchmark-save NAME)")
     config.stash[UNUSED_KEY] = {}
 
 
@@ -103,8 +126,8 @@ def _why_no_backends(study: Study, family: str) -> str:
     other = "mla" if family == "attention" else "attention"
     elsewhere = [n for n in names if registry.for_family([n], other)]  # type: ignore[arg-type]
     if elsewhere:
-        return (f"{', '.join(elsewhere)} {'is' if len(elsewhere) == 1 else 'are'} {_FAMILY_NAME[other]} backend"
-                f"{'' if len(elsewhere) == 1 else 's'}: run {_BENCH_DIR[other]}")
+        kind = f"{_FAMILY_NAME[other]} backend" if len(elsewhere) == 1 else f"{_FAMILY_NAME[other].split()[1]} backends"
+        return f"{', '.join(elsewhere)} {'is' if len(elsewhere) == 1 else 'are'} {kind}: run {_BENCH_DIR[other]}"
     return f"none of the backends {', '.join(names)} is {_FAMILY_NAME[family]} backend"
 
 

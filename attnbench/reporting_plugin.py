@@ -184,8 +184,7 @@ class ReportingSession:
                                     f"got {threshold}")
         self.config.option.verdict_threshold = threshold
         if not is_xdist_worker(self.config):
-            self._check_outputs_writable()
-            self._check_benchmark_storage()
+            self._check_outputs_writable()  # pytest-benchmark's storage: attnbench.plugin, before it configures
         self.resume_path = opt("resume")
         if self.resume_path:
             try:
@@ -238,23 +237,6 @@ class ReportingSession:
         self.resumed.results = kept
         self.notes.append(f"--resume {self.resume_path}: took {len(kept)} of its {len(rows)} rows; left out "
                           f"{', '.join(why)} ({what})")
-
-    def _check_benchmark_storage(self) -> None:
-        """pytest-benchmark's storage, checked now: it would fail with a traceback after the run (--benchmark-save
-        into a folder that cannot be made), or compare against nothing with a mere warning (--benchmark-compare)."""
-        opt = self.config.getoption
-        storage = str(opt("benchmark_storage", None) or "")
-        if "://" in storage and not storage.startswith("file://"):
-            return  # elasticsearch: not a path
-        folder = storage.removeprefix("file://")
-        if folder and (opt("benchmark_save", None) or opt("benchmark_autosave", None)):
-            reason = unusable_folder_reason(folder)
-            if reason is not None:
-                raise pytest.UsageError(f"--benchmark-storage {folder}: cannot save runs there: {reason}")
-        if folder and opt("benchmark_compare", None) not in (None, [], False):
-            if not Path(folder).is_dir() or next(Path(folder).glob("*/*.json"), None) is None:
-                raise pytest.UsageError(f"--benchmark-compare: no saved runs in --benchmark-storage {folder} "
-                                        f"(save one first with --benchmark-save NAME)")
 
     def _check_outputs_writable(self) -> None:
         """Every output path is checked now, not after every case has run: writable, and no two files of the
