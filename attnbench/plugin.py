@@ -8,6 +8,7 @@ config key is a ``pytest.UsageError`` (exit code 4) with one line naming it.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import pytest
@@ -87,6 +88,7 @@ def pytest_configure(config: pytest.Config) -> None:
         check_benchmark_storage(config)
     config.stash[ERRORS_KEY] = []
     config.stash[NOTES_KEY] = repeated_options(config)
+    config.stash[UNUSED_KEY] = {}
 
 
 def check_benchmark_storage(config: pytest.Config) -> None:
@@ -108,7 +110,6 @@ def check_benchmark_storage(config: pytest.Config) -> None:
         if not Path(folder).is_dir() or next(Path(folder).glob("*/*.json"), None) is None:
             raise pytest.UsageError(f"--benchmark-compare: no saved runs in --benchmark-storage {folder} "
                                     f"(save one first with --benchmark-save NAME)")
-    config.stash[UNUSED_KEY] = {}
 
 
 def _unused(metafunc: pytest.Metafunc, why: str) -> None:
@@ -257,15 +258,43 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     errors = config.stash.get(ERRORS_KEY, [])
     if errors:
         items[:] = []  # --collect-only lists the items even when collection fails: no placeholder test[None]
-        raise pytest.UsageError(errors[0])
+        _usage_error(config, errors[0])
     unused = [item for item in items if item.get_closest_marker("attnbench_unused")]
     if unused:
         items[:] = [item for item in items if not item.get_closest_marker("attnbench_unused")]
         if not items:  # nothing else was collected either: say why, not pytest's bare "no tests collected"
             why = config.stash.get(UNUSED_KEY, {})
-            raise pytest.UsageError("nothing to run: " + "; ".join(
+            _usage_error(config, "nothing to run: " + "; ".join(
                 f"{Path(path).parent.name}: {reason}" for path, reason in why.items()))
         config.hook.pytest_deselected(items=unused)
+
+
+_WORKER_ERROR = "attnbench_usage_error"  # workeroutput key: a worker's collection-time usage error
+WORKER_ERROR_KEY = pytest.StashKey[str]()
+
+
+def _usage_error(config: pytest.Config, message: str) -> None:
+    """Raise the usage error; an xdist worker (GPU runs are one per GPU) also hands it to the controller, which
+    would otherwise end with a bare "no tests ran": workers' stderr is not shown."""
+    output = getattr(config, "workeroutput", None)
+    if output is not None:
+        output[_WORKER_ERROR] = message
+    raise pytest.UsageError(message)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    message = (getattr(node, "workeroutput", None) or {}).get(_WORKER_ERROR)
+    if message and WORKER_ERROR_KEY not in node.config.stash:
+        node.config.stash[WORKER_ERROR_KEY] = message
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    message = session.config.stash.get(WORKER_ERROR_KEY, None)
+    if message is not None:  # what pytest prints for a UsageError, and its exit code
+        sys.stderr.write(f"ERROR: {message}\n")
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -476,3 +476,15 @@ def test_benchmark_py_accumulates_list_flags_and_refuses_repeated_scalars(tmp_pa
     assert "test_attention[REFERENCE-q1]" in proc.stdout and "test_attention[REFERENCE-q2]" in proc.stdout
     proc = bench("--num-layers", "2", "--num-layers", "3")
     assert proc.returncode == 2 and proc.stderr == "error: --num-layers: given twice ('2', '3'); give it once\n"
+
+
+@pytest.mark.parametrize("args, token", [(["--backends", "flashmla"], "FLASHMLA is an MLA backend: run bench_mla"),
+                                         (["--num-q-heads", "3"], "command line: model: num_q_heads=3")])
+def test_collection_usage_errors_reach_the_user_under_xdist(tmp_path, args, token) -> None:
+    # GPU runs are one xdist worker per GPU: a worker's usage error must not end as a bare "no tests ran"
+    proc = run_pytest(str(ROOT / "bench_attention"), "--device", "cpu", "-n", "2", "-p", "no:cacheprovider", *args,
+                      cwd=tmp_path)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [f"ERROR: {line}" for line in
+                                                                            [proc.stderr.split("ERROR: ", 1)[1].strip()]]
+    assert token in proc.stderr
