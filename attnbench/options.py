@@ -98,7 +98,7 @@ def _typed(kind: type, v: Any, cli: bool) -> Any:
         text = v.strip(" \t\r\n")  # not str.strip(), which also takes '\x1c' and '\x85'
         if not _TEXT[kind].fullmatch(text):
             raise OptionError(f"must be {_NOUN[kind]} in ASCII digits, got {v if len(v) <= 120 else v[:120] + '...'!r}")
-        if kind is int and len(text.lstrip("+-0")) > 19:  # int() refuses 4,300+ digits with a ValueError of its own
+        if kind is int and len(text.lstrip("+-0")) > 4000:  # int() refuses 4,300+ digits with a ValueError of its own
             raise OptionError(f"must be < 2**63, got a {len(text.lstrip('+-0'))}-digit number")
         v = kind(text)
     if kind is float:
