@@ -24,7 +24,6 @@ backend switch), so this works in pytest workers and headless machines. ``main``
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys

@@ -50,7 +50,6 @@ console renders it).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
