@@ -29,10 +29,16 @@ _UPSTREAM = [opt for opt in OPTIONS if opt.upstream]
 def _parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: a prefix of an upstream flag is not that flag, so pytest's own short spellings
     # (--co, --sw, --lf, ...) pass through instead of being swallowed as --config / ambiguous --sweep-*
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    from attnbench.cli import Once, OneLineParser
+
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     for opt in _UPSTREAM:  # values stay text: the plugin checks them, so both entry points refuse the same things
-        p.add_argument(*opt.upstream, **opt.pytest_kwargs(upstream=True))
+        kwargs = opt.pytest_kwargs(upstream=True)
+        if opt.many:  # --batch-specs q1 --batch-specs q2 is both specs, not the last
+            kwargs["action"] = "extend"
+        elif opt.const is None:  # --num-layers 2 --num-layers 3 is refused, not the last one silently
+            kwargs["action"] = Once
+        p.add_argument(*opt.upstream, **kwargs)
     return p
 
 

@@ -86,7 +86,7 @@ class UnknownBackendError(ValueError):
 
 
 def _key(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
+    return name.strip(" \t\r\n").lower().replace("-", "_")  # not str.strip(): "\x1cflash" is no backend
 
 
 def all_names() -> list[str]:
@@ -109,7 +109,7 @@ def canonical_name(name: str) -> str:
         if info is not None:
             return info.name
     raise UnknownBackendError(
-        f"unknown backend {name!r}; valid backends: {', '.join(all_names())} "
+        f"unknown backend {name if len(name) <= 120 else name[:120] + '...'!r}; valid backends: {', '.join(all_names())} "
         f"(lowercase aliases such as flash, triton, flashinfer, flashmla, flashattn_mla, cutlass_mla are accepted)"
     )
 

@@ -186,7 +186,10 @@ def load_results(path: str | os.PathLike[str], *, allow_empty: bool = False) -> 
     except UnicodeDecodeError as exc:
         raise ResultsFileError(f"{p}: not a text results file (byte {exc.start} is not UTF-8: "
                                f"{raw[exc.start:exc.start + 1]!r})") from None
-    loaded = _load_text(p, text)
+    try:
+        loaded = _load_text(p, text)
+    except RecursionError:  # 200,000 nested '[': Python's JSON parser recurses per level
+        raise ResultsFileError(f"{p}: not a results file: JSON nested too deeply") from None
     if not loaded.results and not allow_empty:
         raise ResultsFileError(f"{p}: holds no results ({'an empty file' if not text.strip() else 'zero records'})")
     return loaded
@@ -278,6 +281,13 @@ def from_benchmark_entry(entry: Any) -> CaseOutcome:
     require(isinstance(raw, list), f"stats.data is {kind_of(raw)}, expected a list of numbers")
     for i, sample in enumerate(raw):
         require(is_finite(sample), f"stats.data[{i}] is {show(sample)}, expected a number")
+    # the summary is checked even when the samples are used: a file with NaN rounds is a broken file
+    for key in ("mean", "median", "stddev", "min", "max", "iqr", "rounds"):
+        value = stats.get(key)
+        require(value is None or is_finite(value), f"stats.{key} is {show(value)}, expected a number")
+    rounds = stats.get("rounds")
+    require(rounds is None or (rounds >= 0 and float(rounds).is_integer()),
+            f"stats.rounds is {show(rounds)}, expected a whole number of rounds")
     times = Times.of(raw) if raw else summary_times(stats, ("mean", "median", "stddev", "min", "max", "iqr", "rounds"),
                                            "stats.")
     info = upgrade_schema_1(dict(_container(entry, "extra_info") or {}))

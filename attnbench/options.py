@@ -109,9 +109,12 @@ _TEXT = {int: re.compile(r"[+-]?[0-9]+"), float: re.compile(r"[+-]?([0-9]+\.?[0-
 
 def _typed(kind: type, v: Any, cli: bool) -> Any:
     if cli and isinstance(v, str) and kind in _TEXT:
-        if not _TEXT[kind].fullmatch(v.strip()):
-            raise OptionError(f"must be {_NOUN[kind]} in ASCII digits, got {v!r}")
-        v = kind(v.strip())
+        text = v.strip(" \t\r\n")  # not str.strip(), which also takes '\x1c' and '\x85'
+        if not _TEXT[kind].fullmatch(text):
+            raise OptionError(f"must be {_NOUN[kind]} in ASCII digits, got {v if len(v) <= 120 else v[:120] + '...'!r}")
+        if kind is int and len(text.lstrip("+-0")) > 4000:  # int() refuses 4,300+ digits with a ValueError of its own
+            raise OptionError(f"must be < 2**63, got a {len(text.lstrip('+-0'))}-digit number")
+        v = kind(text)
     if kind is float:
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         v = float(v) if ok else v
@@ -141,6 +144,12 @@ def fraction(v: float) -> float:
     return v
 
 
+def number(v: Any, kind: type = float) -> Any:
+    """A finite ``kind`` from YAML or argv text in ASCII digits, for the few numbers outside this table
+    (--verdict-threshold, --search-timeout, compare --threshold); raises OptionError."""
+    return _typed(kind, v, cli=isinstance(v, str))
+
+
 def each(check: Check) -> Check:
     return lambda values: tuple(check(v) for v in values)
 
@@ -159,9 +168,15 @@ def _non_empty(v: str) -> str:
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?", re.ASCII)
 
 
+MAX_DEVICE_INDEX = 127  # torch keeps a device index in 8 bits: torch.device("cuda:300") is GPU 44
+
+
 def _device(v: str) -> str:
     if not _DEVICE.fullmatch(v):
-        raise OptionError(f"must be cpu, cuda or cuda:N, got {v!r}")
+        raise OptionError(f"must be cpu, cuda or cuda:N, got {v[:120]!r}")
+    index = v.partition(":")[2]
+    if index and (len(index) > 3 or int(index) > MAX_DEVICE_INDEX):
+        raise OptionError(f"the GPU index must be at most {MAX_DEVICE_INDEX}, got {v[:120]!r}")
     return v
 
 

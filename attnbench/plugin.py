@@ -7,9 +7,13 @@ config key is a ``pytest.UsageError`` (exit code 4) with one line naming it.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from typing import Any
 
 import pytest
+
+from pathlib import Path
 
 from attnbench import backends as registry
 from attnbench import options
@@ -20,6 +24,32 @@ from attnbench.study import AUTO, BACKEND_PARAMS, Study, StudyError, build_study
 STUDY_KEY = pytest.StashKey[Study]()
 MAX_CASES = 200_000  # per family and session: a typo in a range must not become hours of collection
 ERRORS_KEY = pytest.StashKey[list]()
+NOTES_KEY = pytest.StashKey[list]()  # what collection merged (repeated batches), shown at the end
+UNUSED_KEY = pytest.StashKey[dict]()  # benchmark file -> why the study gives it no case
+_GIVEN = "attnbench_given"  # config.option attribute: dest -> [(flag, value), ...] of options that take one value
+
+
+class Once(argparse.Action):
+    """``store``, remembering every value given: where an option that takes one value is given twice with
+    different values (pytest.ini's addopts, then the command line), the last one is used, as argparse does,
+    and ``repeated_options`` says so rather than dropping the other silently."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        given = namespace.__dict__.setdefault(_GIVEN, {})
+        given.setdefault(self.dest, []).append((option_string, values))
+        setattr(namespace, self.dest, values)
+
+
+def repeated_options(config: pytest.Config) -> list[str]:
+    """A note for each option that takes one value and was given several different ones."""
+    notes = []
+    for dest, given in (getattr(config.option, _GIVEN, None) or {}).items():
+        values = list(dict.fromkeys(str(v) for _, v in given))
+        if len(values) > 1:
+            flags = "/".join(dict.fromkeys(str(f) for f, _ in given))
+            shown = ", ".join(repr(v if len(v) <= 120 else v[:120] + "...") for v in values)
+            notes.append(f"{flags} given {len(values)} times ({shown}): it takes one value, the last one is used")
+    return notes
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,7 +59,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                                            "plots, workers, crossover search)")
     for opt in options.OPTIONS:
         if opt.flags:
-            (run if opt.to == "session" else study).addoption(*opt.flags, **opt.pytest_kwargs())
+            kwargs = opt.pytest_kwargs()
+            if opt.many:  # --batch-specs q1 --batch-specs q2 is both, not only the last
+                kwargs["action"] = "extend"
+            elif opt.const is None:
+                kwargs["action"] = Once
+            (run if opt.to == "session" else study).addoption(*opt.flags, **kwargs)
 
 
 def _check_session_options(config: pytest.Config) -> None:
@@ -63,7 +98,52 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[STUDY_KEY] = resolve_study(config)
     except StudyError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if not hasattr(config, "workerinput"):
+        check_benchmark_storage(config)
     config.stash[ERRORS_KEY] = []
+    config.stash[NOTES_KEY] = repeated_options(config)
+    config.stash[UNUSED_KEY] = {}
+
+
+def check_benchmark_storage(config: pytest.Config) -> None:
+    """pytest-benchmark's storage, checked before pytest-benchmark configures: it would fail with a traceback after
+    the run (--benchmark-save into a folder that cannot be made), or compare against nothing with a mere warning
+    (--benchmark-compare with no saved run)."""
+    from attnbench.exports import unusable_folder_reason
+
+    opt = config.getoption
+    storage = str(opt("benchmark_storage", None) or "")
+    if "://" in storage and not storage.startswith("file://"):
+        return  # elasticsearch: not a path
+    folder = storage.removeprefix("file://")
+    if folder and (opt("benchmark_save", None) or opt("benchmark_autosave", None)):
+        reason = unusable_folder_reason(folder)
+        if reason is not None:
+            raise pytest.UsageError(f"--benchmark-storage {folder}: cannot save runs there: {reason}")
+    if folder and opt("benchmark_compare", None) not in (None, [], False):
+        if not Path(folder).is_dir() or next(Path(folder).glob("*/*.json"), None) is None:
+            raise pytest.UsageError(f"--benchmark-compare: no saved runs in --benchmark-storage {folder} "
+                                    f"(save one first with --benchmark-save NAME)")
+
+
+def _unused(metafunc: pytest.Metafunc, why: str) -> None:
+    """Give this benchmark no case; ``why`` is shown if the whole session ends up with nothing to run."""
+    metafunc.config.stash[UNUSED_KEY].setdefault(str(metafunc.definition.path), why)
+    metafunc.parametrize("bench_backend", [pytest.param(None, marks=pytest.mark.attnbench_unused)])
+
+
+_BENCH_DIR = {"attention": "bench_attention", "mla": "bench_mla"}
+_FAMILY_NAME = {"attention": "a standard-attention", "mla": "an MLA"}
+
+
+def _why_no_backends(study: Study, family: str) -> str:
+    names = list(study.backends or ())
+    other = "mla" if family == "attention" else "attention"
+    elsewhere = [n for n in names if registry.for_family([n], other)]  # type: ignore[arg-type]
+    if elsewhere:
+        kind = f"{_FAMILY_NAME[other]} backend" if len(elsewhere) == 1 else f"{_FAMILY_NAME[other].split()[1]} backends"
+        return f"{', '.join(elsewhere)} {'is' if len(elsewhere) == 1 else 'are'} {kind}: run {_BENCH_DIR[other]}"
+    return f"none of the backends {', '.join(names)} is {_FAMILY_NAME[family]} backend"
 
 
 def _backend_param(info: registry.BackendInfo) -> Any:
@@ -87,24 +167,30 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     config = metafunc.config
     study = config.stash[STUDY_KEY]
     backends = study.backends_for(family)
-    if study.mode != mode or not backends:
-        metafunc.parametrize("bench_backend", [pytest.param(None, marks=pytest.mark.attnbench_unused)])
+    if study.mode != mode:
+        _unused(metafunc, f"the study's mode is {study.mode}, which only bench_mla's "
+                          f"test_mla{'_decode_vs_prefill' if study.mode != 'standard' else ''} runs")
+        return
+    if not backends:
+        _unused(metafunc, _why_no_backends(study, family))
         return
     sweep = study.sweep
     if sweep is not None and sweep.param not in BACKEND_PARAMS and sweep.param not in sweepable_keys(family):
         # a model-dimension sweep of the other family (e.g. kv_lora_rank): nothing to run here
-        metafunc.parametrize("bench_backend", [pytest.param(None, marks=pytest.mark.attnbench_unused)])
+        other = "mla" if family == "attention" else "attention"
+        _unused(metafunc, f"the sweep's {sweep.param} is {_FAMILY_NAME[other]} dimension: "
+                          f"run {_BENCH_DIR[other]}")
         return
     try:
         shape = check_shape(study, family)
-        specs = study.specs_for(family)
+        specs = study.specs_for(family, limit=MAX_CASES, notes=config.stash[NOTES_KEY])
         if sweep is not None and sweep.param not in BACKEND_PARAMS:
             for value in sweep.points():
                 if value != AUTO:
                     try:
                         with_value(shape, sweep.param, value)
                     except ShapeError as exc:
-                        raise StudyError(f"--sweep-values: {sweep.param}={value}: {exc}") from None
+                        raise StudyError(f"{sweep.origin}: {sweep.param}={value}: {exc}") from None
         cases = (len(backends) * len(specs) * len(study.timed_region) * (len(sweep.points()) if sweep else 1)
                  * (2 if mode != "standard" else 1))
         if cases > MAX_CASES:
@@ -119,7 +205,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         hint = "" if study.source else {"attention": " (dimensions meant for MLA? run only bench_mla)",
                                         "mla": " (dimensions meant for standard attention? run only bench_attention)"}[family]
         config.stash[ERRORS_KEY].append(f"{exc}{hint}")
-        metafunc.parametrize("bench_backend", [pytest.param(None, marks=pytest.mark.attnbench_unused)])
+        _unused(metafunc, str(exc))
         return
     metafunc.parametrize("bench_backend", [_backend_param(b) for b in backends])
     # the region rides on the spec's id, named only when it is not the layer step: ids (and so saved
@@ -202,11 +288,52 @@ def compose_case(study: Study, backend: registry.BackendInfo, batch_spec: str, s
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     errors = config.stash.get(ERRORS_KEY, [])
     if errors:
-        raise pytest.UsageError(errors[0])
+        items[:] = []  # --collect-only lists the items even when collection fails: no placeholder test[None]
+        _usage_error(config, errors[0])
     unused = [item for item in items if item.get_closest_marker("attnbench_unused")]
     if unused:
         items[:] = [item for item in items if not item.get_closest_marker("attnbench_unused")]
+        if not items:  # nothing else was collected either: say why, not pytest's bare "no tests collected"
+            why = config.stash.get(UNUSED_KEY, {})
+            _usage_error(config, "nothing to run: " + "; ".join(
+                f"{Path(path).parent.name}: {reason}" for path, reason in why.items()))
         config.hook.pytest_deselected(items=unused)
+
+
+_WORKER_ERROR = "attnbench_usage_error"  # workeroutput key: a worker's collection-time usage error
+WORKER_ERROR_KEY = pytest.StashKey[str]()
+
+
+def _usage_error(config: pytest.Config, message: str) -> None:
+    """Raise the usage error; an xdist worker (GPU runs are one per GPU) also hands it to the controller, which
+    would otherwise end with a bare "no tests ran": workers' stderr is not shown."""
+    output = getattr(config, "workeroutput", None)
+    if output is not None:
+        output[_WORKER_ERROR] = message
+    raise pytest.UsageError(message)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    message = (getattr(node, "workeroutput", None) or {}).get(_WORKER_ERROR)
+    if message and WORKER_ERROR_KEY not in node.config.stash:
+        node.config.stash[WORKER_ERROR_KEY] = message
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    message = session.config.stash.get(WORKER_ERROR_KEY, None)
+    if message is not None:  # what pytest prints for a UsageError, and its exit code
+        sys.stderr.write(f"ERROR: {message}\n")
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """What resolving the study merged or dropped (repeated batch specs, sweep values, ...), said once."""
+    if hasattr(config, "workerinput") or STUDY_KEY not in config.stash:
+        return
+    for note in (*config.stash[STUDY_KEY].notes, *config.stash.get(NOTES_KEY, [])):
+        terminalreporter.write_line(f"attnbench: {note}")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -32,11 +32,11 @@ import pytest
 from attnbench.bench_shim import BenchmarkView, add_to_session, recorded_samples
 from attnbench.cases import BenchCase
 from attnbench.reporting.verdicts import (SLOWER, GpuMismatch, Verdict, check_gpu, compare_results,
-                                          counts, gpu_name, verdict_table, write_verdict_json)
+                                          counts, recorded_gpu, verdict_table, write_verdict_json)
 from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, crossover_csv_path,
                                crossover_rows, load_results, merge_results, partial_path, path_conflict,
                                unusable_folder_reason, unwritable_reason)
-from attnbench.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case_key, describe_key
+from attnbench.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case_key, describe_key, devicekind_of
 from attnbench.plugin import STUDY_KEY, backend_for_item, compose_case
 from attnbench.record import SCHEMA as RECORD_SCHEMA
 from attnbench.record import CaseRecord
@@ -164,13 +164,14 @@ class ReportingSession:
     def __post_init__(self) -> None:
         opt = self.config.getoption  # the run settings, checked by attnbench.plugin (options.session_values)
         if not is_xdist_worker(self.config):
-            self._check_outputs_writable()
+            self._check_outputs_writable()  # pytest-benchmark's storage: attnbench.plugin, before it configures
         self.resume_path = opt("resume")
         if self.resume_path:
             try:
                 self.resumed = load_results(self.resume_path)
             except ResultsFileError as exc:
                 raise pytest.UsageError(f"--resume: {exc}") from None
+            self._keep_rows_of_this_study()
             self.done_keys = {case_key(r) for r in self.resumed.results if r.timed}
         baseline_path = opt("baseline_json")
         if baseline_path and not is_xdist_worker(self.config):
@@ -179,13 +180,43 @@ class ReportingSession:
             except ResultsFileError as exc:
                 raise pytest.UsageError(f"--baseline-json: {exc}") from None
             # checked before any case runs: a mismatch found after hours of measuring helps nobody
-            self.baseline_gpu, self.new_gpu = gpu_name(self.baseline.machine_info), current_gpu_name(self.study)
+            self.baseline_gpu, self.new_gpu = recorded_gpu(self.baseline), current_gpu_name(self.study)
             try:
                 warning = check_gpu(self.baseline_gpu, self.new_gpu, opt("allow_gpu_mismatch"))
             except GpuMismatch as exc:
                 raise pytest.UsageError(f"--baseline-json {baseline_path}: {exc}") from None
             if warning:
                 self.warnings.append(warning)
+
+    def _keep_rows_of_this_study(self) -> None:
+        """--resume carries only rows of this study measured on this GPU (another study's journal must not slip its
+        rows into this one's outputs): the others are left out, and said so; a file with none is refused."""
+        assert self.resumed is not None
+        rows, here = self.resumed.results, current_gpu_name(self.study)
+        file_gpu = recorded_gpu(self.resumed)
+        other_study: dict[str, int] = {}
+        other_gpu: dict[str, int] = {}
+        kept = []
+        for r in rows:
+            gpu = "none (CPU)" if devicekind_of(r.key.device) == "cpu" else (
+                r.record.gpu.name if r.record is not None and r.record.gpu else file_gpu)
+            if r.key.study is not None and r.key.study != self.study.name:
+                other_study[r.key.study] = other_study.get(r.key.study, 0) + 1
+            elif gpu is not None and gpu != here:
+                other_gpu[gpu] = other_gpu.get(gpu, 0) + 1
+            else:
+                kept.append(r)
+        if len(kept) == len(rows):
+            return
+        why = [f"{n} of study {name!r}" for name, n in other_study.items()]
+        why += [f"{n} measured on {gpu!r}" for gpu, n in other_gpu.items()]
+        what = f"this study is {self.study.name!r} on {here!r}"
+        if not kept:
+            raise pytest.UsageError(f"--resume {self.resume_path}: none of its {len(rows)} rows is of this study on "
+                                    f"this GPU ({', '.join(why)}; {what})")
+        self.resumed.results = kept
+        self.notes.append(f"--resume {self.resume_path}: took {len(kept)} of its {len(rows)} rows; left out "
+                          f"{', '.join(why)} ({what})")
 
     def _check_outputs_writable(self) -> None:
         """Every output path is checked now, not after every case has run: writable, and no two files of the
@@ -202,6 +233,13 @@ class ReportingSession:
             reason = unwritable_reason(path)
             if reason is not None:
                 raise pytest.UsageError(f"{label} {path}: cannot write the results there: {reason}")
+        bench_json = getattr(opt("benchmark_json", None), "name", None)
+        if isinstance(bench_json, str) and not bench_json.startswith("<"):  # "<stdout>" for '-'
+            for label, path in (("--baseline-json", opt("baseline_json")), ("--resume", opt("resume"))):
+                if path and Path(path).exists() and _same_path(path, bench_json):
+                    raise pytest.UsageError(f"--benchmark-json {bench_json}: the same file as {label} {path} "
+                                            f"(pytest-benchmark emptied it when it read the command line)")
+            files.append(("--benchmark-json", bench_json))
         if opt("verdict_json"):
             reason = unwritable_reason(opt("verdict_json"))
             if reason is not None:
@@ -310,7 +348,7 @@ class ReportingSession:
             return
         carried = self.resumed.results if self.resumed else []
         self.final = merge_results([*carried, *self.results])
-        if carried and not self.config.option.collectonly:
+        if carried and not self.config.option.collectonly and session.exitstatus != pytest.ExitCode.USAGE_ERROR:
             self._journal()  # every case was already done: the outputs still get the carried rows
         if self.journal is not None:
             self.journal.close()

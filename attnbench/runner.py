@@ -20,7 +20,7 @@ from attnbench.cases import BenchCase
 from attnbench.contract import CaseAdapter, LayerCall, SkipCase, load_adapter
 from attnbench.record import CaseRecord, Clocks, GpuIdentity, HostSeconds, Memory, TimingSummary, Work
 from attnbench.verify import Verification, compare
-from attnbench.workload import resolve_device
+from attnbench.workload import layout_size, resolve_device
 
 
 @dataclass
@@ -105,6 +105,7 @@ class VerificationFailed(AssertionError):
 
 def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult:
     clock = _PhaseClock()
+    _check_memory_before_layout(case, device)
     adapter = load_adapter(case)
     try:
         shape = case.effective_shape
@@ -235,6 +236,33 @@ def _verify_after_timing(layers: list[LayerCall], expected: torch.Tensor, case: 
     if failed is not None:
         after["reason"] = f"layer buffer {failed[0]}: {failed[1].summary()}"
     return dataclasses.replace(eager, after_timing=after)
+
+
+def _check_memory_before_layout(case: BenchCase, device: torch.device) -> None:
+    """Skip, with the numbers, a case that cannot fit even before its adapter builds anything: the block table
+    of ``q1s1000000k`` alone is 64 M blocks of host memory. A lower bound (every layer's buffers once, no
+    oracle or backend workspace): the adapter's own estimate (``_check_memory``) still follows."""
+    from attnbench import layers
+
+    shape = case.effective_shape
+    size = layout_size(case.requests, shape.block_size)
+    per_layer = (layers.attention_buffer_bytes if case.family == "attention" else layers.mla_buffer_bytes)(
+        size, shape)  # type: ignore[arg-type]
+    need = shape.num_layers * per_layer
+    host = hardware.host_available_bytes()
+    if device.type != "cuda":
+        need += size.host_bytes
+        if host is not None and need > 0.9 * host:
+            raise SkipCase(f"needs at least ~{need / 2**30:.1f} GiB for {shape.num_layers} layer buffers and the "
+                           f"block table ({size.num_blocks} blocks), {host / 2**30:.1f} GiB available on the host")
+        return
+    if host is not None and size.host_bytes > 0.9 * host:
+        raise SkipCase(f"its block table ({size.num_blocks} blocks) needs ~{size.host_bytes / 2**30:.1f} GiB of host "
+                       f"memory to build, {host / 2**30:.1f} GiB available")
+    free, total = torch.cuda.mem_get_info(device)
+    if need > 0.9 * free:
+        raise SkipCase(f"needs at least ~{need / 2**30:.1f} GiB for {shape.num_layers} layer buffers, "
+                       f"{free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
 
 
 def _check_memory(adapter: CaseAdapter, n_buffers: int, device: torch.device, profile: bool) -> dict[str, Any]:

@@ -11,7 +11,7 @@ walks a file and merges the surfaces, and the YAML sections no table row can des
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +21,8 @@ from attnbench import backends as registry
 from attnbench import options
 from attnbench.options import OptionError
 from attnbench.shapes import Shape, ShapeError, make_shape, sweepable_keys
-from grammar import BatchSpecError, generate_batch_specs_from_ranges, parse_batch_spec, to_batch_spec
+from grammar import (MAX_REQUESTS, BatchSpecError, generate_batch_specs_from_ranges, parse_batch_spec,
+                     repeat_batch_spec, to_batch_spec)
 
 Mode = Literal["standard", "decode_vs_prefill"]
 AUTO = "auto"
@@ -44,6 +45,8 @@ class Sweep:
     param: str
     values: tuple[Any, ...]
     include_auto: bool = False
+    # where it was given, for messages about its values: "--sweep-values" or "FILE: key 'parameter_sweep.values'"
+    origin: str = field(default="--sweep-values", compare=False)
 
     def points(self) -> list[Any]:
         pts: list[Any] = [AUTO] if self.include_auto else []
@@ -85,21 +88,43 @@ class Study:
     run: RunSettings = field(default_factory=RunSettings)
     output_csv: str | None = None
     output_json: str | None = None
+    notes: tuple[str, ...] = ()  # what was merged or dropped while resolving (repeated specs...), to show the user
 
     def backends_for(self, family: str) -> list[registry.BackendInfo]:
         names = list(self.backends) if self.backends is not None else registry.default_backends(family)  # type: ignore[arg-type]
         return registry.for_family(names, family)  # type: ignore[arg-type]
 
-    def specs_for(self, family: str) -> list[str]:
+    def specs_for(self, family: str, limit: int | None = None, notes: list[str] | None = None) -> list[str]:
+        """The family's batch specs, each repeated per ``batch_sizes``; a StudyError (naming the count) when
+        there would be more than ``limit``, checked before anything is expanded. Expansions that repeat a batch
+        are run once, and ``notes`` gets a line saying so."""
         specs = list(self.batch_specs) if self.batch_specs is not None else list(DEFAULT_SPECS[family])
         if not self.batch_sizes:
             return specs
+        where = f"{self.source or 'the study'}: key 'batch_sizes'"
+        if limit is not None and len(specs) * len(self.batch_sizes) > limit:
+            raise StudyError(f"{where}: {len(self.batch_sizes)} batch sizes x {len(specs)} batch specs = "
+                             f"{len(specs) * len(self.batch_sizes)} specs, more than the limit {limit}: split the study")
         # decode_vs_prefill style: each spec describes one request group, repeated per batch size.
-        out: list[str] = []
+        out: dict[str, str] = {}  # the expanded spec -> what it came from, for the note on repeats
+        repeats = []
+        counts = {spec: len(parse_batch_spec(spec)) for spec in specs}
         for size in self.batch_sizes:
             for spec in specs:
-                out.append(to_batch_spec(parse_batch_spec(spec) * size))
-        return list(dict.fromkeys(out))
+                if counts[spec] * size > MAX_REQUESTS:
+                    raise StudyError(f"{where}: batch size {size} x {_clip(spec)!r} ({counts[spec]} requests) "
+                                     f"makes {counts[spec] * size} requests, more than the limit {MAX_REQUESTS}")
+                expanded = repeat_batch_spec(spec, size)
+                if expanded in out:
+                    repeats.append(f"{size} x {spec} = {out[expanded]}")
+                else:
+                    out[expanded] = f"{size} x {spec}"
+        if repeats and notes is not None:
+            note = (f"{where}: {len(repeats)} batch size x spec combination(s) give a batch already listed, "
+                    f"each is run once: {_listing(repeats)}")
+            if note not in notes:
+                notes.append(note)
+        return list(out)
 
     def shape_for(self, family: str) -> Shape:
         return make_shape(family, self.model)
@@ -115,9 +140,88 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+_MAX_SHOWN = 120  # characters of a user's token in a message: a 5,000-character key or spec is cut
+
+
+def _clip(text: Any) -> str:
+    text = str(text)
+    return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
+
+
+def shown_key(key: Any) -> str:
+    """A YAML key as a message shows it: newlines, escapes and other controls escaped, long ones cut."""
+    text = key if isinstance(key, str) else str(key)
+    return _clip(text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text)
+
+
+def _listing(items: list[str], most: int = 5) -> str:
+    return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
 def _check(cond: bool, where: str, key: str, msg: str) -> None:
     if not cond:
-        raise StudyError(f"{where}: key '{key}': {msg}")
+        raise StudyError(f"{where}: key '{shown_key(key)}': {msg}")
+
+
+def unique_batches(specs: Any, where: str) -> tuple[tuple[str, ...], str | None]:
+    """``specs`` (parsed already) with each batch once, judged on the parsed batch as ranges do (``1q1s1k`` is
+    ``q1s1k``, ``q1k`` is ``q1024``), the first spelling kept; and a note naming what was dropped, if anything."""
+    kept: dict[str, str] = {}
+    dropped = []
+    for spec in specs:
+        spec = spec.strip(" \t\r\n")
+        canonical = to_batch_spec(parse_batch_spec(spec))
+        if canonical in kept:
+            dropped.append(f"{_clip(spec)} (= {_clip(kept[canonical])})")
+        else:
+            kept[canonical] = spec
+    note = (f"{where}: {len(dropped)} batch spec(s) repeat a batch already listed and are run once: "
+            f"{_listing(dropped)}") if dropped else None
+    return tuple(kept.values()), note
+
+
+def _repeats_note(opt: options.Option, raw: Any, value: Any, where: str) -> str | None:
+    """A note when a list option's value lost entries to merging (``--backends flash FLASH_ATTN``, sizes 1 1)."""
+    given = [raw] if isinstance(raw, str) else list(raw) if isinstance(raw, (list, tuple)) else []
+    if opt.many and len(value) < len(given):
+        return (f"{where}: {len(given) - len(value)} repeated value(s) merged, each is run once "
+                f"({', '.join(_clip(v) for v in given)} -> {', '.join(_clip(v) for v in value)})")
+    return None
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error, not the last one silently winning."""
+
+
+def _construct_mapping(loader: _StudyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: keys after it override, as YAML says
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # a list or mapping as a key; the constructor below says so with its position
+            continue
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{shown_key(key)}' is given twice (first on line {first.line + 1}); give it once",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_StudyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: what, at which line and column."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    text = f"{context}: {what}" if context and what and "given twice" not in what else what
+    text = " ".join(str(text).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {text}" if mark is not None else text
 
 
 # YAML keys that need code of their own (below); every other key is a row of attnbench/options.py
@@ -135,13 +239,17 @@ def load_study_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     where = str(path)
     if not p.is_file():
-        raise StudyError(f"{where}: no such study file")
+        raise StudyError(f"{where}: " + ("a directory, not a study file" if p.is_dir() else "no such study file"))
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_StudyLoader)  # noqa: S506 - a SafeLoader
+    except OSError as exc:
+        raise StudyError(f"{where}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise StudyError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise StudyError(f"{where}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise StudyError(f"{where}: not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise StudyError(f"{where}: not a study: nested too deeply") from None
     if not isinstance(raw, dict):
         raise StudyError(f"{where}: the top level must be a mapping of keys")
     return parse_study_dict(raw, where, default_name=p.stem)
@@ -152,13 +260,28 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
     out: dict[str, Any] = {"name": default_name, "source": where}
     parts: dict[str, dict[str, Any]] = {"study": out, "run": {}, "model": {}}
     ranges: tuple[str, ...] = ()
+    spelled_as: dict[str, str] = {}  # option name -> the key that set it: two spellings of one option are refused
+    notes: dict[str, list[str]] = {}  # option name -> what was merged
+
+    def once(name: str, key: str) -> None:
+        if name in spelled_as:
+            raise StudyError(f"{where}: key '{shown_key(key)}': sets the same thing as key '{spelled_as[name]}'; "
+                             f"give one of them")
+        spelled_as[name] = key
 
     def take(key: str, value: Any) -> None:
         opt = options.BY_YAML[key]
+        once(opt.name, key)
         try:
-            parts[opt.to][opt.name] = opt.value(value)
+            parts[opt.to][opt.name] = v = opt.value(value)
         except OptionError as exc:
             raise StudyError(f"{where}: key '{key}': {exc}") from None
+        if opt.name == "batch_specs":
+            parts[opt.to][opt.name], note = unique_batches(value, f"{where}: key '{key}'")
+        else:
+            note = _repeats_note(opt, value, v, f"{where}: key '{key}'")
+        if note:
+            notes.setdefault(opt.name, []).append(note)
 
     backend_names = set(registry.all_names())
     for key, value in raw.items():
@@ -176,20 +299,33 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
         elif key == "batch_spec_ranges":
             _check(isinstance(value, list) and all(isinstance(r, dict) for r in value), where, key,
                    "must be a list of mappings with a 'template'")
+            repeated: list[str] = []
             try:
-                ranges += tuple(generate_batch_specs_from_ranges(value))
+                ranges += tuple(generate_batch_specs_from_ranges(value, repeated))
             except BatchSpecError as exc:
                 raise StudyError(f"{where}: key '{key}': {exc}") from None
+            if repeated:
+                notes.setdefault("batch_specs", []).append(
+                    f"{where}: key '{key}': {len(repeated)} generated spec(s) repeat a batch already generated and "
+                    f"are run once: {_listing(repeated)}")
         elif key in ("parameter_sweep", "model_parameter_sweep"):
-            out["sweep"] = _sweep_section(value, where, key)
+            once("sweep", key)
+            sweep_notes: list[str] = []
+            out["sweep"] = _sweep_section(value, where, key, sweep_notes)
+            if sweep_notes:
+                notes["sweep"] = sweep_notes
         else:
             _check(False, where, key, f"unknown key (valid: {', '.join(_TOP_KEYS)}, or a backend name)")
-    if ranges:  # generated specs join the listed ones, after them
-        out["batch_specs"] = tuple(dict.fromkeys(out.get("batch_specs", ()) + ranges))
+    if ranges:  # generated specs join the listed ones, after them; a batch in both is run once
+        listed = out.get("batch_specs", ())
+        out["batch_specs"], note = unique_batches(listed + ranges, f"{where}: keys 'batch_specs' and "
+                                                  f"'batch_spec_ranges'" if listed else f"{where}: key 'batch_spec_ranges'")
+        if note and listed:
+            notes.setdefault("batch_specs", []).append(note)
     problem = _mode_problem(out)
     if problem:
         raise StudyError(f"{where}: key '{problem[0]}': {problem[1]}")
-    return {**out, "run": parts["run"], "model": parts["model"]}
+    return {**out, "notes": notes, "run": parts["run"], "model": parts["model"]}
 
 
 def _mode_problem(fields_: dict[str, Any]) -> tuple[str, str] | None:
@@ -215,7 +351,7 @@ def _maybe_backend(key: Any) -> bool:
     return key.isupper()  # per-backend sections are spelled like the enum (CUTLASS_MLA:)
 
 
-def _sweep_section(value: Any, where: str, key: str) -> Sweep:
+def _sweep_section(value: Any, where: str, key: str, notes: list[str] | None = None) -> Sweep:
     _check(isinstance(value, dict), where, key, "must be a mapping with param_name and values")
     allowed = {"param_name", "values", "include_auto", "label_format"}
     for k in value:
@@ -227,26 +363,35 @@ def _sweep_section(value: Any, where: str, key: str) -> Sweep:
     include_auto = value.get("include_auto", False)
     _check(isinstance(include_auto, bool), where, f"{key}.include_auto", f"must be true or false, got {include_auto!r}")
     try:
-        return make_sweep(param, values, include_auto)
+        return make_sweep(param, values, include_auto, origin=f"{where}: key '{key}.values'", notes=notes)
     except StudyError as exc:
         raise StudyError(f"{where}: key '{key}': {exc}") from None
 
 
-def make_sweep(param: str, values: list[Any], include_auto: bool) -> Sweep:
+def make_sweep(param: str, values: list[Any], include_auto: bool, origin: str = "--sweep-values",
+               notes: list[str] | None = None) -> Sweep:
+    """The sweep of ``param`` over ``values``; ``origin`` names where they were given (in messages about them);
+    repeated values are swept once and ``notes`` gets a line saying so."""
     dims = sweepable_keys("attention") | sweepable_keys("mla")
     if param not in BACKEND_PARAMS and param not in dims:
-        raise StudyError(f"unknown sweep parameter {param!r} (valid: {', '.join(BACKEND_PARAMS)}, "
+        raise StudyError(f"unknown sweep parameter {_clip(param)!r} (valid: {', '.join(BACKEND_PARAMS)}, "
                          f"or a model dimension: {', '.join(sorted(dims))})")
     parsed: list[Any] = []
+    autos = 0
     for v in values:
-        if isinstance(v, str) and v.strip().lower() == AUTO:
-            include_auto = True
+        if isinstance(v, str) and v.strip(" \t\r\n").lower() == AUTO:
+            include_auto, autos = True, autos + 1
             continue
         try:
             parsed.append(options.count(v))
         except OptionError:
-            raise StudyError(f"sweep value {v!r} for {param} must be a non-negative integer or 'auto'") from None
-    return Sweep(param, tuple(dict.fromkeys(parsed)), include_auto)
+            shown = repr(v) if not isinstance(v, str) else repr(_clip(v))
+            raise StudyError(f"sweep value {shown} for {param} must be a non-negative integer or 'auto'") from None
+    unique = tuple(dict.fromkeys(parsed))
+    if notes is not None and (len(unique) < len(parsed) or autos > 1):
+        notes.append(f"{origin}: {len(parsed) - len(unique) + max(autos - 1, 0)} repeated sweep value(s) merged, "
+                     f"each is run once ({', '.join(_clip(v) for v in values)})")
+    return Sweep(param, unique, include_auto, origin)
 
 
 def _backend_section(value: Any, where: str, key: str) -> dict[str, Any]:
@@ -269,6 +414,7 @@ def build_study(yaml_fields: dict[str, Any] | None, cli: dict[str, Any]) -> Stud
     """Merge: explicit command line > YAML > defaults. ``cli`` holds the options the user gave (None = not given):
     a value is checked by its options.py row and blamed on its flag; CLI text may spell a number."""
     y = dict(yaml_fields or {})
+    notes: dict[str, list[str]] = dict(y.pop("notes", None) or {})  # option name -> notes; the CLI replaces them
     parts: dict[str, dict[str, Any]] = {"run": dict(y.pop("run", {})), "model": dict(y.pop("model", {})),
                                         "study": {"name": _D["name"], **y}, "sweep": {}}
     for opt in options.OPTIONS:
@@ -276,24 +422,35 @@ def build_study(yaml_fields: dict[str, Any] | None, cli: dict[str, Any]) -> Stud
         if raw is None or not opt.flags or opt.to not in parts:
             continue
         try:
-            parts[opt.to][opt.name] = opt.value(raw, cli=True)
+            parts[opt.to][opt.name] = value = opt.value(raw, cli=True)
         except OptionError as exc:
             raise StudyError(f"{opt.flags[0]}: {exc}") from None
+        if opt.name == "batch_specs":
+            parts[opt.to][opt.name], note = unique_batches(raw, opt.flags[0])
+        else:
+            note = _repeats_note(opt, raw, value, opt.flags[0])
+        notes[opt.name] = [note] if note else []
     fields_, sweep = parts["study"], parts["sweep"]
     if sweep.get("sweep_param") or sweep.get("sweep_values"):
         if not (sweep.get("sweep_param") and sweep.get("sweep_values")):
             raise StudyError("--sweep-param and --sweep-values must be given together")
-        fields_["sweep"] = make_sweep(sweep["sweep_param"], list(sweep["sweep_values"]),
-                                      bool(sweep.get("sweep_include_auto")))
+        notes["sweep"] = []
+        try:
+            fields_["sweep"] = make_sweep(sweep["sweep_param"], list(sweep["sweep_values"]),
+                                          bool(sweep.get("sweep_include_auto")), notes=notes["sweep"])
+        except StudyError as exc:
+            flag = "--sweep-param" if str(exc).startswith("unknown sweep parameter") else "--sweep-values"
+            raise StudyError(f"{flag}: {exc}") from None
     elif sweep.get("sweep_include_auto"):
         if fields_.get("sweep") is None:
             raise StudyError("--sweep-include-auto needs a sweep (--sweep-param/--sweep-values, or parameter_sweep "
                              "in the YAML)")
-        fields_["sweep"] = Sweep(fields_["sweep"].param, fields_["sweep"].values, True)
+        fields_["sweep"] = replace(fields_["sweep"], include_auto=True)
     problem = _mode_problem(fields_)
     if problem:  # the YAML alone passed parse_study_dict, so the conflict came from here
         flag = {"parameter_sweep": "--sweep-param", "timed_region": "--timed-region"}[problem[0]]
         raise StudyError(f"{flag}: {problem[1]}")
+    fields_["notes"] = tuple(n for group in notes.values() for n in group)
     return Study(**fields_, model=parts["model"], run=RunSettings(**parts["run"]))
 
 

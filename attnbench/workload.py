@@ -55,6 +55,29 @@ class BatchLayout:
         return max(self.kv_lens)
 
 
+@dataclass(frozen=True)
+class LayoutSize:
+    """What ``build_layout`` would make, counted without making it: the buffer-size formulas of
+    attnbench.layers read only these fields, so a case can be sized before anything is allocated."""
+
+    requests: tuple[BatchRequest, ...]
+    block_size: int
+    num_blocks: int  # the null block included
+    num_tokens: int
+
+    @property
+    def host_bytes(self) -> int:
+        """Host memory ``build_layout`` itself needs: the permutation as a tensor and a Python list (~48 B a block),
+        the block table, and the slot list (~40 B a new token)."""
+        width = max(math.ceil(r.kv_len / self.block_size) for r in self.requests)
+        return 48 * self.num_blocks + 4 * len(self.requests) * width + 40 * self.num_tokens
+
+
+def layout_size(requests: Sequence[BatchRequest], block_size: int) -> LayoutSize:
+    blocks = sum(math.ceil(r.kv_len / block_size) for r in requests)
+    return LayoutSize(tuple(requests), block_size, blocks + 1, sum(r.q_len for r in requests))
+
+
 def build_layout(requests: Sequence[BatchRequest], block_size: int, device: str | torch.device,
                  seed: int = 0) -> BatchLayout:
     """Give every request its own randomly placed physical blocks and map new tokens to their slots."""

@@ -10,6 +10,7 @@ from .batch_spec import (
     get_batch_stats,
     get_batch_type,
     parse_batch_spec,
+    repeat_batch_spec,
     to_batch_spec,
 )
 from .ranges import MAX_COMBINATIONS, generate_batch_specs_from_ranges
@@ -26,5 +27,6 @@ __all__ = [
     "get_batch_stats",
     "get_batch_type",
     "parse_batch_spec",
+    "repeat_batch_spec",
     "to_batch_spec",
 ]

@@ -44,6 +44,7 @@ __all__ = [
     "get_batch_stats",
     "get_batch_type",
     "parse_batch_spec",
+    "repeat_batch_spec",
     "to_batch_spec",
 ]
 
@@ -62,6 +63,9 @@ _LEGACY_SPEC_RE = re.compile(r"(?P<count>[0-9]*)spec(?P<q>[0-9]+)s(?P<s>[0-9]+k?
 _LEGACY_DECODE_RE = re.compile(r"(?P<count>[0-9]*)s(?P<s>[0-9]+k?)")
 _LEGACY_CHUNK_RE = re.compile(r"[0-9]*chunk[0-9]+")
 _MAX_QUOTED_SPEC = 120
+# What may surround a spec (a shell or YAML user's spaces, tabs and newlines). str.strip() would also take
+# Unicode separators and C0/C1 controls such as '\x1c' and '\x85', which are refused, not stripped.
+_SURROUNDING = " \t\r\n"
 
 
 class BatchSpecError(ValueError):
@@ -129,12 +133,16 @@ def _quote(text: str) -> str:
 
 
 def _spec_prefix(spec: str) -> str:
-    shown = spec if len(spec) <= _MAX_QUOTED_SPEC else spec[:_MAX_QUOTED_SPEC] + "..."
-    return f"batch spec {_quote(shown)}"
+    return f"batch spec {_quote(_clip(spec))}"
+
+
+def _clip(text: str) -> str:
+    """``text`` cut to ``_MAX_QUOTED_SPEC`` characters, so a 5,000-character token keeps a message short."""
+    return text if len(text) <= _MAX_QUOTED_SPEC else text[:_MAX_QUOTED_SPEC] + "..."
 
 
 def _segment_error(spec: str, segment: str, why: str) -> BatchSpecError:
-    return BatchSpecError(f"{_spec_prefix(spec)}: segment {_quote(segment)}: {why}")
+    return BatchSpecError(f"{_spec_prefix(spec)}: segment {_quote(_clip(segment))}: {why}")
 
 
 def _number(spec: str, segment: str, field: str, digits: str, times_k: bool) -> int:
@@ -184,7 +192,7 @@ def _is_valid_segment(segment: str) -> bool:
 
 def _did_you_mean(suggestion: str) -> str:
     # Never suggest a spelling that would itself be rejected.
-    return f" (did you mean {_quote(suggestion)}?)" if _is_valid_segment(suggestion) else ""
+    return f" (did you mean {_quote(_clip(suggestion))}?)" if _is_valid_segment(suggestion) else ""
 
 
 def _legacy_hint(segment: str) -> str | None:
@@ -245,7 +253,7 @@ def _diagnose(spec: str, segment: str) -> BatchSpecError:
     prefix = _SEGMENT_RE.match(segment)
     if prefix and prefix.end() > 0:
         extra = segment[prefix.end() :]
-        why = f"unexpected {extra!r} after {segment[: prefix.end()]!r}; expected {_FORM}"
+        why = f"unexpected {_quote(_clip(extra))} after {_quote(_clip(segment[: prefix.end()]))}; expected {_FORM}"
         return _segment_error(spec, segment, why)
     return _segment_error(spec, segment, f"does not match {_FORM}")
 
@@ -257,7 +265,7 @@ def parse_batch_spec(spec: str) -> list[BatchRequest]:
     """
     if not isinstance(spec, str):
         raise BatchSpecError(f"batch spec must be a str, got {type(spec).__name__}")
-    stripped = spec.strip()
+    stripped = spec.strip(_SURROUNDING)
     if not stripped:
         raise BatchSpecError(f"{_spec_prefix(spec)}: empty batch spec; expected e.g. 'q2k' or '8q1s1k'")
     segments = stripped.split("_")
@@ -265,8 +273,8 @@ def parse_batch_spec(spec: str) -> list[BatchRequest]:
     for index, segment in enumerate(segments):
         if not segment:
             # Name the neighbours: the empty segment itself has no text to quote.
-            before = _quote(segments[index - 1]) if index > 0 else "start"
-            after = _quote(segments[index + 1]) if index + 1 < len(segments) else "end"
+            before = _quote(_clip(segments[index - 1])) if index > 0 else "start"
+            after = _quote(_clip(segments[index + 1])) if index + 1 < len(segments) else "end"
             raise BatchSpecError(
                 f"{_spec_prefix(stripped)}: segment {index + 1} of {len(segments)} is empty "
                 f"(between {before} and {after}); join segments with a single '_'"
@@ -364,17 +372,46 @@ def to_batch_spec(requests: Sequence[BatchRequest]) -> str:
         raise BatchSpecError("to_batch_spec: empty request list cannot be written as a batch spec")
     if len(items) > MAX_REQUESTS:
         raise BatchSpecError(f"to_batch_spec: {len(items)} requests exceed the limit {MAX_REQUESTS}")
-    segments: list[str] = []
-    i = 0
-    while i < len(items):
-        # Merge runs of equal consecutive requests only, so order is preserved.
-        j = i
-        while j < len(items) and items[j] == items[i]:
-            j += 1
-        r, count = items[i], j - i
+    return _format_runs(_runs(items))
+
+
+def _runs(items: Sequence[BatchRequest]) -> list[tuple[BatchRequest, int]]:
+    """Runs of equal consecutive requests (only consecutive ones, so order is preserved)."""
+    runs: list[tuple[BatchRequest, int]] = []
+    for r in items:
+        if runs and runs[-1][0] == r:
+            runs[-1] = (r, runs[-1][1] + 1)
+        else:
+            runs.append((r, 1))
+    return runs
+
+
+def _format_runs(runs: Sequence[tuple[BatchRequest, int]]) -> str:
+    segments = []
+    for r, count in runs:
         seg = f"{count if count > 1 else ''}q{_size(r.q_len)}"
         if r.kv_len != r.q_len:
             seg += f"s{_size(r.kv_len)}"
         segments.append(seg)
-        i = j
     return "_".join(segments)
+
+
+def repeat_batch_spec(spec: str, times: int) -> str:
+    """The canonical spec of ``spec``'s requests repeated ``times`` times (``to_batch_spec(parse(spec) * times)``),
+    worked out on runs, so a large ``times`` costs nothing; raises when the batch would exceed ``MAX_REQUESTS``."""
+    if type(times) is not int or times < 1:
+        raise BatchSpecError(f"repeat_batch_spec: times must be an int >= 1, got {times!r}")
+    runs = _runs(parse_batch_spec(spec))
+    total = sum(count for _, count in runs) * times
+    if total > MAX_REQUESTS:
+        raise BatchSpecError(f"{_spec_prefix(spec)} x {times}: {total} requests, more than the limit {MAX_REQUESTS}")
+    if len(runs) == 1:
+        return _format_runs([(runs[0][0], runs[0][1] * times)])
+    out = list(runs)
+    for _ in range(times - 1):
+        if out[-1][0] == runs[0][0]:  # the copy's first run continues the last one
+            out[-1] = (out[-1][0], out[-1][1] + runs[0][1])
+            out.extend(runs[1:])
+        else:
+            out.extend(runs)
+    return _format_runs(out)

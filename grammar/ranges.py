@@ -103,8 +103,9 @@ def _field_values(where: str, key: str, value: object) -> list[int | str]:
     )
 
 
-def generate_batch_specs_from_ranges(ranges: list[dict[str, Any]]) -> list[str]:
-    """Expand ``batch_spec_ranges`` entries into validated, de-duplicated specs."""
+def generate_batch_specs_from_ranges(ranges: list[dict[str, Any]], dropped: list[str] | None = None) -> list[str]:
+    """Expand ``batch_spec_ranges`` entries into validated, de-duplicated specs; ``dropped``, when given, gets
+    each spelling left out as a repeat, as ``"spec (= first spelling)"``."""
     if isinstance(ranges, (str, bytes, Mapping)) or not isinstance(ranges, Sequence):
         raise BatchSpecError(f"batch_spec_ranges must be a list of dicts, got {type(ranges).__name__}")
     specs: dict[str, str] = {}  # canonical spec -> first spelling seen (insertion-ordered)
@@ -153,5 +154,10 @@ def generate_batch_specs_from_ranges(ranges: list[dict[str, Any]]) -> list[str]:
                 raise BatchSpecError(f"{where}: template {template!r} with {values}: {exc}") from None
             # Dedupe on the canonical form so '1q1s1k' and 'q1s1k' (same batch)
             # do not become two benchmark cases; the first spelling is kept.
-            specs.setdefault(to_batch_spec(requests), spec.strip())
+            canonical = to_batch_spec(requests)
+            if canonical in specs:
+                if dropped is not None:
+                    dropped.append(f"{spec.strip(' ')} (= {specs[canonical]})")
+            else:
+                specs[canonical] = spec.strip(" \t\r\n")
     return list(specs.values())

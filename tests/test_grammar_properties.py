@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -9,17 +10,32 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grammar import (
+    MAX_REQUESTS,
     BatchRequest,
     BatchSpecError,
     format_batch_spec,
     get_batch_stats,
     get_batch_type,
     parse_batch_spec,
+    repeat_batch_spec,
     to_batch_spec,
 )
 
-# Modest budgets: the whole file should run in a few seconds on 2 cores.
-FAST = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The grammar's properties are pure Python, so CI runs each at 10,000 examples (profile "grammar-ci", the
+# default; about a minute of one core for the whole file). ATTNBENCH_GRAMMAR_PROFILE=grammar-dev runs 250 while
+# editing.
+settings.register_profile("grammar-ci", max_examples=10_000, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("grammar-dev", max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+GRAMMAR_PROFILE = os.environ.get("ATTNBENCH_GRAMMAR_PROFILE", "grammar-ci")
+FAST = settings(settings.get_profile(GRAMMAR_PROFILE))
+# the properties added for issue 11 (controls, repeat_batch_spec, message length) at a tenth of that
+EXTRA = settings(FAST, max_examples=max(FAST.max_examples // 10, 100))
+
+
+def test_ci_runs_the_grammar_properties_at_10000_examples() -> None:
+    if GRAMMAR_PROFILE == "grammar-ci":
+        assert FAST.max_examples >= 10_000
 
 K = 1024
 
@@ -246,7 +262,7 @@ def test_arbitrary_text_only_batch_spec_error(text: str) -> None:
 
 
 # Same property over the grammar's own alphabet, so successes are common.
-@settings(max_examples=300, deadline=None)
+@FAST
 @given(st.text(alphabet="0123456789qskQSK_ xv", max_size=20))
 def test_near_grammar_text_only_batch_spec_error(text: str) -> None:
     _check_arbitrary(text)
@@ -259,3 +275,57 @@ def test_arbitrary_objects_only_batch_spec_error(value: object) -> None:
         parse_batch_spec(value)  # type: ignore[arg-type]
     except BatchSpecError:
         pass
+
+
+# --------------------------------------------------------------------------- #
+# (5) only ASCII spaces, tabs and newlines may surround a spec; controls are refused, not stripped
+# --------------------------------------------------------------------------- #
+
+# every character str.strip() takes that is not a plain space, tab or newline (C0/C1 controls, Unicode spaces)
+_STRIPPED_BY_PYTHON = [c for c in map(chr, range(0x3000 + 1)) if c.isspace() and c not in " \t\r\n"]
+
+
+@EXTRA
+@given(request_lists_st, st.sampled_from(_STRIPPED_BY_PYTHON), st.booleans())
+def test_control_characters_around_a_spec_are_refused(reqs: list[BatchRequest], c: str, lead: bool) -> None:
+    spec = to_batch_spec(reqs)
+    assert parse_batch_spec(f" \t{spec}\n ") == reqs  # the plain ones are stripped
+    bad = c + spec if lead else spec + c
+    with pytest.raises(BatchSpecError) as info:
+        parse_batch_spec(bad)
+    assert repr(c)[1:-1] in str(info.value) and "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- #
+# (6) repeat_batch_spec is to_batch_spec(parse(spec) * times), worked out on runs
+# --------------------------------------------------------------------------- #
+
+
+@EXTRA
+@given(st.lists(st.tuples(st.sampled_from([BatchRequest(1, 1024), BatchRequest(4, 1024), BatchRequest(2048, 2048)]),
+                          st.integers(1, 3)), min_size=1, max_size=6), st.integers(1, 40))
+def test_repeat_batch_spec_matches_the_expansion(runs: list[tuple[BatchRequest, int]], times: int) -> None:
+    reqs = [r for r, n in runs for _ in range(n)]
+    spec = to_batch_spec(reqs)
+    assert repeat_batch_spec(spec, times) == to_batch_spec(reqs * times)
+
+
+@EXTRA
+@given(st.integers(1, 4096), st.integers(1, 2**21))
+def test_repeat_batch_spec_refuses_more_than_max_requests(count: int, times: int) -> None:
+    spec = f"{count}q1s1k" if count > 1 else "q1s1k"
+    if count * times > MAX_REQUESTS:
+        with pytest.raises(BatchSpecError, match="more than the limit"):
+            repeat_batch_spec(spec, times)
+    else:
+        assert repeat_batch_spec(spec, times) == (f"{count * times}q1s1k" if count * times > 1 else "q1s1k")
+
+
+@EXTRA
+@given(st.text(max_size=6000))
+def test_every_message_is_one_short_line(text: str) -> None:
+    try:
+        parse_batch_spec(text)
+    except BatchSpecError as exc:
+        assert "\n" not in str(exc)
+        assert len(str(exc)) < 1200, len(str(exc))  # a 5,000-character spec is cut in its message

@@ -24,7 +24,6 @@ backend switch), so this works in pytest workers and headless machines. ``main``
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
@@ -239,12 +238,13 @@ def make_plots(results: Sequence[CaseOutcome], out_dir: str | Path, stem: str = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``plot RESULTS --out DIR``: write every applicable PNG; exit 1 if the file has nothing to plot."""
+    from attnbench.cli import Once, OneLineParser
     from attnbench.exports import ResultsFileError, load_results, unusable_folder_reason
 
-    parser = argparse.ArgumentParser(prog="benchmark.py plot", description="Plot saved attnbench results.")
+    parser = OneLineParser(prog="benchmark.py plot", description="Plot saved attnbench results.")
     parser.add_argument("results",
                         help="attnbench JSON/JSONL, upstream attention_benchmarks JSON or pytest-benchmark JSON")
-    parser.add_argument("--out", default=".", metavar="DIR", help="folder for the PNGs (default: .)")
+    parser.add_argument("--out", default=".", metavar="DIR", action=Once, help="folder for the PNGs (default: .)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     reason = unusable_folder_reason(args.out)
     if reason is not None:  # checked before any work: one line, no traceback

@@ -203,6 +203,18 @@ class GpuMismatch(Exception):
     """Baseline and new run were measured on different GPU models."""
 
 
+def recorded_gpu(loaded: Any) -> str | None:
+    """The GPU model a loaded results file was measured on: its machine_info's (``gpu_name``); a journal has no
+    machine_info, so its records tell: the one GPU model its timed records name, or "none (CPU)" for CPU rows."""
+    if loaded.machine_info is not None:
+        return gpu_name(loaded.machine_info)
+    names = {r.case_record.gpu.name for r in loaded.results if r.case_record is not None and r.case_record.gpu}
+    if len(names) == 1:
+        return str(names.pop())
+    devices = {str(r.device or "").split(":")[0] for r in loaded.results}
+    return "none (CPU)" if loaded.kind == "journal" and devices == {"cpu"} else None
+
+
 def gpu_name(machine_info: dict[str, Any] | None) -> str | None:
     """The GPU model in ``machine_info``: a name, "none (CPU)" for a run without a GPU, None if unrecorded."""
     attn = (machine_info or {}).get("attnbench")
@@ -218,7 +230,11 @@ def check_gpu(baseline_gpu: str | None, new_gpu: str | None, allow_mismatch: boo
     """Raise GpuMismatch on different GPU models (unless allowed); return a warning to show, if any."""
     if baseline_gpu is None or new_gpu is None:
         unrecorded = "baseline" if baseline_gpu is None else "new run"
-        return f"the {unrecorded} does not record its GPU model; cannot check that the runs are comparable"
+        message = (f"the {unrecorded} does not record its GPU model (machine_info.attnbench); cannot check that the "
+                   f"runs are comparable")
+        if not allow_mismatch:  # a file from elsewhere (or edited) is not compared as if it were this GPU's
+            raise GpuMismatch(f"{message} (pass --allow-gpu-mismatch to compare anyway)")
+        return f"{message}; compared anyway (--allow-gpu-mismatch)"
     if baseline_gpu == new_gpu:
         return None
     message = f"GPU model differs: baseline {baseline_gpu!r}, new run {new_gpu!r}"
@@ -266,14 +282,17 @@ def write_verdict_json(path: str | Path, verdicts: Sequence[Verdict], *, baselin
 def main(argv: Sequence[str] | None = None) -> int:
     """``benchmark.py compare BASELINE NEW``: one verdict line per case; exit 1 on SLOWER, 2 on a GPU mismatch or
     bad input."""
-    parser = argparse.ArgumentParser(prog="benchmark.py compare", description=__doc__.split("\n\n")[0])
+    from attnbench.cli import Once, OneLineParser, fail, finite_number
+
+    parser = OneLineParser(prog="benchmark.py compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("baseline", help="baseline results (pytest-benchmark JSON, or attnbench JSON/JSONL)")
     parser.add_argument("new", help="new results, same formats")
-    parser.add_argument("--threshold", type=_threshold, default=THRESHOLD,
+    parser.add_argument("--threshold", type=_threshold, default=THRESHOLD, action=Once,
                         help=f"practical threshold t as a fraction (default {THRESHOLD}: +-2%%)")
-    parser.add_argument("--confidence", type=float, default=CONFIDENCE, help="confidence level (default 0.95)")
+    parser.add_argument("--confidence", type=finite_number, default=CONFIDENCE, action=Once,
+                        help="confidence level (default 0.95)")
     parser.add_argument("--allow-gpu-mismatch", action="store_true", help="compare runs from different GPU models")
-    parser.add_argument("--verdict-json", metavar="FILE", help="also write the verdicts as JSON")
+    parser.add_argument("--verdict-json", metavar="FILE", action=Once, help="also write the verdicts as JSON")
     parser.add_argument("--no-fail", action="store_true", help="exit 0 even if a case is SLOWER")
     args = parser.parse_args(list(argv) if argv is not None else None)
     if not 0 < args.confidence < 1:  # NaN fails the comparison too
@@ -283,20 +302,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         reason = unwritable_reason(args.verdict_json)
         if reason is not None:  # before any work, not after the comparison
-            print(f"error: --verdict-json {args.verdict_json}: cannot write the verdicts there: {reason}",
-                  file=sys.stderr)
-            return 2
+            return fail(f"--verdict-json {args.verdict_json}: cannot write the verdicts there: {reason}")
+        for label, path in (("baseline", args.baseline), ("new", args.new)):
+            if Path(path).exists() and Path(path).resolve() == Path(args.verdict_json).resolve():
+                return fail(f"--verdict-json {args.verdict_json}: the same file as the {label} results {path}")
     try:
         base, new = load_results(args.baseline), load_results(args.new)
     except ResultsFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    base_gpu, new_gpu = gpu_name(base.machine_info), gpu_name(new.machine_info)
+        return fail(str(exc))
+    base_gpu, new_gpu = recorded_gpu(base), recorded_gpu(new)
     try:
         warning = check_gpu(base_gpu, new_gpu, args.allow_gpu_mismatch)
     except GpuMismatch as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        unrecorded = args.baseline if base_gpu is None else args.new if new_gpu is None else None
+        return fail(f"{unrecorded}: {exc}" if unrecorded else str(exc))
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr)
     verdicts = compare_results(base.results, new.results, threshold=args.threshold, confidence=args.confidence)
