@@ -58,12 +58,21 @@ def _cli(opt: options.Option, value: str) -> dict:
 @pytest.mark.parametrize("opt", NUMBER_ROWS, ids=lambda o: o.flags[0])
 @pytest.mark.parametrize("text", ["٣", "３", "\x1c3", "3\x85", "nan", "inf", "-inf", "1e400", "0x10", ""])
 def test_every_numeric_option_takes_finite_ascii_digits(opt, text) -> None:
+    value = [text] if opt.many else text
+    if opt.to == "session":  # pytest-run settings: checked once at configure (options.session_values)
+        with pytest.raises(options.OptionError, match=rf"^{opt.flags[0]}: must be"):
+            options.session_values(lambda name: value if name == opt.name else None)
+        return
     with pytest.raises(StudyError, match=rf"^{opt.flags[0]}: must be"):
-        build_study(None, _cli(opt, [text] if opt.many else text))
+        build_study(None, _cli(opt, value))
 
 
 @pytest.mark.parametrize("opt", [o for o in NUMBER_ROWS if o.kind is int], ids=lambda o: o.flags[0])
 def test_every_integer_option_is_int64(opt) -> None:
+    if opt.to == "session":
+        with pytest.raises(options.OptionError, match=rf"^{opt.flags[0]}: must be < 2\*\*63"):
+            options.session_values(lambda name: str(2**70) if name == opt.name else None)
+        return
     with pytest.raises(StudyError, match=rf"^{opt.flags[0]}: must be < 2\*\*63"):
         build_study(None, _cli(opt, str(2**70)))
 

@@ -322,7 +322,7 @@ def test_a_cpu_case_that_cannot_fit_in_host_memory_is_a_skip_with_the_numbers(ar
 
 @pytest.mark.parametrize("args, message", [
     (["--verdict-threshold=-1"], "--verdict-threshold: must be a fraction between 0 and 1"),
-    (["--verdict-threshold=nan"], "--verdict-threshold: must be a finite number in ASCII digits, got 'nan'"),
+    (["--verdict-threshold=nan"], "--verdict-threshold: must be a fraction between 0 and 1 (0.05 = 5 %), got 'nan'"),
     (["--search-timeout=-5"], "--search-timeout: must be a finite number of seconds >= 0"),
 ])
 def test_reporting_numbers_are_checked_at_start_up(args, message) -> None:

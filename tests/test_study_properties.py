@@ -35,6 +35,9 @@ _VALUES: dict[str, st.SearchStrategy[Any]] = {
     "seed": st.integers(0, 2**63 - 1),
     "cache_state": st.sampled_from(["cold", "warm"]),
     "device": st.sampled_from(["cpu", "cuda", "cuda:1"]),
+    "kv_fill": st.sampled_from(["random", "zeros"]),
+    "timed_region": st.one_of(st.sampled_from(["layer", "attention"]),
+                              st.lists(st.sampled_from(["layer", "attention"]), min_size=1, max_size=2)),
     "model": st.fixed_dictionaries({}, optional={"num_layers": st.integers(1, 4), "head_dim": st.sampled_from([64, 128]),
                                                  "num_q_heads": st.sampled_from([8, 16]),
                                                  "dtype": st.sampled_from(["bfloat16", "float16"])}),
@@ -137,7 +140,9 @@ def test_valid_studies_load(doc: dict[str, Any]) -> None:
             fields = load_study_file(path)
         except StudyError as exc:
             # the generator may combine what the study refuses by design, nothing else
-            assert "decode_vs_prefill mode already sweeps" in str(exc) or "is not used by template" in str(exc), exc
+            assert any(refusal in str(exc) for refusal in ("decode_vs_prefill mode already sweeps",
+                                                           "decode_vs_prefill mode compares whole layer steps",
+                                                           "is not used by template")), exc
             return
         study = build_study(fields, {})
         if "batch_specs" in doc and "batch_spec_ranges" not in doc:

@@ -208,10 +208,10 @@ def recorded_gpu(loaded: Any) -> str | None:
     machine_info, so its records tell: the one GPU model its timed records name, or "none (CPU)" for CPU rows."""
     if loaded.machine_info is not None:
         return gpu_name(loaded.machine_info)
-    names = {r.case_record.gpu.name for r in loaded.results if r.case_record is not None and r.case_record.gpu}
+    names = {r.record.gpu.name for r in loaded.results if r.record is not None and r.record.gpu}
     if len(names) == 1:
         return str(names.pop())
-    devices = {str(r.device or "").split(":")[0] for r in loaded.results}
+    devices = {str(r.key.device or "").split(":")[0] for r in loaded.results}
     return "none (CPU)" if loaded.kind == "journal" and devices == {"cpu"} else None
 
 
