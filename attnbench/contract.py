@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from grammar import BatchRequest
 
 
+# What one timed call can be: "layer", vLLM's layer step (cache write + attention, MLA projections included),
+# or "attention", the backend's attention call alone on a cache the step already wrote. Adapters build both.
+TIMED_REGIONS = ("layer", "attention")
+
+
 class SkipCase(Exception):
     """The case cannot run here; the message is the reason (hardware, memory, unsupported knob)."""
 

@@ -70,6 +70,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from attnbench.contract import TIMED_REGIONS
 from attnbench.shapes import AttentionShape, MLAShape, Shape
 from grammar import BatchRequest
 
@@ -78,7 +79,6 @@ MLA_PATHS = ("decode", "prefill")
 CACHE_WRITE = "cache_write"
 ATTENTION = "attention"  # a standard backend's one attention kernel for the whole batch
 # What the timer covered: the whole layer step, or the backend's attention call alone (see the docstring).
-TIMED_REGIONS = ("layer", "attention")
 # The kernel groups a call can run, one after another: each pipeline's in its own order (the sequential
 # floor, a sum, does not depend on the order of the pipelines).
 KERNEL_GROUPS = (CACHE_WRITE, ATTENTION, "decode_q_absorb", "decode_attention", "decode_v_up", "prefill_kv_up",

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from attnbench import backends as registry
+from attnbench.contract import TIMED_REGIONS
 from attnbench.shapes import DTYPES
 from grammar import BatchSpecError, parse_batch_spec
 
@@ -180,7 +181,6 @@ def _device(v: str) -> str:
     return v
 
 
-TIMED_REGIONS = ("layer", "attention")
 KV_FILLS = ("random", "zeros")
 
 
