@@ -8,6 +8,7 @@ config key is a ``pytest.UsageError`` (exit code 4) with one line naming it.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -94,6 +95,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "requires_vllm: needs vLLM installed")
     config.addinivalue_line("markers", "requires_capability(min, max): needs an SM capability in [min, max]")
     _check_session_options(config)
+    _check_foreign_numbers(config)
     try:
         config.stash[STUDY_KEY] = resolve_study(config)
     except StudyError as exc:
@@ -103,6 +105,31 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[ERRORS_KEY] = []
     config.stash[NOTES_KEY] = repeated_options(config)
     config.stash[UNUSED_KEY] = {}
+
+
+# Numeric options of pytest-benchmark and pytest-xdist: they convert with int()/float(), which read "٣" as 3 and
+# take "nan"; the text as given is checked here (ASCII digits, finite), as the option table checks its own.
+FOREIGN_NUMBERS = ("--benchmark-min-rounds", "--benchmark-min-time", "--benchmark-max-time",
+                   "--benchmark-warmup-iterations", "--benchmark-calibration-precision", "--max-worker-restart",
+                   "--maxprocesses", "-n", "--numprocesses")
+_FOREIGN_NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?|\.[0-9]+([eE][+-]?[0-9]+)?", re.ASCII)
+_XDIST_WORDS = ("auto", "logical")  # -n auto / -n logical
+
+
+def _check_foreign_numbers(config: pytest.Config) -> None:
+    args = [str(a) for a in config.invocation_params.args]
+    for i, arg in enumerate(args):
+        for flag in FOREIGN_NUMBERS:
+            if arg == flag and i + 1 < len(args):
+                value = args[i + 1]
+            elif arg.startswith(flag + "="):
+                value = arg[len(flag) + 1:]
+            elif flag == "-n" and arg.startswith("-n") and len(arg) > 2 and not arg.startswith("--"):
+                value = arg[2:]
+            else:
+                continue
+            if not (_FOREIGN_NUMBER.fullmatch(value) or (flag in ("-n", "--numprocesses") and value in _XDIST_WORDS)):
+                raise pytest.UsageError(f"{flag}: must be a finite number in ASCII digits, got {value!r}")
 
 
 def check_benchmark_storage(config: pytest.Config) -> None:

@@ -17,6 +17,7 @@ import yaml
 from attnbench import options
 from attnbench.exports import ResultsFileError, load_results
 from attnbench.reporting import plots, verdicts
+from attnbench.plugin import FOREIGN_NUMBERS
 from attnbench.study import Study, StudyError, build_study, load_study_file
 from grammar import BatchSpecError, parse_batch_spec
 
@@ -65,6 +66,16 @@ def test_every_numeric_option_takes_finite_ascii_digits(opt, text) -> None:
         return
     with pytest.raises(StudyError, match=rf"^{opt.flags[0]}: must be"):
         build_study(None, _cli(opt, value))
+
+
+@pytest.mark.parametrize("flag, text", [(f, "٣") for f in FOREIGN_NUMBERS]
+                         + [("--benchmark-min-time", "nan"), ("--benchmark-max-time", "inf")])
+def test_numbers_of_pytest_benchmark_and_xdist_options_are_checked_too(tmp_path, flag, text) -> None:
+    # int("٣") == 3 and float("nan") inside those plugins: the text as given is checked at configure (an int
+    # option given "nan" is refused by argparse itself)
+    spelled = [f"{flag}={text}"] if flag.startswith("--") else [flag, text]
+    proc = run_pytest(str(ROOT / "bench_attention"), *CPU, "--collect-only", *spelled, cwd=tmp_path)
+    assert_one_line_usage_error(proc, flag, repr(text))
 
 
 @pytest.mark.parametrize("opt", [o for o in NUMBER_ROWS if o.kind is int], ids=lambda o: o.flags[0])
