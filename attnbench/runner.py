@@ -125,16 +125,8 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
         if not verification.passed:
             raise VerificationFailed(f"{case.backend.name} {case.batch_spec}: output does not match REFERENCE: "
                                  f"{verification.summary()}")
-        monitor = clocks.monitor_for(device) if time_it and device.type == "cuda" else None
         if time_it:
-            before = monitor.sample() if monitor else None
-            t = timing.measure([layer.run for layer in layers], device=device, repeats=case.run.repeats,
-                               warmup_iters=case.run.warmup_iters, min_rounds=case.run.min_rounds,
-                               noise_target=case.run.noise_target, cache_state=case.run.cache_state,
-                               buffer_sets=sets, working_set_bytes=n_buffers * adapter.bytes_per_layer,
-                               context=adapter.context, sample=monitor.sample if monitor else None)
-            after = monitor.sample() if monitor else None
-            clock_part = clocks.summarize(before, t.round_samples, after, monitor.max_sm_mhz) if monitor else None
+            t, clock_part = _time(layers, adapter, case, device, sets)
         else:
             t = timing.Timing([], "none", 0, 0, "not-timed", case.run.cache_state, sets,
                               n_buffers * adapter.bytes_per_layer, l2)
@@ -166,6 +158,21 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
                           gpu=hardware.gpu_identity(device), clocks=clock_part)
     finally:
         adapter.close()
+
+
+def _time(layers: list[LayerCall], adapter: CaseAdapter, case: BenchCase, device: torch.device,
+          sets: int) -> tuple[timing.Timing, Clocks | None]:
+    """The one timer over every layer buffer, with the GPU's clocks read before, during each round and after."""
+    monitor = clocks.monitor_for(device) if device.type == "cuda" else None
+    before = monitor.sample() if monitor else None
+    t = timing.measure([layer.run for layer in layers], device=device, repeats=case.run.repeats,
+                       warmup_iters=case.run.warmup_iters, min_rounds=case.run.min_rounds,
+                       noise_target=case.run.noise_target, cache_state=case.run.cache_state, buffer_sets=sets,
+                       working_set_bytes=len(layers) * adapter.bytes_per_layer, context=adapter.context,
+                       sample=monitor.sample if monitor else None)
+    if monitor is None:
+        return t, None
+    return t, clocks.summarize(before, t.round_samples, monitor.sample(), monitor.max_sm_mhz)
 
 
 class _PhaseClock:
