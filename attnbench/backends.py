@@ -52,8 +52,9 @@ BACKENDS: tuple[BackendInfo, ...] = (
     BackendInfo("FLASH_ATTN", "attention", _VLLM_ATTENTION, aliases=("flash", "flash_attn", "fa"),
                 min_capability=(8, 0), note="FlashAttention 3 on SM90"),
     BackendInfo("TRITON_ATTN", "attention", _VLLM_ATTENTION, aliases=("triton", "triton_attn")),
+    # vLLM 0.26.0's FlashInferBackend.supports_compute_capability: SM80-SM121 (SM75 held back, FlashInfer #3620)
     BackendInfo("FLASHINFER", "attention", _VLLM_ATTENTION, aliases=("flashinfer",),
-                min_capability=(7, 5)),
+                min_capability=(8, 0), max_capability=(12, 1)),
     BackendInfo("REFERENCE", "mla", "attnbench.adapters.reference:make_mla_adapter",
                 aliases=("reference", "ref"), needs_vllm=False, needs_cuda=False,
                 note="latent up-projected with kv_b_proj, then exact attention in plain torch"),

@@ -21,7 +21,7 @@ import torch
 from attnbench.backends import VLLM_VERSION
 from attnbench.contract import SkipCase
 from attnbench.shapes import AttentionShape, MLAShape
-from attnbench.workload import BatchLayout, build_layout, resolve_device, scheduler_order
+from attnbench.workload import BatchLayout, build_layout, resolve_device, scheduler_order, torch_dtype
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1"}
@@ -89,8 +89,7 @@ def make_vllm_config(backend_name: str, model_dir: Path, shape: AttentionShape |
     model_config = ModelConfig(model=str(model_dir), tokenizer=str(model_dir), skip_tokenizer_init=True,
                                trust_remote_code=False, dtype=shape.dtype, seed=0,
                                max_model_len=limits["max_model_len"])
-    cache_config = CacheConfig(block_size=shape.block_size,
-                               cache_dtype=shape.kv_cache_dtype if shape.kv_cache_dtype != "bfloat16" else "auto")
+    cache_config = CacheConfig(block_size=shape.block_size, cache_dtype=cache_dtype(shape))
     return VllmConfig(
         model_config=model_config,
         cache_config=cache_config,
@@ -102,6 +101,25 @@ def make_vllm_config(backend_name: str, model_dir: Path, shape: AttentionShape |
         # use_trtllm_attention=False: otherwise FlashInfer probes NVIDIA's artifactory over the network
         attention_config=AttentionConfig(backend=AttentionBackendEnum[backend_name], use_trtllm_attention=False),
     )
+
+
+def cache_dtype(shape: AttentionShape | MLAShape) -> str:
+    """The KV-cache dtype as vLLM's CacheConfig spells it ("auto": the model dtype)."""
+    return shape.kv_cache_dtype if shape.kv_cache_dtype != "bfloat16" else "auto"
+
+
+def support_problems(backend_cls: Any, shape: AttentionShape | MLAShape, device: torch.device) -> list[str]:
+    """What vLLM itself says against running this shape on this GPU with this backend: the answer of the backend
+    class's ``validate_configuration`` (capability, dtypes, head and block size, MLA, combination), as vLLM's
+    own backend selection asks it. Empty: vLLM has nothing against it."""
+    from vllm.platforms.interface import DeviceCapability
+    from vllm.v1.attention.selector import AttentionSelectorConfig
+
+    capability = DeviceCapability(*torch.cuda.get_device_capability(device))
+    config = AttentionSelectorConfig(head_size=shape.head_dim, dtype=torch_dtype(shape.dtype),
+                                     kv_cache_dtype=cache_dtype(shape), block_size=shape.block_size,
+                                     use_mla=isinstance(shape, MLAShape))
+    return list(backend_cls.validate_configuration(device_capability=capability, **config._asdict()))
 
 
 def common_metadata(layout: BatchLayout) -> Any:
@@ -226,7 +244,15 @@ class VllmLayerAdapter:
             raise
 
     def _check_support(self) -> None:
+        """Skip with vLLM's own answer: the backend class decides, the registry's table only gates collection."""
         shape, cls, name = self.shape, self.backend_cls, self.case.backend.name
+        if hasattr(cls, "validate_configuration"):
+            problems = support_problems(cls, shape, self.device)
+            if problems:
+                raise SkipCase(f"{name} in vLLM {VLLM_VERSION}: {', '.join(problems)} (head_size={shape.head_dim}, "
+                               f"dtype={shape.dtype}, kv_cache_dtype={cache_dtype(shape)}, "
+                               f"block_size={shape.block_size}, SM{''.join(map(str, torch.cuda.get_device_capability(self.device)))})")
+            return
         if hasattr(cls, "supports_head_size") and not cls.supports_head_size(shape.head_dim):
             raise SkipCase(f"{name} does not support head size {shape.head_dim} in vLLM {VLLM_VERSION}")
         if hasattr(cls, "supports_block_size") and not cls.supports_block_size(shape.block_size):
