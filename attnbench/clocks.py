@@ -1,7 +1,8 @@
 """SM clock, power, temperature and throttle reasons while a case is timed (NVML, by GPU UUID).
 
-Kernel time follows the clocks, and the clocks follow power and temperature: zero-filled K/V draw
-less power than random data and run compute-bound kernels ~16 % faster on an H200. So every timed
+Kernel time follows the clocks, and the clocks follow power and temperature (on the H200, MLA steps at
+~400-490 W ran power-capped at 1725-1965 MHz; zero-filled K/V drew less power, and FA3 q8k ran 9 % faster
+on it although NVML read the same 1935-1980 MHz). So every timed
 case samples NVML before timing, once per timed round (while the round runs on the GPU) and after,
 and a case whose rounds ran with a throttle reason set (power cap, thermal or hardware slowdown;
 as nvbench flags them) says so in its record, its table row and its verdict.

@@ -40,6 +40,18 @@ class LayerCall:
     prepare: Callable[[], Any] = lambda: None
 
 
+def region_call(region: str, write: Callable[[], Any], attend: Callable[[], Any], result: Callable[[], "torch.Tensor"],
+                oracle: Callable[[], "torch.Tensor"], check_cache: Callable[[], str | None]) -> LayerCall:
+    """A layer whose step is ``write`` then ``attend``, timed as ``region`` says: the whole step, or ``attend``
+    alone after one ``write`` (prepare)."""
+    if region == "layer":
+        def step() -> None:
+            write()
+            attend()
+        return LayerCall(step, result, oracle, check_cache)
+    return LayerCall(attend, result, oracle, check_cache, prepare=write)
+
+
 class CaseAdapter(Protocol):
     """What an adapter builds for one case. ``info`` says which path vLLM took (the kernel path)."""
 

@@ -200,26 +200,22 @@ def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup:
         mode = "cuda-graph" if graph is not None else "cuda-events"
 
         readings: list[Any] = []
-        timed = False  # warm-up rounds are not sampled
 
         def one_round() -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             run()
             end.record()
-            if sample is not None and timed:
+            if sample is not None:
                 readings.append(sample())  # the replay is queued: this reads the clocks while it runs
             end.synchronize()
             return start.elapsed_time(end) / 1e3 / calls
 
         warmup = warmup_rounds_for(rotation_s * inner, warmup)
-        for _ in range(warmup):
-            one_round()
-        timed = True
-        samples, stopped = _run_rounds(one_round, repeats, 0, min_rounds, noise_target)
+        samples, stopped = _run_rounds(one_round, repeats, warmup, min_rounds, noise_target)
     return Timing(samples, mode, calls, warmup, stopped, capture_error=capture_error,
-                  estimated_call_s=rotation_s / len(steps), round_target_s=ROUND_TARGET_S, round_samples=readings,
-                  **common)
+                  estimated_call_s=rotation_s / len(steps), round_target_s=ROUND_TARGET_S,
+                  round_samples=readings[warmup:], **common)  # the timed rounds' readings only
 
 
 # Kernel names by role, for the attention kernel's share of a step (matched case-insensitively).

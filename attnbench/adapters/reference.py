@@ -15,7 +15,7 @@ import torch
 from attnbench import layers
 from attnbench.oracle import paged_attention, write_kv
 from attnbench.cases import BenchCase
-from attnbench.contract import LayerCall
+from attnbench.contract import LayerCall, region_call
 from attnbench.shapes import AttentionShape, MLAShape
 from attnbench.workload import build_layout, resolve_device
 
@@ -58,14 +58,8 @@ class ReferenceAttentionAdapter:
             buf.output.copy_(paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
                                                        layout.query_lens, layout.kv_lens, scale))
 
-        def step() -> None:
-            write()
-            attend()
-
-        layer_region = self.case.timed_region == "layer"
-        return LayerCall(step if layer_region else attend, lambda: buf.output,
-                         layers.attention_oracle(buf, layout, scale), layers.attention_cache_check(buf, layout),
-                         prepare=(lambda: None) if layer_region else write)
+        return region_call(self.case.timed_region, write, attend, lambda: buf.output,
+                           layers.attention_oracle(buf, layout, scale), layers.attention_cache_check(buf, layout))
 
     def context(self) -> ContextManager[Any]:
         return nullcontext()
@@ -108,13 +102,8 @@ class ReferenceMLAAdapter:
         def attend() -> None:
             buf.output.copy_(oracle())
 
-        def step() -> None:
-            write()
-            attend()
-
-        layer_region = self.case.timed_region == "layer"
-        return LayerCall(step if layer_region else attend, lambda: buf.output, oracle,
-                         layers.mla_cache_check(buf, layout), prepare=(lambda: None) if layer_region else write)
+        return region_call(self.case.timed_region, write, attend, lambda: buf.output, oracle,
+                           layers.mla_cache_check(buf, layout))
 
     def context(self) -> ContextManager[Any]:
         return nullcontext()
