@@ -7,6 +7,12 @@ from typing import Any
 
 DTYPES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
+# KV-cache dtypes as vLLM's CacheConfig spells them. "auto" stores the model dtype; the fp8 ones store one byte
+# per element with one per-tensor scale per layer for K and one for V (MLA: one for the latent), which the
+# layer owns (_k_scale, _v_scale). "fp8" is e4m3 on CUDA.
+QUANTIZED_KV_CACHE_DTYPES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
+KV_CACHE_DTYPES = ("auto", *DTYPES, *QUANTIZED_KV_CACHE_DTYPES)
+
 
 class ShapeError(ValueError):
     """An impossible or inconsistent shape."""
@@ -29,6 +35,15 @@ class AttentionShape:
     @property
     def elem_bytes(self) -> int:
         return DTYPES[self.dtype]
+
+    @property
+    def kv_quantized(self) -> bool:
+        return self.kv_cache_dtype in QUANTIZED_KV_CACHE_DTYPES
+
+    @property
+    def kv_elem_bytes(self) -> int:
+        """Bytes of one stored KV-cache element (the model dtype's, or one for fp8)."""
+        return QUANTIZED_KV_CACHE_DTYPES.get(self.kv_cache_dtype, self.elem_bytes)
 
     @property
     def qk_head_dim(self) -> int:
@@ -70,6 +85,15 @@ class MLAShape:
     @property
     def elem_bytes(self) -> int:
         return DTYPES[self.dtype]
+
+    @property
+    def kv_quantized(self) -> bool:
+        return self.kv_cache_dtype in QUANTIZED_KV_CACHE_DTYPES
+
+    @property
+    def kv_elem_bytes(self) -> int:
+        """Bytes of one stored KV-cache element (the model dtype's, or one for fp8)."""
+        return QUANTIZED_KV_CACHE_DTYPES.get(self.kv_cache_dtype, self.elem_bytes)
 
     @property
     def head_dim(self) -> int:
@@ -146,8 +170,10 @@ def _positive(shape: Any, names: tuple[str, ...]) -> None:
 def _check_dtypes(shape: Any) -> None:
     if shape.dtype not in DTYPES:
         raise ShapeError(f"dtype={shape.dtype!r} must be one of {', '.join(DTYPES)}")
-    # A quantised cache needs an fp8 allocation, a dequantising oracle and looser tolerances: until
-    # the suite has those, refuse it rather than record "fp8" over a bf16 run.
-    if shape.kv_cache_dtype not in ("auto", shape.dtype):
-        raise ShapeError(f"kv_cache_dtype={shape.kv_cache_dtype!r}: only 'auto' (the cache in the model dtype, "
-                         f"{shape.dtype}) is implemented; quantised KV caches are not yet")
+    if shape.kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ShapeError(f"kv_cache_dtype={shape.kv_cache_dtype!r} must be one of {', '.join(KV_CACHE_DTYPES)}")
+    # an unquantised cache in another float dtype than the model's is a conversion no vLLM backend makes
+    if shape.kv_cache_dtype in DTYPES and shape.kv_cache_dtype != shape.dtype:
+        raise ShapeError(f"kv_cache_dtype={shape.kv_cache_dtype!r} differs from dtype={shape.dtype!r}: an "
+                         f"unquantised cache holds the model dtype ('auto'); quantised: "
+                         f"{', '.join(QUANTIZED_KV_CACHE_DTYPES)}")

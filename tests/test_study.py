@@ -397,9 +397,18 @@ def test_only_real_integer_dimensions_can_be_swept():
         build_study(None, {"sweep_param": "head_dimm", "sweep_values": ["1"]})
 
 
-def test_quantised_kv_cache_is_refused_until_implemented():
-    study = build_study(None, {"model": {"kv_cache_dtype": "fp8"}})
-    with pytest.raises(StudyError, match="kv_cache_dtype='fp8'.*not yet"):
+@pytest.mark.parametrize("name", ["fp8", "fp8_e4m3", "fp8_e5m2", "auto", "bfloat16"])
+def test_kv_cache_dtypes_vllm_spells_are_accepted(name):
+    study = build_study(None, {"model": {"kv_cache_dtype": name}})
+    check_shape(study, "attention")
+    check_shape(study, "mla")
+
+
+@pytest.mark.parametrize("name, message", [("fp9", "kv_cache_dtype='fp9' must be one of auto"),
+                                           ("float16", "kv_cache_dtype='float16' differs from dtype='bfloat16'")])
+def test_unknown_or_converting_kv_cache_dtype_is_refused(name, message):
+    study = build_study(None, {"model": {"kv_cache_dtype": name}})
+    with pytest.raises(StudyError, match=message):
         check_shape(study, "attention")
 
 
