@@ -55,6 +55,11 @@ BACKENDS: tuple[BackendInfo, ...] = (
     # vLLM 0.26.0's FlashInferBackend.supports_compute_capability: SM80-SM121 (SM75 held back, FlashInfer #3620)
     BackendInfo("FLASHINFER", "attention", _VLLM_ATTENTION, aliases=("flashinfer",),
                 min_capability=(8, 0), max_capability=(12, 1)),
+    BackendInfo("FLEX_ATTENTION", "attention", _VLLM_ATTENTION, aliases=("flex", "flex_attention"),
+                note="torch's flex_attention (compiled by torch on the first call)"),
+    # HpcAttentionBackend imports the separate 'hpc' package: without it a case skips naming it
+    BackendInfo("HPC_ATTN", "attention", _VLLM_ATTENTION, aliases=("hpc", "hpc_attn"), min_capability=(9, 0),
+                note="needs the 'hpc' kernel package"),
     BackendInfo("REFERENCE", "mla", "attnbench.adapters.reference:make_mla_adapter",
                 aliases=("reference", "ref"), needs_vllm=False, needs_cuda=False,
                 note="latent up-projected with kv_b_proj, then exact attention in plain torch"),

@@ -38,18 +38,21 @@ class LayerCall:
     # brings the buffers to the state ``run`` expects, once before the first call: for the attention
     # region, one layer step writes the new tokens into the cache (and MLA absorbs the decode rows' q)
     prepare: Callable[[], Any] = lambda: None
+    # a quantised cache only: exact attention over the K/V before quantisation (the accuracy cost's reference)
+    unquantized_oracle: Callable[[], "torch.Tensor"] | None = None
 
 
 def region_call(region: str, write: Callable[[], Any], attend: Callable[[], Any], result: Callable[[], "torch.Tensor"],
-                oracle: Callable[[], "torch.Tensor"], check_cache: Callable[[], str | None]) -> LayerCall:
+                oracle: Callable[[], "torch.Tensor"], check_cache: Callable[[], str | None],
+                unquantized_oracle: Callable[[], "torch.Tensor"] | None = None) -> LayerCall:
     """A layer whose step is ``write`` then ``attend``, timed as ``region`` says: the whole step, or ``attend``
     alone after one ``write`` (prepare)."""
     if region == "layer":
         def step() -> None:
             write()
             attend()
-        return LayerCall(step, result, oracle, check_cache)
-    return LayerCall(attend, result, oracle, check_cache, prepare=write)
+        return LayerCall(step, result, oracle, check_cache, unquantized_oracle=unquantized_oracle)
+    return LayerCall(attend, result, oracle, check_cache, prepare=write, unquantized_oracle=unquantized_oracle)
 
 
 class CaseAdapter(Protocol):
@@ -58,6 +61,8 @@ class CaseAdapter(Protocol):
     info: dict[str, Any]
     bytes_per_layer: int  # one layer's buffers (cache, inputs, outputs) that a call touches
     mla_paths: list[str] | None  # per request: "decode" or "prefill" (MLA only)
+    # the attention kernel reads q as fp8 (vLLM quantises it with the layer's _q_scale for a quantised cache)
+    quantized_query: bool
     # per request, which attention kernel runs it where a standard backend splits them (FlashInfer); None: one
     attention_paths: list[str] | None
     requests: list["BatchRequest"]  # in execution order

@@ -13,12 +13,17 @@ from typing import Callable
 
 import torch
 
-from attnbench.oracle import mla_attention, paged_attention
+from attnbench.kv_cache import KVCacheFormat, cache_format, gather_rows
+from attnbench.oracle import mla_attention, paged_attention, write_kv
 from attnbench.shapes import AttentionShape, MLAShape
 from attnbench.workload import BatchLayout, fill_random_, generator, random_tensor, torch_dtype
 
-# (raw cache tensor the backend reads, logical key view, logical value view), views [NB, BS, Hkv, D]
+# (raw cache tensor the backend reads, logical key view, logical value view), views [NB, BS, Hkv, D] of the
+# elements the kernel reads (the model dtype, or float8 for a quantised cache)
 AttentionCache = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+# vLLM's own scale calculation for a quantised cache (the layer's calc_kv_scales on the step's inputs):
+# q, k, v (MLA: q, kv_c, k_pe) -> (k_scale, v_scale) as the layer holds them afterwards
+Calibrate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[float, float]]
 
 
 @dataclass
@@ -27,21 +32,28 @@ class AttentionBuffers:
     key: torch.Tensor  # [T, Hkv, D]: the new tokens' keys, written into the cache by the step
     value: torch.Tensor
     kv_cache: torch.Tensor  # the backend's own physical cache tensor
-    key_cache: torch.Tensor  # logical view [NB, BS, Hkv, D] of kv_cache
+    key_cache: torch.Tensor  # logical view [NB, BS, Hkv, D] of kv_cache, as the kernel's elements
     value_cache: torch.Tensor
     output: torch.Tensor  # [T, Hq, D]
+    kv_format: KVCacheFormat
+    k_scale: float = 1.0  # the layer's per-tensor scales (1.0 for an unquantised cache)
+    v_scale: float = 1.0
+    # a quantised cache's context as the model dtype held it before it was stored (key, value), regenerated from
+    # the seed on demand: what the accuracy cost of quantising is measured against
+    unquantized_context: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def plain_attention_cache(layout: BatchLayout, shape: AttentionShape, device: torch.device) -> AttentionCache:
+    fmt = cache_format(shape)
     kv = torch.empty(2, layout.num_blocks, layout.block_size, shape.num_kv_heads, shape.head_dim,
-                     dtype=torch_dtype(shape.dtype), device=device)
-    return kv, kv[0], kv[1]
+                     dtype=fmt.storage, device=device)
+    return kv, fmt.elements(kv[0]), fmt.elements(kv[1])
 
 
 def attention_buffer_bytes(layout: BatchLayout, shape: AttentionShape) -> int:
-    e, t = shape.elem_bytes, layout.num_tokens
+    e, c, t = shape.elem_bytes, shape.kv_elem_bytes, layout.num_tokens
     cache = 2 * layout.num_blocks * layout.block_size * shape.num_kv_heads * shape.head_dim
-    return e * (cache + 2 * t * shape.num_q_heads * shape.head_dim + 2 * t * shape.num_kv_heads * shape.head_dim)
+    return c * cache + e * (2 * t * shape.num_q_heads * shape.head_dim + 2 * t * shape.num_kv_heads * shape.head_dim)
 
 
 def kv_data(kv_fill: str, tensor_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
@@ -59,35 +71,83 @@ def fill_kv_(tensor: torch.Tensor, kv_fill: str, gen: torch.Generator) -> torch.
 
 
 def make_attention_buffers(layout: BatchLayout, shape: AttentionShape, device: torch.device, seed: int,
-                           allocate_cache: Callable[[], AttentionCache], kv_fill: str = "random") -> AttentionBuffers:
+                           allocate_cache: Callable[[], AttentionCache], kv_fill: str = "random",
+                           calibrate: Calibrate | None = None) -> AttentionBuffers:
+    """Seeded buffers of one layer. A quantised cache needs ``calibrate``: its scales come from the step's own
+    inputs (as vLLM's calc_kv_scales takes them), and the context is stored with them."""
     gen = generator(device, seed)
     dt = torch_dtype(shape.dtype)
     t = layout.num_tokens
+    fmt = cache_format(shape)
     kv_cache, key_cache, value_cache = allocate_cache()
-    fill_kv_(key_cache, kv_fill, gen)
-    fill_kv_(value_cache, kv_fill, gen)
+    # the context values come first in the seeded stream; a quantised cache stores them once its scales are known
+    if fmt.quantized:
+        key_context = kv_data(kv_fill, tuple(key_cache.shape), dt, device, gen)
+        value_context = kv_data(kv_fill, tuple(value_cache.shape), dt, device, gen)
+    else:
+        fill_kv_(key_cache, kv_fill, gen)
+        fill_kv_(value_cache, kv_fill, gen)
     out = torch.full((t, shape.num_q_heads, shape.head_dim), float("nan"), dtype=dt, device=device)  # poisoned
-    return AttentionBuffers(
+    buf = AttentionBuffers(
         query=random_tensor((t, shape.num_q_heads, shape.head_dim), dt, device, gen),
         key=kv_data(kv_fill, (t, shape.num_kv_heads, shape.head_dim), dt, device, gen),
         value=kv_data(kv_fill, (t, shape.num_kv_heads, shape.head_dim), dt, device, gen),
-        kv_cache=kv_cache, key_cache=key_cache, value_cache=value_cache, output=out)
+        kv_cache=kv_cache, key_cache=key_cache, value_cache=value_cache, output=out, kv_format=fmt)
+    if fmt.quantized:
+        if calibrate is None:
+            raise ValueError(f"kv_cache_dtype={fmt.name} needs the layer's scales (calibrate)")
+        buf.k_scale, buf.v_scale = calibrate(buf.query, buf.key, buf.value)
+        fmt.encode_(key_cache, key_context, buf.k_scale)
+        fmt.encode_(value_cache, value_context, buf.v_scale)
+
+        def unquantized_context() -> tuple[torch.Tensor, torch.Tensor]:
+            again = generator(device, seed)  # the same first draws as above
+            return (kv_data(kv_fill, tuple(key_cache.shape), dt, device, again),
+                    kv_data(kv_fill, tuple(value_cache.shape), dt, device, again))
+        buf.unquantized_context = unquantized_context
+    return buf
 
 
 def attention_oracle(buf: AttentionBuffers, layout: BatchLayout, scale: float) -> Callable[[], torch.Tensor]:
     def oracle() -> torch.Tensor:
         return paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
-                                         layout.query_lens, layout.kv_lens, scale)
+                               layout.query_lens, layout.kv_lens, scale, buf.k_scale, buf.v_scale)
     return oracle
 
 
+def unquantized_attention_oracle(buf: AttentionBuffers, layout: BatchLayout, scale: float
+                                 ) -> Callable[[], torch.Tensor] | None:
+    """Exact attention over the K/V a quantised cache was made from (context and new tokens in the model dtype):
+    the backend's output against it is the accuracy cost of the quantised cache. None for an unquantised one."""
+    if buf.unquantized_context is None:
+        return None
+    context = buf.unquantized_context
+
+    def oracle() -> torch.Tensor:
+        key, value = context()
+        write_kv(key, layout.slot_mapping, buf.key)
+        write_kv(value, layout.slot_mapping, buf.value)
+        return paged_attention(buf.query, key, value, layout.block_table, layout.query_lens, layout.kv_lens, scale)
+    return oracle
+
+
+def stored_mismatch(fmt: KVCacheFormat, stored: torch.Tensor, new: torch.Tensor, scale: float) -> torch.Tensor:
+    """Per row of ``stored`` (the cache at the new tokens' slots): True where it is not ``new`` as the cache
+    write stores it: exactly, for the model dtype; within one fp8 rounding step, for a quantised cache."""
+    if not fmt.quantized:
+        return (stored != new).flatten(1).any(dim=1)
+    rel, absolute = fmt.rounding(scale)
+    expected = new.float()
+    return ((fmt.decode(stored, scale) - expected).abs() > rel * expected.abs() + absolute).flatten(1).any(dim=1)
+
+
 def attention_cache_check(buf: AttentionBuffers, layout: BatchLayout) -> Callable[[], str | None]:
-    """After a step: every new token's K/V must sit at its slot (exact: the cache has the model dtype)."""
+    """After a step: every new token's K/V must sit at its slot, as the cache write stores it."""
     def check() -> str | None:
-        flat_k = buf.key_cache.reshape(-1, *buf.key_cache.shape[2:])
-        flat_v = buf.value_cache.reshape(-1, *buf.value_cache.shape[2:])
-        for name, flat, new in (("key", flat_k, buf.key), ("value", flat_v, buf.value)):
-            bad = (flat.index_select(0, layout.slot_mapping) != new).flatten(1).any(dim=1)
+        for name, cache, new, scale in (("key", buf.key_cache, buf.key, buf.k_scale),
+                                        ("value", buf.value_cache, buf.value, buf.v_scale)):
+            flat = cache.reshape(-1, *cache.shape[2:])
+            bad = stored_mismatch(buf.kv_format, gather_rows(flat, layout.slot_mapping), new, scale)
             if bool(bad.any()):
                 return f"{int(bad.sum())} of {bad.numel()} new {name} entries not at their slots"
         return None
@@ -99,14 +159,17 @@ class MLABuffers:
     q: torch.Tensor  # [T, H, nope + rope]: the layer's query before absorption
     kv_c: torch.Tensor  # [T, kv_lora_rank]: new tokens' normalised latent
     k_pe: torch.Tensor  # [T, rope]: new tokens' rotary key part
-    kv_cache: torch.Tensor  # the backend's latent cache [NB, BS, rank + rope]
+    kv_cache: torch.Tensor  # the backend's latent cache [NB, BS, rank + rope], as the kernel's elements
     output: torch.Tensor  # [T, H * v_head_dim]
+    kv_format: KVCacheFormat
+    kv_scale: float = 1.0  # the layer's _k_scale: latent and rope parts of a quantised cache share it
+    unquantized_context: Callable[[], torch.Tensor] | None = None  # see AttentionBuffers
 
 
 def mla_buffer_bytes(layout: BatchLayout, shape: MLAShape) -> int:
-    e, t = shape.elem_bytes, layout.num_tokens
+    e, c, t = shape.elem_bytes, shape.kv_elem_bytes, layout.num_tokens
     cache = layout.num_blocks * layout.block_size * shape.head_dim
-    return e * (cache + t * shape.num_q_heads * (shape.qk_head_dim + shape.v_head_dim) + t * shape.head_dim)
+    return c * cache + e * (t * shape.num_q_heads * (shape.qk_head_dim + shape.v_head_dim) + t * shape.head_dim)
 
 
 def make_kv_b_proj_weight(shape: MLAShape, device: torch.device, seed: int) -> torch.Tensor:
@@ -118,19 +181,38 @@ def make_kv_b_proj_weight(shape: MLAShape, device: torch.device, seed: int) -> t
 
 
 def make_mla_buffers(layout: BatchLayout, shape: MLAShape, device: torch.device, seed: int,
-                     kv_cache: torch.Tensor | None = None, kv_fill: str = "random") -> MLABuffers:
+                     kv_cache: torch.Tensor | None = None, kv_fill: str = "random",
+                     calibrate: Calibrate | None = None) -> MLABuffers:
+    """Seeded buffers of one MLA layer; ``kv_cache`` is the backend's (stored) latent cache, or a plain one.
+    A quantised cache needs ``calibrate`` (see make_attention_buffers); its first scale is the latent's."""
     gen = generator(device, seed)
     dt = torch_dtype(shape.dtype)
     t = layout.num_tokens
+    fmt = cache_format(shape)
     if kv_cache is None:
-        kv_cache = torch.empty(layout.num_blocks, layout.block_size, shape.head_dim, dtype=dt, device=device)
-    fill_kv_(kv_cache, kv_fill, gen)
+        kv_cache = torch.empty(layout.num_blocks, layout.block_size, shape.head_dim, dtype=fmt.storage,
+                               device=device)
+    kv_cache = fmt.elements(kv_cache)
+    if fmt.quantized:
+        context = kv_data(kv_fill, tuple(kv_cache.shape), dt, device, gen)
+    else:
+        fill_kv_(kv_cache, kv_fill, gen)
     out = torch.full((t, shape.num_q_heads * shape.v_head_dim), float("nan"), dtype=dt, device=device)
-    return MLABuffers(
+    buf = MLABuffers(
         q=random_tensor((t, shape.num_q_heads, shape.qk_head_dim), dt, device, gen),
         kv_c=kv_data(kv_fill, (t, shape.kv_lora_rank), dt, device, gen),
         k_pe=kv_data(kv_fill, (t, shape.qk_rope_head_dim), dt, device, gen),
-        kv_cache=kv_cache, output=out)
+        kv_cache=kv_cache, output=out, kv_format=fmt)
+    if fmt.quantized:
+        if calibrate is None:
+            raise ValueError(f"kv_cache_dtype={fmt.name} needs the layer's scale (calibrate)")
+        buf.kv_scale, _ = calibrate(buf.q, buf.kv_c, buf.k_pe)
+        fmt.encode_(kv_cache, context, buf.kv_scale)
+
+        def unquantized_context() -> torch.Tensor:
+            return kv_data(kv_fill, tuple(kv_cache.shape), dt, device, generator(device, seed))
+        buf.unquantized_context = unquantized_context
+    return buf
 
 
 def mla_scale(shape: MLAShape) -> float:
@@ -141,8 +223,24 @@ def mla_oracle(buf: MLABuffers, layout: BatchLayout, shape: MLAShape, kv_b_proj_
                ) -> Callable[[], torch.Tensor]:
     def oracle() -> torch.Tensor:
         out = mla_attention(buf.q, buf.kv_cache, kv_b_proj_weight, layout.block_table, layout.query_lens,
-                                      layout.kv_lens, shape.kv_lora_rank, shape.qk_nope_head_dim,
-                                      shape.v_head_dim, mla_scale(shape))
+                            layout.kv_lens, shape.kv_lora_rank, shape.qk_nope_head_dim,
+                            shape.v_head_dim, mla_scale(shape), buf.kv_scale)
+        return out.reshape(out.shape[0], -1)
+    return oracle
+
+
+def unquantized_mla_oracle(buf: MLABuffers, layout: BatchLayout, shape: MLAShape, kv_b_proj_weight: torch.Tensor
+                           ) -> Callable[[], torch.Tensor] | None:
+    """MLA's ``unquantized_attention_oracle``."""
+    if buf.unquantized_context is None:
+        return None
+    context = buf.unquantized_context
+
+    def oracle() -> torch.Tensor:
+        latent = context()
+        write_kv(latent, layout.slot_mapping, torch.cat([buf.kv_c, buf.k_pe], dim=-1))
+        out = mla_attention(buf.q, latent, kv_b_proj_weight, layout.block_table, layout.query_lens, layout.kv_lens,
+                            shape.kv_lora_rank, shape.qk_nope_head_dim, shape.v_head_dim, mla_scale(shape))
         return out.reshape(out.shape[0], -1)
     return oracle
 
@@ -151,7 +249,7 @@ def mla_cache_check(buf: MLABuffers, layout: BatchLayout) -> Callable[[], str | 
     def check() -> str | None:
         flat = buf.kv_cache.reshape(-1, buf.kv_cache.shape[-1])
         new = torch.cat([buf.kv_c, buf.k_pe], dim=-1)
-        bad = (flat.index_select(0, layout.slot_mapping) != new).any(dim=1)
+        bad = stored_mismatch(buf.kv_format, gather_rows(flat, layout.slot_mapping), new, buf.kv_scale)
         if bool(bad.any()):
             return f"{int(bad.sum())} of {bad.numel()} new latent entries not at their slots"
         return None

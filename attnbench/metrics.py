@@ -81,8 +81,10 @@ ATTENTION = "attention"  # a standard backend's one attention kernel for the who
 # What the timer covered: the whole layer step, or the backend's attention call alone (see the docstring).
 # The kernel groups a call can run, one after another: each pipeline's in its own order (the sequential
 # floor, a sum, does not depend on the order of the pipelines).
-KERNEL_GROUPS = (CACHE_WRITE, ATTENTION, "decode_q_absorb", "decode_attention", "decode_v_up", "prefill_kv_up",
-                 "prefill_attention")
+QUERY_QUANT = "query_quant"  # the layer's fp8 quantisation of q before a quantised-cache attention kernel
+KERNEL_GROUPS = (CACHE_WRITE, QUERY_QUANT, ATTENTION, "decode_q_absorb", "decode_q_quant", "decode_attention",
+                 "decode_v_up", "prefill_kv_up", "prefill_attention")
+FP8_BYTES = 1
 # The per-phase bound label lists phases in batch order (vLLM's builders put decodes first).
 LABEL_ORDER = ("decode", "extend", "prefill")
 _SHORT_BOUND = {"memory": "mem", "compute": "comp"}
@@ -132,49 +134,60 @@ def _check_region(timed_region: str) -> None:
 
 
 def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
-                   attention_path: str | None = None, *, timed_region: str = "layer") -> dict[str, Work]:
+                   attention_path: str | None = None, *, timed_region: str = "layer",
+                   quantized_query: bool = False) -> dict[str, Work]:
     """One request's activation work (no weights: see ``weight_groups``) split over the kernel groups that run
     it; the groups sum to ``request_work``. The attention group carries the pairs, the request and its tokens.
 
     For MLA, ``mla_path`` is "decode" (MQA over the latent) or "prefill" (MHA); None means
     ``default_mla_path``. For standard attention, ``attention_path`` ("decode" / "prefill") names the
     attention kernel of a backend that runs decode and prefill rows as separate kernels; None means one
-    kernel for the whole batch. ``timed_region``: "layer" or "attention" (``TIMED_REGIONS``)."""
+    kernel for the whole batch. ``timed_region``: "layer" or "attention" (``TIMED_REGIONS``).
+
+    The cache's bytes are its stored elements' (``shape.kv_elem_bytes``: one for fp8). ``quantized_query``: the
+    attention kernel reads q as fp8, which the layer step quantises first (its own group, or for MLA decode
+    the absorbed q's concat-and-quantise); the attention region finds it quantised."""
     _check_region(timed_region)
     layer = timed_region == "layer"
-    e = shape.elem_bytes
+    e, c = shape.elem_bytes, shape.kv_elem_bytes
+    qe = FP8_BYTES if quantized_query else e
     pairs = attended_pairs(req.q_len, req.kv_len)
     kv_read = _paged(req.kv_len, shape.block_size)
     t = req.q_len
     if isinstance(shape, AttentionShape):
         d, hq, hkv = shape.head_dim, shape.num_q_heads, shape.num_kv_heads
         # new K/V read from the layer and written to the cache; impl.forward alone finds them in the cache
-        groups = {CACHE_WRITE: Work(bytes=e * t * hkv * 2 * d * 2)} if layer else {}
+        groups = {CACHE_WRITE: Work(bytes=(e + c) * t * hkv * 2 * d)} if layer else {}
+        if layer and quantized_query:
+            groups[QUERY_QUANT] = Work(bytes=(e + qe) * t * hq * d)
         return groups | {
             _attention_group(attention_path): Work(
                 pairs, 2 * hq * (d + d) * pairs,
-                e * (t * hq * d  # Q
-                     + kv_read * hkv * 2 * d  # K and V (the new tokens' included), once per KV head, whole pages
-                     + t * hq * d),  # O
+                qe * t * hq * d  # Q
+                + c * kv_read * hkv * 2 * d  # K and V (the new tokens' included), once per KV head, whole pages
+                + e * t * hq * d,  # O
                 1, t)}
     assert isinstance(shape, MLAShape)
     hq, latent, rank = shape.num_q_heads, shape.head_dim, shape.kv_lora_rank
     nope, rope, qk, v = shape.qk_nope_head_dim, shape.qk_rope_head_dim, shape.qk_head_dim, shape.v_head_dim
     # kv_c + k_pe of the new tokens: read from the layer, written to the latent cache
-    groups = {CACHE_WRITE: Work(bytes=e * t * latent * 2)} if layer else {}
+    groups = {CACHE_WRITE: Work(bytes=(e + c) * t * latent)} if layer else {}
     path = _resolve_path(req, mla_path)
     if path == "decode" and not layer:
         # forward_mqa alone: the absorbed q (rank + rope per head) in, the latent output (rank per head) out
         groups["decode_attention"] = Work(pairs, 2 * hq * (latent + rank) * pairs,
-                                          e * (t * hq * latent + kv_read * latent + t * hq * rank), 1, t)
+                                          qe * t * hq * latent + c * kv_read * latent + e * t * hq * rank, 1, t)
     elif path == "decode":
         absorb = 2 * t * hq * nope * rank  # q_nope [T,Hq,nope] x W_UK [Hq,nope,rank]
         v_up = 2 * t * hq * rank * v  # latent out [T,Hq,rank] x W_UV [Hq,rank,v]
         groups["decode_q_absorb"] = Work(flops=absorb, bytes=e * t * hq * nope, projection_flops=absorb)
+        q_pe = e * t * hq * rope
+        if quantized_query:  # absorbed q_nope and q_pe concatenated into one fp8 q (read: q_pe; the rest is L2's)
+            groups["decode_q_quant"] = Work(bytes=q_pe)
         # MQA over the latent: scores over rank + rope, values over the rank-wide latent; it reads q_pe and the
         # whole kv (the new tokens were just written) from the cache. Absorbed q and latent out are intermediates.
         groups["decode_attention"] = Work(pairs, 2 * hq * (latent + rank) * pairs,
-                                          e * (t * hq * rope + kv_read * latent), 1, t)
+                                          (0 if quantized_query else q_pe) + c * kv_read * latent, 1, t)
         groups["decode_v_up"] = Work(flops=v_up, bytes=e * t * hq * v, projection_flops=v_up)  # writes the output
     else:
         # kv_b_proj up-projects every new and cached latent; only the context (kv - q, whole pages) is read
@@ -183,19 +196,20 @@ def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
         context = _paged(req.kv_len - t, shape.block_size)
         # forward_mha alone reads the new latents as its inputs (in the layer step the cache write did)
         new_latents = 0 if layer else t * latent
-        groups["prefill_kv_up"] = Work(flops=up, bytes=e * (new_latents + context * latent), projection_flops=up)
+        groups["prefill_kv_up"] = Work(flops=up, bytes=e * new_latents + c * context * latent, projection_flops=up)
         # MHA over qk / v: reads q (nope + rope per head), writes the output
         groups["prefill_attention"] = Work(pairs, 2 * hq * (qk + v) * pairs, e * (t * hq * qk + t * hq * v), 1, t)
     return groups
 
 
 def request_work(req: BatchRequest, shape: Shape, mla_path: str | None = None, *,
-                 timed_region: str = "layer") -> Work:
+                 timed_region: str = "layer", quantized_query: bool = False) -> Work:
     """Activation work of one request (no weights: see ``weight_work``): the sum of its ``request_groups``.
 
     For MLA, ``mla_path`` is "decode" (MQA over the latent) or "prefill" (MHA); None means
     ``default_mla_path``."""
-    return sum(request_groups(req, shape, mla_path, timed_region=timed_region).values(), Work())
+    return sum(request_groups(req, shape, mla_path, timed_region=timed_region,
+                              quantized_query=quantized_query).values(), Work())
 
 
 def weight_groups(shape: Shape, mla_path: str, *, timed_region: str = "layer") -> dict[str, Work]:
@@ -238,13 +252,14 @@ def _resolve_path(req: BatchRequest, mla_path: str | None) -> str:
 
 
 def phase_work(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Sequence[str] | None = None, *,
-               timed_region: str = "layer") -> dict[str, Work]:
+               timed_region: str = "layer", quantized_query: bool = False) -> dict[str, Work]:
     """Work per phase (prefill / extend / decode) and ``total``; MLA weights once per pipeline used."""
     out = {p: Work() for p in PHASES}
     phases_on: dict[str, list[str]] = {}  # MLA pipeline -> the phases whose requests run on it
     for i, req in enumerate(requests):
         path = mla_paths[i] if mla_paths else None
-        out[req.kind] = out[req.kind] + request_work(req, shape, path, timed_region=timed_region)
+        out[req.kind] = out[req.kind] + request_work(req, shape, path, timed_region=timed_region,
+                                                     quantized_query=quantized_query)
         if isinstance(shape, MLAShape):
             phases_on.setdefault(_resolve_path(req, path), []).append(req.kind)
     for pipeline, kinds in phases_on.items():
@@ -256,7 +271,8 @@ def phase_work(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Sequen
 
 
 def kernel_groups(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Sequence[str] | None = None,
-                  attention_paths: Sequence[str] | None = None, *, timed_region: str = "layer") -> dict[str, Work]:
+                  attention_paths: Sequence[str] | None = None, *, timed_region: str = "layer",
+                  quantized_query: bool = False) -> dict[str, Work]:
     """Work per kernel group (``KERNEL_GROUPS`` order, empty groups left out): the partition of the call's
     work over the kernels that run one after another. MLA weights go to the GEMMs of each pipeline used.
 
@@ -268,7 +284,8 @@ def kernel_groups(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Seq
     for i, req in enumerate(requests):
         path = mla_paths[i] if mla_paths else None
         attention_path = attention_paths[i] if attention_paths else None
-        for group, w in request_groups(req, shape, path, attention_path, timed_region=timed_region).items():
+        for group, w in request_groups(req, shape, path, attention_path, timed_region=timed_region,
+                                       quantized_query=quantized_query).items():
             out[group] = out[group] + w
         if isinstance(shape, MLAShape):
             pipelines.add(_resolve_path(req, path))
@@ -310,7 +327,8 @@ def bound_label(phases: Mapping[str, Work], peak_flops: float | None, peak_bytes
 
 def summarize(requests: Sequence[BatchRequest], shape: Shape, seconds: float,
               peaks: dict[str, Any] | None = None, mla_paths: Sequence[str] | None = None, *,
-              attention_paths: Sequence[str] | None = None, timed_region: str = "layer") -> dict[str, Any]:
+              attention_paths: Sequence[str] | None = None, timed_region: str = "layer",
+              quantized_query: bool = False) -> dict[str, Any]:
     """Metrics for ``extra_info``: FLOPs, bytes, rates, both floors, % of measured peak, bound per phase and
     per kernel group.
 
@@ -324,8 +342,9 @@ def summarize(requests: Sequence[BatchRequest], shape: Shape, seconds: float,
     pf, pb = peaks.get("peak_bf16_tflops"), peaks.get("peak_copy_gbps")
     pf = pf * 1e12 if pf else None
     pb = pb * 1e9 if pb else None
-    phases = phase_work(requests, shape, mla_paths, timed_region=timed_region)
-    groups = kernel_groups(requests, shape, mla_paths, attention_paths, timed_region=timed_region)
+    phases = phase_work(requests, shape, mla_paths, timed_region=timed_region, quantized_query=quantized_query)
+    groups = kernel_groups(requests, shape, mla_paths, attention_paths, timed_region=timed_region,
+                           quantized_query=quantized_query)
     total = phases["total"]
     out: dict[str, Any] = {
         "timed_region": timed_region,

@@ -13,12 +13,14 @@ from typing import Sequence
 
 import torch
 
+from attnbench.kv_cache import gather_rows
+
 
 def gather_sequence(cache: torch.Tensor, block_table_row: torch.Tensor, kv_len: int) -> torch.Tensor:
     """The first ``kv_len`` token entries of one request, read block by block from ``cache``."""
     block_size = cache.shape[1]
     n_blocks = -(-kv_len // block_size)
-    blocks = cache.index_select(0, block_table_row[:n_blocks].long())
+    blocks = gather_rows(cache, block_table_row[:n_blocks].long())
     return blocks.reshape(n_blocks * block_size, *cache.shape[2:])[:kv_len]
 
 
@@ -39,15 +41,17 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> 
 
 def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                     block_table: torch.Tensor, query_lens: Sequence[int], kv_lens: Sequence[int],
-                    scale: float) -> torch.Tensor:
-    """GQA attention of ``query`` [T, Hq, D] over paged K/V caches; returns float32 [T, Hq, Dv]."""
+                    scale: float, k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
+    """GQA attention of ``query`` [T, Hq, D] over paged K/V caches; returns float32 [T, Hq, Dv].
+
+    The caches may hold fp8 elements: they are read as stored, times ``k_scale`` / ``v_scale``."""
     num_q_heads, num_kv_heads = query.shape[1], key_cache.shape[2]
     group = num_q_heads // num_kv_heads
     out = torch.empty(query.shape[0], num_q_heads, value_cache.shape[-1], dtype=torch.float32, device=query.device)
     start = 0
     for i, (q_len, kv_len) in enumerate(zip(query_lens, kv_lens)):
-        k = gather_sequence(key_cache, block_table[i], kv_len).repeat_interleave(group, dim=1)
-        v = gather_sequence(value_cache, block_table[i], kv_len).repeat_interleave(group, dim=1)
+        k = (gather_sequence(key_cache, block_table[i], kv_len).float() * k_scale).repeat_interleave(group, dim=1)
+        v = (gather_sequence(value_cache, block_table[i], kv_len).float() * v_scale).repeat_interleave(group, dim=1)
         out[start:start + q_len] = _attend(query[start:start + q_len], k, v, scale)
         start += q_len
     return out
@@ -55,17 +59,19 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
 
 def mla_attention(query: torch.Tensor, latent_cache: torch.Tensor, kv_b_proj_weight: torch.Tensor,
                   block_table: torch.Tensor, query_lens: Sequence[int], kv_lens: Sequence[int],
-                  kv_lora_rank: int, qk_nope_head_dim: int, v_head_dim: int, scale: float) -> torch.Tensor:
+                  kv_lora_rank: int, qk_nope_head_dim: int, v_head_dim: int, scale: float,
+                  kv_scale: float = 1.0) -> torch.Tensor:
     """MLA as standard attention: ``query`` [T, H, nope+rope] over the latent cache [NB, BS, rank+rope].
 
     ``kv_b_proj_weight`` is [H * (nope + v), rank] (a torch Linear weight). Returns float32 [T, H, v].
+    An fp8 latent cache is read as stored, times ``kv_scale`` (vLLM's one _k_scale for latent and rope).
     """
     num_heads = query.shape[1]
     w = kv_b_proj_weight.float()
     out = torch.empty(query.shape[0], num_heads, v_head_dim, dtype=torch.float32, device=query.device)
     start = 0
     for i, (q_len, kv_len) in enumerate(zip(query_lens, kv_lens)):
-        latent = gather_sequence(latent_cache, block_table[i], kv_len).float()
+        latent = gather_sequence(latent_cache, block_table[i], kv_len).float() * kv_scale
         kv_c, k_pe = latent[:, :kv_lora_rank], latent[:, kv_lora_rank:]
         kv = (kv_c @ w.t()).view(kv_len, num_heads, qk_nope_head_dim + v_head_dim)
         k_nope, v = kv.split([qk_nope_head_dim, v_head_dim], dim=-1)

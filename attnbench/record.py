@@ -244,7 +244,8 @@ class Verification:
                                        "ref_abs_max": "number", "nonfinite": "int", "first_nonfinite": "ints",
                                        "cache_problem": "str", "rel_tol": "number", "abs_tol": "number",
                                        "reason": "str", "first_call_s": "number", "worst_requests": "ints",
-                                       "worst_request_rel_errors": "numbers", "after_timing": "object"}
+                                       "worst_request_rel_errors": "numbers", "after_timing": "object",
+                                       "unquantized_rel_error": "number"}
     status: str  # "passed", "failed" or "oracle" (this is the reference)
     rel_error: float | None = None
     max_abs_error: float | None = None
@@ -262,6 +263,9 @@ class Verification:
     # the outputs the last timed round (graph replay) left, checked against the REFERENCE again:
     # {"status", "buffers_checked", "buffers", "rel_error" (worst), "worst_request_rel_error", "reason"?}
     after_timing: Mapping[str, Any] | None = None
+    # a quantised KV cache only: the output's relative L2 error against exact attention over the K/V before
+    # quantisation, the accuracy cost of the cache format (the gate above compares with the stored values)
+    unquantized_rel_error: float | None = None
 
     @property
     def passed(self) -> bool:

@@ -19,7 +19,7 @@ from attnbench import clocks, hardware, metrics, timing
 from attnbench.cases import BenchCase
 from attnbench.contract import CaseAdapter, LayerCall, SkipCase, load_adapter
 from attnbench.record import CaseRecord, Clocks, GpuIdentity, HostSeconds, Memory, TimingSummary, Work
-from attnbench.verify import Verification, compare
+from attnbench.verify import Verification, compare, relative_l2
 from attnbench.workload import layout_size, resolve_device
 
 
@@ -147,7 +147,8 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
             memory["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
         peaks = hardware.device_peaks(device)
         mets = metrics.summarize(adapter.requests, shape, t.median if t.samples else 0.0, peaks, adapter.mla_paths,
-                                 attention_paths=adapter.attention_paths, timed_region=case.timed_region)
+                                 attention_paths=adapter.attention_paths, timed_region=case.timed_region,
+                                 quantized_query=adapter.quantized_query)
         mets["peaks"] = peaks
         if kernels is not None:
             mets["kernels"] = kernels
@@ -201,8 +202,13 @@ def _verify(layer: LayerCall, case: BenchCase, rows: list[int], prepare_s: float
     first_call_s = time.perf_counter() - start + prepare_s  # the attention region's JIT runs in prepare
     cache_problem = layer.check_cache()
     expected = layer.oracle()
-    return compare(output, expected, cache_problem=cache_problem, dtype=case.effective_shape.dtype,
-                   first_call_s=first_call_s, request_rows=rows), expected
+    shape = case.effective_shape
+    verification = compare(output, expected, cache_problem=cache_problem, dtype=shape.dtype,
+                           kv_cache_dtype=shape.kv_cache_dtype, first_call_s=first_call_s, request_rows=rows)
+    if layer.unquantized_oracle is not None:  # a quantised cache: what quantising it costs in accuracy
+        verification = dataclasses.replace(verification,
+                                           unquantized_rel_error=relative_l2(output, layer.unquantized_oracle()))
+    return verification, expected
 
 
 # The check after timing recomputes the REFERENCE of every buffer set but the first while this stays small:
@@ -225,13 +231,14 @@ def _verify_after_timing(layers: list[LayerCall], expected: torch.Tensor, case: 
     """Check the outputs the last timed round (the graph's last replay) left against the REFERENCE: the replay
     computes what was verified eagerly. Buffer 0 reuses the eager check's REFERENCE output."""
     checked = sets_to_check_after_timing(case, len(layers))
-    dtype = case.effective_shape.dtype
+    dtype, kv_cache_dtype = case.effective_shape.dtype, case.effective_shape.kv_cache_dtype
     worst: Verification | None = None
     failed: tuple[int, Verification] | None = None
     for index in range(checked):
         layer = layers[index]
         output = layer.result()
-        v = compare(output, expected if index == 0 else layer.oracle(), dtype=dtype, request_rows=rows)
+        v = compare(output, expected if index == 0 else layer.oracle(), dtype=dtype, kv_cache_dtype=kv_cache_dtype,
+                    request_rows=rows)
         if worst is None or v.rel_error > worst.rel_error:
             worst = v
         if not v.passed and failed is None:

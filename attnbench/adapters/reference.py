@@ -13,7 +13,8 @@ from typing import Any, ContextManager
 import torch
 
 from attnbench import layers
-from attnbench.oracle import paged_attention, write_kv
+from attnbench.kv_cache import KVCacheFormat
+from attnbench.oracle import paged_attention
 from attnbench.cases import BenchCase
 from attnbench.contract import LayerCall, region_call
 from attnbench.shapes import AttentionShape, MLAShape
@@ -21,11 +22,29 @@ from attnbench.workload import build_layout, resolve_device
 
 TIMED_REGION = {"layer": "cache write + attention (plain torch, float32 math)",
                 "attention": "attention over the already written cache (plain torch, float32 math)"}
+# The ranges vLLM's calc_kv_scales divides |max| by (envs K_SCALE_CONSTANT, V_SCALE_CONSTANT defaults): the
+# REFERENCE has no vLLM layer, so it calibrates an fp8 cache the way that layer would.
+K_RANGE, V_RANGE = 200.0, 100.0
+
+
+def calibrate_like_vllm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[float, float]:
+    return float(k.abs().max()) / K_RANGE or 1.0, float(v.abs().max()) / V_RANGE or 1.0
+
+
+def write_stored(fmt: KVCacheFormat, cache: torch.Tensor, slot_mapping: torch.Tensor, new: torch.Tensor,
+                 scale: float) -> None:
+    """Scatter new entries into a [num_blocks, block_size, ...] cache at their slots, stored as ``fmt`` stores."""
+    flat = cache.view(-1, *cache.shape[2:])
+    stored = torch.empty_like(flat[:new.shape[0]])
+    fmt.encode_(stored, new, scale)
+    raw = (lambda t: t.view(torch.uint8)) if fmt.quantized else (lambda t: t)
+    raw(flat).index_copy_(0, slot_mapping, raw(stored))
 
 
 class ReferenceAttentionAdapter:
     mla_paths = None
     attention_paths = None
+    quantized_query = False
 
     def __init__(self, case: BenchCase) -> None:
         shape = case.effective_shape
@@ -47,19 +66,20 @@ class ReferenceAttentionAdapter:
         layout, shape = self.layout, self.shape
         buf = layers.make_attention_buffers(layout, shape, self.device, self.case.run.seed + 1 + index,
                                             lambda: layers.plain_attention_cache(layout, shape, self.device),
-                                            self.case.run.kv_fill)
+                                            self.case.run.kv_fill, calibrate_like_vllm)
         scale = shape.head_dim ** -0.5
 
         def write() -> None:
-            write_kv(buf.key_cache, layout.slot_mapping, buf.key)
-            write_kv(buf.value_cache, layout.slot_mapping, buf.value)
+            write_stored(buf.kv_format, buf.key_cache, layout.slot_mapping, buf.key, buf.k_scale)
+            write_stored(buf.kv_format, buf.value_cache, layout.slot_mapping, buf.value, buf.v_scale)
 
         def attend() -> None:
             buf.output.copy_(paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
-                                                       layout.query_lens, layout.kv_lens, scale))
+                                             layout.query_lens, layout.kv_lens, scale, buf.k_scale, buf.v_scale))
 
         return region_call(self.case.timed_region, write, attend, lambda: buf.output,
-                           layers.attention_oracle(buf, layout, scale), layers.attention_cache_check(buf, layout))
+                           layers.attention_oracle(buf, layout, scale), layers.attention_cache_check(buf, layout),
+                           layers.unquantized_attention_oracle(buf, layout, scale))
 
     def context(self) -> ContextManager[Any]:
         return nullcontext()
@@ -70,6 +90,7 @@ class ReferenceAttentionAdapter:
 
 class ReferenceMLAAdapter:
     attention_paths = None
+    quantized_query = False
 
     def __init__(self, case: BenchCase) -> None:
         shape = case.effective_shape
@@ -92,18 +113,21 @@ class ReferenceMLAAdapter:
     def make_layer(self, index: int) -> LayerCall:
         layout, shape = self.layout, self.shape
         seed = self.case.run.seed + 1 + index
-        buf = layers.make_mla_buffers(layout, shape, self.device, seed, kv_fill=self.case.run.kv_fill)
+        buf = layers.make_mla_buffers(layout, shape, self.device, seed, kv_fill=self.case.run.kv_fill,
+                                      calibrate=calibrate_like_vllm)
         weight = layers.make_kv_b_proj_weight(shape, self.device, seed + 10_000)
         oracle = layers.mla_oracle(buf, layout, shape, weight)
 
         def write() -> None:
-            write_kv(buf.kv_cache, layout.slot_mapping, torch.cat([buf.kv_c, buf.k_pe], dim=-1))
+            write_stored(buf.kv_format, buf.kv_cache, layout.slot_mapping, torch.cat([buf.kv_c, buf.k_pe], dim=-1),
+                         buf.kv_scale)
 
         def attend() -> None:
             buf.output.copy_(oracle())
 
         return region_call(self.case.timed_region, write, attend, lambda: buf.output, oracle,
-                           layers.mla_cache_check(buf, layout))
+                           layers.mla_cache_check(buf, layout),
+                           layers.unquantized_mla_oracle(buf, layout, shape, weight))
 
     def context(self) -> ContextManager[Any]:
         return nullcontext()

@@ -20,6 +20,7 @@ from attnbench import layers
 from attnbench.adapters import vllm_common
 from attnbench.cases import BenchCase
 from attnbench.contract import LayerCall
+from attnbench.kv_cache import cache_format
 from attnbench.workload import torch_dtype
 
 DRIVEN_THROUGH = "vllm Attention layer forward under set_forward_context (do_kv_cache_update, then impl.forward)"
@@ -46,6 +47,8 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
 
     def _after_build(self) -> None:
         self.bytes_per_layer = layers.attention_buffer_bytes(self.layout, self.shape)
+        # a quantised cache: the layer quantises q with its _q_scale where the kernel takes fp8 q (FA3)
+        self.quantized_query = self.layers[0].query_quant is not None
         if self.case.backend.name == "FLASHINFER":  # separate decode and prefill wrappers, decodes first
             n_dec = int(getattr(self.metadata, "num_decodes", 0) or 0)
             self.attention_paths = ["decode"] * n_dec + ["prefill"] * (len(self.requests) - n_dec)
@@ -55,6 +58,10 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
         if self.case.timed_region == "attention" and self.backend_cls.forward_includes_kv_cache_update:
             region += " (this backend's forward writes the cache itself)"
         info: dict[str, Any] = {"driven_through": DRIVEN_THROUGH, "timed_region": region}
+        if self.shape.kv_quantized:
+            info["kv_cache_dtype"] = self.shape.kv_cache_dtype
+            info["quantized_query"] = self.quantized_query
+            info["kv_scales"] = "the layer's calc_kv_scales on the step's inputs (|max| / K_SCALE_CONSTANT, ...)"
         describe = KERNEL_PATH.get(self.case.backend.name)
         if describe is not None:
             info.update(describe(self.metadata, self.layers[0].impl, self.layout))
@@ -67,34 +74,49 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
     def _make_layer(self, index: int) -> LayerCall:
         shape, layout, layer = self.shape, self.layout, self.layers[index]
 
+        fmt = cache_format(shape)
+
         def allocate() -> layers.AttentionCache:
+            # as vLLM allocates it: raw bytes for a quantised cache, which the backend views as fp8
             kv = vllm_common.allocate_kv_cache(self.backend_cls, layout.num_blocks, layout.block_size,
-                                               shape.num_kv_heads, shape.head_dim, torch_dtype(shape.dtype),
-                                               self.device)
+                                               shape.num_kv_heads, shape.head_dim, fmt.storage, self.device,
+                                               vllm_common.cache_dtype(shape))
             key_view, value_view = logical_views(kv, shape.head_dim)
-            return kv, key_view, value_view
+            return kv, fmt.elements(key_view), fmt.elements(value_view)
 
         buf = layers.make_attention_buffers(layout, shape, self.device, self.case.run.seed + 1 + index, allocate,
-                                            self.case.run.kv_fill)
+                                            self.case.run.kv_fill, lambda q, k, v: vllm_common.calibrated_scales(
+                                                layer, q, k, v))
         layer.kv_cache = buf.kv_cache
         last: dict[str, torch.Tensor] = {}
+        tokens = layout.num_tokens
 
-        def step() -> None:
-            last["out"] = layer.forward(buf.query, buf.key, buf.value)
+        def step() -> None:  # 2-D q/k/v, as a model's qkv projection hands them over
+            last["out"] = layer.forward(buf.query.view(tokens, -1), buf.key.view(tokens, -1),
+                                        buf.value.view(tokens, -1))
 
         oracle = layers.attention_oracle(buf, layout, shape.head_dim ** -0.5)
+        unquantized = layers.unquantized_attention_oracle(buf, layout, shape.head_dim ** -0.5)
         check = layers.attention_cache_check(buf, layout)
         if self.case.timed_region == "layer":
-            return LayerCall(step, lambda: last["out"], oracle, check)
-        # the attention call as unified_attention_with_output makes it: 3-D q/k/v, the layer's cache and the
-        # builder's metadata, into a preallocated output
+            return LayerCall(step, lambda: last["out"], oracle, check, unquantized_oracle=unquantized)
+        # the attention call as unified_attention_with_output makes it: 3-D q/k/v (q quantised as the layer
+        # quantises it), the layer's cache and the builder's metadata, into a preallocated output
         out = torch.empty_like(buf.query)
         impl, metadata = layer.impl, self.metadata
+        query: dict[str, torch.Tensor] = {}
+
+        def prepare() -> None:
+            step()
+            q = buf.query
+            if layer.query_quant is not None:
+                q = layer.query_quant(q.view(tokens, -1), layer._q_scale)[0].view(q.shape)
+            query["q"] = q
 
         def attend() -> None:
-            impl.forward(layer, buf.query, buf.key, buf.value, buf.kv_cache, metadata, output=out)
+            impl.forward(layer, query["q"], buf.key, buf.value, buf.kv_cache, metadata, output=out)
 
-        return LayerCall(attend, lambda: out, oracle, check, prepare=step)
+        return LayerCall(attend, lambda: out, oracle, check, prepare=prepare, unquantized_oracle=unquantized)
 
 
 def _flash_attn_path(md: Any, impl: Any, layout: Any) -> dict[str, Any]:

@@ -168,6 +168,15 @@ def restored_global_state() -> Iterator[None]:
         torch.set_default_dtype(default_dtype)
 
 
+def calibrated_scales(layer: Any, *inputs: torch.Tensor) -> tuple[float, float]:
+    """vLLM's own scales for a quantised cache: the layer's ``calc_kv_scales`` on the step's inputs (what
+    ``calculate_kv_scales`` does at the first forward), read back as the layer holds them. All-zero inputs
+    (kv_fill=zeros) keep the default 1.0: |max| / range would be a zero scale."""
+    if any(bool(t.abs().amax() > 0) for t in inputs[1:]):
+        layer.calc_kv_scales(*inputs)
+    return float(layer._k_scale_float), float(layer._v_scale_float)
+
+
 def init_workspace(device: torch.device) -> None:
     from vllm.v1.worker.workspace import init_workspace_manager, is_workspace_manager_initialized
 
@@ -225,6 +234,7 @@ class VllmLayerAdapter:
 
     mla_paths: list[str] | None = None
     attention_paths: list[str] | None = None
+    quantized_query = False  # set per layer kind once the first layer exists
 
     def __init__(self, case: Any) -> None:
         prepare_environment()
@@ -239,6 +249,10 @@ class VllmLayerAdapter:
         self._state.enter_context(restored_global_state())
         try:
             self._build()
+        except ModuleNotFoundError as exc:  # a backend whose kernels live in a separate package (HPC_ATTN: hpc)
+            self.close()
+            raise SkipCase(f"{case.backend.name} needs the Python package {exc.name!r}, which is not installed "
+                           f"here ({exc})") from None
         except BaseException:
             self.close()  # never leak global state or temp folders into the next case
             raise

@@ -22,6 +22,7 @@ from attnbench.adapters import vllm_common
 from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD
 from attnbench.cases import BenchCase
 from attnbench.contract import LayerCall, SkipCase
+from attnbench.kv_cache import cache_format
 from attnbench.workload import torch_dtype
 
 DRIVEN_THROUGH = "vllm MLAAttention layer forward under set_forward_context"
@@ -79,6 +80,8 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
         n_dec = int(self.metadata.num_decodes or 0)
         self.mla_paths = ["decode"] * n_dec + ["prefill"] * (len(self.requests) - n_dec)
         self.bytes_per_layer = layers.mla_buffer_bytes(self.layout, self.shape)
+        # forward_impl concatenates and quantises the absorbed decode q with _q_scale where the kernel takes fp8
+        self.quantized_query = self.shape.kv_quantized and bool(self.layers[0].impl.supports_quant_query_input)
 
     def _describe(self) -> dict[str, Any]:
         md, layer = self.metadata, self.layers[0]
@@ -95,6 +98,10 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
             info["decode_max_num_splits"] = getattr(decode, "max_num_splits", None)
         if NUM_KV_SPLITS in self.case.backend_params:
             info["num_kv_splits"] = self.case.backend_params[NUM_KV_SPLITS]
+        if self.shape.kv_quantized:
+            info["kv_cache_dtype"] = self.shape.kv_cache_dtype
+            info["quantized_query"] = self.quantized_query
+            info["kv_scales"] = "the layer's calc_kv_scales on the step's inputs (|max kv_c| / K_SCALE_CONSTANT)"
         info["kernel_path"] = f"{type(layer.impl).__name__}.forward_mqa x{info['num_decodes']} requests" + (
             f" + {info['prefill_backend']}.forward_mha x{info['num_prefills']}" if info["num_prefills"] else "")
         return info
@@ -106,11 +113,15 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
 
     def _make_layer(self, index: int) -> LayerCall:
         shape, layout, layer = self.shape, self.layout, self.layers[index]
+        # as vLLM allocates it: raw bytes for a quantised cache, which forward_impl views as fp8
         cache = vllm_common.allocate_kv_cache(self.backend_cls, layout.num_blocks, layout.block_size, 1,
-                                              shape.head_dim, torch_dtype(shape.dtype), self.device)
+                                              shape.head_dim, cache_format(shape).storage, self.device,
+                                              vllm_common.cache_dtype(shape))
         buf = layers.make_mla_buffers(layout, shape, self.device, self.case.run.seed + 1 + index, kv_cache=cache,
-                                      kv_fill=self.case.run.kv_fill)
-        layer.kv_cache = buf.kv_cache
+                                      kv_fill=self.case.run.kv_fill,
+                                      calibrate=lambda q, kv_c, k_pe: vllm_common.calibrated_scales(
+                                          layer, q, kv_c, k_pe))
+        layer.kv_cache = cache
         k_pe = buf.k_pe.unsqueeze(1)  # the model passes k_pe as [T, 1, rope]
         out_shape = torch.Size((layout.num_tokens, shape.num_q_heads * shape.v_head_dim))
         last: dict[str, torch.Tensor] = {}
@@ -119,10 +130,13 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
             last["out"] = layer.forward(buf.q, buf.kv_c, k_pe, output_shape=out_shape)
 
         oracle = layers.mla_oracle(buf, layout, shape, layer.kv_b_proj.weight)
+        unquantized = layers.unquantized_mla_oracle(buf, layout, shape, layer.kv_b_proj.weight)
         check = layers.mla_cache_check(buf, layout)
         if self.case.timed_region == "layer":
-            return LayerCall(step, lambda: last["out"], oracle, check)
-        return self._attention_call(layer, buf, k_pe, step, oracle, check)
+            return LayerCall(step, lambda: last["out"], oracle, check, unquantized_oracle=unquantized)
+        call = self._attention_call(layer, buf, k_pe, step, oracle, check)
+        call.unquantized_oracle = unquantized
+        return call
 
     def _attention_call(self, layer: Any, buf: layers.MLABuffers, k_pe: torch.Tensor, step: Any, oracle: Any,
                         check: Any) -> LayerCall:
@@ -152,7 +166,10 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
             ql_nope = q_nope.new_empty((pad if pad is not None else heads, rows, rank))
             ql_nope.resize_((heads, rows, rank))
             torch.bmm(q_nope, layer.W_UK_T, out=ql_nope)
-            absorbed["q"] = (ql_nope.transpose(0, 1), q_pe)
+            if self.quantized_query:  # one fp8 q, concatenated and quantised with _q_scale as forward_impl does
+                absorbed["q"] = layer._decode_concat_quant_fp8_op(ql_nope.transpose(0, 1), q_pe, layer._q_scale)
+            else:
+                absorbed["q"] = (ql_nope.transpose(0, 1), q_pe)
 
         def attend() -> None:
             if n_dec:

@@ -4,6 +4,9 @@
 rounds run) go wrong in one request, from call ``wrong_from`` on; the check after timing must fail it.
 ``FakeOneWrongRequest``: right everywhere except one request, by a relative error just above
 tolerance; the per-request gate must fail it while the global error passes.
+``FakeQuantised*``: a backend with a per-tensor-scaled fp8 cache, written and read as vLLM's fp8 path
+does (calibrated scales, quantising cache write, dequantising attention), with the kernel bugs a
+quantised path can have: reading the stored elements without their scale, or writing unquantised.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from attnbench import layers
 from attnbench.backends import BackendInfo
 from attnbench.cases import BenchCase
 from attnbench.contract import LayerCall
-from attnbench.oracle import paged_attention, write_kv
+from attnbench.adapters.reference import calibrate_like_vllm, write_stored
+from attnbench.oracle import paged_attention
 from attnbench.workload import build_layout, resolve_device
 
 
@@ -24,6 +28,7 @@ class FakeAttentionAdapter:
 
     mla_paths = None
     attention_paths = None
+    quantized_query = False
 
     def __init__(self, case: BenchCase, wrong_from: int | None, wrong_request: int, factor: float) -> None:
         self.case, self.shape = case, case.effective_shape
@@ -38,25 +43,32 @@ class FakeAttentionAdapter:
     def estimate_bytes(self, num_layer_buffers: int) -> int:
         return num_layer_buffers * self.bytes_per_layer
 
+    ignores_scale = False  # the attention reads fp8 elements without multiplying by k_scale / v_scale
+    writes_unscaled = False  # the cache write stores the values without dividing by the scale
+
     def make_layer(self, index: int) -> LayerCall:
         layout, shape = self.layout, self.shape
         buf = layers.make_attention_buffers(layout, shape, self.device, self.case.run.seed + 1 + index,
-                                            lambda: layers.plain_attention_cache(layout, shape, self.device))
+                                            lambda: layers.plain_attention_cache(layout, shape, self.device),
+                                            calibrate=calibrate_like_vllm)
         scale = shape.head_dim ** -0.5
         start = sum(r.q_len for r in self.requests[:self.wrong_request])
         rows = slice(start, start + self.requests[self.wrong_request].q_len)
+        write_scales = (1.0, 1.0) if self.writes_unscaled else (buf.k_scale, buf.v_scale)
+        read_scales = (1.0, 1.0) if self.ignores_scale else (buf.k_scale, buf.v_scale)
 
         def run() -> None:
-            write_kv(buf.key_cache, layout.slot_mapping, buf.key)
-            write_kv(buf.value_cache, layout.slot_mapping, buf.value)
+            write_stored(buf.kv_format, buf.key_cache, layout.slot_mapping, buf.key, write_scales[0])
+            write_stored(buf.kv_format, buf.value_cache, layout.slot_mapping, buf.value, write_scales[1])
             buf.output.copy_(paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
-                                             layout.query_lens, layout.kv_lens, scale))
+                                             layout.query_lens, layout.kv_lens, scale, *read_scales))
             if self.wrong_from is not None and self.calls >= self.wrong_from:
                 buf.output[rows] *= self.factor
             self.calls += 1
 
         return LayerCall(run, lambda: buf.output, layers.attention_oracle(buf, layout, scale),
-                         layers.attention_cache_check(buf, layout))
+                         layers.attention_cache_check(buf, layout),
+                         unquantized_oracle=layers.unquantized_attention_oracle(buf, layout, scale))
 
     def context(self) -> ContextManager[Any]:
         return nullcontext()
@@ -77,6 +89,18 @@ def make_one_wrong_request(case: BenchCase) -> FakeAttentionAdapter:
 
 def make_honest(case: BenchCase) -> FakeAttentionAdapter:
     return FakeAttentionAdapter(case, wrong_from=None, wrong_request=0, factor=1.0)
+
+
+def make_quantised_ignores_scale(case: BenchCase) -> FakeAttentionAdapter:
+    adapter = FakeAttentionAdapter(case, wrong_from=None, wrong_request=0, factor=1.0)
+    adapter.ignores_scale = True
+    return adapter
+
+
+def make_quantised_writes_unscaled(case: BenchCase) -> FakeAttentionAdapter:
+    adapter = FakeAttentionAdapter(case, wrong_from=None, wrong_request=0, factor=1.0)
+    adapter.writes_unscaled = True
+    return adapter
 
 
 def fake_backend(factory: str) -> BackendInfo:
