@@ -58,6 +58,7 @@ class BenchmarkConfig:
     seed: int = _D["seed"]
     kernel_profile: bool = _D["kernel_profile"]
     kv_fill: str = _D["kv_fill"]
+    kv_scales: str = _D["kv_scales"]
     timed_region: str = "layer"  # one case times one region ("layer" or "attention")
     extra: dict[str, Any] = field(default_factory=dict)  # upstream fields this suite does not use
 

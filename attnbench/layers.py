@@ -219,12 +219,18 @@ def mla_scale(shape: MLAShape) -> float:
     return shape.qk_head_dim ** -0.5
 
 
-def mla_oracle(buf: MLABuffers, layout: BatchLayout, shape: MLAShape, kv_b_proj_weight: torch.Tensor
-               ) -> Callable[[], torch.Tensor]:
+def mla_oracle(buf: MLABuffers, layout: BatchLayout, shape: MLAShape, kv_b_proj_weight: torch.Tensor,
+               mla_paths: list[str] | None = None) -> Callable[[], torch.Tensor]:
+    """The REFERENCE of one MLA layer over exactly what the kernels read: the latent cache, except that rows on
+    the prefill path (``mla_paths``) read their new tokens from the layer inputs as vLLM's forward_mha does
+    (for a quantised cache those differ from the stored values by fp8's rounding)."""
+    from_inputs = [p == "prefill" for p in mla_paths] if mla_paths and buf.kv_format.quantized else None
+    new = torch.cat([buf.kv_c, buf.k_pe], dim=-1) if from_inputs else None
+
     def oracle() -> torch.Tensor:
         out = mla_attention(buf.q, buf.kv_cache, kv_b_proj_weight, layout.block_table, layout.query_lens,
                             layout.kv_lens, shape.kv_lora_rank, shape.qk_nope_head_dim,
-                            shape.v_head_dim, mla_scale(shape), buf.kv_scale)
+                            shape.v_head_dim, mla_scale(shape), buf.kv_scale, new, from_inputs)
         return out.reshape(out.shape[0], -1)
     return oracle
 

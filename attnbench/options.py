@@ -182,6 +182,7 @@ def _device(v: str) -> str:
 
 
 KV_FILLS = ("random", "zeros")
+KV_SCALES = ("calibrated", "unit")
 
 
 def _regions(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -278,6 +279,9 @@ OPTIONS: tuple[Option, ...] = (
     _run("kv_fill", str, "random", "K/V data: random (the default; what a model's cache holds) or zeros (as "
          "zero-filled benchmarks do: faster on compute-bound kernels, and verification cannot see wrong weights)",
          upstream=False, choices=KV_FILLS, examples=("zeros", "random")),
+    _run("kv_scales", str, "calibrated", "a quantised (fp8) cache's per-tensor scales: calibrated (the layer's "
+         "calc_kv_scales on the step's inputs, as vLLM's calculate_kv_scales sets q/k/v scales) or unit (1.0, vLLM's "
+         "default for a checkpoint without scales)", upstream=False, choices=KV_SCALES, examples=("unit", "calibrated")),
     _run("profile_memory", bool, False, "record peak device memory per case", const=True, examples=(True, False)),
     _run("seed", int, 0, "seed for every random input", metavar="N", check=at_least(0), examples=(3, 7)),
     _run("kernel_profile", bool, True, "skip the per-case torch.profiler pass (kernel durations, attention share)",

@@ -60,11 +60,14 @@ def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: t
 def mla_attention(query: torch.Tensor, latent_cache: torch.Tensor, kv_b_proj_weight: torch.Tensor,
                   block_table: torch.Tensor, query_lens: Sequence[int], kv_lens: Sequence[int],
                   kv_lora_rank: int, qk_nope_head_dim: int, v_head_dim: int, scale: float,
-                  kv_scale: float = 1.0) -> torch.Tensor:
+                  kv_scale: float = 1.0, new_latents: torch.Tensor | None = None,
+                  new_from_inputs: Sequence[bool] | None = None) -> torch.Tensor:
     """MLA as standard attention: ``query`` [T, H, nope+rope] over the latent cache [NB, BS, rank+rope].
 
     ``kv_b_proj_weight`` is [H * (nope + v), rank] (a torch Linear weight). Returns float32 [T, H, v].
     An fp8 latent cache is read as stored, times ``kv_scale`` (vLLM's one _k_scale for latent and rope).
+    ``new_from_inputs[i]``: request i's new tokens are read from ``new_latents`` [T, rank + rope] (the layer's
+    inputs, as vLLM's forward_mha takes them) instead of the cache; only its context comes from the cache.
     """
     num_heads = query.shape[1]
     w = kv_b_proj_weight.float()
@@ -72,6 +75,9 @@ def mla_attention(query: torch.Tensor, latent_cache: torch.Tensor, kv_b_proj_wei
     start = 0
     for i, (q_len, kv_len) in enumerate(zip(query_lens, kv_lens)):
         latent = gather_sequence(latent_cache, block_table[i], kv_len).float() * kv_scale
+        if new_from_inputs is not None and new_from_inputs[i]:
+            assert new_latents is not None
+            latent[kv_len - q_len:] = new_latents[start:start + q_len].float()
         kv_c, k_pe = latent[:, :kv_lora_rank], latent[:, kv_lora_rank:]
         kv = (kv_c @ w.t()).view(kv_len, num_heads, qk_nope_head_dim + v_head_dim)
         k_nope, v = kv.split([qk_nope_head_dim, v_head_dim], dim=-1)

@@ -79,8 +79,7 @@ def execute(case: BenchCase, *, time_it: bool = True) -> CaseResult:
     except (SkipCase, VerificationFailed) as exc:
         failure = exc.with_traceback(None)  # its message says it all; its frames hold the case's buffers
     except Exception as exc:  # noqa: BLE001 - re-raised below without the frames that hold the buffers
-        failure = CaseFailed(f"{case.backend.name} {case.batch_spec}: {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}\n"
+        failure = CaseFailed(f"{case.backend.name} {case.batch_spec}: {type(exc).__name__}: {_first_line(exc)}\n"
                              + "".join(traceback.format_exception(exc)[-6:]))
     if device.type == "cuda":
         # A failed case's tensors lived on in its traceback frames; collecting them and emptying the
@@ -93,6 +92,14 @@ def execute(case: BenchCase, *, time_it: bool = True) -> CaseResult:
             failure.add_note(f"cleanup after the failure failed too: {type(cleanup).__name__}: "
                              f"{str(cleanup).splitlines()[0] if str(cleanup) else ''}")
     raise failure
+
+
+def _first_line(exc: BaseException) -> str:
+    """The error's first line, or where it was raised when it has no message (a bare ``assert`` in vLLM)."""
+    if str(exc):
+        return str(exc).splitlines()[0]
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"at {frames[-1].filename}:{frames[-1].lineno}: {frames[-1].line}" if frames else ""
 
 
 class CaseFailed(RuntimeError):

@@ -70,6 +70,7 @@ class RunSettings:
     seed: int = _D["seed"]
     kernel_profile: bool = _D["kernel_profile"]  # one torch.profiler pass per GPU case: kernel durations and roles
     kv_fill: Literal["random", "zeros"] = _D["kv_fill"]  # the K/V data: zeros only to reproduce zero-filled suites
+    kv_scales: Literal["calibrated", "unit"] = _D["kv_scales"]  # a quantised cache's scales (recorded, not keyed)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,11 @@ def calibrate_like_vllm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tu
     return float(k.abs().max()) / K_RANGE or 1.0, float(v.abs().max()) / V_RANGE or 1.0
 
 
+def scales_for(kv_scales: str) -> layers.Calibrate:
+    """The REFERENCE's scales for run setting ``kv_scales``: calibrated like vLLM's layer, or unit."""
+    return calibrate_like_vllm if kv_scales == "calibrated" else (lambda q, k, v: (1.0, 1.0))
+
+
 def write_stored(fmt: KVCacheFormat, cache: torch.Tensor, slot_mapping: torch.Tensor, new: torch.Tensor,
                  scale: float) -> None:
     """Scatter new entries into a [num_blocks, block_size, ...] cache at their slots, stored as ``fmt`` stores."""
@@ -66,7 +71,7 @@ class ReferenceAttentionAdapter:
         layout, shape = self.layout, self.shape
         buf = layers.make_attention_buffers(layout, shape, self.device, self.case.run.seed + 1 + index,
                                             lambda: layers.plain_attention_cache(layout, shape, self.device),
-                                            self.case.run.kv_fill, calibrate_like_vllm)
+                                            self.case.run.kv_fill, scales_for(self.case.run.kv_scales))
         scale = shape.head_dim ** -0.5
 
         def write() -> None:
@@ -114,7 +119,7 @@ class ReferenceMLAAdapter:
         layout, shape = self.layout, self.shape
         seed = self.case.run.seed + 1 + index
         buf = layers.make_mla_buffers(layout, shape, self.device, seed, kv_fill=self.case.run.kv_fill,
-                                      calibrate=calibrate_like_vllm)
+                                      calibrate=scales_for(self.case.run.kv_scales))
         weight = layers.make_kv_b_proj_weight(shape, self.device, seed + 10_000)
         oracle = layers.mla_oracle(buf, layout, shape, weight)
 

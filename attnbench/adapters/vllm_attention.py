@@ -61,7 +61,7 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
         if self.shape.kv_quantized:
             info["kv_cache_dtype"] = self.shape.kv_cache_dtype
             info["quantized_query"] = self.quantized_query
-            info["kv_scales"] = "the layer's calc_kv_scales on the step's inputs (|max| / K_SCALE_CONSTANT, ...)"
+            info["kv_scales"] = self.case.run.kv_scales
         describe = KERNEL_PATH.get(self.case.backend.name)
         if describe is not None:
             info.update(describe(self.metadata, self.layers[0].impl, self.layout))
@@ -85,8 +85,8 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
             return kv, fmt.elements(key_view), fmt.elements(value_view)
 
         buf = layers.make_attention_buffers(layout, shape, self.device, self.case.run.seed + 1 + index, allocate,
-                                            self.case.run.kv_fill, lambda q, k, v: vllm_common.calibrated_scales(
-                                                layer, q, k, v))
+                                            self.case.run.kv_fill, lambda q, k, v: vllm_common.layer_scales(
+                                                layer, self.case.run.kv_scales, q, k, v))
         layer.kv_cache = buf.kv_cache
         last: dict[str, torch.Tensor] = {}
         tokens = layout.num_tokens

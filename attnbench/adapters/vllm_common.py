@@ -168,11 +168,12 @@ def restored_global_state() -> Iterator[None]:
         torch.set_default_dtype(default_dtype)
 
 
-def calibrated_scales(layer: Any, *inputs: torch.Tensor) -> tuple[float, float]:
-    """vLLM's own scales for a quantised cache: the layer's ``calc_kv_scales`` on the step's inputs (what
-    ``calculate_kv_scales`` does at the first forward), read back as the layer holds them. All-zero inputs
-    (kv_fill=zeros) keep the default 1.0: |max| / range would be a zero scale."""
-    if any(bool(t.abs().amax() > 0) for t in inputs[1:]):
+def layer_scales(layer: Any, kv_scales: str, *inputs: torch.Tensor) -> tuple[float, float]:
+    """vLLM's own scales for a quantised cache, read back as the layer holds them: "unit" keeps the 1.0 that
+    process_weights_after_loading set (a checkpoint without scales); "calibrated" runs the layer's
+    ``calc_kv_scales`` on the step's inputs (what ``calculate_kv_scales`` does at the first forward: q, k and
+    v scales). All-zero inputs (kv_fill=zeros) keep 1.0: |max| / range would be a zero scale."""
+    if kv_scales == "calibrated" and any(bool(t.abs().amax() > 0) for t in inputs[1:]):
         layer.calc_kv_scales(*inputs)
     return float(layer._k_scale_float), float(layer._v_scale_float)
 
@@ -288,6 +289,8 @@ class VllmLayerAdapter:
         # Scheduler limits only need the batch's sizes, which do not depend on its order.
         provisional = build_layout(case.requests, shape.block_size, self.device, case.run.seed)
         self.vllm_config = make_vllm_config(case.backend.name, self.model_dir.path, shape, limits_for(provisional))
+        # what the engine sets once it has sized the cache (FlexAttention's builder reads it)
+        self.vllm_config.cache_config.num_gpu_blocks = provisional.num_blocks
         self._config_ctx = lambda: set_current_vllm_config(self.vllm_config)
         with self._config_ctx():
             self._prepare_process()

@@ -101,7 +101,7 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
         if self.shape.kv_quantized:
             info["kv_cache_dtype"] = self.shape.kv_cache_dtype
             info["quantized_query"] = self.quantized_query
-            info["kv_scales"] = "the layer's calc_kv_scales on the step's inputs (|max kv_c| / K_SCALE_CONSTANT)"
+            info["kv_scales"] = self.case.run.kv_scales
         info["kernel_path"] = f"{type(layer.impl).__name__}.forward_mqa x{info['num_decodes']} requests" + (
             f" + {info['prefill_backend']}.forward_mha x{info['num_prefills']}" if info["num_prefills"] else "")
         return info
@@ -119,8 +119,8 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
                                               vllm_common.cache_dtype(shape))
         buf = layers.make_mla_buffers(layout, shape, self.device, self.case.run.seed + 1 + index, kv_cache=cache,
                                       kv_fill=self.case.run.kv_fill,
-                                      calibrate=lambda q, kv_c, k_pe: vllm_common.calibrated_scales(
-                                          layer, q, kv_c, k_pe))
+                                      calibrate=lambda q, kv_c, k_pe: vllm_common.layer_scales(
+                                          layer, self.case.run.kv_scales, q, kv_c, k_pe))
         layer.kv_cache = cache
         k_pe = buf.k_pe.unsqueeze(1)  # the model passes k_pe as [T, 1, rope]
         out_shape = torch.Size((layout.num_tokens, shape.num_q_heads * shape.v_head_dim))
@@ -129,7 +129,7 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
         def step() -> None:
             last["out"] = layer.forward(buf.q, buf.kv_c, k_pe, output_shape=out_shape)
 
-        oracle = layers.mla_oracle(buf, layout, shape, layer.kv_b_proj.weight)
+        oracle = layers.mla_oracle(buf, layout, shape, layer.kv_b_proj.weight, self.mla_paths)
         unquantized = layers.unquantized_mla_oracle(buf, layout, shape, layer.kv_b_proj.weight)
         check = layers.mla_cache_check(buf, layout)
         if self.case.timed_region == "layer":

@@ -18,7 +18,7 @@ from attnbench import layers
 from attnbench.backends import BackendInfo
 from attnbench.cases import BenchCase
 from attnbench.contract import LayerCall
-from attnbench.adapters.reference import calibrate_like_vllm, write_stored
+from attnbench.adapters.reference import scales_for, write_stored
 from attnbench.oracle import paged_attention
 from attnbench.workload import build_layout, resolve_device
 
@@ -50,7 +50,7 @@ class FakeAttentionAdapter:
         layout, shape = self.layout, self.shape
         buf = layers.make_attention_buffers(layout, shape, self.device, self.case.run.seed + 1 + index,
                                             lambda: layers.plain_attention_cache(layout, shape, self.device),
-                                            calibrate=calibrate_like_vllm)
+                                            calibrate=scales_for(self.case.run.kv_scales))
         scale = shape.head_dim ** -0.5
         start = sum(r.q_len for r in self.requests[:self.wrong_request])
         rows = slice(start, start + self.requests[self.wrong_request].q_len)
