@@ -13,9 +13,11 @@ from attnbench.record import Verification
 # bf16/fp16 operands: ~2^-8 relative rounding per element; accumulated attention lands at 1e-3..1e-2.
 TOLERANCE = {"bfloat16": (2e-2, 5e-2), "float16": (1e-2, 2e-2), "float32": (1e-4, 1e-3)}  # (rel L2, max-abs / max|ref|)
 # A quantised cache, against the REFERENCE over the same stored values: the cache's own rounding is not an
-# error here, but the kernels' fp8 q (quantised with the layer's _q_scale) and fp8 P@V (FA3) are.
-# PROVISIONAL until measured on the H200 (README: "FP8 KV caches").
-KV_CACHE_TOLERANCE = {"fp8": (8e-2, 2.5e-1), "fp8_e4m3": (8e-2, 2.5e-1), "fp8_e5m2": (1.5e-1, 4e-1)}
+# error here, but a kernel's fp8 q (quantised with the layer's _q_scale) is. Measured on the H200 (vLLM 0.26.0,
+# 46 verified e4m3 cases of FA3, Triton, FlashInfer, FlashMLA, Triton-MLA): relative L2 2.8e-3 (bf16 q) to
+# 3.6e-2 (fp8 q), worst request 4.0e-2, max-abs 4.5e-2 of max |ref|; a wrong scale gives ~0.3 (README:
+# "FP8 KV caches"). e5m2 ran on no SM90 backend of 0.26.0: its bound is e4m3's scaled by one mantissa bit.
+KV_CACHE_TOLERANCE = {"fp8": (8e-2, 1.5e-1), "fp8_e4m3": (8e-2, 1.5e-1), "fp8_e5m2": (1.6e-1, 3e-1)}
 
 
 def tolerance(dtype: str, kv_cache_dtype: str = "auto") -> tuple[float, float]:
