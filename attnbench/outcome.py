@@ -197,8 +197,11 @@ class CaseOutcome:
 
 
 _KEY_HEAD = ("backend", "batch_spec", "family", "study")  # the row's key fields before the shape's
-# after the shape's; "sweeps" only in the row of a case of several swept parameters (record.CaseKey.to_json)
-_KEY_TAIL = ("sweep_param", "sweep_value", "sweeps", "pipeline", "backend_params", "device", "cache_state")
+# after the shape's; "sweeps" only in the row of a case of several swept parameters (record.CaseKey.to_json).
+# Every key field is here: one left out is dropped from the row (``extra`` leaves the key's fields out), and the
+# case comes back with its default, under another case's key
+_KEY_TAIL = ("sweep_param", "sweep_value", "sweeps", "pipeline", "backend_params", "device", "cache_state",
+             "timed_region", "kv_fill")
 
 
 def summary_times(stats: dict[str, Any], names: tuple[str, str, str, str, str, str, str],
@@ -262,7 +265,8 @@ _ROW_KINDS: dict[str, str] = {
                                   "memory_allocated_mb")},
     **{name: _NUMBER for name in SHAPE_FIELDS if name not in ("dtype", "kv_cache_dtype")},
     **{name: _STR for name in ("backend", "batch_spec", "family", "study", "dtype", "kv_cache_dtype", "sweep_param",
-                               "pipeline", "device", "cache_state", "status", "error", "timer", "bound", "fullname")},
+                               "pipeline", "device", "cache_state", "status", "error", "timer", "bound", "fullname",
+                               "timed_region", "kv_fill")},
     "verified": "true or false", "backend_params": "an object", "extra": "an object", "config": "an object",
     "samples": "a list of numbers", "sweeps": "a list",
 }
