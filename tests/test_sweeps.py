@@ -271,6 +271,23 @@ def test_reports_show_every_swept_value() -> None:
     assert best.rows[0][4].text == "1.67×"  # against auto · auto
 
 
+def test_the_results_page_and_the_heatmap_name_every_swept_value(tmp_path) -> None:
+    from attnbench.reporting import markdown, plots
+    from attnbench.reporting.tables import speedup_tables
+
+    results = [timed("CUTLASS_MLA", "q1s1k", t * 1e-6, family="mla", sweep={"num_kv_splits": s, "kv_cache_dtype": d},
+                     backend_info={"num_decodes": 1, "num_prefills": 0})
+               for (s, d), t in {("auto", "auto"): 20, ("auto", "fp8"): 15, (2, "auto"): 18, (2, "fp8"): 12}.items()]
+    page = markdown.sweep_section("s", results)
+    assert "| batch spec | CUTLASS_MLA auto · auto | CUTLASS_MLA auto · fp8 | CUTLASS_MLA 2 · auto | " \
+           "CUTLASS_MLA 2 · fp8 | fastest |" in page
+    assert "backend × `num_kv_splits × kv_cache_dtype` (a column's values in that order)" in page
+    param, reference, (grid,) = speedup_tables(results)
+    assert (param, reference) == ("num_kv_splits × kv_cache_dtype", ("auto", "auto"))
+    assert [c.text for c in grid.rows[0]] == ["q1s1k", "1.00x", "1.33x", "1.11x", "1.67x"]
+    assert plots.sweep_heatmap(results, tmp_path / "sweep.png").stat().st_size > 0
+
+
 # ------------------------------------------------------------------ collection, end to end
 
 @pytest.fixture(autouse=True)

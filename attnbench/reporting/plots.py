@@ -139,9 +139,10 @@ def sweep_heatmap(results: Sequence[CaseOutcome], path: str | Path, title: str =
         ax.set_xlabel(param)
         ax.set_title(grid.title)
     if image is not None:
-        bar = fig.colorbar(image, ax=list(axes), label=f"speed-up vs {reference}", shrink=0.9)
+        bar = fig.colorbar(image, ax=list(axes), label=f"speed-up vs {point_text(reference)}", shrink=0.9)
         bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-    fig.suptitle(f"{title or 'Sweep'}: speed-up of each {param} over {param}={reference} (outlined: fastest per spec)")
+    fig.suptitle(f"{title or 'Sweep'}: speed-up of each {param} over {param}={point_text(reference)} "
+                 f"(outlined: fastest per spec)")
     return _save(fig, path)
 
 
