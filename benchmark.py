@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     for opt in _UPSTREAM:  # values stay text: the plugin checks them, so both entry points refuse the same things
         kwargs = opt.pytest_kwargs(upstream=True)
-        if opt.many:  # --batch-specs q1 --batch-specs q2 is both specs, not the last
+        if opt.to == "sweep" and opt.const is None:  # one --sweep-param/--sweep-values per swept parameter
+            kwargs["action"] = "append"
+        elif opt.many:  # --batch-specs q1 --batch-specs q2 is both specs, not the last
             kwargs["action"] = "extend"
         elif opt.const is None:  # --num-layers 2 --num-layers 3 is refused, not the last one silently
             kwargs["action"] = Once
@@ -51,6 +53,9 @@ def to_pytest_args(argv: Sequence[str]) -> list[str]:
         value = getattr(args, opt.name)
         if opt.const is not None:
             out += [opt.flags[0]] if value else []
+        elif value is not None and opt.to == "sweep":  # each given one, in order: the pairing is by position
+            for one in value:
+                out += [opt.flags[0], *(one if opt.many else [one])]
         elif value is not None:
             out += [opt.flags[0], *(value if opt.many else [value])]
     # list options swallow what follows them, so pytest's own arguments go behind a separator-free flag set

@@ -1,4 +1,4 @@
-"""One benchmark case: a backend x batch spec (x sweep value) at a shape, with run settings."""
+"""One benchmark case: a backend x batch spec (x a point of the study's sweeps) at a shape, with run settings."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD, BackendInfo, knob_problem
-from attnbench.record import CaseKey
-from attnbench.shapes import Shape, sweepable_keys, with_value
-from attnbench.study import AUTO, RunSettings
+from attnbench.record import CaseKey, SweptValue
+from attnbench.shapes import Shape
+from attnbench.study import RunSettings
+from attnbench.sweeps import AUTO, apply_to_shape, is_knob, model_params
 from grammar import BatchRequest, parse_batch_spec
 
 
@@ -19,8 +20,7 @@ class BenchCase:
     batch_spec: str
     shape: Shape
     run: RunSettings
-    sweep_param: str | None = None
-    sweep_value: Any = None  # an int, or AUTO for the backend's own default
+    sweep: tuple[SweptValue, ...] = ()  # one value per swept parameter of the study, in its order
     pipeline: str | None = None  # decode_vs_prefill mode: "decode" or "prefill"
     backend_settings: dict[str, Any] = field(default_factory=dict)  # from the study's per-backend section
     timed_region: str = "layer"  # "layer": vLLM's layer step; "attention": the backend's attention call alone
@@ -35,20 +35,21 @@ class BenchCase:
 
     @property
     def effective_shape(self) -> Shape:
-        """The shape with a swept model dimension applied."""
-        if self.sweep_param in sweepable_keys(self.family) and self.sweep_value not in (None, AUTO):
-            return with_value(self.shape, self.sweep_param, self.sweep_value)
-        return self.shape
+        """The shape with the swept model dimensions applied (those of this family: the plugin collects no case
+        of a sweep of the other family's dimensions)."""
+        return apply_to_shape(self.shape, tuple(s for s in self.sweep if s.param in model_params(self.family)))
 
     @property
     def backend_params(self) -> dict[str, int]:
         """Builder knobs to force (num_kv_splits, reorder_batch_threshold); absent = vLLM's choice."""
         params = dict(self.backend_settings)
-        if self.sweep_param in (NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD):
-            if self.sweep_value == AUTO:
-                params.pop(self.sweep_param, None)
+        for swept in self.sweep:
+            if not is_knob(swept.param):
+                continue
+            if swept.value == AUTO:
+                params.pop(swept.param, None)
             else:
-                params[self.sweep_param] = self.sweep_value
+                params[swept.param] = swept.value
         if self.pipeline is not None:
             max_q = max(r.q_len for r in self.requests)
             # decode pipeline: every request is short enough for the MQA path; prefill: none is
@@ -59,8 +60,8 @@ class BenchCase:
     def unsupported_sweep(self) -> str | None:
         """Why a builder knob this case forces (swept, or set by the Python API's arguments or a per-backend
         YAML section, which the study already checked) does not apply to this backend, if it does not."""
-        if self.sweep_param in (NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD) and self.sweep_value != AUTO:
-            problem = knob_problem(self.backend, self.sweep_param)
+        for swept in self.sweep:
+            problem = knob_problem(self.backend, swept.param) if is_knob(swept.param) and swept.value != AUTO else None
             if problem:
                 return problem
         for knob in self.backend_settings:
@@ -79,8 +80,7 @@ class BenchCase:
             "backend": self.backend.name,
             "batch_spec": self.batch_spec,
             "shape": self.effective_shape.describe(),
-            "sweep_param": self.sweep_param,
-            "sweep_value": self.sweep_value,
+            "sweep": self.sweep,
             "pipeline": self.pipeline,
             "backend_params": self.backend_params,
             "device": self.run.device,

@@ -3,7 +3,10 @@
 * ``ResultsFormatter.save_csv`` / ``save_json`` keep upstream attention_benchmarks' interface and its column /
   key names (``backend, batch_spec, num_layers, mean_time, std_time, throughput, memory_mb``
   lead the CSV; JSON records carry ``config`` and ``throughput_tokens_per_sec``); more
-  columns follow. The JSON is ``{"schema", "created", "machine_info", "results": [...]}``, each result a
+  columns follow. A swept parameter has a column of its own, ``sweep.<param>`` (``sweep.num_kv_splits``,
+  ``sweep.kv_cache_dtype``), one per parameter any row sweeps, after the fixed columns; ``sweep_param`` /
+  ``sweep_value`` keep naming the one swept parameter of a single sweep, as they always did, and are empty on the
+  rows of a case of several (JSON rows carry those in ``sweeps``: ``record.CaseKey``). The JSON is ``{"schema", "created", "machine_info", "results": [...]}``, each result a
   ``CaseOutcome.to_json`` row.
 * ``Journal`` appends one such row per finished case, a JSON line, and fsyncs it, so a crash mid-study
   loses nothing already measured; the final CSV/JSON are written from it.
@@ -47,14 +50,23 @@ def partial_path(output: str | os.PathLike[str]) -> Path:
     return Path(f"{output}.partial.jsonl")
 
 
-def csv_row(outcome: CaseOutcome) -> dict[str, Any]:
-    """The JSON row's plain columns (CSV holds no lists or objects)."""
+SWEEP_COLUMN = "sweep.{}"  # the column of one swept parameter
+
+
+def sweep_columns(results: Iterable[CaseOutcome]) -> tuple[str, ...]:
+    """The ``sweep.<param>`` columns of a CSV of ``results``: one per swept parameter, in the order first seen."""
+    return tuple(dict.fromkeys(SWEEP_COLUMN.format(p) for r in results for p in r.key.sweep_params))
+
+
+def csv_row(outcome: CaseOutcome, columns: Sequence[str] = CSV_COLUMNS) -> dict[str, Any]:
+    """The JSON row's plain columns (CSV holds no lists or objects), each swept value in its ``sweep.<param>``."""
     row = outcome.to_json()
     row["memory_mb"] = row["memory_allocated_mb"]
     row["rel_noise"] = outcome.times.rel_noise
     row["backend_params"] = json.dumps(row["backend_params"], sort_keys=True) if row["backend_params"] else None
+    row.update({SWEEP_COLUMN.format(s.param): s.value for s in outcome.key.sweep})
     # empty cells, not "None" or 0: an unknown number must not read as a measured zero
-    return {k: ("" if row.get(k) is None else row[k]) for k in CSV_COLUMNS}
+    return {k: ("" if row.get(k) is None else row[k]) for k in columns}
 
 
 class ResultsFormatter:
@@ -78,11 +90,13 @@ class ResultsFormatter:
 
     def save_csv(self, results: list[CaseOutcome], path: str | os.PathLike[str],
                  crossovers: list[dict[str, Any]] | None = None) -> Path:
+        columns = CSV_COLUMNS + sweep_columns(results)
+
         def write(f: IO[str]) -> None:
-            writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
+            writer = csv.DictWriter(f, fieldnames=list(columns))
             writer.writeheader()
             for result in results:
-                writer.writerow(csv_row(result))
+                writer.writerow(csv_row(result, columns))
 
         crossovers = crossover_rows(results) if crossovers is None else crossovers
         if crossovers:  # decode_vs_prefill: the answer per backend x batch size, beside the per-case rows

@@ -286,12 +286,16 @@ OPTIONS: tuple[Option, ...] = (
     _run("seed", int, 0, "seed for every random input", metavar="N", check=at_least(0), examples=(3, 7)),
     _run("kernel_profile", bool, True, "skip the per-case torch.profiler pass (kernel durations, attention share)",
          upstream=False, flags=("--no-kernel-profile",), const=False, examples=(False, True)),
-    Option("sweep_param", str, "num_kv_splits, reorder_batch_threshold or a model dimension", "sweep",
+    # the --sweep-* flags may be repeated, one --sweep-param/--sweep-values pair per swept parameter, paired in
+    # order (plugin.py and benchmark.py append them; study.build_study pairs them); the cases are the product
+    Option("sweep_param", str, "num_kv_splits, reorder_batch_threshold, a model dimension or kv_cache_dtype; give "
+           "--sweep-param/--sweep-values once per swept parameter (the cases are their product)", "sweep",
            ("--sweep-param",), (), ("--sweep-param",), metavar="NAME", examples=("num_kv_splits", "head_dim")),
-    Option("sweep_values", str, "values of --sweep-param ('auto' = backend default)", "sweep", ("--sweep-values",),
+    Option("sweep_values", str, "values of the matching --sweep-param: integers, kv_cache_dtype names ('auto' = "
+           "backend default)", "sweep", ("--sweep-values",),
            (), ("--sweep-values",), many=True, metavar="V", examples=(["1", "2"], ["auto", "4"])),
-    Option("sweep_include_auto", bool, "also run the backend's default", "sweep", ("--sweep-include-auto",), (),
-           ("--include-auto",), const=True, examples=(True, False)),
+    Option("sweep_include_auto", bool, "also run the backend's default, in every sweep", "sweep",
+           ("--sweep-include-auto",), (), ("--include-auto",), const=True, examples=(True, False)),
     Option("output_csv", str, "write one CSV row per case", flags=("--output-csv",), yaml=("output.csv",),
            upstream=("--output-csv",), metavar="FILE", check=_non_empty, examples=("a.csv", "b.csv")),
     Option("output_json", str, "write one JSON record per case", flags=("--output-json",), yaml=("output.json",),

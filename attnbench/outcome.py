@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 from attnbench.record import (SCHEMA, SHAPE_FIELDS, CaseKey, CaseRecord, Memory, Work, is_finite, keys_of, kind_of,
@@ -149,10 +149,10 @@ class CaseOutcome:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready row: upstream's flat keys and ours at the top, the record's parts under ``extra``."""
         t, w, m = self.times, self.work, self.memory
-        key = asdict(self.key)
+        key = self.key.to_json()
         shape = {name: self.key.shape.get(name) for name in SHAPE_FIELDS}
         row: dict[str, Any] = {
-            **{k: key[k] for k in _KEY_HEAD}, **shape, **{k: key[k] for k in _KEY_TAIL},
+            **{k: key[k] for k in _KEY_HEAD}, **shape, **{k: key[k] for k in _KEY_TAIL if k in key},
             "status": self.status, "error": self.reason,
             "verified": self.record.verified if self.record is not None else None,
             "mean_time": t.mean, "median_time": t.median, "std_time": t.stddev, "min_time": t.min,
@@ -197,7 +197,11 @@ class CaseOutcome:
 
 
 _KEY_HEAD = ("backend", "batch_spec", "family", "study")  # the row's key fields before the shape's
-_KEY_TAIL = ("sweep_param", "sweep_value", "pipeline", "backend_params", "device", "cache_state")
+# after the shape's; "sweeps" only in the row of a case of several swept parameters (record.CaseKey.to_json).
+# Every key field is here: one left out is dropped from the row (``extra`` leaves the key's fields out), and the
+# case comes back with its default, under another case's key
+_KEY_TAIL = ("sweep_param", "sweep_value", "sweeps", "pipeline", "backend_params", "device", "cache_state",
+             "timed_region", "kv_fill")
 
 
 def summary_times(stats: dict[str, Any], names: tuple[str, str, str, str, str, str, str],
@@ -221,9 +225,18 @@ def case_key(outcome: CaseOutcome) -> tuple:
     k = outcome.key
     if not k.batch_spec:
         return ("fullname", outcome.fullname or k.backend)
-    return ("case", k.family, k.backend, k.batch_spec, _canon(k.dims), k.sweep_param, _canon(k.sweep_value),
-            k.pipeline, _canon(dict(k.backend_params)), k.cache_state, devicekind_of(k.device), k.timed_region,
-            k.kv_fill)
+    return ("case", k.family, k.backend, k.batch_spec, _canon(k.dims), *_sweep_identity(k), k.pipeline,
+            _canon(dict(k.backend_params)), k.cache_state, devicekind_of(k.device), k.timed_region, k.kv_fill)
+
+
+def _sweep_identity(k: CaseKey) -> tuple[Any, str]:
+    """The swept parameters and their values as two members of ``case_key``: (param, value) for none or one,
+    exactly as keys were before several could be swept (the verdicts' bootstrap seeds come from the key, so a
+    stored single-sweep baseline gives the verdicts it always gave), and (the params, the values) for several."""
+    if len(k.sweep) > 1:
+        return k.sweep_params, _canon(list(k.sweep_values))
+    one = k.sweep[0] if k.sweep else None
+    return (one.param if one else None), _canon(one.value if one else None)
 
 
 def devicekind_of(device: str | None) -> str | None:
@@ -252,9 +265,10 @@ _ROW_KINDS: dict[str, str] = {
                                   "memory_allocated_mb")},
     **{name: _NUMBER for name in SHAPE_FIELDS if name not in ("dtype", "kv_cache_dtype")},
     **{name: _STR for name in ("backend", "batch_spec", "family", "study", "dtype", "kv_cache_dtype", "sweep_param",
-                               "pipeline", "device", "cache_state", "status", "error", "timer", "bound", "fullname")},
+                               "pipeline", "device", "cache_state", "status", "error", "timer", "bound", "fullname",
+                               "timed_region", "kv_fill")},
     "verified": "true or false", "backend_params": "an object", "extra": "an object", "config": "an object",
-    "samples": "a list of numbers",
+    "samples": "a list of numbers", "sweeps": "a list",
 }
 _NOT_NULL = {"backend", "batch_spec", "status", "rounds", "samples", "backend_params", "extra"}
 
@@ -267,7 +281,7 @@ def _check_row_value(name: str, value: Any) -> None:
         require(name not in _NOT_NULL, f"{name} is null, expected {expected}")
         return
     ok = {_NUMBER: is_finite(value), _STR: isinstance(value, str), "true or false": isinstance(value, bool),
-          "an object": isinstance(value, dict),
+          "an object": isinstance(value, dict), "a list": isinstance(value, list),
           "a list of numbers": isinstance(value, list) and all(is_finite(v) for v in value)}[expected]
     require(ok, f"{name} is {show(value)}, expected {expected}")
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from attnbench import backends as registry
 from attnbench import options
+from attnbench import sweeps as sweeping
 from attnbench.cases import BenchCase
-from attnbench.shapes import ShapeError, sweepable_keys, with_value
-from attnbench.study import AUTO, BACKEND_PARAMS, Study, StudyError, build_study, check_shape, load_study_file
+from attnbench.study import Study, StudyError, build_study, check_shape, load_study_file
 
 STUDY_KEY = pytest.StashKey[Study]()
 MAX_CASES = 200_000  # per family and session: a typo in a range must not become hours of collection
@@ -61,7 +61,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for opt in options.OPTIONS:
         if opt.flags:
             kwargs = opt.pytest_kwargs()
-            if opt.many:  # --batch-specs q1 --batch-specs q2 is both, not only the last
+            if opt.to == "sweep" and opt.const is None:  # one --sweep-param/--sweep-values per swept parameter
+                kwargs["action"] = "append"
+            elif opt.many:  # --batch-specs q1 --batch-specs q2 is both, not only the last
                 kwargs["action"] = "extend"
             elif opt.const is None:
                 kwargs["action"] = Once
@@ -201,32 +203,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not backends:
         _unused(metafunc, _why_no_backends(study, family))
         return
-    sweep = study.sweep
-    if sweep is not None and sweep.param not in BACKEND_PARAMS and sweep.param not in sweepable_keys(family):
+    foreign = next((s for s in study.sweeps if not s.applies_to(family)), None)
+    if foreign is not None:
         # a model-dimension sweep of the other family (e.g. kv_lora_rank): nothing to run here
         other = "mla" if family == "attention" else "attention"
-        _unused(metafunc, f"the sweep's {sweep.param} is {_FAMILY_NAME[other]} dimension: "
+        _unused(metafunc, f"the sweep's {foreign.param} is {_FAMILY_NAME[other]} dimension: "
                           f"run {_BENCH_DIR[other]}")
         return
     try:
         shape = check_shape(study, family)
         specs = study.specs_for(family, limit=MAX_CASES, notes=config.stash[NOTES_KEY])
-        if sweep is not None and sweep.param not in BACKEND_PARAMS:
-            for value in sweep.points():
-                if value != AUTO:
-                    try:
-                        with_value(shape, sweep.param, value)
-                    except ShapeError as exc:
-                        raise StudyError(f"{sweep.origin}: {sweep.param}={value}: {exc}") from None
-        cases = (len(backends) * len(specs) * len(study.timed_region) * (len(sweep.points()) if sweep else 1)
-                 * (2 if mode != "standard" else 1))
+        points = sweeping.point_count(study.sweeps)  # the product's size, before the product is made
+        cases = (len(backends) * len(specs) * len(study.timed_region) * points * (2 if mode != "standard" else 1))
         if cases > MAX_CASES:
             raise StudyError(f"{study.source or 'the command line'}: the study has {cases} {family} cases "
                              f"({len(backends)} backends x {len(specs)} batch specs"
                              + (f" x {len(study.timed_region)} timed regions" if len(study.timed_region) > 1 else "")
-                             + (f" x {len(sweep.points())} sweep values" if sweep else "")
+                             + (_sweep_factor(study.sweeps, points) if study.sweeps else "")
                              + (" x 2 pipelines" if mode != "standard" else "")
                              + f"), more than the limit {MAX_CASES}: split it into several studies")
+        try:
+            sweeping.check_shapes(study.sweeps, shape)
+        except sweeping.SweepError as exc:
+            raise StudyError(str(exc)) from None
     except (StudyError, ValueError) as exc:
         # command-line dimensions apply to every collected family; say how to aim them at one
         hint = "" if study.source else {"attention": " (dimensions meant for MLA? run only bench_mla)",
@@ -240,9 +239,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     regions = study.timed_region
     pairs = [(spec, region) for spec in specs for region in regions]
     metafunc.parametrize(("bench_spec", "bench_region"), pairs, ids=[region_id(s, r) for s, r in pairs])
-    if study.sweep is not None:
-        points = study.sweep.points()
-        metafunc.parametrize("bench_sweep_value", points, ids=[f"{study.sweep.param}={v}" for v in points])
+    if study.sweeps:
+        # one axis for the whole product; its value is plain data (the values, in the sweeps' order) so that
+        # pytest-benchmark's JSON params stay readable, and its id keeps a single sweep's `num_kv_splits=4`
+        grid = sweeping.grid(study.sweeps)
+        metafunc.parametrize("bench_sweep_values", [tuple(s.value for s in point) for point in grid],
+                             ids=[sweeping.point_id(point) for point in grid])
     if mode == "decode_vs_prefill":
         metafunc.parametrize("bench_pipeline", ["decode", "prefill"], ids=["decode", "prefill"])
 
@@ -268,8 +270,8 @@ def bench_region() -> str:
 
 
 @pytest.fixture
-def bench_sweep_value() -> None:
-    return None
+def bench_sweep_values() -> tuple[()]:
+    return ()  # nothing swept
 
 
 @pytest.fixture
@@ -284,11 +286,11 @@ def bench_study(request: pytest.FixtureRequest) -> Study:
 
 @pytest.fixture
 def bench_case(request: pytest.FixtureRequest, bench_study: Study, bench_backend: str, bench_spec: str,
-               bench_sweep_value: Any, bench_pipeline: str | None, bench_region: str) -> BenchCase:
+               bench_sweep_values: tuple[Any, ...], bench_pipeline: str | None, bench_region: str) -> BenchCase:
     """The case this test id stands for, composed from the parametrized axes and the study."""
     backend = backend_for_item(request.node)  # bench_backend is the name; the family comes from the marker
     assert backend is not None, f"{request.node.nodeid}: {bench_backend!r} is not a benchmark backend"
-    return compose_case(bench_study, backend, bench_spec, bench_sweep_value, bench_pipeline, bench_region)
+    return compose_case(bench_study, backend, bench_spec, bench_sweep_values, bench_pipeline, bench_region)
 
 
 def backend_for_item(item: pytest.Item) -> registry.BackendInfo | None:
@@ -301,15 +303,24 @@ def backend_for_item(item: pytest.Item) -> registry.BackendInfo | None:
     return registry.lookup(name, marker.args[0])
 
 
-def compose_case(study: Study, backend: registry.BackendInfo, batch_spec: str, sweep_value: Any = None,
+def compose_case(study: Study, backend: registry.BackendInfo, batch_spec: str, sweep_values: Any = (),
                  pipeline: str | None = None, timed_region: str = "layer") -> BenchCase:
-    """The one place a test id's axes and the study become a ``BenchCase`` (fixture and reporting)."""
+    """The one place a test id's axes and the study become a ``BenchCase`` (fixture and reporting);
+    ``sweep_values`` are the ``bench_sweep_values`` parameter: one value per sweep of the study, in its order."""
     return BenchCase(
         study=study.name, backend=backend, batch_spec=batch_spec, shape=study.shape_for(backend.family),
-        run=study.run, sweep_param=study.sweep.param if study.sweep else None, sweep_value=sweep_value,
+        run=study.run, sweep=sweeping.point_of(study.sweeps, sweep_values),
         pipeline=pipeline, backend_settings=study.backend_settings.get(backend.name, {}),
         timed_region=timed_region,
     )
+
+
+def _sweep_factor(sweeps: tuple[sweeping.Sweep, ...], points: int) -> str:
+    """The sweeps' share of a case count, for the limit's message: ` x 6 sweep points (3 num_kv_splits x 2 head_dim)`;
+    a single sweep's reads as it always did: ` x 3 sweep values`."""
+    if len(sweeps) == 1:
+        return f" x {points} sweep values"
+    return f" x {points} sweep points ({sweeping.sizes(sweeps)})"
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,7 +13,7 @@ Torch-free: reading saved results never needs a GPU stack.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Mapping
 
 # Model dimensions as upstream's BenchmarkConfig names them; MLA-only ones are absent for standard attention.
@@ -119,11 +119,47 @@ def _plain(part: Any) -> dict[str, Any] | None:
 
 
 @dataclass(frozen=True)
+class SweptValue:
+    """One swept parameter's value in one case: ``num_kv_splits`` 2, ``head_dim`` 64, ``kv_cache_dtype`` "fp8",
+    or "auto" (the backend's default knob, the study's own dimension). A case of a study that sweeps several
+    parameters has one per parameter, in the study's order (``CaseKey.sweep``)."""
+
+    param: str
+    value: int | str
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "SweptValue":
+        require(isinstance(data, dict), f"{where} is {show(data)}, expected an object with param and value")
+        unknown = sorted(set(map(str, data)) - {"param", "value"})
+        require(not unknown, f"{where}: unknown key(s) {', '.join(unknown)}")
+        return cls(*_swept(data.get("param"), data.get("value"), where))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"param": self.param, "value": self.value}
+
+    @property
+    def label(self) -> str:
+        return f"{self.param}={self.value}"
+
+
+def _swept(param: Any, value: Any, where: str) -> tuple[str, int | str]:
+    require(isinstance(param, str) and param, f"{where}: param is {show(param)}, expected a parameter name")
+    ok = isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    require(ok, f"{where}: value of {param} is {show(value)}, expected an integer or a name")
+    return param, value
+
+
+@dataclass(frozen=True)
 class CaseKey:
-    """What was measured. ``shape`` holds the model dimensions by their names (``SHAPE_FIELDS``)."""
+    """What was measured. ``shape`` holds the model dimensions by their names (``SHAPE_FIELDS``), with swept ones
+    applied; ``sweep`` the swept parameters' values, one per swept parameter in the study's order.
+
+    In JSON (``to_json``) a case of one swept parameter keeps the flat ``sweep_param``/``sweep_value`` it always
+    had, so files of single sweeps read as before; a case of several has them all in ``sweeps`` (a list of
+    ``{param, value}``), its ``sweep_param``/``sweep_value`` null. ``from_json`` reads either."""
 
     KINDS: ClassVar[dict[str, str]] = {"backend": "str", "batch_spec": "str", "family": "str", "study": "str",
-                                       "shape": "object", "sweep_param": "str", "pipeline": "str",
+                                       "shape": "object", "pipeline": "str",
                                        "backend_params": "object", "device": "str", "cache_state": "str",
                                        "timed_region": "str", "kv_fill": "str"}
     backend: str
@@ -131,8 +167,7 @@ class CaseKey:
     family: str | None = None
     study: str | None = None
     shape: Mapping[str, Any] = field(default_factory=dict)
-    sweep_param: str | None = None
-    sweep_value: Any = None  # an int, or "auto" for the backend's default
+    sweep: tuple[SweptValue, ...] = ()
     pipeline: str | None = None  # decode_vs_prefill: "decode" or "prefill"
     backend_params: Mapping[str, Any] = field(default_factory=dict)  # builder knobs forced for this case
     device: str | None = None
@@ -141,6 +176,43 @@ class CaseKey:
     timed_region: str = "layer"
     kv_fill: str = "random"
 
+    # the JSON spellings of ``sweep``: the flat pair of a single sweep (every file before multi-parameter sweeps),
+    # and the list of several
+    SWEEP_JSON: ClassVar[tuple[str, ...]] = ("sweep_param", "sweep_value", "sweeps")
+
+    def to_json(self) -> dict[str, Any]:
+        """The key's fields as plain JSON, in field order; ``sweep`` as the class doc says."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name != "sweep":
+                value = getattr(self, f.name)
+                out[f.name] = dict(value) if isinstance(value, Mapping) else value  # a copy, as asdict made
+                continue
+            one = self.sweep[0] if len(self.sweep) == 1 else None
+            out["sweep_param"] = one.param if one else None
+            out["sweep_value"] = one.value if one else None
+            if len(self.sweep) > 1:
+                out["sweeps"] = [s.to_json() for s in self.sweep]
+        return out
+
+    @classmethod
+    def sweep_from_json(cls, data: dict[str, Any], where: str = "record") -> tuple[SweptValue, ...]:
+        """``sweep`` from a JSON key's ``sweep_param``/``sweep_value`` (one swept parameter, or none) or its
+        ``sweeps`` list (several): each checked, a parameter swept twice refused."""
+        listed, param, value = data.get("sweeps"), data.get("sweep_param"), data.get("sweep_value")
+        if listed is None:
+            require(param is not None or value is None, f"{where}: sweep_value is {show(value)} but sweep_param is "
+                                                        f"null")
+            return () if param is None else (SweptValue(*_swept(param, value, where)),)
+        require(param is None and value is None, f"{where}: sweeps and sweep_param/sweep_value both given; a key "
+                                                 f"has one of them")
+        require(isinstance(listed, list) and len(listed) > 1, f"{where}: sweeps is {show(listed)}, expected a list "
+                                                              f"of two or more {{param, value}} objects")
+        sweep = tuple(SweptValue.from_json(item, f"{where}: sweeps[{i}]") for i, item in enumerate(listed))
+        params = [s.param for s in sweep]
+        require(len(set(params)) == len(params), f"{where}: sweeps names a parameter twice ({', '.join(params)})")
+        return sweep
+
     @classmethod
     def from_json(cls, data: Any, where: str = "record") -> "CaseKey":
         """The key's fields of ``data`` (a record's top level), each checked; the shape's values too."""
@@ -148,7 +220,10 @@ class CaseKey:
         for required in ("backend", "batch_spec"):
             require(isinstance(data.get(required), str), f"{where}: {required} is {show(data.get(required))}, "
                                                           f"expected a string")
-        key = _part(cls, data, where)
+        require("sweep" not in data, f"{where}: unknown key(s) sweep (a key's swept values are sweep_param/"
+                                     f"sweep_value, or sweeps)")
+        sweep = cls.sweep_from_json(data, where)
+        key = replace(_part(cls, {k: v for k, v in data.items() if k not in cls.SWEEP_JSON}, where), sweep=sweep)
         for name, value in (key.shape or {}).items():
             expected = "a string" if name in _SHAPE_NAMES else "an integer"
             ok = isinstance(value, str) if name in _SHAPE_NAMES else isinstance(value, int) and not isinstance(value, bool)
@@ -190,16 +265,26 @@ class CaseKey:
         return int(stats["total_tokens"]), int(stats["total_kv_cache"]), self.batch_spec
 
     @property
+    def sweep_params(self) -> tuple[str, ...]:
+        """The swept parameters' names, in the study's order (empty: not a sweep)."""
+        return tuple(s.param for s in self.sweep)
+
+    @property
+    def sweep_values(self) -> tuple[int | str, ...]:
+        """The swept parameters' values, in the order of ``sweep_params``."""
+        return tuple(s.value for s in self.sweep)
+
+    @property
+    def sweep_label(self) -> str | None:
+        """``num_kv_splits=2 head_dim=64`` (None: not a sweep)."""
+        return " ".join(s.label for s in self.sweep) or None
+
+    @property
     def variant(self) -> str | None:
-        """What tells this case from its siblings in one table row (the pipeline, or sweep param=value, and
+        """What tells this case from its siblings in one table row (the pipeline, or each swept param=value, and
         the timed region when it is not the layer step)."""
         region = f"{self.timed_region}-only" if self.timed_region != "layer" else None
-        if self.pipeline is not None:
-            base: str | None = self.pipeline
-        elif self.sweep_param is not None:
-            base = f"{self.sweep_param}={self.sweep_value}"
-        else:
-            base = None
+        base = self.pipeline if self.pipeline is not None else self.sweep_label
         return " ".join(p for p in (base, region) if p) or None
 
 
@@ -424,7 +509,7 @@ class CaseRecord:
     def to_json(self, *, include_samples: bool = True) -> dict[str, Any]:
         """Plain JSON: the key's fields at the top level (as pytest-benchmark users read ``extra_info``),
         each part under its own name, ``schema`` and ``verified`` beside them."""
-        out: dict[str, Any] = {"schema": SCHEMA, **{k: v for k, v in asdict(self.key).items()}}
+        out: dict[str, Any] = {"schema": SCHEMA, **self.key.to_json()}
         out["verified"] = self.verified
         for name in _PARTS:
             part = _plain(getattr(self, name))
@@ -445,7 +530,7 @@ class CaseRecord:
         require(data.get("schema") == SCHEMA, f"record schema is {show(data.get('schema'))}, expected {SCHEMA}")
         for required in ("backend", "batch_spec", "timing", "verification"):
             require(required in data, f"record has no {required!r}")
-        key_names = {f.name for f in fields(CaseKey)}
+        key_names = {f.name for f in fields(CaseKey)} - {"sweep"} | set(CaseKey.SWEEP_JSON)
         known = key_names | set(_PARTS) | set(_FREE) | {"schema", "verified"}
         unknown = sorted(set(data) - known)
         require(not unknown, f"record: unknown key(s) {', '.join(map(str, unknown))}")

@@ -73,7 +73,8 @@ def case_for_item(item: pytest.Item) -> BenchCase | None:
     if info is None:
         return None
     return compose_case(item.config.stash[STUDY_KEY], info, params["bench_spec"],
-                        params.get("bench_sweep_value"), params.get("bench_pipeline"))
+                        params.get("bench_sweep_values", ()), params.get("bench_pipeline"),
+                        params.get("bench_region", "layer"))
 
 
 def result_for(item: pytest.Item, call: pytest.CallInfo[Any], report: pytest.TestReport) -> CaseOutcome | None:
@@ -446,7 +447,7 @@ def group_not_timed(results: list[CaseOutcome]) -> list[dict[str, Any]]:
             groups.setdefault((r.status, r.reason or ""), []).append(r)
     return [{"status": status, "reason": reason, "count": len(group),
              "cases": [r.fullname or describe_key(r) for r in group],
-             "keys": [dataclasses.asdict(r.key) for r in group]}
+             "keys": [r.key.to_json() for r in group]}
             for (status, reason), group in groups.items()]
 
 

@@ -1,6 +1,6 @@
 """Studies: what to benchmark, from YAML and the command line.
 
-A ``Study`` is the resolved answer to "which backends x batch specs x sweep values,
+A ``Study`` is the resolved answer to "which backends x batch specs x points of its sweeps,
 at which shape, with which run settings". It is built once per pytest session from
 (in order of precedence) explicit command-line options, the YAML file given with
 ``--bench-config``, and defaults. Every YAML key is checked: an unknown key, a bad
@@ -20,12 +20,12 @@ import yaml
 from attnbench import backends as registry
 from attnbench import options
 from attnbench.options import OptionError
-from attnbench.shapes import Shape, ShapeError, make_shape, sweepable_keys
+from attnbench.shapes import Shape, ShapeError, make_shape
+from attnbench.sweeps import AUTO, BACKEND_PARAMS, Sweep, SweepError, check_distinct, make_sweep
 from grammar import (MAX_REQUESTS, BatchSpecError, generate_batch_specs_from_ranges, parse_batch_spec,
                      repeat_batch_spec, to_batch_spec)
 
 Mode = Literal["standard", "decode_vs_prefill"]
-AUTO = "auto"
 _D = options.DEFAULTS  # every user-settable default is a row of attnbench/options.py
 
 DEFAULT_SPECS: dict[str, tuple[str, ...]] = {
@@ -36,24 +36,6 @@ DEFAULT_SPECS: dict[str, tuple[str, ...]] = {
 
 class StudyError(ValueError):
     """A bad study: names the file (or option) and the key."""
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """One swept parameter: a backend knob (num_kv_splits, reorder_batch_threshold) or a model dim."""
-
-    param: str
-    values: tuple[Any, ...]
-    include_auto: bool = False
-    # where it was given, for messages about its values: "--sweep-values" or "FILE: key 'parameter_sweep.values'"
-    origin: str = field(default="--sweep-values", compare=False)
-
-    def points(self) -> list[Any]:
-        pts: list[Any] = [AUTO] if self.include_auto else []
-        return pts + [v for v in self.values if v not in pts]
-
-
-BACKEND_PARAMS = (registry.NUM_KV_SPLITS, registry.REORDER_BATCH_THRESHOLD)
 
 
 @dataclass(frozen=True)
@@ -83,7 +65,7 @@ class Study:
     mode: Mode = _D["mode"]
     batch_sizes: tuple[int, ...] = _D["batch_sizes"]
     model: dict[str, Any] = field(default_factory=dict)
-    sweep: Sweep | None = None
+    sweeps: tuple[Sweep, ...] = ()  # swept parameters, each once: the cases are their Cartesian product
     timed_region: tuple[str, ...] = _D["timed_region"]  # an axis: one case per region
     backend_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     run: RunSettings = field(default_factory=RunSettings)
@@ -226,7 +208,8 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 # YAML keys that need code of their own (below); every other key is a row of attnbench/options.py
-_SPECIAL_KEYS = ("batch_spec_ranges", "parameter_sweep", "model_parameter_sweep")
+SWEEP_KEYS = ("parameter_sweep", "model_parameter_sweep", "parameter_sweeps")  # one sweep (upstream's), or a list
+_SPECIAL_KEYS = ("batch_spec_ranges", *SWEEP_KEYS)
 _LABELS = ("model.name",)  # for people; the dimensions are what is run
 _SECTIONS: dict[str, list[str]] = {}
 for _key in (*options.BY_YAML, *_LABELS):
@@ -309,10 +292,11 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
                 notes.setdefault("batch_specs", []).append(
                     f"{where}: key '{key}': {len(repeated)} generated spec(s) repeat a batch already generated and "
                     f"are run once: {_listing(repeated)}")
-        elif key in ("parameter_sweep", "model_parameter_sweep"):
+        elif key in SWEEP_KEYS:
             once("sweep", key)
             sweep_notes: list[str] = []
-            out["sweep"] = _sweep_section(value, where, key, sweep_notes)
+            out["sweeps"] = (_sweeps_section(value, where, key, sweep_notes) if key == "parameter_sweeps"
+                             else (_sweep_section(value, where, key, sweep_notes),))
             if sweep_notes:
                 notes["sweep"] = sweep_notes
         else:
@@ -325,17 +309,18 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
             notes.setdefault("batch_specs", []).append(note)
     problem = _mode_problem(out)
     if problem:
-        raise StudyError(f"{where}: key '{problem[0]}': {problem[1]}")
+        key = spelled_as.get("sweep", "parameter_sweep") if problem[0] == "sweeps" else problem[0]
+        raise StudyError(f"{where}: key '{key}': {problem[1]}")
     return {**out, "notes": notes, "run": parts["run"], "model": parts["model"]}
 
 
 def _mode_problem(fields_: dict[str, Any]) -> tuple[str, str] | None:
-    """The cross-option rules of decode_vs_prefill, as (YAML key, why): it already sweeps the pipeline, and it
+    """The cross-option rules of decode_vs_prefill, as (Study field, why): it already sweeps the pipeline, and it
     compares whole layer steps (the decode path's projection GEMMs are part of what the threshold trades)."""
     if fields_.get("mode") != "decode_vs_prefill":
         return None
-    if fields_.get("sweep") is not None:
-        return "parameter_sweep", "decode_vs_prefill mode already sweeps the pipeline"
+    if fields_.get("sweeps"):
+        return "sweeps", "decode_vs_prefill mode already sweeps the pipeline"
     if tuple(fields_.get("timed_region", ("layer",))) != ("layer",):
         return "timed_region", ("decode_vs_prefill mode compares whole layer steps (the decode path's W_UK/W_UV "
                                 "GEMMs are part of the trade): only the layer region applies")
@@ -353,46 +338,50 @@ def _maybe_backend(key: Any) -> bool:
 
 
 def _sweep_section(value: Any, where: str, key: str, notes: list[str] | None = None) -> Sweep:
+    """``parameter_sweep`` / ``model_parameter_sweep``: upstream's one sweep, ``{param_name, values, include_auto}``."""
     _check(isinstance(value, dict), where, key, "must be a mapping with param_name and values")
-    allowed = {"param_name", "values", "include_auto", "label_format"}
+    allowed = {"param_name", "values", "include_auto", "label_format"}  # label_format: upstream's, for its plots
     for k in value:
         _check(k in allowed, where, f"{key}.{k}", f"unknown key (valid: {', '.join(sorted(allowed))})")
-    param = value.get("param_name")
-    _check(isinstance(param, str), where, f"{key}.param_name", "is required and must be a string")
+    return _one_sweep(value, value.get("param_name"), where, key, "param_name", notes)
+
+
+# one entry of parameter_sweeps; param_name too, so an upstream parameter_sweep mapping may be listed as it is
+_LISTED_SWEEP_KEYS = ("param", "param_name", "values", "include_auto")
+
+
+def _sweeps_section(value: Any, where: str, key: str, notes: list[str] | None = None) -> tuple[Sweep, ...]:
+    """``parameter_sweeps``: a list of ``{param, values, include_auto}``, each parameter once; the cases are the
+    product of them."""
+    _check(isinstance(value, list) and value and all(isinstance(v, dict) for v in value), where, key,
+           "must be a non-empty list of mappings with param and values")
+    sweeps: list[Sweep] = []
+    for i, entry in enumerate(value):
+        at = f"{key}[{i}]"
+        for k in entry:
+            _check(k in _LISTED_SWEEP_KEYS, where, f"{at}.{k}", f"unknown key (valid: {', '.join(_LISTED_SWEEP_KEYS)})")
+        _check(not ("param" in entry and "param_name" in entry), where, f"{at}.param_name",
+               "sets the same thing as key 'param'; give one of them")
+        spelled = "param_name" if "param_name" in entry else "param"
+        sweep = _one_sweep(entry, entry.get(spelled), where, at, spelled, notes)
+        first = next((j for j, s in enumerate(sweeps) if s.param == sweep.param), None)
+        _check(first is None, where, f"{at}.{spelled}", f"{sweep.param} is swept already by {key}[{first}]; sweep "
+                                                        f"each parameter once (merge the values into one entry)")
+        sweeps.append(sweep)
+    return tuple(sweeps)
+
+
+def _one_sweep(value: dict[str, Any], param: Any, where: str, key: str, param_key: str,
+               notes: list[str] | None) -> Sweep:
+    _check(isinstance(param, str), where, f"{key}.{param_key}", "is required and must be a string")
     values = value.get("values")
     _check(isinstance(values, list) and values, where, f"{key}.values", "must be a non-empty list")
     include_auto = value.get("include_auto", False)
     _check(isinstance(include_auto, bool), where, f"{key}.include_auto", f"must be true or false, got {include_auto!r}")
     try:
         return make_sweep(param, values, include_auto, origin=f"{where}: key '{key}.values'", notes=notes)
-    except StudyError as exc:
+    except SweepError as exc:
         raise StudyError(f"{where}: key '{key}': {exc}") from None
-
-
-def make_sweep(param: str, values: list[Any], include_auto: bool, origin: str = "--sweep-values",
-               notes: list[str] | None = None) -> Sweep:
-    """The sweep of ``param`` over ``values``; ``origin`` names where they were given (in messages about them);
-    repeated values are swept once and ``notes`` gets a line saying so."""
-    dims = sweepable_keys("attention") | sweepable_keys("mla")
-    if param not in BACKEND_PARAMS and param not in dims:
-        raise StudyError(f"unknown sweep parameter {_clip(param)!r} (valid: {', '.join(BACKEND_PARAMS)}, "
-                         f"or a model dimension: {', '.join(sorted(dims))})")
-    parsed: list[Any] = []
-    autos = 0
-    for v in values:
-        if isinstance(v, str) and v.strip(" \t\r\n").lower() == AUTO:
-            include_auto, autos = True, autos + 1
-            continue
-        try:
-            parsed.append(options.count(v))
-        except OptionError:
-            shown = repr(v) if not isinstance(v, str) else repr(_clip(v))
-            raise StudyError(f"sweep value {shown} for {param} must be a non-negative integer or 'auto'") from None
-    unique = tuple(dict.fromkeys(parsed))
-    if notes is not None and (len(unique) < len(parsed) or autos > 1):
-        notes.append(f"{origin}: {len(parsed) - len(unique) + max(autos - 1, 0)} repeated sweep value(s) merged, "
-                     f"each is run once ({', '.join(_clip(v) for v in values)})")
-    return Sweep(param, unique, include_auto, origin)
 
 
 def _backend_section(value: Any, where: str, key: str) -> dict[str, Any]:
@@ -417,10 +406,10 @@ def build_study(yaml_fields: dict[str, Any] | None, cli: dict[str, Any]) -> Stud
     y = dict(yaml_fields or {})
     notes: dict[str, list[str]] = dict(y.pop("notes", None) or {})  # option name -> notes; the CLI replaces them
     parts: dict[str, dict[str, Any]] = {"run": dict(y.pop("run", {})), "model": dict(y.pop("model", {})),
-                                        "study": {"name": _D["name"], **y}, "sweep": {}}
+                                        "study": {"name": _D["name"], **y}}
     for opt in options.OPTIONS:
         raw = options.given(cli, opt)
-        if raw is None or not opt.flags or opt.to not in parts:
+        if raw is None or not opt.flags or opt.to not in parts:  # the --sweep-* rows: _cli_sweeps, below
             continue
         try:
             parts[opt.to][opt.name] = value = opt.value(raw, cli=True)
@@ -431,28 +420,52 @@ def build_study(yaml_fields: dict[str, Any] | None, cli: dict[str, Any]) -> Stud
         else:
             note = _repeats_note(opt, raw, value, opt.flags[0])
         notes[opt.name] = [note] if note else []
-    fields_, sweep = parts["study"], parts["sweep"]
-    if sweep.get("sweep_param") or sweep.get("sweep_values"):
-        if not (sweep.get("sweep_param") and sweep.get("sweep_values")):
-            raise StudyError("--sweep-param and --sweep-values must be given together")
-        notes["sweep"] = []
-        try:
-            fields_["sweep"] = make_sweep(sweep["sweep_param"], list(sweep["sweep_values"]),
-                                          bool(sweep.get("sweep_include_auto")), notes=notes["sweep"])
-        except StudyError as exc:
-            flag = "--sweep-param" if str(exc).startswith("unknown sweep parameter") else "--sweep-values"
-            raise StudyError(f"{flag}: {exc}") from None
-    elif sweep.get("sweep_include_auto"):
-        if fields_.get("sweep") is None:
-            raise StudyError("--sweep-include-auto needs a sweep (--sweep-param/--sweep-values, or parameter_sweep "
+    fields_ = parts["study"]
+    include_auto = bool(cli.get("sweep_include_auto"))
+    sweep_notes: list[str] = []
+    given = _cli_sweeps(cli.get("sweep_param"), cli.get("sweep_values"), include_auto, sweep_notes)
+    if given:  # the command line's sweeps replace the YAML's, as every option does
+        fields_["sweeps"], notes["sweep"] = given, sweep_notes
+    elif include_auto:
+        if not fields_.get("sweeps"):
+            raise StudyError("--sweep-include-auto needs a sweep (--sweep-param/--sweep-values, or parameter_sweep(s) "
                              "in the YAML)")
-        fields_["sweep"] = replace(fields_["sweep"], include_auto=True)
+        fields_["sweeps"] = tuple(replace(s, include_auto=True) for s in fields_["sweeps"])
     problem = _mode_problem(fields_)
     if problem:  # the YAML alone passed parse_study_dict, so the conflict came from here
-        flag = {"parameter_sweep": "--sweep-param", "timed_region": "--timed-region"}[problem[0]]
+        flag = {"sweeps": "--sweep-param", "timed_region": "--timed-region"}[problem[0]]
         raise StudyError(f"{flag}: {problem[1]}")
     fields_["notes"] = tuple(n for group in notes.values() for n in group)
     return Study(**fields_, model=parts["model"], run=RunSettings(**parts["run"]))
+
+
+def _cli_sweeps(params: Any, values: Any, include_auto: bool, notes: list[str]) -> tuple[Sweep, ...]:
+    """The sweeps of the command line. ``--sweep-param NAME`` and ``--sweep-values V...`` are given once per swept
+    parameter and paired in order: the i-th ``--sweep-values`` are the i-th ``--sweep-param``'s values. pytest
+    hands over a list of names and a list of value lists; a caller of ``build_study`` may give one name and one
+    list. ``--sweep-include-auto`` applies to every sweep."""
+    names = [params] if isinstance(params, str) else list(params or ())
+    groups = [values] if values and all(isinstance(v, str) for v in values) else [list(g) for g in values or ()]
+    if len(names) > len(groups):
+        raise StudyError(f"--sweep-param {_clip(names[len(groups)])}: has no --sweep-values of its own "
+                         f"({len(names)} --sweep-param, {len(groups)} --sweep-values; the i-th --sweep-values are the "
+                         f"values of the i-th --sweep-param)")
+    if len(groups) > len(names):
+        shown = " ".join(_clip(v) for v in groups[len(names)][:6]) + (" ..." if len(groups[len(names)]) > 6 else "")
+        raise StudyError(f"--sweep-values {shown}: has no --sweep-param of its own ({len(names)} --sweep-param, "
+                         f"{len(groups)} --sweep-values; give --sweep-param NAME for each)")
+    sweeps = []
+    for name, group in zip(names, groups):
+        try:
+            sweeps.append(make_sweep(name, group, include_auto, notes=notes))
+        except SweepError as exc:
+            flag = "--sweep-param" if str(exc).startswith("unknown sweep parameter") else "--sweep-values"
+            raise StudyError(f"{flag}: {exc}") from None
+    try:
+        check_distinct(sweeps)
+    except SweepError as exc:
+        raise StudyError(f"--sweep-param: {exc}") from None
+    return tuple(sweeps)
 
 
 def check_shape(study: Study, family: str) -> Shape:

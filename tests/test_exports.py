@@ -94,6 +94,26 @@ def test_record_round_trip_is_lossless(measured) -> None:
     assert CaseOutcome.from_json(json.loads(json.dumps(result.to_json()))) == result
 
 
+@pytest.mark.parametrize("status", [PASSED, SKIPPED])
+def test_a_row_keeps_the_timed_region_and_the_kv_fill(status) -> None:
+    # what the journal, --output-json and an xdist worker's report carry: an attention-only, zero-filled case must
+    # not come back as the layer step on random data (it would then share the layer step's case key)
+    from dataclasses import replace
+
+    from tests.factories import timed
+
+    fields = {"timed_region": "attention", "kv_fill": "zeros"}
+    if status == PASSED:  # the factory reads timed_region as the work model's; the key's is set here
+        result = timed("A", "q1s1k", 1e-5)
+        key = replace(result.key, **fields)
+        result = replace(result, key=key, record=replace(result.record, key=key))
+    else:
+        result = untimed("A", "q1s1k", status, "r", **fields)
+    back = CaseOutcome.from_json(json.loads(json.dumps(result.to_json())))
+    assert (back.key.timed_region, back.key.kv_fill) == ("attention", "zeros") and back.key == result.key
+    assert case_key(back) != case_key(timed("A", "q1s1k", 1e-5))
+
+
 def test_record_carries_the_seed_keys() -> None:
     from tests.factories import timed
 

@@ -115,7 +115,9 @@ def test_every_flag_parses_into_the_study(pytester, opt, flag):
     example = opt.examples[0] if opt.const is None else opt.const
     config = parse(pytester, flag, *cli_text(opt, example))
     text = cli_text(opt, example)
-    assert config.getoption(opt.name) == (opt.const if opt.const is not None else text if opt.many else text[0])
+    one = opt.const if opt.const is not None else text if opt.many else text[0]
+    repeatable = opt.to == "sweep" and opt.const is None  # one --sweep-param/--sweep-values per swept parameter
+    assert config.getoption(opt.name) == ([one] if repeatable else one)
     if opt in MERGED:
         assert study_value(plugin.resolve_study(config), opt) == opt.value(example)
 

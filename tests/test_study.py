@@ -109,14 +109,14 @@ def test_upstream_keys_are_accepted_and_normalised(tmp_path):
     assert fields["batch_sizes"] == (1, 4)
     assert fields["mode"] == "standard"
     assert "name" not in fields["model"] and fields["model"]["num_q_heads"] == 16
-    assert fields["sweep"] == Sweep("num_kv_splits", (1, 2), True)
+    assert fields["sweeps"] == (Sweep("num_kv_splits", (1, 2), True),)
     assert fields["output_csv"] == "results/out.csv" and fields["output_json"] == "results/out.json"
     assert fields["run"] == {"device": "cuda:1", "repeats": 20, "warmup_iters": 3, "profile_memory": True}
     assert fields["backend_settings"] == {"CUTLASS_MLA": {}, "FLASHMLA": {"reorder_batch_threshold": 4}}
 
     study = build_study(fields, {})
     assert study.run == RunSettings(device="cuda:1", repeats=20, warmup_iters=3, profile_memory=True)
-    assert study.sweep.points() == ["auto", 1, 2]
+    assert [s.points() for s in study.sweeps] == [["auto", 1, 2]]
     assert [b.name for b in study.backends_for("mla")] == ["CUTLASS_MLA"]
     assert study.backends_for("attention") == []
     shape = check_shape(study, "mla")
@@ -145,7 +145,7 @@ def test_top_level_run_keys_and_lists_of_backends(tmp_path):
     assert fields["run"] == {"repeats": 5, "warmup_iters": 0, "device": "cpu", "cache_state": "warm",
                              "noise_target": 0.0}
     assert fields["model"] == {"kv_cache_dtype": "fp8"}
-    assert fields["sweep"] == Sweep("head_dim", (64, 128), False)
+    assert fields["sweeps"] == (Sweep("head_dim", (64, 128), False),)
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -367,7 +367,7 @@ def test_include_auto_must_be_a_boolean(tmp_path):
 def test_cli_include_auto_applies_to_the_yaml_sweep_and_needs_one(tmp_path):
     fields = load_study_file(_write(tmp_path, "parameter_sweep:\n  param_name: num_kv_splits\n  values: [1, 2]\n"))
     study = build_study(fields, {"sweep_include_auto": True})
-    assert study.sweep.points() == ["auto", 1, 2]
+    assert [s.points() for s in study.sweeps] == [["auto", 1, 2]]
     with pytest.raises(StudyError, match="--sweep-include-auto needs a sweep"):
         build_study(None, {"sweep_include_auto": True})
 
@@ -387,7 +387,7 @@ def test_repeated_specs_and_sweep_values_are_one_case():
     study = build_study(None, {"batch_specs": ["q1s64", "q1s64", "q2"], "sweep_param": "num_kv_splits",
                                "sweep_values": ["1", "1", "2"]})
     assert study.batch_specs == ("q1s64", "q2")
-    assert study.sweep.values == (1, 2)
+    assert [s.values for s in study.sweeps] == [(1, 2)]
 
 
 def test_only_real_integer_dimensions_can_be_swept():

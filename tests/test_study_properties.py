@@ -44,6 +44,14 @@ _VALUES: dict[str, st.SearchStrategy[Any]] = {
     "parameter_sweep": st.fixed_dictionaries({"param_name": st.sampled_from(["num_kv_splits", "head_dim"]),
                                               "values": st.lists(st.sampled_from([1, 2, 64, 128, "auto"]),
                                                                  min_size=1, max_size=3)}),
+    "parameter_sweeps": st.lists(st.one_of(
+        st.fixed_dictionaries({"param": st.sampled_from(["num_kv_splits", "head_dim", "num_layers"]),
+                               "values": st.lists(st.sampled_from([1, 2, 64, 128, "auto"]), min_size=1, max_size=3)},
+                              optional={"include_auto": st.booleans()}),
+        st.fixed_dictionaries({"param": st.just("kv_cache_dtype"),
+                               "values": st.lists(st.sampled_from(["auto", "fp8", "fp8_e5m2", "bfloat16"]),
+                                                  min_size=1, max_size=3)})),
+        min_size=1, max_size=3, unique_by=lambda entry: entry["param"]),
     "batch_spec_ranges": st.lists(st.fixed_dictionaries({"template": st.just("{b}q1s{s}"),
                                                          "b": st.integers(1, 4),
                                                          "s": st.fixed_dictionaries({"start": st.just(1000),
@@ -79,15 +87,18 @@ def mutated_studies(draw: st.DrawFn) -> str:
         elif kind == "key":
             doc[draw(_BAD_KEYS)] = draw(_BAD_VALUES)
         elif kind == "nested_value":
-            section = draw(st.sampled_from(["model", "benchmark", "output", "parameter_sweep", "CUTLASS_MLA"]))
+            section = draw(st.sampled_from(["model", "benchmark", "output", "parameter_sweep", "parameter_sweeps",
+                                            "CUTLASS_MLA"]))
             doc[section] = {draw(st.one_of(_BAD_KEYS, st.sampled_from(["num_layers", "repeats", "csv", "values",
                                                                         "num_kv_splits"]))): draw(_BAD_VALUES)}
         elif kind == "two_spellings":
             key, other = draw(st.sampled_from([("backend", "backends"), ("repeats", "benchmark"),
-                                               ("parameter_sweep", "model_parameter_sweep")]))
+                                               ("parameter_sweep", "model_parameter_sweep"),
+                                               ("parameter_sweep", "parameter_sweeps")]))
             doc[key] = ["flash"] if key == "backend" else 3 if key == "repeats" else {"param_name": "head_dim",
                                                                                     "values": [64]}
-            doc[other] = {"repeats": 4} if other == "benchmark" else doc[key]
+            doc[other] = {"repeats": 4} if other == "benchmark" else [doc[key]] if other == "parameter_sweeps" \
+                else doc[key]
         elif kind == "duplicate":
             key = draw(st.sampled_from(sorted(_VALUES)))
             text = (text or _dump(doc)) + f"{key}: 1\n{key}: 2\n"
@@ -142,7 +153,9 @@ def test_valid_studies_load(doc: dict[str, Any]) -> None:
             # the generator may combine what the study refuses by design, nothing else
             assert any(refusal in str(exc) for refusal in ("decode_vs_prefill mode already sweeps",
                                                            "decode_vs_prefill mode compares whole layer steps",
-                                                           "is not used by template")), exc
+                                                           "is not used by template",
+                                                           # parameter_sweep and parameter_sweeps both drawn
+                                                           "sets the same thing as key 'parameter_sweep'")), exc
             return
         study = build_study(fields, {})
         if "batch_specs" in doc and "batch_spec_ranges" not in doc:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from attnbench.crossover_search import CrossoverAnswer, Point, crossover_answer, measurement, vllm_default
-from attnbench.reporting.cells import spec_order
+from attnbench.reporting.cells import is_default_point, spec_order, sweep_point
 from attnbench.outcome import CaseOutcome
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the checkout's studies (absent in a plain install)
@@ -33,7 +33,7 @@ def group_results(results: Iterable[CaseOutcome]) -> dict[tuple[str, str], list[
 def has_variants(group: Sequence[CaseOutcome]) -> bool:
     """Whether a group compares variants of each case (sweep values, pipelines or timed regions) rather than
     backends only."""
-    return (any(r.key.pipeline for r in group) or any(r.key.sweep_param for r in group)
+    return (any(r.key.pipeline for r in group) or any(r.key.sweep for r in group)
             or len({r.key.timed_region for r in group}) > 1)
 
 
@@ -164,7 +164,9 @@ def _geomean(values: Sequence[float]) -> float | None:
 
 @dataclass
 class BestSweepValue:
-    """The fastest value of a swept knob for one backend and batch spec, against the backend's default."""
+    """The fastest point of a sweep for one backend and batch spec, against the default ("auto" for every swept
+    parameter). ``param`` names the swept parameters ("num_kv_splits × head_dim"); ``best_value`` is the point as
+    ``cells.sweep_point`` gives it: a value, or the tuple of values of several parameters."""
 
     backend: str
     batch_spec: str
@@ -188,16 +190,16 @@ class BestSweepValue:
 
 def best_sweep_values(results: Iterable[CaseOutcome]) -> list[BestSweepValue]:
     """Per backend and batch spec of a sweep, the value with the lowest median time."""
-    by_case: dict[tuple[str, str, str], list[CaseOutcome]] = defaultdict(list)
+    by_case: dict[tuple[str, str, tuple[str, ...]], list[CaseOutcome]] = defaultdict(list)
     for r in results:
-        if r.key.sweep_param and r.timed:
-            by_case[(r.key.backend, r.key.batch_spec, r.key.sweep_param)].append(r)
+        if r.key.sweep and r.timed:
+            by_case[(r.key.backend, r.key.batch_spec, r.key.sweep_params)].append(r)
     rows = []
-    for (backend, spec, param), group in by_case.items():
+    for (backend, spec, params), group in by_case.items():
         best = min(group, key=lambda r: r.median)
-        auto = next((r for r in group if str(r.key.sweep_value) == "auto"), None)
+        auto = next((r for r in group if is_default_point(sweep_point(r.key))), None)
         noise = max((x.times.rel_noise or 0.0) for x in (best, auto) if x is not None)
-        rows.append(BestSweepValue(backend, spec, param, best.key.sweep_value, best.median,
+        rows.append(BestSweepValue(backend, spec, " × ".join(params), sweep_point(best.key), best.median,
                                    auto.median if auto else None, len(group), noise))
     size = {spec: i for i, spec in enumerate(spec_order(r for group in by_case.values() for r in group))}
     rows.sort(key=lambda b: (b.param, b.backend, size[b.batch_spec]))

@@ -1,7 +1,9 @@
 """Ordering and formatting of table cells, shared by every renderer (each rule written once here).
 
 Ordering: batch specs by size (``CaseKey.size_key``), sweep values with the backend default
-first, backends in the order the results name them. Formatting: µs with significant digits (or the
+first (points of several swept parameters value by value), backends in the order the results name them.
+A sweep's column is its point (``sweep_point``): the bare value of a single sweep, whose parameter the title
+names, or the values of several, shown "2 · 64" under a title naming "num_kv_splits × head_dim". Formatting: µs with significant digits (or the
 digits the measured noise supports), shares and changes as percentages, speed-ups, MiB.
 """
 
@@ -11,7 +13,8 @@ import math
 from typing import Any, Iterable
 
 from attnbench.outcome import CaseOutcome
-from attnbench.study import AUTO
+from attnbench.record import CaseKey
+from attnbench.sweeps import AUTO
 
 NO_VALUE = "–"  # what a cell shows when there is nothing to show: no timing, no data
 _MAX_TIME_DECIMALS = 3
@@ -33,10 +36,34 @@ def spec_order(results: Iterable[CaseOutcome]) -> list[str]:
 
 
 def sweep_order(values: Iterable[Any]) -> list[Any]:
-    """Distinct sweep values (or pipelines): "auto" first, then numbers ascending, then the rest by spelling."""
+    """Distinct sweep values (or pipelines): "auto" first, then numbers ascending, then the rest by spelling; points
+    of several swept parameters (tuples) by their values in turn, each by that rule."""
+    def rank(v: Any) -> tuple[Any, ...]:
+        return (v != AUTO, not isinstance(v, (int, float)), v if isinstance(v, (int, float)) else 0, str(v))
+
     unique = list(dict.fromkeys(values))
-    return sorted(unique, key=lambda v: (v != AUTO, not isinstance(v, (int, float)),
-                                         v if isinstance(v, (int, float)) else 0, str(v)))
+    return sorted(unique, key=lambda v: tuple(rank(x) for x in v) if isinstance(v, tuple) else (rank(v),))
+
+
+def sweep_point(key: CaseKey) -> Any:
+    """What a case's column in a sweep table stands for: its one swept value, or the tuple of its several."""
+    values = key.sweep_values
+    return values[0] if len(values) == 1 else values
+
+
+def point_text(point: Any) -> str:
+    """A sweep point as a column shows it: "4", "auto", "2 · 64"."""
+    return " · ".join(map(str, point)) if isinstance(point, tuple) else str(point)
+
+
+def is_default_point(point: Any) -> bool:
+    """The point that runs every swept parameter at its default ("auto", or "auto" for each of several)."""
+    return point == AUTO or (isinstance(point, tuple) and bool(point) and all(v == AUTO for v in point))
+
+
+def sweep_axis(results: Iterable[CaseOutcome]) -> str:
+    """The swept parameters of ``results``, for titles: "num_kv_splits", "num_kv_splits × head_dim"."""
+    return " × ".join(dict.fromkeys(p for r in results for p in r.key.sweep_params))
 
 
 def backend_order(results: Iterable[CaseOutcome]) -> list[str]:

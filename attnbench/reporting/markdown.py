@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 
 from attnbench.exports import LoadedResults, ResultsFileError, load_results, merge_results
 from attnbench.reporting.analysis import CONFIGS, Crossover, crossover_table, info, study_title
-from attnbench.reporting.cells import NO_VALUE, backend_order, median_us, significant
+from attnbench.reporting.cells import NO_VALUE, backend_order, median_us, significant, sweep_axis
 from attnbench.reporting.model import FASTEST, Cell, Table, simple_table
 from attnbench.reporting.tables import (METRICS, Metric, backend_table, crossover_model, crossover_pivot, split,
                                         sweep_table, wins_line)
@@ -396,8 +396,8 @@ def mla_mixed_section(study: str, results: Sequence[CaseOutcome]) -> str:
 
 
 def sweep_section(study: str, results: Sequence[CaseOutcome]) -> str:
-    swept = [r for r in results if r.key.sweep_param is not None]
-    param = swept[0].key.sweep_param if swept else "?"
+    swept = [r for r in results if r.key.sweep]
+    param = sweep_axis(swept) or "?"
     table, winners = sweep_table(swept)
     *body, path_row = table.rows
     slow = []
@@ -408,7 +408,8 @@ def sweep_section(study: str, results: Sequence[CaseOutcome]) -> str:
             slow.append(f"{column.key[0]} {column.key[1]} {min(ratios):.0f}–{max(ratios):.0f}×")
     absent = sum(cell.text == f"{NO_VALUE}¹" for row in body for cell in row)
     notes = [wins_line(winners, len(winners)),
-             f"Columns: backend × `{param}`; *auto* is the backend's default (resolved value in brackets). The *path* "
+             f"Columns: backend × `{param}`" + (" (a column's values in that order)" if " × " in param else "")
+             + "; *auto* is the backend's default (resolved value in brackets). The *path* "
              "row: where the builder sent the requests (all decode, all prefill, or mixed)."]
     if slow:
         notes.append("Columns on the prefill path are slower than the row's fastest by " + ", ".join(slow) + ".")
@@ -548,7 +549,7 @@ def render(baseline: Baseline, command: str, plots: Sequence[tuple[str, Path]] =
             sections.append(_SECTIONS[study](study, results))
         elif any(r.key.pipeline for r in results):
             sections.append(crossover_section(study, results))
-        elif any(r.key.sweep_param for r in results):
+        elif any(r.key.sweep for r in results):
             sections.append(sweep_section(study, results))
         else:
             sections.append(generic_section(study, results))

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from attnbench.reporting.analysis import crossover_table, group_results
-from attnbench.reporting.cells import significant
+from attnbench.reporting.cells import point_text, significant
 from attnbench.reporting.model import FASTEST
 from attnbench.reporting.tables import speedup_tables, time_table
 from attnbench.outcome import SKIPPED, CaseOutcome
@@ -134,14 +134,15 @@ def sweep_heatmap(results: Sequence[CaseOutcome], path: str | Path, title: str =
                         fontweight="bold" if cell.emphasis == FASTEST else "normal")
                 if cell.emphasis == FASTEST:
                     ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
-        ax.set_xticks(range(len(values)), [str(v) for v in values])
+        ax.set_xticks(range(len(values)), [point_text(v) for v in values])
         ax.set_yticks(range(len(specs)), specs)
         ax.set_xlabel(param)
         ax.set_title(grid.title)
     if image is not None:
-        bar = fig.colorbar(image, ax=list(axes), label=f"speed-up vs {reference}", shrink=0.9)
+        bar = fig.colorbar(image, ax=list(axes), label=f"speed-up vs {point_text(reference)}", shrink=0.9)
         bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-    fig.suptitle(f"{title or 'Sweep'}: speed-up of each {param} over {param}={reference} (outlined: fastest per spec)")
+    fig.suptitle(f"{title or 'Sweep'}: speed-up of each {param} over {param}={point_text(reference)} "
+                 f"(outlined: fastest per spec)")
     return _save(fig, path)
 
 

@@ -23,8 +23,9 @@ from typing import Any, Callable, Sequence
 from attnbench.crossover_search import crossover_answer
 from attnbench.reporting.analysis import (BestSweepValue, Crossover, best_sweep_values, crossover_table,
                                           group_results, has_variants, info)
-from attnbench.reporting.cells import (NO_VALUE, backend_order, behind_best, format_time_us, median_us, mib,
-                                       percent, ratio, significant, spec_order, speedup, sweep_order, us)
+from attnbench.reporting.cells import (NO_VALUE, backend_order, behind_best, format_time_us, is_default_point,
+                                       median_us, mib, percent, point_text, ratio, significant, spec_order, speedup,
+                                       sweep_axis, sweep_order, sweep_point, us)
 from attnbench.reporting.model import BAD, FASTEST, MUTED, Cell, Column, Table
 from attnbench.outcome import FAILED, SKIPPED, CaseOutcome
 from attnbench.study import AUTO
@@ -207,13 +208,13 @@ def variant_table(study: str, family: str, group: Sequence[CaseOutcome]) -> Tabl
     columns = [c for c in every if any(r.status != SKIPPED for k, r in cells.items() if k[1:] == c)]
     show_memory = any(memory(r) for r in group)
     mode = ("decode vs prefill" if any(r.key.pipeline for r in group)
-            else f"sweep of {group[0].key.sweep_param}" if any(r.key.sweep_param for r in group) else "timed regions")
+            else f"sweep of {sweep_axis(group)}" if any(r.key.sweep for r in group) else "timed regions")
     table = Table(f"{study} · {family} · {mode}", [Column("batch spec", right=False, wrap=False)]
-                  + [Column(f"{b}\n{v}", key=(b, v)) for b, v in columns])
+                  + [Column(f"{b}\n{point_text(v)}", key=(b, v)) for b, v in columns])
     notes = Footnotes()
     for (spec, backend, variant), r in cells.items():
         if (backend, variant) not in columns:
-            notes.mark(r, f"{backend} {variant} {spec}")
+            notes.mark(r, f"{backend} {point_text(variant)} {spec}")
     for spec in spec_order(group):
         best = _best_time(cells.get((spec, b, v)) for b, v in columns)
         row = [Cell(spec)]
@@ -222,7 +223,7 @@ def variant_table(study: str, family: str, group: Sequence[CaseOutcome]) -> Tabl
             if r is None:
                 row.append(Cell())
                 continue
-            cell = _time_cell(r, notes, f"{backend} {variant} {spec}")
+            cell = _time_cell(r, notes, f"{backend} {point_text(variant)} {spec}")
             if r.timed:
                 below = [_vs_best(r, best)] + ([Cell(f"{memory(r)} MiB")] if show_memory and memory(r) else [])
                 cell = replace(cell, below=tuple(below))
@@ -253,21 +254,23 @@ def best_sweep_model(rows: Sequence[BestSweepValue]) -> Table:
     table = Table(f"Best {rows[0].param} per batch spec",
                   [Column(h, right=h not in ("backend", "batch spec", "note")) for h in headers])
     for b in rows:
-        table.add(b.backend, b.batch_spec, str(b.best_value), us(b.best_time, 4), speedup(b.speedup_over_auto),
-                  str(b.values_timed), "within noise of auto" if b.within_noise and str(b.best_value) != AUTO else "")
+        table.add(b.backend, b.batch_spec, point_text(b.best_value), us(b.best_time, 4), speedup(b.speedup_over_auto),
+                  str(b.values_timed), "within noise of auto" if b.within_noise and not is_default_point(b.best_value)
+                  else "")
     return table
 
 
 def _variant(r: CaseOutcome) -> Any:
-    """What tells a result from its siblings in one row: the pipeline, or the bare sweep value (the title names it),
-    then the timed region when it is not the layer step."""
+    """What tells a result from its siblings in one row: the pipeline, or the sweep point (the bare value of one
+    swept parameter, the values of several; the title names them), then the timed region when it is not the layer
+    step."""
     if r.key.pipeline is not None:
         base: Any = r.key.pipeline
     else:
-        base = r.key.sweep_value if r.key.sweep_param is not None else ""
+        base = sweep_point(r.key) if r.key.sweep else ""
     if r.key.timed_region == "layer":
         return base
-    return f"{base} {r.key.timed_region}-only".strip()
+    return f"{point_text(base)} {r.key.timed_region}-only".strip()
 
 
 def _best_time(results: Any) -> float | None:
@@ -366,14 +369,14 @@ def sweep_table(results: Sequence[CaseOutcome]) -> tuple[Table, list[str]]:
     """Rows: batch specs; a µs column per backend x sweep value ("auto" shows the value it resolved to), the
     fastest column, and a last row naming the path the builder sent each column's requests down. A case
     missing from the results shows NO_VALUE marked ¹. Also returns the fastest column of each row."""
-    swept = [r for r in results if r.key.sweep_param is not None]
-    values = sweep_order(r.key.sweep_value for r in swept)
-    cells = {(r.key.batch_spec, r.key.backend, str(r.key.sweep_value)): r for r in swept}
-    columns = [(b, str(v)) for b in backend_order(swept) for v in values]
+    swept = [r for r in results if r.key.sweep]
+    values = sweep_order(sweep_point(r.key) for r in swept)
+    cells = {(r.key.batch_spec, r.key.backend, point_text(sweep_point(r.key))): r for r in swept}
+    columns = [(b, point_text(v)) for b in backend_order(swept) for v in values]
     headers = []
     for b, v in columns:
         resolved = {info(r, "backend_info", "reorder_batch_threshold") for r in swept
-                    if r.key.backend == b and str(r.key.sweep_value) == v}
+                    if r.key.backend == b and point_text(sweep_point(r.key)) == v}
         headers.append(f"{b} auto (={next(iter(resolved))})" if v == AUTO and len(resolved) == 1 else f"{b} {v}")
     table = Table("", [Column("batch spec", right=False)] + [Column(h, key=c) for h, c in zip(headers, columns)]
                   + [Column("fastest", right=False)])
@@ -422,23 +425,23 @@ def crossover_pivot(rows: Sequence[Crossover], backends: Sequence[str] = ()) -> 
 
 
 def speedup_tables(results: Sequence[CaseOutcome]) -> tuple[str, Any, list[Table]]:
-    """For the sweep heatmap: the swept parameter, the reference value ("auto", else the first value) and per
+    """For the sweep heatmap: the swept parameter(s), the reference point ("auto", else the first) and per
     backend that timed something a table: batch specs x sweep values, each cell the speed-up over the reference
     (figure text, ASCII x), FASTEST on the fastest value of each row."""
-    swept = [r for r in results if r.key.sweep_param and r.key.pipeline is None]
-    param = swept[0].key.sweep_param if swept else ""
-    values = sweep_order(r.key.sweep_value for r in swept)
+    swept = [r for r in results if r.key.sweep and r.key.pipeline is None]
+    param = sweep_axis(swept)
+    values = sweep_order(sweep_point(r.key) for r in swept)
     specs = spec_order(swept)
-    cells = {(r.key.backend, r.key.batch_spec, str(r.key.sweep_value)): r for r in swept}
-    reference = AUTO if AUTO in values else values[0] if values else None
+    cells = {(r.key.backend, r.key.batch_spec, point_text(sweep_point(r.key))): r for r in swept}
+    reference = next((v for v in values if is_default_point(v)), values[0] if values else None)
     tables = []
     for backend in backend_order(swept):
         if not any(r.timed and r.key.backend == backend for r in swept):
             continue
-        table = Table(backend, [Column("batch spec", right=False)] + [Column(str(v), key=v) for v in values])
+        table = Table(backend, [Column("batch spec", right=False)] + [Column(point_text(v), key=v) for v in values])
         for spec in specs:
-            ref = cells.get((backend, spec, str(reference)))
-            row = [cells.get((backend, spec, str(v))) for v in values]
+            ref = cells.get((backend, spec, point_text(reference)))
+            row = [cells.get((backend, spec, point_text(v))) for v in values]
             timed = [(r.median, x) for x, r in enumerate(row) if r is not None and r.timed]
             best = min(timed)[1] if timed else None
             out = [Cell(spec)]
