@@ -125,7 +125,7 @@ class CaseKey:
     KINDS: ClassVar[dict[str, str]] = {"backend": "str", "batch_spec": "str", "family": "str", "study": "str",
                                        "shape": "object", "sweep_param": "str", "pipeline": "str",
                                        "backend_params": "object", "device": "str", "cache_state": "str",
-                                       "timed_region": "str", "kv_fill": "str"}
+                                       "timed_region": "str", "kv_fill": "str", "topk_pattern": "str"}
     backend: str
     batch_spec: str
     family: str | None = None
@@ -133,13 +133,14 @@ class CaseKey:
     shape: Mapping[str, Any] = field(default_factory=dict)
     sweep_param: str | None = None
     sweep_value: Any = None  # an int, or "auto" for the backend's default
-    pipeline: str | None = None  # decode_vs_prefill: "decode" or "prefill"
+    pipeline: str | None = None  # decode_vs_prefill: "decode" or "prefill"; mha_vs_mqa: "mha" or "mqa"
     backend_params: Mapping[str, Any] = field(default_factory=dict)  # builder knobs forced for this case
     device: str | None = None
     cache_state: str | None = None
     # what one timed call is, and the K/V data; records written before these existed were layer / random
     timed_region: str = "layer"
     kv_fill: str = "random"
+    topk_pattern: str | None = None  # sparse MLA's mock-indexer pattern; None: a dense case (and older records)
 
     @classmethod
     def from_json(cls, data: Any, where: str = "record") -> "CaseKey":
@@ -194,13 +195,14 @@ class CaseKey:
         """What tells this case from its siblings in one table row (the pipeline, or sweep param=value, and
         the timed region when it is not the layer step)."""
         region = f"{self.timed_region}-only" if self.timed_region != "layer" else None
+        topk = f"topk={self.topk_pattern}" if self.topk_pattern is not None else None
         if self.pipeline is not None:
             base: str | None = self.pipeline
         elif self.sweep_param is not None:
             base = f"{self.sweep_param}={self.sweep_value}"
         else:
             base = None
-        return " ".join(p for p in (base, region) if p) or None
+        return " ".join(p for p in (base, topk, region) if p) or None
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,8 @@ def case_for_item(item: pytest.Item) -> BenchCase | None:
     if info is None:
         return None
     return compose_case(item.config.stash[STUDY_KEY], info, params["bench_spec"],
-                        params.get("bench_sweep_value"), params.get("bench_pipeline"))
+                        params.get("bench_sweep_value"), params.get("bench_pipeline"),
+                        params.get("bench_region", "layer"), params.get("bench_topk"))
 
 
 def result_for(item: pytest.Item, call: pytest.CallInfo[Any], report: pytest.TestReport) -> CaseOutcome | None:

@@ -147,7 +147,8 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
             memory["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
         peaks = hardware.device_peaks(device)
         mets = metrics.summarize(adapter.requests, shape, t.median if t.samples else 0.0, peaks, adapter.mla_paths,
-                                 attention_paths=adapter.attention_paths, timed_region=case.timed_region)
+                                 attention_paths=adapter.attention_paths, timed_region=case.timed_region,
+                                 sparse=getattr(adapter, "sparse_selections", None))  # sparse MLA adapters only
         mets["peaks"] = peaks
         if kernels is not None:
             mets["kernels"] = kernels

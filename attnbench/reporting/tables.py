@@ -265,6 +265,8 @@ def _variant(r: CaseOutcome) -> Any:
         base: Any = r.key.pipeline
     else:
         base = r.key.sweep_value if r.key.sweep_param is not None else ""
+    if r.key.topk_pattern is not None:  # sparse MLA: the mock indexer's pattern tells siblings apart
+        base = f"{base} topk={r.key.topk_pattern}".strip()
     if r.key.timed_region == "layer":
         return base
     return f"{base} {r.key.timed_region}-only".strip()
