@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Family = Literal["attention", "mla"]
+# An MLA model is dense (DeepSeek-V3: every query attends its whole context) or sparse (DeepSeek-V3.2: an indexer
+# picks index_topk keys per query); a backend runs one kind, the REFERENCE both. bench_mla's test_sparse_mla
+# collects the sparse rows, test_mla the dense ones.
+DENSE, SPARSE = "dense", "sparse"
 
 VLLM_VERSION = "0.26.0"  # the vLLM release this registry, its knobs and its capability ranges describe
 
@@ -35,6 +39,7 @@ class BackendInfo:
     needs_cuda: bool = True
     sweep_params: frozenset[str] = field(default_factory=frozenset)
     note: str = ""
+    kinds: frozenset[str] = frozenset({DENSE})  # which kinds of model it runs (DENSE, SPARSE)
 
     @property
     def is_reference(self) -> bool:
@@ -43,6 +48,7 @@ class BackendInfo:
 
 _VLLM_ATTENTION = "attnbench.adapters.vllm_attention:make_adapter"
 _VLLM_MLA = "attnbench.adapters.vllm_mla:make_adapter"
+_VLLM_MLA_SPARSE = "attnbench.adapters.vllm_mla_sparse:make_adapter"
 _MLA_PARAMS = frozenset({REORDER_BATCH_THRESHOLD})
 
 BACKENDS: tuple[BackendInfo, ...] = (
@@ -61,8 +67,9 @@ BACKENDS: tuple[BackendInfo, ...] = (
     BackendInfo("HPC_ATTN", "attention", _VLLM_ATTENTION, aliases=("hpc", "hpc_attn"), min_capability=(9, 0),
                 note="needs the 'hpc' kernel package"),
     BackendInfo("REFERENCE", "mla", "attnbench.adapters.reference:make_mla_adapter",
-                aliases=("reference", "ref"), needs_vllm=False, needs_cuda=False,
-                note="latent up-projected with kv_b_proj, then exact attention in plain torch"),
+                aliases=("reference", "ref"), needs_vllm=False, needs_cuda=False, kinds=frozenset({DENSE, SPARSE}),
+                note="latent up-projected with kv_b_proj, then exact attention in plain torch (sparse: over "
+                     "exactly the selected tokens)"),
     BackendInfo("FLASHMLA", "mla", _VLLM_MLA, aliases=("flashmla", "flash_mla"),
                 min_capability=(9, 0), max_capability=(10, 3), sweep_params=_MLA_PARAMS),
     BackendInfo("FLASH_ATTN_MLA", "mla", _VLLM_MLA, aliases=("flashattn_mla", "flash_attn_mla", "fa_mla"),
@@ -75,6 +82,16 @@ BACKENDS: tuple[BackendInfo, ...] = (
     BackendInfo("FLASHINFER_MLA", "mla", _VLLM_MLA, aliases=("flashinfer_mla",),
                 min_capability=(10, 0), max_capability=(10, 3), sweep_params=_MLA_PARAMS,
                 note=f"Blackwell (SM100) only in vLLM {VLLM_VERSION}"),
+    # DeepSeek-V3.2 sparse MLA (vLLM 0.26.0): block size 64 only, head size 576; FlashMLASparseBackend's
+    # supports_compute_capability is major 9 or 10 and its caches bf16 or fp8_ds_mla (fp8 is its alias),
+    # FlashAttnMLASparseBackend's major 9 and bf16/fp16 only
+    BackendInfo("FLASHMLA_SPARSE", "mla", _VLLM_MLA_SPARSE, aliases=("flashmla_sparse",),
+                min_capability=(9, 0), max_capability=(10, 3), sweep_params=_MLA_PARAMS, kinds=frozenset({SPARSE}),
+                note="FlashMLA sparse top-k kernels; bf16 or fp8_ds_mla (656-byte) cache"),
+    BackendInfo("FLASH_ATTN_MLA_SPARSE", "mla", _VLLM_MLA_SPARSE,
+                aliases=("flashattn_mla_sparse", "flash_attn_mla_sparse", "fa_mla_sparse"),
+                min_capability=(9, 0), max_capability=(9, 0), sweep_params=_MLA_PARAMS, kinds=frozenset({SPARSE}),
+                note="FlashAttention 3 over the top-k indices as a page-size-1 block table, Hopper only"),
 )
 
 
@@ -124,6 +141,11 @@ def for_family(names: list[str], family: Family) -> list[BackendInfo]:
     """Rows of ``family`` among the canonical ``names``, in the order given."""
     rows = [lookup(n, family) for n in names]
     return [r for r in rows if r is not None]
+
+
+def runs_kind(info: BackendInfo, kind: str) -> bool:
+    """Whether ``info`` runs models of ``kind`` (DENSE or SPARSE)."""
+    return kind in info.kinds
 
 
 def default_backends(family: Family) -> list[str]:

@@ -13,6 +13,11 @@ from attnbench.sweeps import AUTO, apply_to_shape, is_knob, model_params
 from grammar import BatchRequest, parse_batch_spec
 
 
+# mha_vs_mqa mode's pipelines: sparse prefill rows through dense MHA (vLLM's choice while prefill_max_seq_len <=
+# index_topk), or every row through the top-k MQA kernel (attention_config.sparse_mla_force_mqa)
+MHA, MQA = "mha", "mqa"
+
+
 @dataclass(frozen=True)
 class BenchCase:
     study: str
@@ -24,6 +29,17 @@ class BenchCase:
     pipeline: str | None = None  # decode_vs_prefill mode: "decode" or "prefill"
     backend_settings: dict[str, Any] = field(default_factory=dict)  # from the study's per-backend section
     timed_region: str = "layer"  # "layer": vLLM's layer step; "attention": the backend's attention call alone
+    # sparse MLA (DeepSeek-V3.2): the mock indexer's pattern (attnbench.sparse_mla.TOPK_PATTERNS); None = dense
+    topk_pattern: str | None = None
+
+    @property
+    def sparse(self) -> bool:
+        return self.topk_pattern is not None
+
+    @property
+    def force_mqa(self) -> bool:
+        """mha_vs_mqa's "mqa" pipeline: vLLM's ``attention_config.sparse_mla_force_mqa``, every row top-k MQA."""
+        return self.pipeline == MQA
 
     @property
     def family(self) -> str:
@@ -50,7 +66,13 @@ class BenchCase:
                 params.pop(swept.param, None)
             else:
                 params[swept.param] = swept.value
-        if self.pipeline is not None:
+        if self.pipeline == MHA:
+            # every row a prefill row, q 1 included: split_decodes_and_prefills reads `threshold or 1`, so 0
+            # would still call q-1 rows decodes; -1 calls none (what upstream's dense_mha variant forces too)
+            params[REORDER_BATCH_THRESHOLD] = -1
+        elif self.pipeline == MQA:
+            pass  # vLLM's own split; force_mqa sends the prefill rows through MQA as well
+        elif self.pipeline is not None:
             max_q = max(r.q_len for r in self.requests)
             # decode pipeline: every request is short enough for the MQA path; prefill: none is
             params[REORDER_BATCH_THRESHOLD] = max_q if self.pipeline == "decode" else max_q - 1
@@ -70,6 +92,10 @@ class BenchCase:
                 return problem
         if self.pipeline is not None and knob_problem(self.backend, REORDER_BATCH_THRESHOLD):
             return f"{self.backend.name} has no decode/prefill pipeline split (reorder_batch_threshold)"
+        if self.pipeline == MHA:
+            from attnbench.sparse_mla import DEEPSEEK_V32, mha_path_problem
+
+            return mha_path_problem(self.requests, DEEPSEEK_V32.index_topk)
         return None
 
     def describe(self) -> dict[str, Any]:
@@ -86,6 +112,7 @@ class BenchCase:
             "device": self.run.device,
             "timed_region": self.timed_region,
             "kv_fill": self.run.kv_fill,
+            "topk_pattern": self.topk_pattern,
         }
 
     def key(self) -> CaseKey:

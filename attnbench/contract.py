@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 # What one timed call can be: "layer", vLLM's layer step (cache write + attention, MLA projections included),
 # or "attention", the backend's attention call alone on a cache the step already wrote. Adapters build both.
 TIMED_REGIONS = ("layer", "attention")
+# Sparse MLA (DeepSeek-V3.2): which index_topk keys the mock indexer gives each query (attnbench/sparse_mla.py
+# writes them); here so the option table and collection need no torch.
+TOPK_PATTERNS = ("random", "prefix", "sliding_window")
 
 
 class SkipCase(Exception):

@@ -18,6 +18,7 @@ from attnbench.shapes import Shape
 from attnbench.workload import torch_dtype
 
 FP8_ELEMENTS = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+SPARSE_ONLY = "fp8_ds_mla"  # DeepSeek-V3.2's 656-byte entry: its own format, stored by sparse_mla.py
 _MANTISSA_BITS = {torch.float8_e4m3fn: 3, torch.float8_e5m2: 2}
 
 
@@ -62,6 +63,9 @@ class KVCacheFormat:
 
 def cache_format(shape: Shape) -> KVCacheFormat:
     """The cache format ``shape.kv_cache_dtype`` names ("auto" and unquantised names: the model dtype)."""
+    if shape.kv_cache_dtype == SPARSE_ONLY:
+        raise ValueError(f"kv_cache_dtype={SPARSE_ONLY} is sparse MLA's entry layout (attnbench/sparse_mla.py), "
+                         f"not a per-tensor fp8 cache")
     element = FP8_ELEMENTS.get(shape.kv_cache_dtype)
     if element is None:
         model = torch_dtype(shape.dtype)

@@ -53,6 +53,14 @@ intermediates the kernels make for themselves are not.
   pipeline when that phase runs on it, else to the first phase (prefill, extend, decode)
   that does — so the phases still sum to the total.
 
+* Sparse MLA (DeepSeek-V3.2, ``sparse``: a ``SparseSelection`` per request): rows on the MQA pipeline attend
+  only the keys the indexer selected. Their pairs are the (query, selected key) pairs, their cache reads the
+  distinct selected latent rows (``SparseSelection.rows`` x ``entry_bytes``: 1152 for a bf16 entry, 656 for
+  fp8_ds_mla), plus the step's top-k index rows (index_topk int32 per token). Everything else (projection
+  GEMMs, q_pe, weights, cache write) is the dense decode path's; rows on the MHA pipeline are dense prefill rows
+  (vLLM takes it only while the whole context fits in top-k, where the selection is the whole context).
+  ``sparse_mqa_groups`` is that difference, in one place.
+
 The timed region (``timed_region``): "layer" (the default) is the layer step above.
 "attention" is the backend's attention call alone, on a cache that is already written,
 so there is no cache-write group. Standard attention (``impl.forward``) reads the new
@@ -116,6 +124,30 @@ class Work:
                 self.weight_bytes)
 
 
+@dataclass(frozen=True)
+class SparseSelection:
+    """What one request's queries select in a sparse MLA step (``attnbench.sparse_mla.selections``)."""
+
+    pairs: int  # (query, selected key) pairs
+    rows: int  # distinct latent rows selected by the request's queries: the compulsory cache reads
+    index_topk: int  # width of one token's index row (int32 entries, -1 padded)
+    entry_bytes: int  # one latent cache entry: (rank + rope) x element size, or 656 for fp8_ds_mla
+
+
+def sparse_mqa_groups(req: BatchRequest, shape: MLAShape, selection: SparseSelection, layer: bool) -> dict[str, Work]:
+    """The MQA pipeline's attention group of a sparse request: the dense decode path's formulas with the
+    selected pairs and selected rows in place of the causal pairs and the whole paged context."""
+    e, hq, latent, rank, rope = (shape.elem_bytes, shape.num_q_heads, shape.head_dim, shape.kv_lora_rank,
+                                 shape.qk_rope_head_dim)
+    t, pairs = req.q_len, selection.pairs
+    cache_and_indices = selection.rows * selection.entry_bytes + t * selection.index_topk * 4
+    if layer:  # q_pe in (the absorbed nope part is an intermediate); the latent output is too
+        moved = e * t * hq * rope + cache_and_indices
+    else:  # forward_mqa alone: the absorbed q in, the latent output out
+        moved = e * (t * hq * latent + t * hq * rank) + cache_and_indices
+    return {"decode_attention": Work(pairs, 2 * hq * (latent + rank) * pairs, moved, 1, t)}
+
+
 def _paged(kv_len: int, block_size: int) -> int:
     return math.ceil(kv_len / block_size) * block_size
 
@@ -135,14 +167,15 @@ def _check_region(timed_region: str) -> None:
 
 def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
                    attention_path: str | None = None, *, timed_region: str = "layer",
-                   quantized_query: bool = False) -> dict[str, Work]:
+                   quantized_query: bool = False, selection: SparseSelection | None = None) -> dict[str, Work]:
     """One request's activation work (no weights: see ``weight_groups``) split over the kernel groups that run
     it; the groups sum to ``request_work``. The attention group carries the pairs, the request and its tokens.
 
     For MLA, ``mla_path`` is "decode" (MQA over the latent) or "prefill" (MHA); None means
     ``default_mla_path``. For standard attention, ``attention_path`` ("decode" / "prefill") names the
     attention kernel of a backend that runs decode and prefill rows as separate kernels; None means one
-    kernel for the whole batch. ``timed_region``: "layer" or "attention" (``TIMED_REGIONS``).
+    kernel for the whole batch. ``timed_region``: "layer" or "attention" (``TIMED_REGIONS``). ``selection``: a
+    sparse MLA request's top-k selection (its MQA-pipeline rows attend only those keys).
 
     The cache's bytes are its stored elements' (``shape.kv_elem_bytes``: one for fp8). ``quantized_query``: the
     attention kernel reads q as fp8, which the layer step quantises first (its own group, or for MLA decode
@@ -173,6 +206,7 @@ def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
     # kv_c + k_pe of the new tokens: read from the layer, written to the latent cache
     groups = {CACHE_WRITE: Work(bytes=(e + c) * t * latent)} if layer else {}
     path = _resolve_path(req, mla_path)
+    sparse = sparse_mqa_groups(req, shape, selection, layer) if selection is not None and path == "decode" else {}
     if path == "decode" and not layer:
         # forward_mqa alone: the absorbed q (rank + rope per head) in, the latent output (rank per head) out
         groups["decode_attention"] = Work(pairs, 2 * hq * (latent + rank) * pairs,
@@ -199,17 +233,18 @@ def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
         groups["prefill_kv_up"] = Work(flops=up, bytes=e * new_latents + c * context * latent, projection_flops=up)
         # MHA over qk / v: reads q (nope + rope per head), writes the output
         groups["prefill_attention"] = Work(pairs, 2 * hq * (qk + v) * pairs, e * (t * hq * qk + t * hq * v), 1, t)
-    return groups
+    return groups | sparse
 
 
 def request_work(req: BatchRequest, shape: Shape, mla_path: str | None = None, *,
-                 timed_region: str = "layer", quantized_query: bool = False) -> Work:
+                 timed_region: str = "layer", quantized_query: bool = False,
+                 selection: SparseSelection | None = None) -> Work:
     """Activation work of one request (no weights: see ``weight_work``): the sum of its ``request_groups``.
 
     For MLA, ``mla_path`` is "decode" (MQA over the latent) or "prefill" (MHA); None means
     ``default_mla_path``."""
-    return sum(request_groups(req, shape, mla_path, timed_region=timed_region,
-                              quantized_query=quantized_query).values(), Work())
+    return sum(request_groups(req, shape, mla_path, timed_region=timed_region, quantized_query=quantized_query,
+                              selection=selection).values(), Work())
 
 
 def weight_groups(shape: Shape, mla_path: str, *, timed_region: str = "layer") -> dict[str, Work]:
@@ -252,14 +287,16 @@ def _resolve_path(req: BatchRequest, mla_path: str | None) -> str:
 
 
 def phase_work(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Sequence[str] | None = None, *,
-               timed_region: str = "layer", quantized_query: bool = False) -> dict[str, Work]:
+               timed_region: str = "layer", quantized_query: bool = False,
+               sparse: Sequence[SparseSelection] | None = None) -> dict[str, Work]:
     """Work per phase (prefill / extend / decode) and ``total``; MLA weights once per pipeline used."""
     out = {p: Work() for p in PHASES}
     phases_on: dict[str, list[str]] = {}  # MLA pipeline -> the phases whose requests run on it
     for i, req in enumerate(requests):
         path = mla_paths[i] if mla_paths else None
         out[req.kind] = out[req.kind] + request_work(req, shape, path, timed_region=timed_region,
-                                                     quantized_query=quantized_query)
+                                                     quantized_query=quantized_query,
+                                                     selection=sparse[i] if sparse else None)
         if isinstance(shape, MLAShape):
             phases_on.setdefault(_resolve_path(req, path), []).append(req.kind)
     for pipeline, kinds in phases_on.items():
@@ -272,7 +309,7 @@ def phase_work(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Sequen
 
 def kernel_groups(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Sequence[str] | None = None,
                   attention_paths: Sequence[str] | None = None, *, timed_region: str = "layer",
-                  quantized_query: bool = False) -> dict[str, Work]:
+                  quantized_query: bool = False, sparse: Sequence[SparseSelection] | None = None) -> dict[str, Work]:
     """Work per kernel group (``KERNEL_GROUPS`` order, empty groups left out): the partition of the call's
     work over the kernels that run one after another. MLA weights go to the GEMMs of each pipeline used.
 
@@ -284,8 +321,9 @@ def kernel_groups(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Seq
     for i, req in enumerate(requests):
         path = mla_paths[i] if mla_paths else None
         attention_path = attention_paths[i] if attention_paths else None
+        selection = sparse[i] if sparse else None
         for group, w in request_groups(req, shape, path, attention_path, timed_region=timed_region,
-                                       quantized_query=quantized_query).items():
+                                       quantized_query=quantized_query, selection=selection).items():
             out[group] = out[group] + w
         if isinstance(shape, MLAShape):
             pipelines.add(_resolve_path(req, path))
@@ -328,7 +366,7 @@ def bound_label(phases: Mapping[str, Work], peak_flops: float | None, peak_bytes
 def summarize(requests: Sequence[BatchRequest], shape: Shape, seconds: float,
               peaks: dict[str, Any] | None = None, mla_paths: Sequence[str] | None = None, *,
               attention_paths: Sequence[str] | None = None, timed_region: str = "layer",
-              quantized_query: bool = False) -> dict[str, Any]:
+              quantized_query: bool = False, sparse: Sequence[SparseSelection] | None = None) -> dict[str, Any]:
     """Metrics for ``extra_info``: FLOPs, bytes, rates, both floors, % of measured peak, bound per phase and
     per kernel group.
 
@@ -337,14 +375,16 @@ def summarize(requests: Sequence[BatchRequest], shape: Shape, seconds: float,
     are also given on their own, in the total and per phase. ``pct_of_peak`` is measured against the
     sequential floor (``pct_of_peak_basis``); ``pct_of_peak_overlap`` against the overlap floor.
     ``attention_paths``: see ``kernel_groups``. ``timed_region``: what the timer covered, "layer" (the
-    layer step) or "attention" (the backend's attention call alone; see the module docstring)."""
+    layer step) or "attention" (the backend's attention call alone; see the module docstring). ``sparse``: per
+    request in execution order, a sparse MLA step's top-k selection (None: dense)."""
     peaks = peaks or {}
     pf, pb = peaks.get("peak_bf16_tflops"), peaks.get("peak_copy_gbps")
     pf = pf * 1e12 if pf else None
     pb = pb * 1e9 if pb else None
-    phases = phase_work(requests, shape, mla_paths, timed_region=timed_region, quantized_query=quantized_query)
+    phases = phase_work(requests, shape, mla_paths, timed_region=timed_region, quantized_query=quantized_query,
+                        sparse=sparse)
     groups = kernel_groups(requests, shape, mla_paths, attention_paths, timed_region=timed_region,
-                           quantized_query=quantized_query)
+                           quantized_query=quantized_query, sparse=sparse)
     total = phases["total"]
     out: dict[str, Any] = {
         "timed_region": timed_region,

@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from attnbench import backends as registry
-from attnbench.contract import TIMED_REGIONS
+from attnbench.contract import TIMED_REGIONS, TOPK_PATTERNS
 from attnbench.shapes import DTYPES
 from grammar import BatchSpecError, parse_batch_spec
 
 # Counts, dimensions and seeds are int64 downstream (torch seeds, C counters); a larger number is a typo,
 # refused when the study is resolved rather than overflowing inside a kernel or torch.manual_seed.
 INT_MAX = 2**63 - 1
-MODES = ("standard", "decode_vs_prefill")
+MODES = ("standard", "decode_vs_prefill", "mha_vs_mqa")
 
 
 class OptionError(ValueError):
@@ -185,6 +185,13 @@ KV_FILLS = ("random", "zeros")
 KV_SCALES = ("calibrated", "unit")
 
 
+def _patterns(values: tuple[str, ...]) -> tuple[str, ...]:
+    for v in values:
+        if v not in TOPK_PATTERNS:
+            raise OptionError(f"must be {', '.join(TOPK_PATTERNS[:-1])} or {TOPK_PATTERNS[-1]}, got {v[:120]!r}")
+    return tuple(dict.fromkeys(values))
+
+
 def _regions(values: tuple[str, ...]) -> tuple[str, ...]:
     for v in values:
         if v not in TIMED_REGIONS:
@@ -248,7 +255,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("name", str, "study name (default: the YAML file's stem)", yaml=("name",), default="cli",
            check=_non_empty, examples=("one", "two")),
     Option("description", str, "what the study is for", yaml=("description",), default="", examples=("a", "b")),
-    Option("mode", str, "standard, or decode_vs_prefill (each case also run as pure decode and pure prefill)",
+    Option("mode", str, "standard; decode_vs_prefill (each case run through MLA's decode and its prefill pipeline); "
+           "mha_vs_mqa (sparse MLA: each case's rows through dense MHA and through top-k MQA)",
            yaml=("mode",), default="standard", choices=MODES, examples=("decode_vs_prefill", "standard")),
     Option("backends", str, "backends, as AttentionBackendEnum spells them or lowercase aliases",
            flags=("--backends", "--backend"), yaml=("backends", "backend"), upstream=("--backends", "--backend"),
@@ -276,6 +284,15 @@ OPTIONS: tuple[Option, ...] = (
            "MLA projections included) or attention (the backend's attention call alone on an already written cache)",
            flags=("--timed-region",), yaml=("timed_region", "benchmark.timed_region"), default=("layer",),
            many=True, lone=True, metavar="layer|attention", check=_regions, examples=(["attention"], ["layer", "attention"])),
+    # sparse MLA's mock indexer: an axis (one case per pattern) of bench_mla's test_sparse_mla; upstream's YAML
+    # spells one pattern as sparse_mla_topk_pattern. Unset: random, and sparse cases are collected only where the
+    # study names a sparse backend or a pattern (plugin.sparse_opt_in)
+    Option("topk_pattern", str, "sparse MLA: which index_topk keys the mock indexer selects per query: random, "
+           "prefix or sliding_window (causal, inside each request's context, -1 padded); giving it collects "
+           "bench_mla's sparse cases (default: random, where a sparse backend is named)",
+           flags=("--topk-pattern",), yaml=("topk_pattern", "sparse_mla_topk_pattern"),
+           many=True, lone=True, metavar="random|prefix|sliding_window", check=_patterns,
+           examples=(["prefix"], ["random", "sliding_window"])),
     _run("kv_fill", str, "random", "K/V data: random (the default; what a model's cache holds) or zeros (as "
          "zero-filled benchmarks do: faster on compute-bound kernels, and verification cannot see wrong weights)",
          upstream=False, choices=KV_FILLS, examples=("zeros", "random")),

@@ -162,6 +162,8 @@ class CaseOutcome:
             "peak_memory_bytes": m.peak_allocated_bytes, "kv_memory_bytes": m.kv_and_buffers_bytes,
             "fullname": self.fullname, "extra": {},
         }
+        if self.key.topk_pattern is not None:  # sparse MLA rows only: dense rows keep their columns
+            row["topk_pattern"] = self.key.topk_pattern
         if self.record is not None:
             row["extra"] = {k: v for k, v in self.record.to_json(include_samples=False).items()
                             if k not in key and k != "verified"}
@@ -180,7 +182,7 @@ class CaseOutcome:
             require(required in row, f"record has no {required!r} (keys: {keys_of(row)})")
         for name, value in row.items():
             _check_row_value(name, value)
-        key_json = {k: row.get(k) for k in (*_KEY_HEAD, *_KEY_TAIL) if row.get(k) is not None}
+        key_json = {k: row.get(k) for k in (*_KEY_HEAD, *_KEY_TAIL, "topk_pattern") if row.get(k) is not None}
         key_json["shape"] = {k: row[k] for k in SHAPE_FIELDS if row.get(k) is not None}
         extra = row.get("extra") or {}
         samples = row.get("samples") or []
@@ -226,7 +228,8 @@ def case_key(outcome: CaseOutcome) -> tuple:
     if not k.batch_spec:
         return ("fullname", outcome.fullname or k.backend)
     return ("case", k.family, k.backend, k.batch_spec, _canon(k.dims), *_sweep_identity(k), k.pipeline,
-            _canon(dict(k.backend_params)), k.cache_state, devicekind_of(k.device), k.timed_region, k.kv_fill)
+            _canon(dict(k.backend_params)), k.cache_state, devicekind_of(k.device), k.timed_region, k.kv_fill,
+            *((k.topk_pattern,) if k.topk_pattern is not None else ()))
 
 
 def _sweep_identity(k: CaseKey) -> tuple[Any, str]:
@@ -266,7 +269,7 @@ _ROW_KINDS: dict[str, str] = {
     **{name: _NUMBER for name in SHAPE_FIELDS if name not in ("dtype", "kv_cache_dtype")},
     **{name: _STR for name in ("backend", "batch_spec", "family", "study", "dtype", "kv_cache_dtype", "sweep_param",
                                "pipeline", "device", "cache_state", "status", "error", "timer", "bound", "fullname",
-                               "timed_region", "kv_fill")},
+                               "timed_region", "kv_fill", "topk_pattern")},
     "verified": "true or false", "backend_params": "an object", "extra": "an object", "config": "an object",
     "samples": "a list of numbers", "sweeps": "a list",
 }

@@ -20,7 +20,7 @@ from attnbench import backends as registry
 from attnbench import options
 from attnbench import sweeps as sweeping
 from attnbench.cases import BenchCase
-from attnbench.study import Study, StudyError, build_study, check_shape, load_study_file
+from attnbench.study import SPARSE_DEFAULT_SPECS, Study, StudyError, build_study, check_shape, load_study_file
 
 STUDY_KEY = pytest.StashKey[Study]()
 MAX_CASES = 200_000  # per family and session: a typo in a range must not become hours of collection
@@ -162,6 +162,10 @@ def _unused(metafunc: pytest.Metafunc, why: str) -> None:
 
 
 _BENCH_DIR = {"attention": "bench_attention", "mla": "bench_mla"}
+_MODE_TESTS = {"standard": "test_attention, test_mla and test_sparse_mla",
+               "decode_vs_prefill": "bench_mla's test_mla_decode_vs_prefill",
+               "mha_vs_mqa": "bench_mla's test_sparse_mla_mha_vs_mqa"}
+_PIPELINES = {"decode_vs_prefill": ("decode", "prefill"), "mha_vs_mqa": ("mha", "mqa")}
 _FAMILY_NAME = {"attention": "a standard-attention", "mla": "an MLA"}
 
 
@@ -193,15 +197,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     family = marker.args[0]
     mode = marker.kwargs.get("mode", "standard")
+    kind = registry.SPARSE if marker.kwargs.get("sparse") else registry.DENSE
     config = metafunc.config
     study = config.stash[STUDY_KEY]
-    backends = study.backends_for(family)
+    of_family = study.backends_for(family)
+    backends = [b for b in of_family if registry.runs_kind(b, kind)]
     if study.mode != mode:
-        _unused(metafunc, f"the study's mode is {study.mode}, which only bench_mla's "
-                          f"test_mla{'_decode_vs_prefill' if study.mode != 'standard' else ''} runs")
+        _unused(metafunc, f"the study's mode is {study.mode}, which only {_MODE_TESTS[study.mode]} runs")
+        return
+    if kind == registry.SPARSE and not study.wants_sparse():
+        _unused(metafunc, "sparse MLA cases run when asked: name a sparse backend (--backends FLASHMLA_SPARSE "
+                          "FLASH_ATTN_MLA_SPARSE) or a top-k pattern (--topk-pattern random)")
         return
     if not backends:
-        _unused(metafunc, _why_no_backends(study, family))
+        _unused(metafunc, _why_no_backends(study, family) if not of_family else
+                f"{', '.join(b.name for b in of_family)} run{'s' if len(of_family) == 1 else ''} "
+                f"{'dense' if kind == registry.SPARSE else 'sparse'} MLA only: "
+                f"{'test_mla' if kind == registry.SPARSE else 'test_sparse_mla'} runs "
+                f"{'it' if len(of_family) == 1 else 'them'}")
         return
     foreign = next((s for s in study.sweeps if not s.applies_to(family)), None)
     if foreign is not None:
@@ -212,14 +225,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     try:
         shape = check_shape(study, family)
-        specs = study.specs_for(family, limit=MAX_CASES, notes=config.stash[NOTES_KEY])
+        specs = study.specs_for(family, limit=MAX_CASES, notes=config.stash[NOTES_KEY],
+                                defaults=SPARSE_DEFAULT_SPECS if kind == registry.SPARSE else None)
         points = sweeping.point_count(study.sweeps)  # the product's size, before the product is made
-        cases = (len(backends) * len(specs) * len(study.timed_region) * points * (2 if mode != "standard" else 1))
+        patterns = len(study.topk_patterns()) if kind == registry.SPARSE else 1
+        cases = (len(backends) * len(specs) * len(study.timed_region) * points * patterns
+                 * (2 if mode != "standard" else 1))
         if cases > MAX_CASES:
             raise StudyError(f"{study.source or 'the command line'}: the study has {cases} {family} cases "
                              f"({len(backends)} backends x {len(specs)} batch specs"
                              + (f" x {len(study.timed_region)} timed regions" if len(study.timed_region) > 1 else "")
                              + (_sweep_factor(study.sweeps, points) if study.sweeps else "")
+                             + (f" x {patterns} top-k patterns" if patterns > 1 else "")
                              + (" x 2 pipelines" if mode != "standard" else "")
                              + f"), more than the limit {MAX_CASES}: split it into several studies")
         try:
@@ -245,8 +262,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         grid = sweeping.grid(study.sweeps)
         metafunc.parametrize("bench_sweep_values", [tuple(s.value for s in point) for point in grid],
                              ids=[sweeping.point_id(point) for point in grid])
-    if mode == "decode_vs_prefill":
-        metafunc.parametrize("bench_pipeline", ["decode", "prefill"], ids=["decode", "prefill"])
+    if kind == registry.SPARSE:  # every sparse id names its pattern: there are no older ids to keep
+        patterns = study.topk_patterns()
+        metafunc.parametrize("bench_topk", list(patterns), ids=[f"topk={p}" for p in patterns])
+    if mode in _PIPELINES:
+        metafunc.parametrize("bench_pipeline", list(_PIPELINES[mode]), ids=list(_PIPELINES[mode]))
 
 
 @pytest.fixture
@@ -280,17 +300,24 @@ def bench_pipeline() -> None:
 
 
 @pytest.fixture
+def bench_topk() -> None:
+    return None  # a dense case: no mock indexer
+
+
+@pytest.fixture
 def bench_study(request: pytest.FixtureRequest) -> Study:
     return request.config.stash[STUDY_KEY]
 
 
 @pytest.fixture
 def bench_case(request: pytest.FixtureRequest, bench_study: Study, bench_backend: str, bench_spec: str,
-               bench_sweep_values: tuple[Any, ...], bench_pipeline: str | None, bench_region: str) -> BenchCase:
+               bench_sweep_values: tuple[Any, ...], bench_pipeline: str | None, bench_region: str,
+               bench_topk: str | None) -> BenchCase:
     """The case this test id stands for, composed from the parametrized axes and the study."""
     backend = backend_for_item(request.node)  # bench_backend is the name; the family comes from the marker
     assert backend is not None, f"{request.node.nodeid}: {bench_backend!r} is not a benchmark backend"
-    return compose_case(bench_study, backend, bench_spec, bench_sweep_values, bench_pipeline, bench_region)
+    return compose_case(bench_study, backend, bench_spec, bench_sweep_values, bench_pipeline, bench_region,
+                        bench_topk)
 
 
 def backend_for_item(item: pytest.Item) -> registry.BackendInfo | None:
@@ -304,14 +331,15 @@ def backend_for_item(item: pytest.Item) -> registry.BackendInfo | None:
 
 
 def compose_case(study: Study, backend: registry.BackendInfo, batch_spec: str, sweep_values: Any = (),
-                 pipeline: str | None = None, timed_region: str = "layer") -> BenchCase:
+                 pipeline: str | None = None, timed_region: str = "layer", topk_pattern: str | None = None
+                 ) -> BenchCase:
     """The one place a test id's axes and the study become a ``BenchCase`` (fixture and reporting);
     ``sweep_values`` are the ``bench_sweep_values`` parameter: one value per sweep of the study, in its order."""
     return BenchCase(
         study=study.name, backend=backend, batch_spec=batch_spec, shape=study.shape_for(backend.family),
         run=study.run, sweep=sweeping.point_of(study.sweeps, sweep_values),
         pipeline=pipeline, backend_settings=study.backend_settings.get(backend.name, {}),
-        timed_region=timed_region,
+        timed_region=timed_region, topk_pattern=topk_pattern,
     )
 
 

@@ -161,20 +161,21 @@ class CaseKey:
     KINDS: ClassVar[dict[str, str]] = {"backend": "str", "batch_spec": "str", "family": "str", "study": "str",
                                        "shape": "object", "pipeline": "str",
                                        "backend_params": "object", "device": "str", "cache_state": "str",
-                                       "timed_region": "str", "kv_fill": "str"}
+                                       "timed_region": "str", "kv_fill": "str", "topk_pattern": "str"}
     backend: str
     batch_spec: str
     family: str | None = None
     study: str | None = None
     shape: Mapping[str, Any] = field(default_factory=dict)
     sweep: tuple[SweptValue, ...] = ()
-    pipeline: str | None = None  # decode_vs_prefill: "decode" or "prefill"
+    pipeline: str | None = None  # decode_vs_prefill: "decode" or "prefill"; mha_vs_mqa: "mha" or "mqa"
     backend_params: Mapping[str, Any] = field(default_factory=dict)  # builder knobs forced for this case
     device: str | None = None
     cache_state: str | None = None
     # what one timed call is, and the K/V data; records written before these existed were layer / random
     timed_region: str = "layer"
     kv_fill: str = "random"
+    topk_pattern: str | None = None  # sparse MLA's mock-indexer pattern; None: a dense case (and older records)
 
     # the JSON spellings of ``sweep``: the flat pair of a single sweep (every file before multi-parameter sweeps),
     # and the list of several
@@ -184,6 +185,8 @@ class CaseKey:
         """The key's fields as plain JSON, in field order; ``sweep`` as the class doc says."""
         out: dict[str, Any] = {}
         for f in fields(self):
+            if f.name == "topk_pattern" and self.topk_pattern is None:
+                continue  # a dense case: its JSON is what it was before sparse MLA existed
             if f.name != "sweep":
                 value = getattr(self, f.name)
                 out[f.name] = dict(value) if isinstance(value, Mapping) else value  # a copy, as asdict made
@@ -284,8 +287,9 @@ class CaseKey:
         """What tells this case from its siblings in one table row (the pipeline, or each swept param=value, and
         the timed region when it is not the layer step)."""
         region = f"{self.timed_region}-only" if self.timed_region != "layer" else None
+        topk = f"topk={self.topk_pattern}" if self.topk_pattern is not None else None
         base = self.pipeline if self.pipeline is not None else self.sweep_label
-        return " ".join(p for p in (base, region) if p) or None
+        return " ".join(p for p in (base, topk, region) if p) or None
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def case_for_item(item: pytest.Item) -> BenchCase | None:
         return None
     return compose_case(item.config.stash[STUDY_KEY], info, params["bench_spec"],
                         params.get("bench_sweep_values", ()), params.get("bench_pipeline"),
-                        params.get("bench_region", "layer"))
+                        params.get("bench_region", "layer"), params.get("bench_topk"))
 
 
 def result_for(item: pytest.Item, call: pytest.CallInfo[Any], report: pytest.TestReport) -> CaseOutcome | None:

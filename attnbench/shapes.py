@@ -10,7 +10,9 @@ DTYPES = {"bfloat16": 2, "float16": 2, "float32": 4}
 # KV-cache dtypes as vLLM's CacheConfig spells them. "auto" stores the model dtype; the fp8 ones store one byte
 # per element with one per-tensor scale per layer for K and one for V (MLA: one for the latent), which the
 # layer owns (_k_scale, _v_scale). "fp8" is e4m3 on CUDA.
-QUANTIZED_KV_CACHE_DTYPES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
+# "fp8_ds_mla" is DeepSeek-V3.2's sparse-MLA entry (512 fp8 + 4 float32 scales + 64 bf16 rope: 656 bytes,
+# attnbench/sparse_mla.py), FLASHMLA_SPARSE only; its element size here is the NoPE part's.
+QUANTIZED_KV_CACHE_DTYPES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp8_ds_mla": 1}
 KV_CACHE_DTYPES = ("auto", *DTYPES, *QUANTIZED_KV_CACHE_DTYPES)
 
 
@@ -172,6 +174,8 @@ def _check_dtypes(shape: Any) -> None:
         raise ShapeError(f"dtype={shape.dtype!r} must be one of {', '.join(DTYPES)}")
     if shape.kv_cache_dtype not in KV_CACHE_DTYPES:
         raise ShapeError(f"kv_cache_dtype={shape.kv_cache_dtype!r} must be one of {', '.join(KV_CACHE_DTYPES)}")
+    if shape.kv_cache_dtype == "fp8_ds_mla" and shape.family != "mla":
+        raise ShapeError("kv_cache_dtype='fp8_ds_mla' is DeepSeek-V3.2's sparse MLA cache entry: MLA only")
     # an unquantised cache in another float dtype than the model's is a conversion no vLLM backend makes
     if shape.kv_cache_dtype in DTYPES and shape.kv_cache_dtype != shape.dtype:
         raise ShapeError(f"kv_cache_dtype={shape.kv_cache_dtype!r} differs from dtype={shape.dtype!r}: an "

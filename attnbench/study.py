@@ -25,13 +25,17 @@ from attnbench.sweeps import AUTO, BACKEND_PARAMS, Sweep, SweepError, check_dist
 from grammar import (MAX_REQUESTS, BatchSpecError, generate_batch_specs_from_ranges, parse_batch_spec,
                      repeat_batch_spec, to_batch_spec)
 
-Mode = Literal["standard", "decode_vs_prefill"]
+Mode = Literal["standard", "decode_vs_prefill", "mha_vs_mqa"]
 _D = options.DEFAULTS  # every user-settable default is a row of attnbench/options.py
 
 DEFAULT_SPECS: dict[str, tuple[str, ...]] = {
     "attention": ("q2k", "8q1s1k", "16q4s1k", "2q2k_32q1s1k"),
     "mla": ("64q1s1k", "32q1s4k", "16q4s1k", "2q2k_32q1s1k"),
 }
+# Sparse MLA (index_topk 2048): contexts past 2048, where the top-k patterns differ, plus a prefill short enough
+# for vLLM's dense-MHA path; q4k_32q1s8k's prefill is longer than top-k, so it runs top-k MQA, causally padded
+SPARSE_DEFAULT_SPECS = ("64q1s8k", "16q4s8k", "q4k_32q1s8k", "q2k")
+DEFAULT_TOPK_PATTERNS = ("random",)
 
 
 class StudyError(ValueError):
@@ -67,6 +71,20 @@ class Study:
     model: dict[str, Any] = field(default_factory=dict)
     sweeps: tuple[Sweep, ...] = ()  # swept parameters, each once: the cases are their Cartesian product
     timed_region: tuple[str, ...] = _D["timed_region"]  # an axis: one case per region
+    # sparse MLA's axis: one case per mock-indexer pattern; None = not given (DEFAULT_TOPK_PATTERNS where a sparse
+    # backend is named; without either, no sparse case is collected)
+    topk_pattern: tuple[str, ...] | None = _D["topk_pattern"]
+
+    def topk_patterns(self) -> tuple[str, ...]:
+        return self.topk_pattern or DEFAULT_TOPK_PATTERNS
+
+    def wants_sparse(self) -> bool:
+        """Whether bench_mla's sparse cases are collected: opt-in, so that ``-k REFERENCE`` or ``-k flashmla`` on
+        bench_mla keep meaning the dense cases. A study asks by naming a sparse backend or a top-k pattern."""
+        if self.topk_pattern is not None:
+            return True
+        return any(registry.SPARSE in b.kinds and not b.is_reference
+                   for b in registry.for_family(list(self.backends or ()), "mla"))
     backend_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     run: RunSettings = field(default_factory=RunSettings)
     output_csv: str | None = None
@@ -77,11 +95,13 @@ class Study:
         names = list(self.backends) if self.backends is not None else registry.default_backends(family)  # type: ignore[arg-type]
         return registry.for_family(names, family)  # type: ignore[arg-type]
 
-    def specs_for(self, family: str, limit: int | None = None, notes: list[str] | None = None) -> list[str]:
-        """The family's batch specs, each repeated per ``batch_sizes``; a StudyError (naming the count) when
+    def specs_for(self, family: str, limit: int | None = None, notes: list[str] | None = None,
+                  defaults: tuple[str, ...] | None = None) -> list[str]:
+        """The family's batch specs (``defaults``, else the family's, where the study names none), each repeated
+        per ``batch_sizes``; a StudyError (naming the count) when
         there would be more than ``limit``, checked before anything is expanded. Expansions that repeat a batch
         are run once, and ``notes`` gets a line saying so."""
-        specs = list(self.batch_specs) if self.batch_specs is not None else list(DEFAULT_SPECS[family])
+        specs = list(self.batch_specs) if self.batch_specs is not None else list(defaults or DEFAULT_SPECS[family])
         if not self.batch_sizes:
             return specs
         where = f"{self.source or 'the study'}: key 'batch_sizes'"
@@ -315,15 +335,17 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
 
 
 def _mode_problem(fields_: dict[str, Any]) -> tuple[str, str] | None:
-    """The cross-option rules of decode_vs_prefill, as (Study field, why): it already sweeps the pipeline, and it
-    compares whole layer steps (the decode path's projection GEMMs are part of what the threshold trades)."""
-    if fields_.get("mode") != "decode_vs_prefill":
+    """The cross-option rules of the pipeline modes (decode_vs_prefill, mha_vs_mqa), as (Study field, why): they
+    already sweep the pipeline, and they compare whole layer steps (the MQA path's projection GEMMs are part of
+    what the choice trades)."""
+    mode = fields_.get("mode")
+    if mode not in ("decode_vs_prefill", "mha_vs_mqa"):
         return None
     if fields_.get("sweeps"):
-        return "sweeps", "decode_vs_prefill mode already sweeps the pipeline"
+        return "sweeps", f"{mode} mode already sweeps the pipeline"
     if tuple(fields_.get("timed_region", ("layer",))) != ("layer",):
-        return "timed_region", ("decode_vs_prefill mode compares whole layer steps (the decode path's W_UK/W_UV "
-                                "GEMMs are part of the trade): only the layer region applies")
+        return "timed_region", (f"{mode} mode compares whole layer steps (the MQA path's W_UK/W_UV GEMMs are part "
+                                "of the trade): only the layer region applies")
     return None
 
 

@@ -24,7 +24,7 @@ STUDIES = settings(max_examples=400, deadline=None, database=None,
 _VALUES: dict[str, st.SearchStrategy[Any]] = {
     "name": st.sampled_from(["a", "study one"]),
     "description": st.text(max_size=20),
-    "mode": st.sampled_from(["standard", "decode_vs_prefill"]),
+    "mode": st.sampled_from(["standard", "decode_vs_prefill", "mha_vs_mqa"]),
     "backends": st.lists(st.sampled_from(["flash", "FLASHMLA", "REFERENCE", "cutlass_mla"]), min_size=1, max_size=3),
     "batch_specs": st.lists(st.sampled_from(["q2k", "8q1s1k", "16q4s1k", "2q2k_32q1s1k", "q1s1k", "1q1s1k",
                                              "q1024"]), min_size=1, max_size=5),
@@ -36,6 +36,8 @@ _VALUES: dict[str, st.SearchStrategy[Any]] = {
     "cache_state": st.sampled_from(["cold", "warm"]),
     "device": st.sampled_from(["cpu", "cuda", "cuda:1"]),
     "kv_fill": st.sampled_from(["random", "zeros"]),
+    "topk_pattern": st.one_of(st.sampled_from(["random", "prefix", "sliding_window"]),
+                              st.lists(st.sampled_from(["random", "prefix", "sliding_window"]), min_size=1, max_size=3)),
     "timed_region": st.one_of(st.sampled_from(["layer", "attention"]),
                               st.lists(st.sampled_from(["layer", "attention"]), min_size=1, max_size=2)),
     "model": st.fixed_dictionaries({}, optional={"num_layers": st.integers(1, 4), "head_dim": st.sampled_from([64, 128]),
@@ -153,6 +155,8 @@ def test_valid_studies_load(doc: dict[str, Any]) -> None:
             # the generator may combine what the study refuses by design, nothing else
             assert any(refusal in str(exc) for refusal in ("decode_vs_prefill mode already sweeps",
                                                            "decode_vs_prefill mode compares whole layer steps",
+                                                           "mha_vs_mqa mode already sweeps",
+                                                           "mha_vs_mqa mode compares whole layer steps",
                                                            "is not used by template",
                                                            # parameter_sweep and parameter_sweeps both drawn
                                                            "sets the same thing as key 'parameter_sweep'")), exc
@@ -192,4 +196,4 @@ def test_the_generator_covers_every_option_with_a_yaml_key() -> None:
     # a new option row needs a strategy here, or the property silently stops covering it
     tops = {key.split(".")[0] for key in options.BY_YAML}
     assert tops - set(_VALUES) <= {"backend", "benchmark", "output", "kv_cache_dtype", "profile_memory",
-                                   "kernel_profile"}, tops - set(_VALUES)
+                                   "kernel_profile", "sparse_mla_topk_pattern", "kv_scales"}, tops - set(_VALUES)

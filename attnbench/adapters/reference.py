@@ -12,11 +12,11 @@ from typing import Any, ContextManager
 
 import torch
 
-from attnbench import layers
-from attnbench.kv_cache import KVCacheFormat
+from attnbench import layers, sparse_mla
+from attnbench.kv_cache import SPARSE_ONLY, KVCacheFormat
 from attnbench.oracle import paged_attention
 from attnbench.cases import BenchCase
-from attnbench.contract import LayerCall, region_call
+from attnbench.contract import LayerCall, SkipCase, region_call
 from attnbench.shapes import AttentionShape, MLAShape
 from attnbench.workload import build_layout, resolve_device
 
@@ -100,6 +100,8 @@ class ReferenceMLAAdapter:
     def __init__(self, case: BenchCase) -> None:
         shape = case.effective_shape
         assert isinstance(shape, MLAShape)
+        if shape.kv_cache_dtype == SPARSE_ONLY and case.topk_pattern is None:
+            raise SkipCase(f"kv_cache_dtype={SPARSE_ONLY} is sparse MLA's cache entry (test_sparse_mla's cases)")
         self.shape, self.case = shape, case
         self.device = resolve_device(case.run.device)
         self.requests = case.requests
@@ -141,9 +143,50 @@ class ReferenceMLAAdapter:
         pass
 
 
+class ReferenceSparseMLAAdapter(ReferenceMLAAdapter):
+    """Sparse MLA (DeepSeek-V3.2): the same seeded buffers, the mock indexer's top-k indices, and exact attention
+    over exactly the selected tokens; an fp8_ds_mla cache holds the 656-byte entries vLLM writes."""
+
+    def __init__(self, case: BenchCase) -> None:
+        super().__init__(case)
+        shape = self.shape
+        assert case.topk_pattern is not None
+        topk = sparse_mla.DEEPSEEK_V32.index_topk
+        self.ds_mla = shape.kv_cache_dtype in ("fp8_ds_mla", "fp8", "fp8_e4m3")  # as vLLM resolves FLASHMLA_SPARSE's
+        self.indices = sparse_mla.batch_topk(case.topk_pattern, self.requests, topk, case.run.seed).to(self.device)
+        entry = sparse_mla.entry_bytes("fp8_ds_mla" if self.ds_mla else "auto", shape.head_dim, shape.elem_bytes)
+        self.sparse_selections = sparse_mla.selections(self.indices, self.requests, entry)
+        self.mla_paths = ["decode"] * len(self.requests)  # the reference attends top-k for every row
+        self.info["kernel_path"] = f"torch reference over the top-k selected tokens (index_topk {topk})"
+        self.info.update({"topk_pattern": case.topk_pattern, "index_topk": topk,
+                          "kv_cache_dtype": "fp8_ds_mla" if self.ds_mla else "auto"})
+
+    def estimate_bytes(self, num_layer_buffers: int) -> int:
+        return (num_layer_buffers * self.bytes_per_layer + sparse_mla.oracle_transient_bytes(
+            self.requests, self.shape.num_q_heads, self.indices.shape[1]))
+
+    def make_layer(self, index: int) -> LayerCall:
+        layout, shape = self.layout, self.shape
+        seed = self.case.run.seed + 1 + index
+        cache = (torch.empty(layout.num_blocks, layout.block_size, sparse_mla.DS_MLA_ENTRY_BYTES, dtype=torch.uint8,
+                             device=self.device) if self.ds_mla else None)
+        buf = sparse_mla.make_buffers(layout, shape, self.device, seed, self.case.run.kv_fill, cache)
+        weight = layers.make_kv_b_proj_weight(shape, self.device, seed + 10_000)
+        oracle = sparse_mla.make_oracle(buf, layout, shape, weight, self.indices)
+
+        def write() -> None:
+            sparse_mla.write_latents(buf.kv_cache, layout.slot_mapping, buf.kv_c, buf.k_pe)
+
+        def attend() -> None:
+            buf.output.copy_(oracle())
+
+        return region_call(self.case.timed_region, write, attend, lambda: buf.output, oracle,
+                           sparse_mla.cache_check(buf.kv_cache, layout.slot_mapping, buf.kv_c, buf.k_pe))
+
+
 def make_attention_adapter(case: BenchCase) -> ReferenceAttentionAdapter:
     return ReferenceAttentionAdapter(case)
 
 
 def make_mla_adapter(case: BenchCase) -> ReferenceMLAAdapter:
-    return ReferenceMLAAdapter(case)
+    return ReferenceSparseMLAAdapter(case) if case.topk_pattern is not None else ReferenceMLAAdapter(case)

@@ -21,6 +21,7 @@ import torch
 from attnbench.backends import VLLM_VERSION
 from attnbench.contract import SkipCase
 from attnbench.shapes import AttentionShape, MLAShape
+from attnbench.sparse_mla import IndexerSpec
 from attnbench.workload import BatchLayout, build_layout, resolve_device, scheduler_order, torch_dtype
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -48,8 +49,11 @@ def prepare_environment() -> None:
     os.environ["PATH"] = os.pathsep.join(dict.fromkeys([p for p in extra + paths if p]))
 
 
-def write_model_config(folder: Path, shape: AttentionShape | MLAShape) -> Path:
-    """A minimal local config.json whose attention dimensions match ``shape``."""
+def write_model_config(folder: Path, shape: AttentionShape | MLAShape, indexer: IndexerSpec | None = None) -> Path:
+    """A minimal local config.json whose attention dimensions match ``shape``; with ``indexer``, a DeepSeek-V3.2
+    (sparse MLA) one: vLLM 0.26.0 calls a model sparse by ``hasattr(hf_config, "index_topk")``
+    (deepseek_v2.py's ``is_v32``, the sparse builders' ``topk_tokens``), and the DeepseekV32ForCausalLM
+    architecture with model_type deepseek_v32 (transformers' DeepseekV3Config) is what its checkpoints carry."""
     common = {"num_hidden_layers": shape.num_layers, "vocab_size": 32000, "max_position_embeddings": 1 << 20,
               "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "torch_dtype": shape.dtype, "dtype": shape.dtype,
               "tie_word_embeddings": False}
@@ -66,6 +70,10 @@ def write_model_config(folder: Path, shape: AttentionShape | MLAShape) -> Path:
                "v_head_dim": shape.v_head_dim, "intermediate_size": 10944, "moe_intermediate_size": 1408,
                "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1,
                "first_k_dense_replace": 1, **common}
+        if indexer is not None:
+            cfg.update({"architectures": ["DeepseekV32ForCausalLM"], "model_type": "deepseek_v32",
+                        "index_topk": indexer.index_topk, "index_n_heads": indexer.index_n_heads,
+                        "index_head_dim": indexer.index_head_dim})
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
     return folder
@@ -81,7 +89,7 @@ def limits_for(layout: BatchLayout) -> dict[str, int]:
 
 
 def make_vllm_config(backend_name: str, model_dir: Path, shape: AttentionShape | MLAShape,
-                     limits: dict[str, int]) -> Any:
+                     limits: dict[str, int], sparse_mla_force_mqa: bool = False) -> Any:
     from vllm.config import (AttentionConfig, CacheConfig, DeviceConfig, ModelConfig, ParallelConfig,
                              SchedulerConfig, VllmConfig)
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
@@ -99,7 +107,9 @@ def make_vllm_config(backend_name: str, model_dir: Path, shape: AttentionShape |
         parallel_config=ParallelConfig(),
         device_config=DeviceConfig(device="cuda"),
         # use_trtllm_attention=False: otherwise FlashInfer probes NVIDIA's artifactory over the network
-        attention_config=AttentionConfig(backend=AttentionBackendEnum[backend_name], use_trtllm_attention=False),
+        # sparse_mla_force_mqa: sparse MLA's prefill rows through top-k MQA too (mha_vs_mqa's "mqa" pipeline)
+        attention_config=AttentionConfig(backend=AttentionBackendEnum[backend_name], use_trtllm_attention=False,
+                                         sparse_mla_force_mqa=sparse_mla_force_mqa),
     )
 
 
@@ -108,7 +118,8 @@ def cache_dtype(shape: AttentionShape | MLAShape) -> str:
     return shape.kv_cache_dtype if shape.kv_cache_dtype != "bfloat16" else "auto"
 
 
-def support_problems(backend_cls: Any, shape: AttentionShape | MLAShape, device: torch.device) -> list[str]:
+def support_problems(backend_cls: Any, shape: AttentionShape | MLAShape, device: torch.device,
+                     use_sparse: bool = False) -> list[str]:
     """What vLLM itself says against running this shape on this GPU with this backend: the answer of the backend
     class's ``validate_configuration`` (capability, dtypes, head and block size, MLA, combination), as vLLM's
     own backend selection asks it. Empty: vLLM has nothing against it."""
@@ -118,7 +129,8 @@ def support_problems(backend_cls: Any, shape: AttentionShape | MLAShape, device:
     capability = DeviceCapability(*torch.cuda.get_device_capability(device))
     config = AttentionSelectorConfig(head_size=shape.head_dim, dtype=torch_dtype(shape.dtype),
                                      kv_cache_dtype=cache_dtype(shape), block_size=shape.block_size,
-                                     use_mla=isinstance(shape, MLAShape))
+                                     use_mla=isinstance(shape, MLAShape),
+                                     **({"use_sparse": True} if use_sparse else {}))  # a sparse MLA model
     return list(backend_cls.validate_configuration(device_capability=capability, **config._asdict()))
 
 
@@ -188,9 +200,9 @@ def init_workspace(device: torch.device) -> None:
 class ModelDir:
     """A temporary folder holding the case's config.json, removed on close."""
 
-    def __init__(self, shape: AttentionShape | MLAShape) -> None:
+    def __init__(self, shape: AttentionShape | MLAShape, indexer: IndexerSpec | None = None) -> None:
         self.path = Path(tempfile.mkdtemp(prefix="attnbench-model-"))
-        write_model_config(self.path, shape)
+        write_model_config(self.path, shape, indexer)
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -236,6 +248,7 @@ class VllmLayerAdapter:
     mla_paths: list[str] | None = None
     attention_paths: list[str] | None = None
     quantized_query = False  # set per layer kind once the first layer exists
+    indexer: IndexerSpec | None = None  # a sparse MLA adapter's: the model is DeepSeek-V3.2-like
 
     def __init__(self, case: Any) -> None:
         prepare_environment()
@@ -262,7 +275,7 @@ class VllmLayerAdapter:
         """Skip with vLLM's own answer: the backend class decides, the registry's table only gates collection."""
         shape, cls, name = self.shape, self.backend_cls, self.case.backend.name
         if hasattr(cls, "validate_configuration"):
-            problems = support_problems(cls, shape, self.device)
+            problems = support_problems(cls, shape, self.device, use_sparse=self.indexer is not None)
             if problems:
                 raise SkipCase(f"{name} in vLLM {VLLM_VERSION}: {', '.join(problems)} (head_size={shape.head_dim}, "
                                f"dtype={shape.dtype}, kv_cache_dtype={cache_dtype(shape)}, "
@@ -285,10 +298,11 @@ class VllmLayerAdapter:
         from vllm.config import set_current_vllm_config
 
         case, shape = self.case, self.shape
-        self.model_dir = ModelDir(shape)
+        self.model_dir = ModelDir(shape, self.indexer)
         # Scheduler limits only need the batch's sizes, which do not depend on its order.
         provisional = build_layout(case.requests, shape.block_size, self.device, case.run.seed)
-        self.vllm_config = make_vllm_config(case.backend.name, self.model_dir.path, shape, limits_for(provisional))
+        self.vllm_config = make_vllm_config(case.backend.name, self.model_dir.path, shape, limits_for(provisional),
+                                            sparse_mla_force_mqa=bool(getattr(case, "force_mqa", False)))
         # what the engine sets once it has sized the cache (FlexAttention's builder reads it)
         self.vllm_config.cache_config.num_gpu_blocks = provisional.num_blocks
         self._config_ctx = lambda: set_current_vllm_config(self.vllm_config)

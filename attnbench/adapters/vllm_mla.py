@@ -67,7 +67,7 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
                              qk_nope_head_dim=shape.qk_nope_head_dim, qk_rope_head_dim=shape.qk_rope_head_dim,
                              v_head_dim=shape.v_head_dim, q_lora_rank=None, kv_lora_rank=shape.kv_lora_rank,
                              kv_b_proj=kv_b_proj, cache_config=self.vllm_config.cache_config, quant_config=None,
-                             prefix=layer_name(index), attn_backend=self.backend_cls)
+                             prefix=layer_name(index), attn_backend=self.backend_cls, **self._layer_kwargs())
         layer.to(self.device)
         layer.process_weights_after_loading(dtype)  # W_UK_T / W_UV from kv_b_proj, default KV scales
         layer.impl.dcp_world_size, layer.impl.dcp_rank = 1, 0  # no decode-context parallelism
@@ -75,6 +75,14 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
             layer.impl._num_kv_splits = int(self.case.backend_params[NUM_KV_SPLITS])
         self.layers.append(layer)
         return layer
+
+    def _layer_kwargs(self) -> dict[str, Any]:
+        """Extra MLAAttention arguments of a layer kind (a sparse adapter's top-k buffer); none for dense MLA."""
+        return {}
+
+    def _mqa_tokens(self) -> int:
+        """The leading rows forward_mqa runs: the decode rows (sparse MLA may send its prefill rows there too)."""
+        return int(self.metadata.num_decode_tokens or 0)
 
     def _after_build(self) -> None:
         n_dec = int(self.metadata.num_decodes or 0)
@@ -144,7 +152,7 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
         rows' q absorbed by W_UK (bmm into an [N, B, L] buffer, used transposed, head-padded as vLLM pads it)
         beforehand; the latent decode output is up-projected by W_UV only when the result is read."""
         md, impl = self.metadata, layer.impl
-        n_dec, total = int(md.num_decode_tokens or 0), self.layout.num_tokens
+        n_dec, total = self._mqa_tokens(), self.layout.num_tokens
         out = torch.empty(total, self.shape.num_q_heads * self.shape.v_head_dim, dtype=buf.q.dtype, device=buf.q.device)
         absorbed: dict[str, Any] = {}
         latent: dict[str, torch.Tensor] = {}

@@ -268,6 +268,8 @@ def _variant(r: CaseOutcome) -> Any:
         base: Any = r.key.pipeline
     else:
         base = sweep_point(r.key) if r.key.sweep else ""
+    if r.key.topk_pattern is not None:  # sparse MLA: the mock indexer's pattern tells siblings apart
+        base = f"{point_text(base)} topk={r.key.topk_pattern}".strip()
     if r.key.timed_region == "layer":
         return base
     return f"{point_text(base)} {r.key.timed_region}-only".strip()
