@@ -226,13 +226,15 @@ _GATHER_CHUNK = 1 << 26  # gathered latent elements per chunk of queries (256 MB
 def sparse_mla_attention(query: torch.Tensor, latent_cache: torch.Tensor, kv_b_proj_weight: torch.Tensor,
                          block_table: torch.Tensor, query_lens: Sequence[int], kv_lens: Sequence[int],
                          topk_indices: torch.Tensor, kv_lora_rank: int, qk_nope_head_dim: int, v_head_dim: int,
-                         scale: float) -> torch.Tensor:
+                         scale: float, new_latents: torch.Tensor | None = None,
+                         new_from_inputs: Sequence[bool] | None = None) -> torch.Tensor:
     """Exact attention of every query over exactly its selected tokens; float32 [T, H, v].
 
     ``query`` [T, H, nope + rope]; ``latent_cache`` [NB, BS, rank + rope] (any float dtype) or fp8_ds_mla
     [NB, BS, 656] uint8; ``kv_b_proj_weight`` [H * (nope + v), rank]; ``topk_indices`` [T, k] request-local
     positions, -1 = none. A row with no valid index would be 0/0: it is refused, as is an index outside its
-    request's context."""
+    request's context. ``new_from_inputs[i]``: request i's new tokens are read from ``new_latents`` [T, rank +
+    rope] (the layer inputs, as forward_mha reads them: its dense MHA rows) instead of the cache."""
     from attnbench.oracle import gather_sequence
 
     heads = query.shape[1]
@@ -243,6 +245,9 @@ def sparse_mla_attention(query: torch.Tensor, latent_cache: torch.Tensor, kv_b_p
     start = 0
     for i, (q_len, kv_len) in enumerate(zip(query_lens, kv_lens)):
         latent = latent_rows(gather_sequence(latent_cache, block_table[i], kv_len))  # [kv, rank + rope]
+        if new_from_inputs is not None and new_from_inputs[i]:
+            assert new_latents is not None
+            latent[kv_len - q_len:] = new_latents[start:start + q_len].to(latent.dtype)
         rows = indices[start:start + q_len]
         valid = rows >= 0
         if bool((rows >= kv_len).any()) or bool((~valid).all(dim=1).any()):
@@ -335,13 +340,18 @@ def make_buffers(layout: "BatchLayout", shape: "MLAShape", device: torch.device,
 
 
 def make_oracle(buf: "MLABuffers", layout: "BatchLayout", shape: "MLAShape", kv_b_proj_weight: torch.Tensor,
-                indices: torch.Tensor):
-    """The reference of one layer: exact attention over exactly ``indices`` on the cache's current contents."""
+                indices: torch.Tensor, mla_paths: Sequence[str] | None = None):
+    """The reference of one layer: exact attention over exactly ``indices`` on the cache's current contents; rows
+    on the dense MHA path (``mla_paths`` "prefill") read their new tokens from the layer inputs as forward_mha does
+    (for an fp8_ds_mla cache those differ from the stored entries by fp8's rounding)."""
     from attnbench import layers
+
+    from_inputs = [p == "prefill" for p in mla_paths] if mla_paths and "prefill" in mla_paths else None
+    new = torch.cat([buf.kv_c, buf.k_pe], dim=-1) if from_inputs else None
 
     def oracle() -> torch.Tensor:
         out = sparse_mla_attention(buf.q, buf.kv_cache, kv_b_proj_weight, layout.block_table, layout.query_lens,
                                    layout.kv_lens, indices, shape.kv_lora_rank, shape.qk_nope_head_dim,
-                                   shape.v_head_dim, layers.mla_scale(shape))
+                                   shape.v_head_dim, layers.mla_scale(shape), new, from_inputs)
         return out.reshape(out.shape[0], -1)
     return oracle

@@ -374,3 +374,21 @@ def test_reference_runs_sparse_cases_on_the_cpu_and_records_them(tmp_path):
 
     (loaded,) = load_results(out).results
     assert loaded.key.topk_pattern == "sliding_window"  # the pattern is part of the case's identity on reload
+
+
+def test_mha_rows_of_an_fp8_ds_mla_cache_read_their_new_tokens_from_the_layer_inputs():
+    shape = MLAShape(num_q_heads=2, block_size=8, dtype="bfloat16")
+    reqs, layout, buf, weight = _case("q20_q1s30", shape)
+    plain = buf.kv_cache
+    cache = torch.empty(layout.num_blocks, 8, 656, dtype=torch.uint8)
+    sparse_mla.write_latents(plain, layout.slot_mapping, buf.kv_c, buf.k_pe)
+    buf.kv_cache = sparse_mla.fill_ds_mla_(cache, plain)
+    indices = sparse_mla.batch_topk("random", reqs, 128, 0)
+    oracle = sparse_mla.make_oracle(buf, layout, shape, weight, indices, ["prefill", "decode"])()
+    stored = sparse_mla.make_oracle(buf, layout, shape, weight, indices, ["decode", "decode"])()
+    exact = _sparse(buf.__class__(buf.q, buf.kv_c, buf.k_pe, plain, buf.output, buf.kv_format), layout, weight,
+                    indices, shape).reshape(oracle.shape)
+    rows = slice(0, 20)  # the prefill without context: every key is new, so MHA sees no fp8 at all
+    torch.testing.assert_close(oracle[rows], exact[rows])
+    assert not torch.allclose(stored[rows], exact[rows], rtol=1e-3)
+    torch.testing.assert_close(oracle[20:], stored[20:])  # the decode row reads the cache either way

@@ -127,7 +127,7 @@ class VllmSparseMLAAdapter(VllmMLAAdapter):
         def step() -> None:
             last["out"] = layer.forward(buf.q, buf.kv_c, k_pe, output_shape=out_shape)
 
-        oracle = sparse_mla.make_oracle(buf, layout, shape, layer.kv_b_proj.weight, self.indices)
+        oracle = sparse_mla.make_oracle(buf, layout, shape, layer.kv_b_proj.weight, self.indices, self.mla_paths)
         check = sparse_mla.cache_check(buf.kv_cache, layout.slot_mapping, buf.kv_c, buf.k_pe)
         if self.case.timed_region == "layer":
             return LayerCall(step, lambda: last["out"], oracle, check)
