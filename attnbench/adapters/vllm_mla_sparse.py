@@ -101,6 +101,9 @@ class VllmSparseMLAAdapter(VllmMLAAdapter):
             "prefill_rows_path": None if info["num_prefills"] == 0 else ("mha" if self.mha_rows else "mqa"),
             "fp8_use_mixed_batch": getattr(md, "fp8_use_mixed_batch", None),
         })
+        if self.kv_cache_dtype == sparse_mla.FP8_DS_MLA:  # its own scales, not the layer's per-tensor ones
+            info["kv_scales"] = "per 128 NoPE values, inside each 656-byte entry (fp8_ds_mla)"
+            info["quantized_query"] = False
         info["kernel_path"] = (f"{type(impl).__name__}.forward_mqa (top-k {int(md.topk_tokens)}) x{n_mqa} requests"
                                + (f" + {info['prefill_backend']}.forward_mha x{info['num_prefills']}"
                                   if self.mha_rows else ""))
