@@ -7,17 +7,7 @@ set -uo pipefail
 source tools/device_env.sh || exit 3
 t0=$(date +%s)
 q() { python3 -m pytest -p no:cacheprovider -q -rfEs --tb=line "$@"; }
-summary() {  # one line per timed case of a --benchmark-json file
-  python3 - "$1" <<'PY'
-import json, sys
-for b in json.load(open(sys.argv[1]))["benchmarks"]:
-    e = b["extra_info"]; v = e.get("verification", {}); s = e.get("shape", {})
-    print(f"{b['name']:<60} {s.get('kv_cache_dtype','?'):>8} {b['stats']['median']*1e6:9.1f} us  "
-          f"err {v.get('rel_error', float('nan')):.2e}  cost {v.get('unquantized_rel_error') or float('nan'):.2e}  "
-          f"tol {v.get('rel_tol', float('nan')):.0e}  after {v.get('after_timing', {}).get('status')}  "
-          f"qq {e.get('backend_info', {}).get('quantized_query')}  {e.get('backend_info', {}).get('kernel_path', '')[:50]}")
-PY
-}
+summary() { python3 tools/fp8_summary.py "$@"; }  # one line per timed case of a --benchmark-json file
 q tests/test_vllm_support.py > "$OUT/probe.log" 2>&1; echo "== support drift rc=$? $(tail -1 "$OUT/probe.log")"
 q bench_attention --backends FLASH_ATTN TRITON_ATTN FLASHINFER --kv-cache-dtype fp8 \
   --batch-specs 8q1s1k 16q4s1k 2q2k_32q1s1k q2k --timed-region layer attention \
