@@ -78,3 +78,14 @@ def gather_rows(cache: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if cache.dtype in _MANTISSA_BITS:
         return cache.view(torch.uint8).index_select(0, index).view(cache.dtype)
     return cache.index_select(0, index)
+
+
+def write_stored(fmt: KVCacheFormat, cache: torch.Tensor, slot_mapping: torch.Tensor, new: torch.Tensor,
+                 scale: float) -> None:
+    """Scatter new entries into a [num_blocks, block_size, ...] cache at their slots, stored as ``fmt`` stores them
+    (the REFERENCE's and the test fakes' cache write; vLLM backends use their own)."""
+    flat = cache.view(-1, *cache.shape[2:])
+    stored = torch.empty_like(flat[:new.shape[0]])
+    fmt.encode_(stored, new, scale)
+    raw = (lambda t: t.view(torch.uint8)) if fmt.quantized else (lambda t: t)
+    raw(flat).index_copy_(0, slot_mapping, raw(stored))

@@ -9,7 +9,7 @@ REFERENCE reads exactly the cache contents the backend read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -219,13 +219,23 @@ def mla_scale(shape: MLAShape) -> float:
     return shape.qk_head_dim ** -0.5
 
 
+def prefill_rows_from_inputs(buf: MLABuffers, mla_paths: Sequence[str] | None
+                             ) -> tuple[torch.Tensor | None, list[bool] | None]:
+    """(the new tokens' latents [T, rank + rope], per request whether it reads them from there): requests on the
+    prefill path (forward_mha) take their new tokens from the layer inputs, not the cache. (None, None) when no
+    request does."""
+    if not mla_paths or "prefill" not in mla_paths:
+        return None, None
+    return torch.cat([buf.kv_c, buf.k_pe], dim=-1), [p == "prefill" for p in mla_paths]
+
+
 def mla_oracle(buf: MLABuffers, layout: BatchLayout, shape: MLAShape, kv_b_proj_weight: torch.Tensor,
                mla_paths: list[str] | None = None) -> Callable[[], torch.Tensor]:
     """The REFERENCE of one MLA layer over exactly what the kernels read: the latent cache, except that rows on
     the prefill path (``mla_paths``) read their new tokens from the layer inputs as vLLM's forward_mha does
     (for a quantised cache those differ from the stored values by fp8's rounding)."""
-    from_inputs = [p == "prefill" for p in mla_paths] if mla_paths and buf.kv_format.quantized else None
-    new = torch.cat([buf.kv_c, buf.k_pe], dim=-1) if from_inputs else None
+    # for a cache in the model dtype the stored new tokens are the inputs: nothing to substitute
+    new, from_inputs = prefill_rows_from_inputs(buf, mla_paths) if buf.kv_format.quantized else (None, None)
 
     def oracle() -> torch.Tensor:
         out = mla_attention(buf.q, buf.kv_cache, kv_b_proj_weight, layout.block_table, layout.query_lens,

@@ -19,7 +19,7 @@ from attnbench import clocks, hardware, metrics, timing
 from attnbench.cases import BenchCase
 from attnbench.contract import CaseAdapter, LayerCall, SkipCase, load_adapter
 from attnbench.record import CaseRecord, Clocks, GpuIdentity, HostSeconds, Memory, TimingSummary, Work
-from attnbench.verify import Verification, compare, relative_l2
+from attnbench.verify import Verification, compare
 from attnbench.workload import layout_size, resolve_device
 
 
@@ -214,8 +214,8 @@ def _verify(layer: LayerCall, case: BenchCase, rows: list[int], prepare_s: float
     verification = compare(output, expected, cache_problem=cache_problem, dtype=shape.dtype,
                            kv_cache_dtype=shape.kv_cache_dtype, first_call_s=first_call_s, request_rows=rows)
     if layer.unquantized_oracle is not None:  # a quantised cache: what quantising it costs in accuracy
-        verification = dataclasses.replace(verification,
-                                           unquantized_rel_error=relative_l2(output, layer.unquantized_oracle()))
+        cost = compare(output, layer.unquantized_oracle(), dtype=shape.dtype).rel_error
+        verification = dataclasses.replace(verification, unquantized_rel_error=cost)
     return verification, expected
 
 

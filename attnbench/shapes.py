@@ -20,19 +20,11 @@ class ShapeError(ValueError):
     """An impossible or inconsistent shape."""
 
 
-@dataclass(frozen=True)
-class AttentionShape:
-    """Standard (GQA) attention, Llama-3-8B-like defaults."""
+class _ElementSizes:
+    """What a shape's ``dtype`` and ``kv_cache_dtype`` give, the same for both families."""
 
-    num_q_heads: int = 32
-    num_kv_heads: int = 8
-    head_dim: int = 128
-    block_size: int = 16
-    num_layers: int = 1
-    dtype: str = "bfloat16"
-    kv_cache_dtype: str = "auto"
-
-    family = "attention"
+    dtype: str
+    kv_cache_dtype: str
 
     @property
     def elem_bytes(self) -> int:
@@ -46,6 +38,21 @@ class AttentionShape:
     def kv_elem_bytes(self) -> int:
         """Bytes of one stored KV-cache element (the model dtype's, or one for fp8)."""
         return QUANTIZED_KV_CACHE_DTYPES.get(self.kv_cache_dtype, self.elem_bytes)
+
+
+@dataclass(frozen=True)
+class AttentionShape(_ElementSizes):
+    """Standard (GQA) attention, Llama-3-8B-like defaults."""
+
+    num_q_heads: int = 32
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    block_size: int = 16
+    num_layers: int = 1
+    dtype: str = "bfloat16"
+    kv_cache_dtype: str = "auto"
+
+    family = "attention"
 
     @property
     def qk_head_dim(self) -> int:
@@ -68,7 +75,7 @@ class AttentionShape:
 
 
 @dataclass(frozen=True)
-class MLAShape:
+class MLAShape(_ElementSizes):
     """Multi-head latent attention, DeepSeek-V3 defaults (head_dim 576 = 512 latent + 64 rope)."""
 
     num_q_heads: int = 128
@@ -83,19 +90,6 @@ class MLAShape:
     num_kv_heads: int = 1  # the latent cache has one head; kept so --num-kv-heads 1 is accepted
 
     family = "mla"
-
-    @property
-    def elem_bytes(self) -> int:
-        return DTYPES[self.dtype]
-
-    @property
-    def kv_quantized(self) -> bool:
-        return self.kv_cache_dtype in QUANTIZED_KV_CACHE_DTYPES
-
-    @property
-    def kv_elem_bytes(self) -> int:
-        """Bytes of one stored KV-cache element (the model dtype's, or one for fp8)."""
-        return QUANTIZED_KV_CACHE_DTYPES.get(self.kv_cache_dtype, self.elem_bytes)
 
     @property
     def head_dim(self) -> int:

@@ -346,8 +346,7 @@ def make_oracle(buf: "MLABuffers", layout: "BatchLayout", shape: "MLAShape", kv_
     (for an fp8_ds_mla cache those differ from the stored entries by fp8's rounding)."""
     from attnbench import layers
 
-    from_inputs = [p == "prefill" for p in mla_paths] if mla_paths and "prefill" in mla_paths else None
-    new = torch.cat([buf.kv_c, buf.k_pe], dim=-1) if from_inputs else None
+    new, from_inputs = layers.prefill_rows_from_inputs(buf, mla_paths)
 
     def oracle() -> torch.Tensor:
         out = sparse_mla_attention(buf.q, buf.kv_cache, kv_b_proj_weight, layout.block_table, layout.query_lens,

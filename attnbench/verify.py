@@ -102,15 +102,3 @@ def _per_request(row_diff: torch.Tensor, row_ref: torch.Tensor, request_rows: Se
             rel[i] = math.sqrt(d) / max(math.sqrt(float(row_ref[bounds[i]:bounds[i + 1]].sum())), 1e-30)
     return rel
 
-
-def relative_l2(output: torch.Tensor, expected: torch.Tensor, chunk_elements: int = CHUNK_ELEMENTS) -> float:
-    """||output - expected|| / ||expected|| over the whole output, in float32 chunks (float64 sums)."""
-    out_all = output.detach().reshape(expected.shape).reshape(expected.shape[0], -1)
-    ref_all = expected.detach().reshape(expected.shape[0], -1)
-    rows = max(1, chunk_elements // max(1, out_all.shape[1]))
-    diff = ref = 0.0
-    for start in range(0, out_all.shape[0], rows):
-        o, r = out_all[start:start + rows].float(), ref_all[start:start + rows].float()
-        diff += float(torch.linalg.vector_norm(o - r, dtype=torch.float64)) ** 2
-        ref += float(torch.linalg.vector_norm(r, dtype=torch.float64)) ** 2
-    return math.sqrt(diff) / max(math.sqrt(ref), 1e-30)

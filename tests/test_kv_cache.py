@@ -8,9 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from attnbench import layers, metrics, runner  # noqa: E402
-from attnbench.adapters.reference import calibrate_like_vllm, write_stored  # noqa: E402
+from attnbench.adapters.reference import calibrate_like_vllm  # noqa: E402
 from attnbench.cases import BenchCase  # noqa: E402
-from attnbench.kv_cache import cache_format  # noqa: E402
+from attnbench.kv_cache import cache_format, write_stored  # noqa: E402
 from attnbench.oracle import paged_attention  # noqa: E402
 from attnbench.shapes import AttentionShape, MLAShape  # noqa: E402
 from attnbench.study import RunSettings  # noqa: E402
@@ -166,14 +166,20 @@ def test_an_fp8_latent_cache_is_read_at_one_byte_per_element():
     assert quant["decode_attention"].bytes == 64 * hq * latent + 64 * 1024 * latent + 2 * 64 * hq * rank
 
 
-def test_mla_reference_over_an_fp8_latent_cache_runs_on_the_cpu():
+def _fp8_mla_layer(spec: str):
+    """A small MLA layer over an fp8 latent cache, its new tokens written as the quantising write stores them."""
     shape = MLAShape(num_q_heads=4, kv_lora_rank=32, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
                      block_size=16, kv_cache_dtype="fp8")
-    layout = build_layout(parse_requests("q4s40_2q1s20"), shape.block_size, torch.device("cpu"), 0)
+    layout = build_layout(parse_requests(spec), shape.block_size, torch.device("cpu"), 0)
     buf = layers.make_mla_buffers(layout, shape, torch.device("cpu"), 5, calibrate=calibrate_like_vllm)
     weight = layers.make_kv_b_proj_weight(shape, torch.device("cpu"), 9)
     write_stored(buf.kv_format, buf.kv_cache, layout.slot_mapping, torch.cat([buf.kv_c, buf.k_pe], dim=-1),
                  buf.kv_scale)
+    return shape, layout, buf, weight
+
+
+def test_mla_reference_over_an_fp8_latent_cache_runs_on_the_cpu():
+    shape, layout, buf, weight = _fp8_mla_layer("q4s40_2q1s20")
     assert layers.mla_cache_check(buf, layout)() is None
     stored = layers.mla_oracle(buf, layout, shape, weight)()
     exact = layers.unquantized_mla_oracle(buf, layout, shape, weight)()
@@ -182,13 +188,7 @@ def test_mla_reference_over_an_fp8_latent_cache_runs_on_the_cpu():
 
 
 def test_prefill_rows_read_their_new_latents_from_the_inputs_as_forward_mha_does():
-    shape = MLAShape(num_q_heads=4, kv_lora_rank=32, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
-                     block_size=16, kv_cache_dtype="fp8")
-    layout = build_layout(parse_requests("q24_q4s40"), shape.block_size, torch.device("cpu"), 0)
-    buf = layers.make_mla_buffers(layout, shape, torch.device("cpu"), 5, calibrate=calibrate_like_vllm)
-    weight = layers.make_kv_b_proj_weight(shape, torch.device("cpu"), 9)
-    write_stored(buf.kv_format, buf.kv_cache, layout.slot_mapping, torch.cat([buf.kv_c, buf.k_pe], dim=-1),
-                 buf.kv_scale)
+    shape, layout, buf, weight = _fp8_mla_layer("q24_q4s40")
     from_cache = layers.mla_oracle(buf, layout, shape, weight, ["decode", "decode"])()
     from_inputs = layers.mla_oracle(buf, layout, shape, weight, ["prefill", "prefill"])()
     exact = layers.unquantized_mla_oracle(buf, layout, shape, weight)()

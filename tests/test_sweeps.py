@@ -30,11 +30,11 @@ from attnbench.shapes import KV_CACHE_DTYPES
 from attnbench.study import StudyError, build_study, load_study_file
 from attnbench.sweeps import Sweep, SweepError, make_sweep
 from tests.factories import timed, untimed
+from tests.test_plugin import (BENCH_ATTENTION, BENCH_MLA, REPO, child_is_not_an_xdist_worker,  # noqa: F401
+                               collected_ids, run)
 
 pytest_plugins = ["pytester"]
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH_ATTENTION, BENCH_MLA = str(REPO / "bench_attention"), str(REPO / "bench_mla")
 CPU = ("-k", "REFERENCE", "--device", "cpu", "--repeats", "3", "--warmup-iters", "0", "--no-kernel-profile")
 TWO_SWEEPS = ("--sweep-param", "head_dim", "--sweep-values", "64", "128",
               "--sweep-param", "kv_cache_dtype", "--sweep-values", "auto", "fp8")
@@ -289,21 +289,6 @@ def test_the_results_page_and_the_heatmap_name_every_swept_value(tmp_path) -> No
 
 
 # ------------------------------------------------------------------ collection, end to end
-
-@pytest.fixture(autouse=True)
-def child_is_not_an_xdist_worker(monkeypatch):
-    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID", "PYTEST_ADDOPTS"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", "-c", str(REPO / "pytest.ini"),
-                                         "--rootdir", str(REPO), *args, timeout=300)
-
-
-def collected_ids(result: pytest.RunResult) -> list[str]:
-    return [line.split("::", 1)[1] for line in result.outlines if "::" in line and not line.startswith(" ")]
-
 
 def test_repeated_flags_and_the_yaml_list_collect_the_same_product(pytester) -> None:
     cli = run(pytester, BENCH_MLA, "--collect-only", "-q", "--backends", "cutlass_mla", "--batch-specs", "64q1s4k",

@@ -13,7 +13,7 @@ from typing import Any, ContextManager
 import torch
 
 from attnbench import layers, sparse_mla
-from attnbench.kv_cache import SPARSE_ONLY, KVCacheFormat
+from attnbench.kv_cache import SPARSE_ONLY, write_stored
 from attnbench.oracle import paged_attention
 from attnbench.cases import BenchCase
 from attnbench.contract import LayerCall, SkipCase, region_call
@@ -34,16 +34,6 @@ def calibrate_like_vllm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tu
 def scales_for(kv_scales: str) -> layers.Calibrate:
     """The REFERENCE's scales for run setting ``kv_scales``: calibrated like vLLM's layer, or unit."""
     return calibrate_like_vllm if kv_scales == "calibrated" else (lambda q, k, v: (1.0, 1.0))
-
-
-def write_stored(fmt: KVCacheFormat, cache: torch.Tensor, slot_mapping: torch.Tensor, new: torch.Tensor,
-                 scale: float) -> None:
-    """Scatter new entries into a [num_blocks, block_size, ...] cache at their slots, stored as ``fmt`` stores."""
-    flat = cache.view(-1, *cache.shape[2:])
-    stored = torch.empty_like(flat[:new.shape[0]])
-    fmt.encode_(stored, new, scale)
-    raw = (lambda t: t.view(torch.uint8)) if fmt.quantized else (lambda t: t)
-    raw(flat).index_copy_(0, slot_mapping, raw(stored))
 
 
 class ReferenceAttentionAdapter:

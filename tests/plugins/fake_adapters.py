@@ -18,7 +18,8 @@ from attnbench import layers
 from attnbench.backends import BackendInfo
 from attnbench.cases import BenchCase
 from attnbench.contract import LayerCall
-from attnbench.adapters.reference import scales_for, write_stored
+from attnbench.adapters.reference import scales_for
+from attnbench.kv_cache import write_stored
 from attnbench.oracle import paged_attention
 from attnbench.workload import build_layout, resolve_device
 
