@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from attnbench.cases import BenchCase
+    from attnbench.metrics import SparseSelection
     from grammar import BatchRequest
 
 
@@ -68,6 +69,8 @@ class CaseAdapter(Protocol):
     quantized_query: bool
     # per request, which attention kernel runs it where a standard backend splits them (FlashInfer); None: one
     attention_paths: list[str] | None
+    # per request, the keys a sparse MLA indexer selected (the work model counts only those); None: dense
+    sparse_selections: list["SparseSelection"] | None
     requests: list["BatchRequest"]  # in execution order
 
     def make_layer(self, index: int) -> LayerCall: ...

@@ -43,17 +43,18 @@ class AttentionBuffers:
     unquantized_context: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
-def plain_attention_cache(layout: BatchLayout, shape: AttentionShape, device: torch.device) -> AttentionCache:
-    fmt = cache_format(shape)
-    kv = torch.empty(2, layout.num_blocks, layout.block_size, shape.num_kv_heads, shape.head_dim,
+def plain_attention_cache(layout: BatchLayout, shape: AttentionShape, device: torch.device,
+                          fmt: KVCacheFormat | None = None) -> AttentionCache:
+    fmt = fmt or cache_format(shape)
+    kv = torch.empty(2, layout.num_blocks, layout.block_size, shape.num_kv_heads, fmt.width(shape.head_dim),
                      dtype=fmt.storage, device=device)
     return kv, fmt.elements(kv[0]), fmt.elements(kv[1])
 
 
 def attention_buffer_bytes(layout: BatchLayout, shape: AttentionShape) -> int:
-    e, c, t = shape.elem_bytes, shape.kv_elem_bytes, layout.num_tokens
-    cache = 2 * layout.num_blocks * layout.block_size * shape.num_kv_heads * shape.head_dim
-    return c * cache + e * (2 * t * shape.num_q_heads * shape.head_dim + 2 * t * shape.num_kv_heads * shape.head_dim)
+    e, t = shape.elem_bytes, layout.num_tokens
+    cache = 2 * layout.num_blocks * layout.block_size * shape.num_kv_heads * shape.kv_entry_bytes(shape.head_dim)
+    return cache + e * (2 * t * shape.num_q_heads * shape.head_dim + 2 * t * shape.num_kv_heads * shape.head_dim)
 
 
 def kv_data(kv_fill: str, tensor_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
@@ -72,18 +73,21 @@ def fill_kv_(tensor: torch.Tensor, kv_fill: str, gen: torch.Generator) -> torch.
 
 def make_attention_buffers(layout: BatchLayout, shape: AttentionShape, device: torch.device, seed: int,
                            allocate_cache: Callable[[], AttentionCache], kv_fill: str = "random",
-                           calibrate: Calibrate | None = None) -> AttentionBuffers:
-    """Seeded buffers of one layer. A quantised cache needs ``calibrate``: its scales come from the step's own
-    inputs (as vLLM's calc_kv_scales takes them), and the context is stored with them."""
+                           calibrate: Calibrate | None = None, fmt: KVCacheFormat | None = None) -> AttentionBuffers:
+    """Seeded buffers of one layer. A cache with per-tensor scales needs ``calibrate``: its scales come from the
+    step's own inputs (as vLLM's calc_kv_scales takes them), and the context is stored with them. ``fmt``: the
+    cache's format when the backend's own facts complete it (int4's rotation); default ``cache_format(shape)``."""
     gen = generator(device, seed)
     dt = torch_dtype(shape.dtype)
     t = layout.num_tokens
-    fmt = cache_format(shape)
+    fmt = fmt or cache_format(shape)
     kv_cache, key_cache, value_cache = allocate_cache()
+    # [NB, BS, Hkv, D]: the values; a per-(token, head) format's entries are wider (its inline scale)
+    values_shape = (*key_cache.shape[:-1], shape.head_dim)
     # the context values come first in the seeded stream; a quantised cache stores them once its scales are known
     if fmt.quantized:
-        key_context = kv_data(kv_fill, tuple(key_cache.shape), dt, device, gen)
-        value_context = kv_data(kv_fill, tuple(value_cache.shape), dt, device, gen)
+        key_context = kv_data(kv_fill, values_shape, dt, device, gen)
+        value_context = kv_data(kv_fill, values_shape, dt, device, gen)
     else:
         fill_kv_(key_cache, kv_fill, gen)
         fill_kv_(value_cache, kv_fill, gen)
@@ -94,16 +98,17 @@ def make_attention_buffers(layout: BatchLayout, shape: AttentionShape, device: t
         value=kv_data(kv_fill, (t, shape.num_kv_heads, shape.head_dim), dt, device, gen),
         kv_cache=kv_cache, key_cache=key_cache, value_cache=value_cache, output=out, kv_format=fmt)
     if fmt.quantized:
-        if calibrate is None:
-            raise ValueError(f"kv_cache_dtype={fmt.name} needs the layer's scales (calibrate)")
-        buf.k_scale, buf.v_scale = calibrate(buf.query, buf.key, buf.value)
+        if fmt.per_tensor_scales:
+            if calibrate is None:
+                raise ValueError(f"kv_cache_dtype={fmt.name} needs the layer's scales (calibrate)")
+            buf.k_scale, buf.v_scale = calibrate(buf.query, buf.key, buf.value)
         fmt.encode_(key_cache, key_context, buf.k_scale)
         fmt.encode_(value_cache, value_context, buf.v_scale)
 
         def unquantized_context() -> tuple[torch.Tensor, torch.Tensor]:
             again = generator(device, seed)  # the same first draws as above
-            return (kv_data(kv_fill, tuple(key_cache.shape), dt, device, again),
-                    kv_data(kv_fill, tuple(value_cache.shape), dt, device, again))
+            return (kv_data(kv_fill, values_shape, dt, device, again),
+                    kv_data(kv_fill, values_shape, dt, device, again))
         buf.unquantized_context = unquantized_context
     return buf
 
@@ -111,7 +116,7 @@ def make_attention_buffers(layout: BatchLayout, shape: AttentionShape, device: t
 def attention_oracle(buf: AttentionBuffers, layout: BatchLayout, scale: float) -> Callable[[], torch.Tensor]:
     def oracle() -> torch.Tensor:
         return paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
-                               layout.query_lens, layout.kv_lens, scale, buf.k_scale, buf.v_scale)
+                               layout.query_lens, layout.kv_lens, scale, buf.k_scale, buf.v_scale, buf.kv_format)
     return oracle
 
 
@@ -133,12 +138,11 @@ def unquantized_attention_oracle(buf: AttentionBuffers, layout: BatchLayout, sca
 
 def stored_mismatch(fmt: KVCacheFormat, stored: torch.Tensor, new: torch.Tensor, scale: float) -> torch.Tensor:
     """Per row of ``stored`` (the cache at the new tokens' slots): True where it is not ``new`` as the cache
-    write stores it: exactly, for the model dtype; within one fp8 rounding step, for a quantised cache."""
+    write stores it: exactly, for the model dtype; within one quantisation step, for a quantised cache."""
     if not fmt.quantized:
         return (stored != new).flatten(1).any(dim=1)
-    rel, absolute = fmt.rounding(scale)
-    expected = new.float()
-    return ((fmt.decode(stored, scale) - expected).abs() > rel * expected.abs() + absolute).flatten(1).any(dim=1)
+    error = (fmt.decode(stored, scale) - new.float()).abs()
+    return (error > fmt.step_bound(stored, new, scale)).flatten(1).any(dim=1)
 
 
 def attention_cache_check(buf: AttentionBuffers, layout: BatchLayout) -> Callable[[], str | None]:

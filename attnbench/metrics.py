@@ -24,7 +24,10 @@ intermediates the kernels make for themselves are not.
 
 * Standard attention: Q, K/V once per KV head (whole pages, since the paged cache is
   read in blocks), the new K/V read from the layer and written into the cache, and O.
-  FLOPs 2·Hq·(d_qk + d_v)·pairs.
+  FLOPs 2·Hq·(d_qk + d_v)·pairs. The cache counts at its stored size
+  (``shape.kv_entry_bytes``: a per-(token, head) format's entry includes its inline float32
+  scale, e.g. 132 bytes for int8 at d = 128, 68 for int4); int4's Hadamard rotations of
+  q, O and the new K/V are their own group (``KV_ROTATION``, bytes only).
 * MLA (vLLM's ``MLAAttention`` forward): per request, activations only — q at
   ``qk_head_dim`` (nope + rope, 192) per head, the new tokens' kv_c + k_pe (576 wide)
   read from the layer and written to the latent cache, the latent cache read once (whole
@@ -90,7 +93,11 @@ ATTENTION = "attention"  # a standard backend's one attention kernel for the who
 # The kernel groups a call can run, one after another: each pipeline's in its own order (the sequential
 # floor, a sum, does not depend on the order of the pipelines).
 QUERY_QUANT = "query_quant"  # the layer's fp8 quantisation of q before a quantised-cache attention kernel
-KERNEL_GROUPS = (CACHE_WRITE, QUERY_QUANT, ATTENTION, "decode_q_absorb", "decode_q_quant", "decode_attention",
+# int4_per_token_head's Hadamard rotations (vLLM's single_rht): of the new K and V before the cache write, of q
+# before the attention kernel and of its output after it; each reads and writes its tensor in the model dtype
+KV_ROTATION = "kv_rotation"
+ROTATED_KV_CACHE_DTYPES = ("int4_per_token_head",)
+KERNEL_GROUPS = (CACHE_WRITE, QUERY_QUANT, KV_ROTATION, ATTENTION, "decode_q_absorb", "decode_q_quant", "decode_attention",
                  "decode_v_up", "prefill_kv_up", "prefill_attention")
 FP8_BYTES = 1
 # The per-phase bound label lists phases in batch order (vLLM's builders put decodes first).
@@ -189,15 +196,19 @@ def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
     t = req.q_len
     if isinstance(shape, AttentionShape):
         d, hq, hkv = shape.head_dim, shape.num_q_heads, shape.num_kv_heads
+        entry = shape.kv_entry_bytes(d)  # one token's K (or V) of one KV head as stored, inline scale included
         # new K/V read from the layer and written to the cache; impl.forward alone finds them in the cache
-        groups = {CACHE_WRITE: Work(bytes=(e + c) * t * hkv * 2 * d)} if layer else {}
+        groups = {CACHE_WRITE: Work(bytes=(e * d + entry) * t * hkv * 2)} if layer else {}
         if layer and quantized_query:
             groups[QUERY_QUANT] = Work(bytes=(e + qe) * t * hq * d)
+        if shape.kv_cache_dtype in ROTATED_KV_CACHE_DTYPES:
+            rotated = t * hq * d * 2 + (t * hkv * d * 2 if layer else 0)  # q and O; the new K and V
+            groups[KV_ROTATION] = Work(bytes=2 * e * rotated)
         return groups | {
             _attention_group(attention_path): Work(
                 pairs, 2 * hq * (d + d) * pairs,
                 qe * t * hq * d  # Q
-                + c * kv_read * hkv * 2 * d  # K and V (the new tokens' included), once per KV head, whole pages
+                + entry * kv_read * hkv * 2  # K and V (the new tokens' included), once per KV head, whole pages
                 + e * t * hq * d,  # O
                 1, t)}
     assert isinstance(shape, MLAShape)

@@ -271,7 +271,9 @@ OPTIONS: tuple[Option, ...] = (
                               "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")),
     _dim("dtype", str, ("float16", "float32"), help=f"{', '.join(DTYPES)}; "),
     _dim("kv_cache_dtype", str, ("auto", "fp8"), yaml=("kv_cache_dtype",),
-         help="auto = the model dtype; fp8 (= fp8_e4m3), fp8_e4m3 or fp8_e5m2: a per-tensor-scaled fp8 cache; "),
+         help="auto = the model dtype; fp8 (= fp8_e4m3), fp8_e4m3 or fp8_e5m2: a per-tensor-scaled fp8 cache; "
+              "int8_per_token_head, fp8_per_token_head or int4_per_token_head: TRITON_ATTN's per-(token, head) "
+              "scaled cache; "),
     _run("device", str, "cuda", "cuda, cuda:N or cpu", check=_device, examples=("cpu", "cuda:1")),
     _run("repeats", int, 100, "most timed rounds per case", metavar="N", check=at_least(1), examples=(3, 7)),
     _run("warmup_iters", int, 10, "untimed rounds before timing", metavar="N", check=at_least(0), examples=(0, 2)),

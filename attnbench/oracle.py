@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from attnbench.kv_cache import gather_rows
+from attnbench.kv_cache import KVCacheFormat, gather_rows
 
 
 def gather_sequence(cache: torch.Tensor, block_table_row: torch.Tensor, kv_len: int) -> torch.Tensor:
@@ -41,20 +41,25 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> 
 
 def paged_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                     block_table: torch.Tensor, query_lens: Sequence[int], kv_lens: Sequence[int],
-                    scale: float, k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
-    """GQA attention of ``query`` [T, Hq, D] over paged K/V caches; returns float32 [T, Hq, Dv].
+                    scale: float, k_scale: float = 1.0, v_scale: float = 1.0,
+                    kv_format: KVCacheFormat | None = None) -> torch.Tensor:
+    """GQA attention of ``query`` [T, Hq, D] over paged K/V caches; returns float32 [T, Hq, D].
 
-    The caches may hold fp8 elements: they are read as stored, times ``k_scale`` / ``v_scale``."""
+    The caches may hold fp8 elements: they are read as stored, times ``k_scale`` / ``v_scale``. With
+    ``kv_format`` they hold that format's entries, read as ``kv_format.decode`` dequantises them."""
+    def read(stored: torch.Tensor, tensor_scale: float) -> torch.Tensor:
+        return kv_format.decode(stored, tensor_scale) if kv_format is not None else stored.float() * tensor_scale
+
     num_q_heads, num_kv_heads = query.shape[1], key_cache.shape[2]
     group = num_q_heads // num_kv_heads
-    out = torch.empty(query.shape[0], num_q_heads, value_cache.shape[-1], dtype=torch.float32, device=query.device)
+    out: list[torch.Tensor] = []
     start = 0
     for i, (q_len, kv_len) in enumerate(zip(query_lens, kv_lens)):
-        k = (gather_sequence(key_cache, block_table[i], kv_len).float() * k_scale).repeat_interleave(group, dim=1)
-        v = (gather_sequence(value_cache, block_table[i], kv_len).float() * v_scale).repeat_interleave(group, dim=1)
-        out[start:start + q_len] = _attend(query[start:start + q_len], k, v, scale)
+        k = read(gather_sequence(key_cache, block_table[i], kv_len), k_scale).repeat_interleave(group, dim=1)
+        v = read(gather_sequence(value_cache, block_table[i], kv_len), v_scale).repeat_interleave(group, dim=1)
+        out.append(_attend(query[start:start + q_len], k, v, scale))
         start += q_len
-    return out
+    return torch.cat(out)
 
 
 def mla_attention(query: torch.Tensor, latent_cache: torch.Tensor, kv_b_proj_weight: torch.Tensor,

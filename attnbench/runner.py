@@ -156,7 +156,7 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
         mets = metrics.summarize(adapter.requests, shape, t.median if t.samples else 0.0, peaks, adapter.mla_paths,
                                  attention_paths=adapter.attention_paths, timed_region=case.timed_region,
                                  quantized_query=adapter.quantized_query,
-                                 sparse=getattr(adapter, "sparse_selections", None))  # sparse MLA adapters only
+                                 sparse=adapter.sparse_selections)
         mets["peaks"] = peaks
         if kernels is not None:
             mets["kernels"] = kernels

@@ -12,7 +12,13 @@ DTYPES = {"bfloat16": 2, "float16": 2, "float32": 4}
 # layer owns (_k_scale, _v_scale). "fp8" is e4m3 on CUDA.
 # "fp8_ds_mla" is DeepSeek-V3.2's sparse-MLA entry (512 fp8 + 4 float32 scales + 64 bf16 rope: 656 bytes,
 # attnbench/sparse_mla.py), FLASHMLA_SPARSE only; its element size here is the NoPE part's.
-QUANTIZED_KV_CACHE_DTYPES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp8_ds_mla": 1}
+# The per-token-head ones (TRITON_ATTN, standard attention only) store each (token, KV head) entry of K and of V
+# as its quantised data (bits per value below; int4 packs two per byte) followed inline by one float32 scale
+# (attnbench/kv_cache.py).
+PER_TOKEN_HEAD_DATA_BITS = {"int8_per_token_head": 8, "fp8_per_token_head": 8, "int4_per_token_head": 4}
+PER_TOKEN_HEAD_SCALE_BYTES = 4
+QUANTIZED_KV_CACHE_DTYPES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp8_ds_mla": 1,
+                             **{name: 1 for name in PER_TOKEN_HEAD_DATA_BITS}}
 KV_CACHE_DTYPES = ("auto", *DTYPES, *QUANTIZED_KV_CACHE_DTYPES)
 
 
@@ -38,6 +44,14 @@ class _ElementSizes:
     def kv_elem_bytes(self) -> int:
         """Bytes of one stored KV-cache element (the model dtype's, or one for fp8)."""
         return QUANTIZED_KV_CACHE_DTYPES.get(self.kv_cache_dtype, self.elem_bytes)
+
+    def kv_entry_bytes(self, values: int) -> int:
+        """Bytes of one stored cache entry of ``values`` values (one token's K or V of one KV head; MLA: one
+        token's latent), its inline per-(token, head) scale included."""
+        bits = PER_TOKEN_HEAD_DATA_BITS.get(self.kv_cache_dtype)
+        if bits is None:
+            return values * self.kv_elem_bytes
+        return values * bits // 8 + PER_TOKEN_HEAD_SCALE_BYTES
 
 
 @dataclass(frozen=True)
@@ -170,6 +184,12 @@ def _check_dtypes(shape: Any) -> None:
         raise ShapeError(f"kv_cache_dtype={shape.kv_cache_dtype!r} must be one of {', '.join(KV_CACHE_DTYPES)}")
     if shape.kv_cache_dtype == "fp8_ds_mla" and shape.family != "mla":
         raise ShapeError("kv_cache_dtype='fp8_ds_mla' is DeepSeek-V3.2's sparse MLA cache entry: MLA only")
+    if shape.kv_cache_dtype in PER_TOKEN_HEAD_DATA_BITS and shape.family != "attention":
+        raise ShapeError(f"kv_cache_dtype={shape.kv_cache_dtype!r} quantises per (token, KV head): standard "
+                         f"attention only (TRITON_ATTN's), not the MLA latent")
+    if shape.kv_cache_dtype == "int4_per_token_head" and shape.head_dim & (shape.head_dim - 1):
+        raise ShapeError(f"kv_cache_dtype='int4_per_token_head' rotates each entry with a Hadamard transform: "
+                         f"head_dim={shape.head_dim} must be a power of two")
     # an unquantised cache in another float dtype than the model's is a conversion no vLLM backend makes
     if shape.kv_cache_dtype in DTYPES and shape.kv_cache_dtype != shape.dtype:
         raise ShapeError(f"kv_cache_dtype={shape.kv_cache_dtype!r} differs from dtype={shape.dtype!r}: an "

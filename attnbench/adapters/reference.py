@@ -14,6 +14,7 @@ import torch
 
 from attnbench import layers, sparse_mla
 from attnbench.kv_cache import SPARSE_ONLY, write_stored
+from attnbench.metrics import SparseSelection
 from attnbench.oracle import paged_attention
 from attnbench.cases import BenchCase
 from attnbench.contract import LayerCall, SkipCase, region_call
@@ -39,6 +40,7 @@ def scales_for(kv_scales: str) -> layers.Calibrate:
 class ReferenceAttentionAdapter:
     mla_paths = None
     attention_paths = None
+    sparse_selections = None
     quantized_query = False
 
     def __init__(self, case: BenchCase) -> None:
@@ -70,7 +72,8 @@ class ReferenceAttentionAdapter:
 
         def attend() -> None:
             buf.output.copy_(paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
-                                             layout.query_lens, layout.kv_lens, scale, buf.k_scale, buf.v_scale))
+                                             layout.query_lens, layout.kv_lens, scale, buf.k_scale, buf.v_scale,
+                                             buf.kv_format))
 
         return region_call(self.case.timed_region, write, attend, lambda: buf.output,
                            layers.attention_oracle(buf, layout, scale), layers.attention_cache_check(buf, layout),
@@ -85,6 +88,7 @@ class ReferenceAttentionAdapter:
 
 class ReferenceMLAAdapter:
     attention_paths = None
+    sparse_selections: list[SparseSelection] | None = None  # the sparse subclass's
     quantized_query = False
 
     def __init__(self, case: BenchCase) -> None:

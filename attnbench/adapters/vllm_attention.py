@@ -20,12 +20,17 @@ from attnbench import layers
 from attnbench.adapters import vllm_common
 from attnbench.cases import BenchCase
 from attnbench.contract import LayerCall
-from attnbench.kv_cache import cache_format
+from attnbench.kv_cache import PerTokenHeadFormat, cache_format
+from attnbench.shapes import PER_TOKEN_HEAD_DATA_BITS
 from attnbench.workload import torch_dtype
 
 DRIVEN_THROUGH = "vllm Attention layer forward under set_forward_context (do_kv_cache_update, then impl.forward)"
 TIMED_REGION = {"layer": "KV-cache write + attention (the layer step)",
                 "attention": "impl.forward alone, on a cache the layer step already wrote"}
+
+
+INT4 = "int4_per_token_head"
+PER_ENTRY_SCALES = "per_token_head"  # backend_info.kv_scales: each entry's own, computed by the cache write
 
 
 def layer_name(index: int) -> str:
@@ -61,7 +66,8 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
         if self.shape.kv_quantized:
             info["kv_cache_dtype"] = self.shape.kv_cache_dtype
             info["quantized_query"] = self.quantized_query
-            info["kv_scales"] = self.case.run.kv_scales
+            per_entry = self.shape.kv_cache_dtype in PER_TOKEN_HEAD_DATA_BITS
+            info["kv_scales"] = PER_ENTRY_SCALES if per_entry else self.case.run.kv_scales
         describe = KERNEL_PATH.get(self.case.backend.name)
         if describe is not None:
             info.update(describe(self.metadata, self.layers[0].impl, self.layout))
@@ -74,19 +80,24 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
     def _make_layer(self, index: int) -> LayerCall:
         shape, layout, layer = self.shape, self.layout, self.layers[index]
 
-        fmt = cache_format(shape)
+        fmt = cache_format(shape, vllm_rotation(shape.head_dim, self.device) if shape.kv_cache_dtype == INT4 else None)
 
         def allocate() -> layers.AttentionCache:
-            # as vLLM allocates it: raw bytes for a quantised cache, which the backend views as fp8
+            # as vLLM allocates it: raw bytes for a quantised cache, which the backend views as fp8; a
+            # per-(token, head) one with each entry's head dim padded for its inline float32 scale
             kv = vllm_common.allocate_kv_cache(self.backend_cls, layout.num_blocks, layout.block_size,
                                                shape.num_kv_heads, shape.head_dim, fmt.storage, self.device,
                                                vllm_common.cache_dtype(shape))
-            key_view, value_view = logical_views(kv, shape.head_dim)
+            if isinstance(fmt, PerTokenHeadFormat):
+                # the impl carves its scale views out of the first cache it sees and sets them to 1.0 then
+                # (what the engine's first forward does); done here, before the context's scales are stored
+                layer.impl._ensure_scale_caches(kv)
+            key_view, value_view = logical_views(kv, fmt.width(shape.head_dim))
             return kv, fmt.elements(key_view), fmt.elements(value_view)
 
         buf = layers.make_attention_buffers(layout, shape, self.device, self.case.run.seed + 1 + index, allocate,
                                             self.case.run.kv_fill, lambda q, k, v: vllm_common.layer_scales(
-                                                layer, self.case.run.kv_scales, q, k, v))
+                                                layer, self.case.run.kv_scales, q, k, v), fmt)
         layer.kv_cache = buf.kv_cache
         last: dict[str, torch.Tensor] = {}
         tokens = layout.num_tokens
@@ -149,16 +160,28 @@ KERNEL_PATH: dict[str, Callable[[Any, Any, Any], dict[str, Any]]] = {
     "FLASH_ATTN": _flash_attn_path, "TRITON_ATTN": _triton_attn_path, "FLASHINFER": _flashinfer_path}
 
 
-def logical_views(kv: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[num_blocks, block_size, num_kv_heads, head_dim] views of K and V inside a vLLM cache tensor."""
-    if kv.dim() == 4 and kv.shape[-1] == 2 * head_dim:  # 0.26.0: logical (B, H, N, 2D), K|V packed
-        k, v = kv.transpose(1, 2).split(head_dim, dim=-1)
+def vllm_rotation(head_dim: int, device: torch.device) -> torch.Tensor:
+    """vLLM's own RHT (int4_per_token_head) as a ±1 matrix: its ``single_rht`` of the identity, whose entries are
+    ±1 up to the rounding of its bf16 Hadamard kernel (hence the sign)."""
+    from vllm.v1.attention.ops.int4_per_token_head import single_rht
+
+    rotation = torch.sign(single_rht(torch.eye(head_dim, dtype=torch.float32, device=device))).cpu()
+    if not torch.equal(rotation @ rotation.t(), head_dim * torch.eye(head_dim)):
+        raise RuntimeError(f"vLLM's single_rht of the identity is not a ±1 Hadamard rotation (head_dim={head_dim})")
+    return rotation
+
+
+def logical_views(kv: torch.Tensor, entry_width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[num_blocks, block_size, num_kv_heads, entry_width] views of K and V inside a vLLM cache tensor
+    (``entry_width``: the stored head dim, a per-(token, head) format's inline scale included)."""
+    if kv.dim() == 4 and kv.shape[-1] == 2 * entry_width:  # 0.26.0: logical (B, H, N, 2D), K|V packed
+        k, v = kv.transpose(1, 2).split(entry_width, dim=-1)
         return k, v
     if kv.dim() == 5 and kv.shape[0] == 2:  # older (2, B, N, H, D)
         return kv[0], kv[1]
     if kv.dim() == 5 and kv.shape[1] == 2:  # FlashInfer's older (B, 2, N, H, D)
         return kv[:, 0], kv[:, 1]
-    raise RuntimeError(f"unrecognised KV cache shape {tuple(kv.shape)} for head_dim={head_dim}")
+    raise RuntimeError(f"unrecognised KV cache shape {tuple(kv.shape)} for entries of width {entry_width}")
 
 
 def make_adapter(case: BenchCase) -> VllmAttentionAdapter:

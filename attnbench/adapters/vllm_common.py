@@ -20,6 +20,7 @@ import torch
 
 from attnbench.backends import VLLM_VERSION
 from attnbench.contract import SkipCase
+from attnbench.metrics import SparseSelection
 from attnbench.shapes import AttentionShape, MLAShape
 from attnbench.sparse_mla import IndexerSpec
 from attnbench.workload import BatchLayout, build_layout, resolve_device, scheduler_order, torch_dtype
@@ -246,6 +247,7 @@ class VllmLayerAdapter:
     """
 
     mla_paths: list[str] | None = None
+    sparse_selections: list[SparseSelection] | None = None  # a sparse MLA adapter's, per request
     attention_paths: list[str] | None = None
     quantized_query = False  # set per layer kind once the first layer exists
     indexer: IndexerSpec | None = None  # a sparse MLA adapter's: the model is DeepSeek-V3.2-like

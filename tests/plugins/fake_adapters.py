@@ -6,7 +6,8 @@ rounds run) go wrong in one request, from call ``wrong_from`` on; the check afte
 tolerance; the per-request gate must fail it while the global error passes.
 ``FakeQuantised*``: a backend with a per-tensor-scaled fp8 cache, written and read as vLLM's fp8 path
 does (calibrated scales, quantising cache write, dequantising attention), with the kernel bugs a
-quantised path can have: reading the stored elements without their scale, or writing unquantised.
+quantised path can have: reading the stored elements without their scale (per tensor, or a per-(token,
+head) cache's inline one), or writing unquantised.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any, ContextManager
 
+import torch
+
 from attnbench import layers
 from attnbench.backends import BackendInfo
 from attnbench.cases import BenchCase
 from attnbench.contract import LayerCall
 from attnbench.adapters.reference import scales_for
-from attnbench.kv_cache import write_stored
+from attnbench.kv_cache import PerTokenHeadFormat, write_stored
 from attnbench.oracle import paged_attention
 from attnbench.workload import build_layout, resolve_device
 
@@ -29,6 +32,7 @@ class FakeAttentionAdapter:
 
     mla_paths = None
     attention_paths = None
+    sparse_selections = None
     quantized_query = False
 
     def __init__(self, case: BenchCase, wrong_from: int | None, wrong_request: int, factor: float) -> None:
@@ -44,7 +48,7 @@ class FakeAttentionAdapter:
     def estimate_bytes(self, num_layer_buffers: int) -> int:
         return num_layer_buffers * self.bytes_per_layer
 
-    ignores_scale = False  # the attention reads fp8 elements without multiplying by k_scale / v_scale
+    ignores_scale = False  # the attention reads quantised elements without their scales (per tensor or entry)
     writes_unscaled = False  # the cache write stores the values without dividing by the scale
 
     def make_layer(self, index: int) -> LayerCall:
@@ -57,12 +61,15 @@ class FakeAttentionAdapter:
         rows = slice(start, start + self.requests[self.wrong_request].q_len)
         write_scales = (1.0, 1.0) if self.writes_unscaled else (buf.k_scale, buf.v_scale)
         read_scales = (1.0, 1.0) if self.ignores_scale else (buf.k_scale, buf.v_scale)
+        read_format = buf.kv_format
+        if self.ignores_scale and isinstance(buf.kv_format, PerTokenHeadFormat):
+            read_format = ScaleBlindPerTokenHead(buf.kv_format)
 
         def run() -> None:
             write_stored(buf.kv_format, buf.key_cache, layout.slot_mapping, buf.key, write_scales[0])
             write_stored(buf.kv_format, buf.value_cache, layout.slot_mapping, buf.value, write_scales[1])
             buf.output.copy_(paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table,
-                                             layout.query_lens, layout.kv_lens, scale, *read_scales))
+                                             layout.query_lens, layout.kv_lens, scale, *read_scales, read_format))
             if self.wrong_from is not None and self.calls >= self.wrong_from:
                 buf.output[rows] *= self.factor
             self.calls += 1
@@ -76,6 +83,16 @@ class FakeAttentionAdapter:
 
     def close(self) -> None:
         pass
+
+
+class ScaleBlindPerTokenHead:
+    """A kernel's reading of a per-(token, head) cache that forgets each entry's inline scale."""
+
+    def __init__(self, fmt: PerTokenHeadFormat) -> None:
+        self.fmt = fmt
+
+    def decode(self, stored: torch.Tensor, scale: float) -> torch.Tensor:
+        return self.fmt.decode(stored, scale) / self.fmt.entry_scales(stored).unsqueeze(-1)
 
 
 def make_replay_drift(case: BenchCase) -> FakeAttentionAdapter:
