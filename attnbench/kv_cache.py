@@ -29,6 +29,10 @@ SPARSE_ONLY = "fp8_ds_mla"  # DeepSeek-V3.2's 656-byte entry: its own format, st
 _MANTISSA_BITS = {torch.float8_e4m3fn: 3, torch.float8_e5m2: 2}
 _INT4_LEVELS = 15  # unsigned nibbles 0..15
 _MIN_SCALE = 1e-6  # vLLM's floor on a per-(token, head) scale (an all-zero entry)
+_ENCODE_CHUNK_VALUES = 1 << 24  # values encoded at a time
+# how far a stored per-entry scale may sit from the one the new values give: float32 division for int8 / fp8;
+# for int4 also the rotated entry's rounding to the model dtype, which moves its range by ~2^-8
+_SCALE_AGREEMENT = {"int8": 1e-5, "fp8": 1e-5, "int4": 2.0 ** -6}
 
 
 class KVCacheFormat:
@@ -164,7 +168,14 @@ class PerTokenHeadFormat(KVCacheFormat):
 
     def encode_(self, stored: torch.Tensor, values: torch.Tensor, scale: float) -> None:
         """As vLLM's ``triton_reshape_and_cache_flash_per_token_head_quant`` writes an entry (``scale``, the
-        layer's unused per-tensor one, is ignored)."""
+        layer's unused per-tensor one, is ignored). In chunks of the leading dimension, so the float32
+        temporaries stay bounded (~20 bytes per value) for a whole cache."""
+        per_row = max(1, values[0].numel()) if values.dim() > 1 else 1
+        step = max(1, _ENCODE_CHUNK_VALUES // per_row)
+        for start in range(0, values.shape[0], step):
+            self._encode_rows(stored[start:start + step], values[start:start + step])
+
+    def _encode_rows(self, stored: torch.Tensor, values: torch.Tensor) -> None:
         x = values.float()
         head_dim = x.shape[-1]
         entry = torch.empty(*x.shape[:-1], self.width(head_dim), dtype=torch.uint8, device=x.device)
@@ -202,14 +213,29 @@ class PerTokenHeadFormat(KVCacheFormat):
         element = torch.int8 if self.code == "int8" else torch.float8_e4m3fn
         return data.contiguous().view(element).float() * step
 
+    def expected_scales(self, values: torch.Tensor) -> torch.Tensor:
+        """The scale [...] a correct write stores for entries ``values``: absmax / range, or int4's rotated
+        range / 15."""
+        x = values.float()
+        if self.code == "int4":
+            x = (x @ self._rotation(x.shape[-1], x.device)).to(values.dtype).float()
+            return ((x.amax(-1) - x.amin(-1)) / _INT4_LEVELS).clamp_min(_MIN_SCALE)
+        limit = 127.0 if self.code == "int8" else float(torch.finfo(torch.float8_e4m3fn).max)
+        return (x.abs().amax(-1) / limit).clamp_min(_MIN_SCALE)
+
     def step_bound(self, stored: torch.Tensor, expected: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """One step of the entry's own scale (int8, int4: rounding is half of it; int4's rotation in the model
-        dtype adds a few per cent of it); fp8: one unit in the last place, plus the subnormal step near zero."""
-        step = self.entry_scales(stored).unsqueeze(-1)
+        """One step of the scale ``expected`` itself gives (int8, int4: rounding is half of it; int4's rotation in
+        the model dtype adds a few per cent); fp8: one unit in the last place, plus the subnormal step near zero.
+        An entry whose stored scale is not that scale gets a negative bound: a write that stored too large a
+        scale, with its data quantised to match, still decodes close but is wrong."""
+        step = self.expected_scales(expected).unsqueeze(-1)
+        agrees = (self.entry_scales(stored).unsqueeze(-1) - step).abs() <= _SCALE_AGREEMENT[self.code] * step
         if self.code == "fp8":
             e4m3 = torch.float8_e4m3fn
-            return 2.0 ** -3 * expected.float().abs() + float(torch.finfo(e4m3).smallest_normal) * 2.0 ** -3 * step
-        return step.expand(*step.shape[:-1], expected.shape[-1])
+            bound = 2.0 ** -3 * expected.float().abs() + float(torch.finfo(e4m3).smallest_normal) * 2.0 ** -3 * step
+        else:
+            bound = step.expand(*step.shape[:-1], expected.shape[-1])
+        return torch.where(agrees, bound, torch.full_like(bound, -1.0))
 
 
 _PER_TOKEN_HEAD = {"int8_per_token_head": (torch.int8, "int8"), "fp8_per_token_head": (torch.uint8, "fp8"),

@@ -184,7 +184,8 @@ def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
     kernel for the whole batch. ``timed_region``: "layer" or "attention" (``TIMED_REGIONS``). ``selection``: a
     sparse MLA request's top-k selection (its MQA-pipeline rows attend only those keys).
 
-    The cache's bytes are its stored elements' (``shape.kv_elem_bytes``: one for fp8). ``quantized_query``: the
+    The cache's bytes are its stored entries' (``shape.kv_entry_bytes``: one byte per element for fp8, plus the
+    inline scale for a per-(token, head) format; MLA: ``shape.kv_elem_bytes`` per latent element). ``quantized_query``: the
     attention kernel reads q as fp8, which the layer step quantises first (its own group, or for MLA decode
     the absorbed q's concat-and-quantise); the attention region finds it quantised."""
     _check_region(timed_region)

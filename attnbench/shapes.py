@@ -42,7 +42,8 @@ class _ElementSizes:
 
     @property
     def kv_elem_bytes(self) -> int:
-        """Bytes of one stored KV-cache element (the model dtype's, or one for fp8)."""
+        """Bytes of one stored KV-cache element (the model dtype's, or one for fp8; a per-(token, head) format's
+        storage element, one byte: its entries' sizes are ``kv_entry_bytes``)."""
         return QUANTIZED_KV_CACHE_DTYPES.get(self.kv_cache_dtype, self.elem_bytes)
 
     def kv_entry_bytes(self, values: int) -> int:
@@ -187,6 +188,12 @@ def _check_dtypes(shape: Any) -> None:
     if shape.kv_cache_dtype in PER_TOKEN_HEAD_DATA_BITS and shape.family != "attention":
         raise ShapeError(f"kv_cache_dtype={shape.kv_cache_dtype!r} quantises per (token, KV head): standard "
                          f"attention only (TRITON_ATTN's), not the MLA latent")
+    bits = PER_TOKEN_HEAD_DATA_BITS.get(shape.kv_cache_dtype)
+    if bits is not None and shape.head_dim * bits // 8 % PER_TOKEN_HEAD_SCALE_BYTES:
+        # vLLM views each entry's scale as a float32 right after the data (TritonAttentionImpl._ensure_scale_caches)
+        raise ShapeError(f"kv_cache_dtype={shape.kv_cache_dtype!r} stores a float32 scale right after each entry's "
+                         f"data: head_dim={shape.head_dim} gives {shape.head_dim * bits // 8} data bytes, not a "
+                         f"multiple of {PER_TOKEN_HEAD_SCALE_BYTES}")
     if shape.kv_cache_dtype == "int4_per_token_head" and shape.head_dim & (shape.head_dim - 1):
         raise ShapeError(f"kv_cache_dtype='int4_per_token_head' rotates each entry with a Hadamard transform: "
                          f"head_dim={shape.head_dim} must be a power of two")

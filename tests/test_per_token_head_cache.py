@@ -68,9 +68,10 @@ def test_int4_packs_even_elements_low_and_hides_the_zero_point_in_the_scale():
     rotated = (values.float() @ fmt.rotation).to(torch.bfloat16).float()
     low, high = rotated.amin(-1, keepdim=True), rotated.amax(-1, keepdim=True)
     step = (high - low) / 15
-    zero = torch.round(-low / step)
-    nibbles = torch.stack([data & 0xF, data >> 4], dim=-1).flatten(-2).float()
-    assert torch.allclose(nibbles, torch.round(rotated / step + zero), atol=1)  # element 2j low, 2j+1 high
+    zero = torch.floor(-low / step + 0.5)  # -low / step >= 0: half away from zero is floor(x + 0.5)
+    levels = torch.floor(rotated * (1.0 / step) + zero + 0.5).clamp(0, 15)
+    assert torch.equal(data & 0xF, levels[:, 0::2].to(torch.uint8))  # element 2j in the low nibble
+    assert torch.equal(data >> 4, levels[:, 1::2].to(torch.uint8))
     packed = stored[:, 8:].contiguous().view(torch.int32).squeeze(-1)
     assert torch.equal((packed & 0xF).float(), zero.squeeze(-1))
     assert torch.allclose(fmt.entry_scales(stored), step.squeeze(-1), rtol=1e-5)
@@ -101,6 +102,12 @@ def test_int4_decodes_through_the_inverse_rotation_and_a_wrong_rotation_is_noise
 def test_int4_needs_a_power_of_two_head_dim():
     with pytest.raises(ShapeError, match="head_dim=96 must be a power of two"):
         AttentionShape(kv_cache_dtype="int4_per_token_head", head_dim=96).validate()
+
+
+@pytest.mark.parametrize("name, head_dim, data", [("int8_per_token_head", 34, 34), ("int4_per_token_head", 4, 2)])
+def test_the_inline_float32_scale_needs_whole_words_of_data(name, head_dim, data):
+    with pytest.raises(ShapeError, match=f"head_dim={head_dim} gives {data} data bytes, not a multiple of 4"):
+        AttentionShape(kv_cache_dtype=name, num_q_heads=4, num_kv_heads=2, head_dim=head_dim).validate()
 
 
 def test_per_token_head_caches_are_standard_attention_only():
@@ -142,6 +149,24 @@ def test_the_cache_check_catches_an_entry_whose_scale_was_not_written():
     assert "1 of" in check() and "new value entries not at their slots" in check()
 
 
+def test_the_cache_check_catches_a_write_that_stored_too_large_a_scale():
+    """int8 with the /127 forgotten: scale = absmax, data in {-1, 0, 1}. Each entry decodes within one step of *its
+    stored* scale, so only comparing with the scale the values give catches it."""
+    _, layout, buf = _buffers("int8_per_token_head")
+    check = layers.attention_cache_check(buf, layout)
+    write_stored(buf.kv_format, buf.key_cache, layout.slot_mapping, buf.key, 1.0)
+    write_stored(buf.kv_format, buf.value_cache, layout.slot_mapping, buf.value, 1.0)
+    assert check() is None
+    flat = buf.key_cache.view(-1, *buf.key_cache.shape[2:])
+    absmax = buf.key.float().abs().amax(-1, keepdim=True)
+    wrong = torch.empty(*buf.key.shape[:-1], flat.shape[-1], dtype=torch.uint8)
+    wrong[..., :-4] = torch.round(buf.key.float() / absmax).to(torch.int8).view(torch.uint8)
+    wrong[..., -4:] = absmax.view(torch.uint8)
+    assert bool(((buf.kv_format.decode(wrong.view(torch.int8)) - buf.key.float()).abs() <= absmax).all())
+    flat.view(torch.uint8).index_copy_(0, layout.slot_mapping, wrong)
+    assert "new key entries not at their slots" in check()
+
+
 def _case(factory: str, kv_cache_dtype: str, spec: str = "q8s64_3q1s80") -> BenchCase:
     settings = RunSettings(device="cpu", repeats=3, warmup_iters=1, min_rounds=1)
     return BenchCase(study="t", backend=fake_backend(factory), batch_spec=spec,
@@ -158,9 +183,15 @@ def test_per_token_head_backends_pass_the_gate_and_int4_costs_the_most_accuracy(
     assert cost["int8_per_token_head"] < cost["fp8_per_token_head"] < cost["int4_per_token_head"] < 0.2
 
 
-def test_a_kernel_that_drops_the_entry_scales_fails_the_gate():
+@pytest.mark.parametrize("name", PER_TOKEN_HEAD)
+def test_a_kernel_that_drops_the_entry_scales_fails_the_gate(name):
     with pytest.raises(runner.VerificationFailed, match="does not match REFERENCE"):
-        runner.execute(_case("quantised_ignores_scale", "int8_per_token_head"))
+        runner.execute(_case("quantised_ignores_scale", name))
+
+
+def test_an_int4_kernel_that_rotates_back_with_other_signs_fails_the_gate():
+    with pytest.raises(runner.VerificationFailed, match="does not match REFERENCE"):
+        runner.execute(_case("per_token_head_wrong_rotation", "int4_per_token_head"))
 
 
 def test_the_reference_backend_runs_a_per_token_head_cache_end_to_end():

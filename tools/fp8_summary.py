@@ -19,7 +19,7 @@ def main(paths: list[str]) -> None:
             cost = v.get("unquantized_rel_error")
             print(f"{bench['name']:<58} {shape.get('kv_cache_dtype', '?'):>19} {bench['stats']['median'] * 1e6:9.1f} us"
                   f"  err {v.get('rel_error', float('nan')):.2e}  cost {cost if cost is not None else float('nan'):.2e}"
-                  f"  tol {v.get('rel_tol', float('nan')):.0e}  after {v.get('after_timing', {}).get('status')}"
+                  f"  tol {v.get('rel_tol', float('nan')):.1e}  after {v.get('after_timing', {}).get('status')}"
                   f"  scales {backend.get('kv_scales', '-')}  qq {backend.get('quantized_query', '-')}"
                   f"  {str(backend.get('kernel_path', ''))[:48]}")
 

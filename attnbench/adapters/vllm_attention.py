@@ -90,7 +90,9 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
                                                vllm_common.cache_dtype(shape))
             if isinstance(fmt, PerTokenHeadFormat):
                 # the impl carves its scale views out of the first cache it sees and sets them to 1.0 then
-                # (what the engine's first forward does); done here, before the context's scales are stored
+                # (what the engine's first forward does); done here, before the context's scales are stored, and
+                # for this cache (as the engine clears them when it reallocates: gpu_model_runner)
+                layer.impl._k_scale_cache = layer.impl._v_scale_cache = None
                 layer.impl._ensure_scale_caches(kv)
             key_view, value_view = logical_views(kv, fmt.width(shape.head_dim))
             return kv, fmt.elements(key_view), fmt.elements(value_view)

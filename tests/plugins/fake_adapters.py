@@ -12,6 +12,7 @@ head) cache's inline one), or writing unquantised.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from typing import Any, ContextManager
 
@@ -22,7 +23,7 @@ from attnbench.backends import BackendInfo
 from attnbench.cases import BenchCase
 from attnbench.contract import LayerCall
 from attnbench.adapters.reference import scales_for
-from attnbench.kv_cache import PerTokenHeadFormat, write_stored
+from attnbench.kv_cache import PerTokenHeadFormat, hadamard_rotation, write_stored
 from attnbench.oracle import paged_attention
 from attnbench.workload import build_layout, resolve_device
 
@@ -50,6 +51,7 @@ class FakeAttentionAdapter:
 
     ignores_scale = False  # the attention reads quantised elements without their scales (per tensor or entry)
     writes_unscaled = False  # the cache write stores the values without dividing by the scale
+    wrong_rotation = False
 
     def make_layer(self, index: int) -> LayerCall:
         layout, shape = self.layout, self.shape
@@ -64,6 +66,10 @@ class FakeAttentionAdapter:
         read_format = buf.kv_format
         if self.ignores_scale and isinstance(buf.kv_format, PerTokenHeadFormat):
             read_format = ScaleBlindPerTokenHead(buf.kv_format)
+        if self.wrong_rotation:  # int4 un-rotated with the other signs
+            assert isinstance(buf.kv_format, PerTokenHeadFormat) and buf.kv_format.rotation is not None
+            other = hadamard_rotation(-buf.kv_format.rotation[:, 0])
+            read_format = dataclasses.replace(buf.kv_format, rotation=other)
 
         def run() -> None:
             write_stored(buf.kv_format, buf.key_cache, layout.slot_mapping, buf.key, write_scales[0])
@@ -93,6 +99,12 @@ class ScaleBlindPerTokenHead:
 
     def decode(self, stored: torch.Tensor, scale: float) -> torch.Tensor:
         return self.fmt.decode(stored, scale) / self.fmt.entry_scales(stored).unsqueeze(-1)
+
+
+def make_per_token_head_wrong_rotation(case: BenchCase) -> FakeAttentionAdapter:
+    adapter = FakeAttentionAdapter(case, wrong_from=None, wrong_request=0, factor=1.0)
+    adapter.wrong_rotation = True
+    return adapter
 
 
 def make_replay_drift(case: BenchCase) -> FakeAttentionAdapter:
