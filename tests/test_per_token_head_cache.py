@@ -137,12 +137,18 @@ def test_the_context_is_stored_per_entry_and_the_layer_scales_stay_one(name):
     assert torch.equal(key, plain.key_cache) and torch.equal(value, plain.value_cache)
 
 
-def test_the_cache_check_catches_an_entry_whose_scale_was_not_written():
+def _written_int8_layer():
+    """An int8 layer whose new tokens went in as a correct write stores them, and its cache check (passing)."""
     _, layout, buf = _buffers("int8_per_token_head")
     check = layers.attention_cache_check(buf, layout)
     write_stored(buf.kv_format, buf.key_cache, layout.slot_mapping, buf.key, 1.0)
     write_stored(buf.kv_format, buf.value_cache, layout.slot_mapping, buf.value, 1.0)
     assert check() is None
+    return layout, buf, check
+
+
+def test_the_cache_check_catches_an_entry_whose_scale_was_not_written():
+    layout, buf, check = _written_int8_layer()
     flat = buf.value_cache.view(-1, *buf.value_cache.shape[2:])
     stale = flat[layout.slot_mapping[0]]
     stale.view(torch.uint8)[..., -4:] = torch.tensor([1.0]).view(torch.uint8)  # the scale left at vLLM's 1.0
@@ -152,11 +158,7 @@ def test_the_cache_check_catches_an_entry_whose_scale_was_not_written():
 def test_the_cache_check_catches_a_write_that_stored_too_large_a_scale():
     """int8 with the /127 forgotten: scale = absmax, data in {-1, 0, 1}. Each entry decodes within one step of *its
     stored* scale, so only comparing with the scale the values give catches it."""
-    _, layout, buf = _buffers("int8_per_token_head")
-    check = layers.attention_cache_check(buf, layout)
-    write_stored(buf.kv_format, buf.key_cache, layout.slot_mapping, buf.key, 1.0)
-    write_stored(buf.kv_format, buf.value_cache, layout.slot_mapping, buf.value, 1.0)
-    assert check() is None
+    layout, buf, check = _written_int8_layer()
     flat = buf.key_cache.view(-1, *buf.key_cache.shape[2:])
     absmax = buf.key.float().abs().amax(-1, keepdim=True)
     wrong = torch.empty(*buf.key.shape[:-1], flat.shape[-1], dtype=torch.uint8)
