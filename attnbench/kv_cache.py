@@ -175,28 +175,45 @@ class PerTokenHeadFormat(KVCacheFormat):
         for start in range(0, values.shape[0], step):
             self._encode_rows(stored[start:start + step], values[start:start + step])
 
-    def _encode_rows(self, stored: torch.Tensor, values: torch.Tensor) -> None:
+    @property
+    def _limit(self) -> float:
+        """int8's and fp8's largest stored magnitude, which an entry's absmax maps to."""
+        return 127.0 if self.code == "int8" else float(torch.finfo(torch.float8_e4m3fn).max)
+
+    def _quantised_domain(self, values: torch.Tensor) -> torch.Tensor:
+        """The float32 entries the write quantises: the values, or for int4 the values rotated (vLLM rotates in
+        float32 and hands the kernel the rotated entry in the model dtype)."""
         x = values.float()
+        if self.code == "int4":
+            x = (x @ self._rotation(x.shape[-1], x.device)).to(values.dtype).float()
+        return x
+
+    def _steps(self, x: torch.Tensor) -> torch.Tensor:
+        """Each entry's scale [..., 1] for entries ``x`` of the quantised domain: absmax / range, or int4's
+        range / 15; floored as vLLM floors it."""
+        if self.code == "int4":
+            step = (x.amax(-1, keepdim=True) - x.amin(-1, keepdim=True)) / _INT4_LEVELS
+        else:
+            step = x.abs().amax(-1, keepdim=True) / self._limit
+        return step.clamp_min(_MIN_SCALE)
+
+    def _encode_rows(self, stored: torch.Tensor, values: torch.Tensor) -> None:
+        x = self._quantised_domain(values)
         head_dim = x.shape[-1]
         entry = torch.empty(*x.shape[:-1], self.width(head_dim), dtype=torch.uint8, device=x.device)
+        step = self._steps(x)
         if self.code == "int4":
-            # vLLM rotates in float32 and hands the kernel the rotated entry in the model dtype
-            x = (x @ self._rotation(head_dim, x.device)).to(values.dtype).float()
-            low, high = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
-            step = ((high - low) / _INT4_LEVELS).clamp_min(_MIN_SCALE)
-            zero = _round_half_away(-low / step).clamp(0, _INT4_LEVELS)
+            zero = _round_half_away(-x.amin(-1, keepdim=True) / step).clamp(0, _INT4_LEVELS)
             q = _round_half_away(x * (1.0 / step) + zero).clamp(0, _INT4_LEVELS).to(torch.uint8)
             entry[..., :head_dim // 2] = q[..., 0::2] | (q[..., 1::2] << 4)
             bits = (step.view(torch.int32) & -16) | zero.to(torch.int32)
             entry[..., head_dim // 2:] = bits.view(torch.uint8)
         else:
-            limit = 127.0 if self.code == "int8" else float(torch.finfo(torch.float8_e4m3fn).max)
-            step = (x.abs().amax(-1, keepdim=True) / limit).clamp_min(_MIN_SCALE)
             q = x * (1.0 / step)
             if self.code == "int8":
                 data = _round_half_away(q).clamp(-128, 127).to(torch.int8).view(torch.uint8)
             else:
-                data = q.clamp(-limit, limit).to(torch.float8_e4m3fn).view(torch.uint8)
+                data = q.clamp(-self._limit, self._limit).to(torch.float8_e4m3fn).view(torch.uint8)
             entry[..., :head_dim] = data
             entry[..., head_dim:] = step.view(torch.uint8)
         stored.copy_(entry.view(stored.dtype))
@@ -214,14 +231,8 @@ class PerTokenHeadFormat(KVCacheFormat):
         return data.contiguous().view(element).float() * step
 
     def expected_scales(self, values: torch.Tensor) -> torch.Tensor:
-        """The scale [...] a correct write stores for entries ``values``: absmax / range, or int4's rotated
-        range / 15."""
-        x = values.float()
-        if self.code == "int4":
-            x = (x @ self._rotation(x.shape[-1], x.device)).to(values.dtype).float()
-            return ((x.amax(-1) - x.amin(-1)) / _INT4_LEVELS).clamp_min(_MIN_SCALE)
-        limit = 127.0 if self.code == "int8" else float(torch.finfo(torch.float8_e4m3fn).max)
-        return (x.abs().amax(-1) / limit).clamp_min(_MIN_SCALE)
+        """The scale [...] a correct write stores for entries ``values``."""
+        return self._steps(self._quantised_domain(values)).squeeze(-1)
 
     def step_bound(self, stored: torch.Tensor, expected: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """One step of the scale ``expected`` itself gives (int8, int4: rounding is half of it; int4's rotation in

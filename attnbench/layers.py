@@ -43,9 +43,8 @@ class AttentionBuffers:
     unquantized_context: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
-def plain_attention_cache(layout: BatchLayout, shape: AttentionShape, device: torch.device,
-                          fmt: KVCacheFormat | None = None) -> AttentionCache:
-    fmt = fmt or cache_format(shape)
+def plain_attention_cache(layout: BatchLayout, shape: AttentionShape, device: torch.device) -> AttentionCache:
+    fmt = cache_format(shape)
     kv = torch.empty(2, layout.num_blocks, layout.block_size, shape.num_kv_heads, fmt.width(shape.head_dim),
                      dtype=fmt.storage, device=device)
     return kv, fmt.elements(kv[0]), fmt.elements(kv[1])

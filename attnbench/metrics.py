@@ -82,7 +82,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from attnbench.contract import TIMED_REGIONS
-from attnbench.shapes import AttentionShape, MLAShape, Shape
+from attnbench.shapes import ROTATED_KV_CACHE_DTYPES, AttentionShape, MLAShape, Shape
 from grammar import BatchRequest
 
 PHASES = ("prefill", "extend", "decode")
@@ -96,7 +96,6 @@ QUERY_QUANT = "query_quant"  # the layer's fp8 quantisation of q before a quanti
 # int4_per_token_head's Hadamard rotations (vLLM's single_rht): of the new K and V before the cache write, of q
 # before the attention kernel and of its output after it; each reads and writes its tensor in the model dtype
 KV_ROTATION = "kv_rotation"
-ROTATED_KV_CACHE_DTYPES = ("int4_per_token_head",)
 KERNEL_GROUPS = (CACHE_WRITE, QUERY_QUANT, KV_ROTATION, ATTENTION, "decode_q_absorb", "decode_q_quant", "decode_attention",
                  "decode_v_up", "prefill_kv_up", "prefill_attention")
 FP8_BYTES = 1

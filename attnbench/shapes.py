@@ -17,6 +17,8 @@ DTYPES = {"bfloat16": 2, "float16": 2, "float32": 4}
 # (attnbench/kv_cache.py).
 PER_TOKEN_HEAD_DATA_BITS = {"int8_per_token_head": 8, "fp8_per_token_head": 8, "int4_per_token_head": 4}
 PER_TOKEN_HEAD_SCALE_BYTES = 4
+# int4 also rotates each entry (and q, and the output back) with a Hadamard transform
+ROTATED_KV_CACHE_DTYPES = ("int4_per_token_head",)
 QUANTIZED_KV_CACHE_DTYPES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp8_ds_mla": 1,
                              **{name: 1 for name in PER_TOKEN_HEAD_DATA_BITS}}
 KV_CACHE_DTYPES = ("auto", *DTYPES, *QUANTIZED_KV_CACHE_DTYPES)

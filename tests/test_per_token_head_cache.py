@@ -4,21 +4,19 @@ the gate against a kernel that drops the entry scales, the accuracy cost and the
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from attnbench import layers, metrics, runner, verify  # noqa: E402
-from attnbench.cases import BenchCase  # noqa: E402
 from attnbench.kv_cache import PerTokenHeadFormat, cache_format, hadamard_rotation, write_stored  # noqa: E402
 from attnbench.shapes import AttentionShape, MLAShape, ShapeError  # noqa: E402
-from attnbench.study import RunSettings  # noqa: E402
-from attnbench.workload import build_layout  # noqa: E402
 from grammar import parse_batch_spec as parse_requests  # noqa: E402
-from tests.plugins.fake_adapters import fake_backend  # noqa: E402
+from tests.test_kv_cache import _buffers, _case  # noqa: E402  (a per-(token, head) format ignores calibrate)
 
 PER_TOKEN_HEAD = ("int8_per_token_head", "fp8_per_token_head", "int4_per_token_head")
-SMALL = dict(num_q_heads=4, num_kv_heads=2, head_dim=16)
 
 
 def _values(*shape: int, seed: int = 1) -> torch.Tensor:
@@ -115,14 +113,6 @@ def test_per_token_head_caches_are_standard_attention_only():
         MLAShape(kv_cache_dtype="int8_per_token_head").validate()
 
 
-def _buffers(kv_cache_dtype: str, spec: str = "q4s32_2q1s48"):
-    shape = AttentionShape(kv_cache_dtype=kv_cache_dtype, **SMALL)
-    layout = build_layout(parse_requests(spec), shape.block_size, torch.device("cpu"), 0)
-    buf = layers.make_attention_buffers(layout, shape, torch.device("cpu"), 3,
-                                        lambda: layers.plain_attention_cache(layout, shape, torch.device("cpu")))
-    return shape, layout, buf
-
-
 @pytest.mark.parametrize("name", PER_TOKEN_HEAD)
 def test_the_context_is_stored_per_entry_and_the_layer_scales_stay_one(name):
     _, _, plain = _buffers("auto")
@@ -169,12 +159,6 @@ def test_the_cache_check_catches_a_write_that_stored_too_large_a_scale():
     assert "new key entries not at their slots" in check()
 
 
-def _case(factory: str, kv_cache_dtype: str, spec: str = "q8s64_3q1s80") -> BenchCase:
-    settings = RunSettings(device="cpu", repeats=3, warmup_iters=1, min_rounds=1)
-    return BenchCase(study="t", backend=fake_backend(factory), batch_spec=spec,
-                     shape=AttentionShape(kv_cache_dtype=kv_cache_dtype, **SMALL), run=settings)
-
-
 def test_per_token_head_backends_pass_the_gate_and_int4_costs_the_most_accuracy():
     cost = {}
     for name in PER_TOKEN_HEAD:
@@ -199,9 +183,7 @@ def test_an_int4_kernel_that_rotates_back_with_other_signs_fails_the_gate():
 def test_the_reference_backend_runs_a_per_token_head_cache_end_to_end():
     from attnbench.backends import lookup
 
-    case = BenchCase(study="t", backend=lookup("REFERENCE", "attention"), batch_spec="q8s64_3q1s80",
-                     shape=AttentionShape(kv_cache_dtype="int4_per_token_head", **SMALL),
-                     run=RunSettings(device="cpu", repeats=3, warmup_iters=1, min_rounds=1))
+    case = dataclasses.replace(_case("honest", "int4_per_token_head"), backend=lookup("REFERENCE", "attention"))
     result = runner.execute(case)  # the REFERENCE is the oracle: it writes, stores and reads the format itself
     assert result.verification == result.verification.oracle()
     assert result.record().to_json()["shape"]["kv_cache_dtype"] == "int4_per_token_head"

@@ -21,7 +21,7 @@ from attnbench.adapters import vllm_common
 from attnbench.cases import BenchCase
 from attnbench.contract import LayerCall
 from attnbench.kv_cache import PerTokenHeadFormat, cache_format
-from attnbench.shapes import PER_TOKEN_HEAD_DATA_BITS
+from attnbench.shapes import ROTATED_KV_CACHE_DTYPES
 from attnbench.workload import torch_dtype
 
 DRIVEN_THROUGH = "vllm Attention layer forward under set_forward_context (do_kv_cache_update, then impl.forward)"
@@ -29,7 +29,6 @@ TIMED_REGION = {"layer": "KV-cache write + attention (the layer step)",
                 "attention": "impl.forward alone, on a cache the layer step already wrote"}
 
 
-INT4 = "int4_per_token_head"
 PER_ENTRY_SCALES = "per_token_head"  # backend_info.kv_scales: each entry's own, computed by the cache write
 
 
@@ -51,6 +50,10 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
         return layer
 
     def _after_build(self) -> None:
+        shape = self.shape
+        # the cache format, completed with vLLM's own rotation where the format rotates its entries
+        self.kv_format = cache_format(shape, vllm_rotation(shape.head_dim, self.device)
+                                      if shape.kv_cache_dtype in ROTATED_KV_CACHE_DTYPES else None)
         self.bytes_per_layer = layers.attention_buffer_bytes(self.layout, self.shape)
         # a quantised cache: the layer quantises q with its _q_scale where the kernel takes fp8 q (FA3)
         self.quantized_query = self.layers[0].query_quant is not None
@@ -66,8 +69,7 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
         if self.shape.kv_quantized:
             info["kv_cache_dtype"] = self.shape.kv_cache_dtype
             info["quantized_query"] = self.quantized_query
-            per_entry = self.shape.kv_cache_dtype in PER_TOKEN_HEAD_DATA_BITS
-            info["kv_scales"] = PER_ENTRY_SCALES if per_entry else self.case.run.kv_scales
+            info["kv_scales"] = self.case.run.kv_scales if self.kv_format.per_tensor_scales else PER_ENTRY_SCALES
         describe = KERNEL_PATH.get(self.case.backend.name)
         if describe is not None:
             info.update(describe(self.metadata, self.layers[0].impl, self.layout))
@@ -80,7 +82,7 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
     def _make_layer(self, index: int) -> LayerCall:
         shape, layout, layer = self.shape, self.layout, self.layers[index]
 
-        fmt = cache_format(shape, vllm_rotation(shape.head_dim, self.device) if shape.kv_cache_dtype == INT4 else None)
+        fmt = self.kv_format
 
         def allocate() -> layers.AttentionCache:
             # as vLLM allocates it: raw bytes for a quantised cache, which the backend views as fp8; a
