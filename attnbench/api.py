@@ -59,6 +59,8 @@ class BenchmarkConfig:
     kernel_profile: bool = _D["kernel_profile"]
     kv_fill: str = _D["kv_fill"]
     kv_scales: str = _D["kv_scales"]
+    placements: int = _D["placements"]
+    inject_delay: float = _D["inject_delay"]
     timed_region: str = "layer"  # one case times one region ("layer" or "attention")
     extra: dict[str, Any] = field(default_factory=dict)  # upstream fields this suite does not use
 

@@ -65,6 +65,7 @@ class Option:
     check: Check | None = None
     examples: tuple[Any, Any] = ()  # two valid, distinct values (tests/test_options.py runs each row with them)
     expected: str | None = None  # what it takes, in words: any refusal says "must be <expected>, got <value>"
+    needs: str | None = None  # a session row that does nothing without this other row set: given alone, refused
 
     def value(self, raw: Any, cli: bool = False) -> Any:
         """``raw`` typed, range-checked and normalised; ``cli``: text from argv may spell a number."""
@@ -281,6 +282,15 @@ OPTIONS: tuple[Option, ...] = (
     _run("noise_target", float, 0.005, "stop timing once the mean's relative standard error is below F (0 = never)",
          metavar="F", check=at_least(0, " (0 = never stop early)", hi=1), examples=(0.0, 0.02)),
     _run("cache_state", str, "cold", "cold L2 or warm", choices=("cold", "warm"), examples=("warm", "cold")),
+    # where a case's buffers land in device memory moves its time (~1 % on an H100); each placement re-allocates
+    # them, and the verdicts count the spread between placements (attnbench/timing.py, reporting/verdicts.py)
+    _run("placements", int, 8, "time each case on N allocations of its buffers (rounds split between them), so "
+         "that its number and its spread cover where the buffers land in memory", upstream=False, metavar="N",
+         check=at_least(1, hi=64), examples=(1, 3)),
+    # testing the regression gate: a known slowdown inside the timed region (recorded in timing.injected_delay_s)
+    _run("inject_delay", float, 0.0, "test the regression gate: spin F x the case's own time after every timed "
+         "call (0.03: three percent slower); recorded in the case's timing", upstream=False, metavar="F",
+         check=at_least(0, hi=10), examples=(0.0, 0.03)),
     # the timed region is an axis (one case per region); layer keeps the historic test ids
     Option("timed_region", str, "what one timed call is: layer (vLLM's layer step: KV-cache write + attention, "
            "MLA projections included) or attention (the backend's attention call alone on an already written cache)",
@@ -323,11 +333,17 @@ OPTIONS: tuple[Option, ...] = (
     _session("resume", str, "skip cases already timed in FILE (a .partial.jsonl journal or an --output-json file) "
              "and carry its rows into the outputs", metavar="FILE"),  # reporting_plugin
     _session("baseline_json", str, "compare this run against FILE (pytest-benchmark JSON, or attnbench JSON) at "
-             "the end", metavar="FILE"),  # reporting_plugin, reporting.verdicts
-    _session("verdict_json", str, "write the baseline verdicts to FILE", metavar="FILE"),
-    _session("verdict_threshold", float, "practical threshold for SAME/SLOWER/FASTER as a fraction", default=0.02,
+             "the end; several FILEs are separate runs of the baseline code, whose spread the verdicts count as "
+             "noise between processes", metavar="FILE", many=True,
+             examples=(["a.json"], ["a.json", "b.json"])),  # reporting_plugin, reporting.verdicts
+    _session("verdict_json", str, "write the baseline verdicts to FILE (needs --baseline-json)", metavar="FILE",
+             needs="baseline_json"),
+    _session("verdict_threshold", float, "practical threshold for SAME/SLOWER/FASTER as a fraction", default=0.005,
              metavar="F", check=fraction, examples=(0.02, 0.05), expected="a fraction between 0 and 1 (0.05 = 5 %)"),
-    _session("fail_on_regression", bool, "exit non-zero when a case is SLOWER than --baseline-json", const=True),
+    _session("fail_on_regression", bool, "exit non-zero when a case is SLOWER than --baseline-json (needs it)",
+             const=True, needs="baseline_json"),
+    _session("allow_untimed", bool, "a benchmark run (--benchmark-only, or only benchmark cases selected) that "
+             "times no case exits 0 instead of failing", const=True),
     _session("allow_gpu_mismatch", bool, "compare against a baseline from another GPU model (a warning instead of "
              "an error)", const=True),
     _session("plot", bool, "write PNG plots next to the outputs", const=True),  # reporting.plots
@@ -376,6 +392,10 @@ def session_values(get: Callable[[str], Any]) -> dict[str, Any]:
             out[opt.name] = opt.default if raw is None else opt.value(raw, cli=True)
         except OptionError as exc:
             raise OptionError(f"{opt.flags[0]}: {exc}") from None
+    for opt in OPTIONS:
+        if opt.needs and out.get(opt.name) and not out.get(opt.needs):
+            raise OptionError(f"{opt.flags[0]}: needs {BY_NAME[opt.needs].flags[0]} (without it there is nothing to "
+                              f"compare, and it would pass silently)")
     return out
 
 

@@ -302,7 +302,7 @@ class TimingSummary:
                                        "l2_bytes": "int", "capture_error": "str", "estimated_call_s": "number",
                                        "round_target_s": "number", "rounds": "int", "rel_noise": "number",
                                        "rel_stderr": "number", "samples": "numbers", "cache_state": "str",
-                                       "time_unit": "str"}
+                                       "time_unit": "str", "placement_rounds": "ints", "injected_delay_s": "number"}
     mode: str  # "cuda-graph", "cuda-events", "host" or "none" (not timed)
     calls_per_round: int = 0
     warmup_rounds: int = 0
@@ -319,6 +319,9 @@ class TimingSummary:
     cache_state: str | None = None
     time_unit: str | None = None
     samples: tuple[float, ...] = ()
+    # rounds per placement (the buffers re-allocated between them), in sample order; () = one placement
+    placement_rounds: tuple[int, ...] = ()
+    injected_delay_s: float | None = None  # --inject-delay's spin per call (testing the gate); None = none
 
     @property
     def timer_name(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -133,19 +134,13 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
             raise VerificationFailed(f"{case.backend.name} {case.batch_spec}: output does not match REFERENCE: "
                                  f"{verification.summary()}")
         if time_it:
-            t, clock_part = _time(layers, adapter, case, device, sets)
+            t, verification, clock_part, layers = _time_placements(layers, adapter, case, device, sets, expected,
+                                                                   rows, verification, clock)
         else:
             t = timing.Timing([], "none", 0, 0, "not-timed", case.run.cache_state, sets,
                               n_buffers * adapter.bytes_per_layer, l2)
             clock_part = None
-        clock.lap("timing")
-        if time_it and expected is not None:
-            with adapter.context():  # oracles of buffer sets other than 0 may run vLLM code (kv_b_proj)
-                verification = _verify_after_timing(layers, expected, case, rows, verification)
-            clock.lap("verify")
-            if verification.after_timing["status"] != "passed":
-                raise VerificationFailed(f"{case.backend.name} {case.batch_spec}: the last timed round's output does "
-                                         f"not match REFERENCE: {verification.after_timing['reason']}")
+            clock.lap("timing")
         kernels = None
         if device.type == "cuda" and case.run.kernel_profile:
             kernels = timing.kernel_breakdown([layer.run for layer in layers], device, context=adapter.context)
@@ -169,19 +164,68 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
         adapter.close()
 
 
-def _time(layers: list[LayerCall], adapter: CaseAdapter, case: BenchCase, device: torch.device,
-          sets: int) -> tuple[timing.Timing, Clocks | None]:
-    """The one timer over every layer buffer, with the GPU's clocks read before, during each round and after."""
+def _time_placements(layers: list[LayerCall], adapter: CaseAdapter, case: BenchCase, device: torch.device,
+                     sets: int, expected: torch.Tensor | None, rows: list[int], verification: Verification,
+                     clock: "_PhaseClock"
+                     ) -> tuple[timing.Timing, Verification, Clocks | None, list[LayerCall]]:
+    """Time the case on ``case.run.placements`` allocations of its buffers, checking each one's output after its
+    rounds: the same seeded data at other addresses, so the spread of the rounds covers where the buffers land."""
+    placements = min(case.run.placements, case.run.repeats)  # at least one round each, --repeats at most in all
+    share, extra = divmod(case.run.repeats, placements)
+    min_rounds = max(2, math.ceil(case.run.min_rounds / placements)) if placements > 1 else case.run.min_rounds
     monitor = clocks.monitor_for(device) if device.type == "cuda" else None
     before = monitor.sample() if monitor else None
-    t = timing.measure([layer.run for layer in layers], device=device, repeats=case.run.repeats,
-                       warmup_iters=case.run.warmup_iters, min_rounds=case.run.min_rounds,
-                       noise_target=case.run.noise_target, cache_state=case.run.cache_state, buffer_sets=sets,
-                       working_set_bytes=len(layers) * adapter.bytes_per_layer, context=adapter.context,
-                       sample=monitor.sample if monitor else None)
-    if monitor is None:
-        return t, None
-    return t, clocks.summarize(before, t.round_samples, monitor.sample(), monitor.max_sm_mhz)
+    groups: list[timing.Timing] = []
+    oracles: dict[int, torch.Tensor] = {} if expected is None else {0: expected}
+    delay_s: float | None = None
+    for group in range(placements):
+        spacer = None
+        if group:
+            count = len(layers)
+            layers.clear()  # the last placement's buffers go before the next is allocated
+            layers, spacer = _reallocate(adapter, count, device, case.run.seed, group)
+        t = timing.measure([layer.run for layer in layers], device=device, repeats=share + (group < extra),
+                           warmup_iters=case.run.warmup_iters if group == 0 else min(case.run.warmup_iters, 2),
+                           min_rounds=min_rounds, noise_target=case.run.noise_target,
+                           cache_state=case.run.cache_state, buffer_sets=sets,
+                           working_set_bytes=len(layers) * adapter.bytes_per_layer, context=adapter.context,
+                           sample=monitor.sample if monitor else None,
+                           delay_fraction=case.run.inject_delay, delay_s=delay_s)
+        delay_s = t.injected_delay_s
+        groups.append(t)
+        clock.lap("timing")
+        if expected is not None:
+            with adapter.context():  # oracles of buffer sets other than 0 may run vLLM code (kv_b_proj)
+                verification = _verify_after_timing(layers, oracles, case, rows, verification, group)
+            clock.lap("verify")
+            if verification.after_timing["status"] != "passed":
+                raise VerificationFailed(f"{case.backend.name} {case.batch_spec}: the last timed round's output does "
+                                         f"not match REFERENCE: {verification.after_timing['reason']}")
+        del spacer
+    t = timing.Timing.pooled(groups)
+    part = clocks.summarize(before, t.round_samples, monitor.sample(), monitor.max_sm_mhz) if monitor else None
+    return t, verification, part, layers
+
+
+# The spacer held while a placement's buffers are allocated: a different size each time, so the buffers land at
+# other addresses (and, after empty_cache, on other physical pages) than the placement before.
+_SPACER_STEP_BYTES = 2**20 + 2**16
+
+
+def _reallocate(adapter: CaseAdapter, count: int, device: torch.device, seed: int, group: int
+                ) -> tuple[list[LayerCall], Any]:
+    """The case's layer buffers built again (same seeds, so the same data and the same expected outputs). No full
+    gc here: with vLLM loaded one costs ~0.5 s, and the last placement's buffers hold no reference cycle."""
+    spacer = None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        size = _SPACER_STEP_BYTES * (1 + (seed * 31 + group * 97) % 61)
+        spacer = torch.empty(size, dtype=torch.uint8, device=device)
+    layers = [adapter.make_layer(i) for i in range(count)]
+    with adapter.context():
+        for layer in layers:
+            layer.prepare()
+    return layers, spacer
 
 
 class _PhaseClock:
@@ -234,10 +278,11 @@ def sets_to_check_after_timing(case: BenchCase, n_buffers: int) -> int:
     return max(1, min(n_buffers, affordable))
 
 
-def _verify_after_timing(layers: list[LayerCall], expected: torch.Tensor, case: BenchCase, rows: list[int],
-                         eager: Verification) -> Verification:
+def _verify_after_timing(layers: list[LayerCall], oracles: dict[int, torch.Tensor], case: BenchCase, rows: list[int],
+                         eager: Verification, placement: int = 0) -> Verification:
     """Check the outputs the last timed round (the graph's last replay) left against the REFERENCE: the replay
-    computes what was verified eagerly. Buffer 0 reuses the eager check's REFERENCE output."""
+    computes what was verified eagerly. ``oracles`` holds each buffer's REFERENCE output once computed (buffer 0's
+    is the eager check's): every placement holds the same data, so later placements only compare."""
     checked = sets_to_check_after_timing(case, len(layers))
     dtype, kv_cache_dtype = case.effective_shape.dtype, case.effective_shape.kv_cache_dtype
     worst: Verification | None = None
@@ -245,8 +290,9 @@ def _verify_after_timing(layers: list[LayerCall], expected: torch.Tensor, case: 
     for index in range(checked):
         layer = layers[index]
         output = layer.result()
-        v = compare(output, expected if index == 0 else layer.oracle(), dtype=dtype, kv_cache_dtype=kv_cache_dtype,
-                    request_rows=rows)
+        if index not in oracles:
+            oracles[index] = layer.oracle()
+        v = compare(output, oracles[index], dtype=dtype, kv_cache_dtype=kv_cache_dtype, request_rows=rows)
         if worst is None or v.rel_error > worst.rel_error:
             worst = v
         if not v.passed and failed is None:
@@ -255,8 +301,10 @@ def _verify_after_timing(layers: list[LayerCall], expected: torch.Tensor, case: 
     after: dict[str, Any] = {"status": "passed" if failed is None else "failed", "buffers_checked": checked,
                              "buffers": len(layers), "rel_error": worst.rel_error,
                              "worst_request_rel_error": (worst.worst_request_rel_errors or (None,))[0]}
+    if placement:
+        after["placements_checked"] = placement + 1
     if failed is not None:
-        after["reason"] = f"layer buffer {failed[0]}: {failed[1].summary()}"
+        after["reason"] = f"placement {placement}, layer buffer {failed[0]}: {failed[1].summary()}"
     return dataclasses.replace(eager, after_timing=after)
 
 

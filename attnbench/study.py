@@ -52,6 +52,8 @@ class RunSettings:
     profile_memory: bool = _D["profile_memory"]
     cache_state: Literal["cold", "warm"] = _D["cache_state"]
     noise_target: float = _D["noise_target"]  # stop early once the mean's relative standard error is below this
+    placements: int = _D["placements"]  # allocations of the buffers a case is timed on (rounds split between them)
+    inject_delay: float = _D["inject_delay"]  # test-only: spin this fraction of a call's time after each call
     min_rounds: int = 10  # not an option: the fewest rounds before noise_target may stop timing
     seed: int = _D["seed"]
     kernel_profile: bool = _D["kernel_profile"]  # one torch.profiler pass per GPU case: kernel durations and roles

@@ -10,10 +10,19 @@ its inputs left in L2 by the previous one. On the CPU the host clock is used.
 
 Rounds stop at ``repeats`` or, after ``min_rounds``, once the mean's relative
 standard error falls under ``noise_target`` (nvbench-style noise-targeted stopping).
+
+A case is timed over several placements (``pooled``): the runner re-allocates its buffers between groups of
+rounds, because where the buffers land in device memory moves a case's time by up to ~1 % on an H100 (more
+than the spread of the rounds on one allocation), and a number taken on one placement would carry that offset
+into every comparison between two processes. ``placement_rounds`` says which rounds came from which placement.
+
+``delay_fraction``/``delay_s`` (``--inject-delay``) add a fixed spin after every call inside the timed region:
+it exists to test the regression gate against a known slowdown, and the record says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -49,6 +58,22 @@ class Timing:
     round_target_s: float | None = None  # the round duration calls_per_round was chosen for
     # what ``sample`` returned in each timed round (NVML clocks), taken while the round ran; not in info()
     round_samples: list[Any] = field(default_factory=list, repr=False)
+    # the rounds of each placement (buffers re-allocated between them), in sample order; () = one placement
+    placement_rounds: tuple[int, ...] = ()
+    injected_delay_s: float | None = None  # the test-only spin added to every call (--inject-delay); None: none
+
+    @classmethod
+    def pooled(cls, groups: Sequence["Timing"]) -> "Timing":
+        """One case's timing over several placements: the rounds of every group, in order."""
+        first = groups[0]
+        stopped = {g.stopped_by for g in groups}
+        return dataclasses.replace(
+            first, samples=[s for g in groups for s in g.samples],
+            warmup_rounds=sum(g.warmup_rounds for g in groups),
+            stopped_by=stopped.pop() if len(stopped) == 1 else "repeats",
+            capture_error=next((g.capture_error for g in groups if g.capture_error), None),
+            round_samples=[r for g in groups for r in g.round_samples],
+            placement_rounds=tuple(len(g.samples) for g in groups) if len(groups) > 1 else ())
 
     @property
     def rounds(self) -> int:
@@ -75,6 +100,7 @@ class Timing:
 
     def info(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("samples", "round_samples")}
+        out["placement_rounds"] = tuple(self.placement_rounds)
         timed = bool(self.samples)  # an untimed case has no spread (rel_stderr would be inf)
         out.update(rounds=self.rounds, rel_noise=self.rel_noise if timed else None,
                    rel_stderr=self.rel_stderr if timed else None)
@@ -105,12 +131,14 @@ def measure(steps: Sequence[Step], *, device: torch.device, repeats: int, warmup
             min_rounds: int = 10, noise_target: float = 0.0, cache_state: str = "cold",
             buffer_sets: int = 1, working_set_bytes: int = 0, use_graph: bool = True,
             context: Callable[[], ContextManager[Any]] = nullcontext,
-            sample: Callable[[], Any] | None = None) -> Timing:
+            sample: Callable[[], Any] | None = None, delay_fraction: float = 0.0,
+            delay_s: float | None = None) -> Timing:
     """Time ``steps`` (each one attention call) and return seconds per call, per round.
 
     ``context`` is entered around all host-side calls (e.g. vLLM's forward context); graph
     replays run no Python and need none. ``sample`` (the GPU's clocks) is called once per timed
     round while the round runs on the device; its results are ``Timing.round_samples``.
+    ``delay_s`` (or, when None, ``delay_fraction`` x the call's own time) is spun after every call.
     """
     if not steps:
         raise ValueError("nothing to time")
@@ -118,9 +146,17 @@ def measure(steps: Sequence[Step], *, device: torch.device, repeats: int, warmup
                   l2_bytes=l2_bytes(device))
     with context():
         if device.type != "cuda":
-            return _measure_host(list(steps), repeats, warmup_iters, min_rounds, noise_target, common)
+            # one thread: on a CPU shared with other work (xdist workers, CI) torch's thread pool waits for a busy
+            # core, and a round swings 100x (seen: 0.35 ms and 40 ms for one case in one run on 2 cores)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return _measure_host(list(steps), repeats, warmup_iters, min_rounds, noise_target, common,
+                                     delay_fraction, delay_s)
+            finally:
+                torch.set_num_threads(threads)
         return _measure_cuda(list(steps), device, repeats, warmup_iters, min_rounds, noise_target, use_graph,
-                             common, sample)
+                             common, sample, delay_fraction, delay_s)
 
 
 def calls_for_round(rotation_s: float, steps: int, target_s: float = ROUND_TARGET_S) -> int:
@@ -149,21 +185,31 @@ def _run_rounds(one_round: Callable[[], float], repeats: int, warmup: int, min_r
 
 
 def _measure_host(steps: list[Step], repeats: int, warmup: int, min_rounds: int, noise_target: float,
-                  common: dict[str, Any]) -> Timing:
+                  common: dict[str, Any], delay_fraction: float = 0.0, delay_s: float | None = None) -> Timing:
+    spin_s = 0.0
+
     def one_round() -> float:
         start = time.perf_counter()
         for step in steps:
             step()
+            if spin_s:
+                until = time.perf_counter() + spin_s
+                while time.perf_counter() < until:
+                    pass
         return (time.perf_counter() - start) / len(steps)
 
     one_round()  # first call pays lazy initialisation; never a sample
+    if delay_s is None and delay_fraction > 0:
+        delay_s = delay_fraction * statistics.median(one_round() for _ in range(3))
+    spin_s = delay_s or 0.0
     samples, stopped = _run_rounds(one_round, repeats, warmup, min_rounds, noise_target)
-    return Timing(samples, "host", len(steps), warmup, stopped, **common)
+    return Timing(samples, "host", len(steps), warmup, stopped, injected_delay_s=delay_s or None, **common)
 
 
 def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup: int, min_rounds: int,
                   noise_target: float, use_graph: bool, common: dict[str, Any],
-                  sample: Callable[[], Any] | None = None) -> Timing:
+                  sample: Callable[[], Any] | None = None, delay_fraction: float = 0.0,
+                  delay_s: float | None = None) -> Timing:
     with torch.cuda.device(device):
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -181,23 +227,46 @@ def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup:
         calls = calls_for_round(rotation_s, len(steps))
         inner = calls // len(steps)
 
+        spin: list[Step] = []
+
         def body() -> None:
             for _ in range(inner):
                 for step in steps:
                     step()
+                    for extra in spin:
+                        extra()
 
-        graph, capture_error = None, None
-        if use_graph:
+        def capture() -> tuple[Any, str | None]:
+            if not use_graph:
+                return None, None
             try:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, stream=stream):
                     body()
                 torch.cuda.synchronize(device)
+                return graph, None
             except Exception as exc:  # capture is not supported by every kernel path; fall back, and say so
-                graph, capture_error = None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 torch.cuda.synchronize(device)
+                return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+        graph, capture_error = capture()
         run = graph.replay if graph is not None else body
         mode = "cuda-graph" if graph is not None else "cuda-events"
+        if delay_fraction > 0 or delay_s:
+            run()
+            plain_s = statistics.median(_replay_seconds(run) for _ in range(5)) / calls
+            if delay_s is None:  # the fraction of this case's own time, as the plain graph runs it
+                delay_s = delay_fraction * plain_s
+            cycles = delay_s * _spin_cycles_per_s()
+            for _ in range(2):  # closed loop: the spin counts SM cycles, and the clock it runs at may have moved
+                spin[:] = [_spin_step(cycles)]
+                graph, capture_error = capture()
+                run = graph.replay if graph is not None else body
+                run()
+                added = statistics.median(_replay_seconds(run) for _ in range(5)) / calls - plain_s
+                if added <= 0 or abs(added / delay_s - 1) < 0.05:
+                    break
+                cycles *= delay_s / added
 
         readings: list[Any] = []
 
@@ -215,60 +284,27 @@ def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup:
         samples, stopped = _run_rounds(one_round, repeats, warmup, min_rounds, noise_target)
     return Timing(samples, mode, calls, warmup, stopped, capture_error=capture_error,
                   estimated_call_s=rotation_s / len(steps), round_target_s=ROUND_TARGET_S,
-                  round_samples=readings[warmup:], **common)  # the timed rounds' readings only
+                  round_samples=readings[warmup:], injected_delay_s=delay_s or None,
+                  **common)  # the timed rounds' readings only
 
 
-# Kernel names by role, for the attention kernel's share of a step (matched case-insensitively).
-KERNEL_ROLES = (
-    ("cache_write", ("reshape_and_cache", "concat_and_cache", "cache_kernel", "index_copy", "scatter")),
-    ("gemm", ("gemm", "bmm", "nvjet", "xmma", "cutlass_80", "sm90_xmma", "cublas", "matmul")),
-    # data movement around attention that name-matching below would otherwise count as attention
-    ("other", ("concatmlak", "prepare_varlen_num_blocks", "elementwise", "copy_kernel")),
-    ("attention", ("flash", "fmha", "mla", "attn", "attention", "decode", "prefill", "softmax", "merge_attn",
-                   "_fwd_grouped_kernel", "_fwd_kernel_stage", "reduce_segments", "unified_attention")),
-)
+def _replay_seconds(run: Callable[[], Any]) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
 
 
-def kernel_role(name: str) -> str:
-    low = name.lower()
-    for role, needles in KERNEL_ROLES:
-        if any(n in low for n in needles):
-            return role
-    return "other"
+def _spin_cycles_per_s() -> float:
+    """SM cycles per second of ``torch.cuda._sleep`` now (its loop counts clock64 ticks)."""
+    probe = 1 << 20
+    torch.cuda._sleep(probe)
+    return probe / statistics.median(_replay_seconds(lambda: torch.cuda._sleep(probe)) for _ in range(5))
 
 
-def kernel_breakdown(steps: Sequence[Step], device: torch.device,
-                     context: Callable[[], ContextManager[Any]] = nullcontext) -> dict[str, Any]:
-    """Device time per kernel for one attention call, from torch.profiler (CUPTI) over eager calls.
-
-    One eager round over every buffer set (the same rotation, so the same cache state, as a timed
-    round). Kernel durations are device-side, without launch gaps: their sum per call is the kernel
-    time the graph-mode median should match, and the roles give the attention kernel's share.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    calls = len(steps)
-    with context():
-        for step in steps:
-            step()
-        torch.cuda.synchronize(device)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for step in steps:
-                step()
-            torch.cuda.synchronize(device)
-    per_kernel: dict[str, float] = {}
-    for evt in prof.events():
-        if evt.device_type == torch.autograd.DeviceType.CUDA and evt.device_time_total > 0:
-            per_kernel[evt.name] = per_kernel.get(evt.name, 0.0) + evt.device_time_total / 1e6 / calls
-    by_role: dict[str, float] = {}
-    for name, seconds in per_kernel.items():
-        by_role[kernel_role(name)] = by_role.get(kernel_role(name), 0.0) + seconds
-    total = sum(per_kernel.values())
-    top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:8]
-    return {
-        "kernel_sum_s": total,
-        "by_role_s": by_role,
-        "attention_share": by_role.get("attention", 0.0) / total if total else None,
-        "top_kernels": [{"name": n[:160], "seconds": s, "role": kernel_role(n)} for n, s in top],
-        "method": f"torch.profiler CUDA activity over one eager round of {calls} calls (same rotation as timing)",
-    }
+def _spin_step(cycles: float) -> Step:
+    """A GPU spin of ``cycles`` SM cycles (the injected delay)."""
+    count = max(1, int(cycles))
+    return lambda: torch.cuda._sleep(count)

@@ -51,6 +51,7 @@ console renders it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -72,7 +73,7 @@ MISSING = "MISSING"  # the new run does not hold the baseline's case at all
 VERDICTS = (FASTER, SLOWER, SAME, UNSURE, NEW, UNTIMED, MISSING)
 THRESHOLD = options.DEFAULTS["verdict_threshold"]  # --verdict-threshold's default
 CONFIDENCE = 0.95
-BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_RESAMPLES = 10000  # enough to place the tails of a run-wide interval
 MIN_BOOTSTRAP_ROUNDS = 5
 _MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)  # 1.2533: asymptotic SE of a normal sample's median, in sigmas
 _IQR_PER_SIGMA = 1.349
@@ -94,14 +95,25 @@ class Verdict:
     note: str | None = None
     key: tuple = ()
 
+    threshold: float | None = None  # the practical threshold the verdict used
+
     @property
     def change_pct(self) -> float | None:
         return (self.ratio - 1.0) * 100.0 if self.ratio is not None else None
+
+    @property
+    def detectable_pct(self) -> float | None:
+        """The smallest slowdown this comparison calls SLOWER (its interval's lower edge then clears the
+        threshold): what the gate can see for this case, given both runs' noise."""
+        if self.ratio is None or not self.ci_low or self.threshold is None:
+            return None
+        return ((1.0 + self.threshold) * self.ratio / self.ci_low - 1.0) * 100.0
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["key"] = list(self.key)
         out["change_pct"] = self.change_pct
+        out["detectable_pct"] = self.detectable_pct
         return out
 
     def line(self) -> str:
@@ -151,43 +163,225 @@ def ratio_interval(baseline: CaseOutcome, new: CaseOutcome, confidence: float = 
 
 def compare_results(baseline: Sequence[CaseOutcome], new: Sequence[CaseOutcome], *,
                     threshold: float = THRESHOLD, confidence: float = CONFIDENCE) -> list[Verdict]:
-    """A verdict per case of ``new`` (NEW if the baseline lacks it, UNTIMED if ``new`` did not time it), then
-    MISSING for the timed baseline cases ``new`` does not hold."""
-    base_by_key = {case_key(b): b for b in baseline if b.timed}
-    base_by_name = {b.fullname: b for b in baseline if b.timed and b.fullname}
-    used: set[int] = set()
+    """``compare_runs`` against one baseline run."""
+    return compare_runs([baseline], new, threshold=threshold, confidence=confidence)
+
+
+def compare_runs(baselines: Sequence[Sequence[CaseOutcome]], new: Sequence[CaseOutcome], *,
+                 threshold: float = THRESHOLD, confidence: float = CONFIDENCE) -> list[Verdict]:
+    """A verdict per case of ``new`` (NEW if no baseline run has it, UNTIMED if ``new`` did not time it), then
+    MISSING for the timed baseline cases ``new`` does not hold. ``baselines`` are separate runs (processes) of the
+    same code: with two or more, the spread between them is the process noise that every verdict accounts for."""
+    runs = [[b for b in run if b.timed] for run in baselines]
+    by_key: dict[tuple, list[CaseOutcome]] = {}
+    by_name: dict[str, list[CaseOutcome]] = {}
+    for run in runs:
+        for b in run:
+            by_key.setdefault(case_key(b), []).append(b)
+            if b.fullname:
+                by_name.setdefault(b.fullname, []).append(b)
+    model = NoiseModel.fit(list(by_key.values()), [r for r in new if r.timed], len(runs))
+    # ``confidence`` holds for the whole run, not each case: a gate over 50 cases at 95 % each would call one
+    # unchanged case FASTER or SLOWER in most runs (Sidak's per-case level for the cases compared)
+    compared = sum(1 for r in new if r.timed and (case_key(r) in by_key or r.fullname in by_name))
+    per_case = confidence ** (1.0 / max(1, compared))
+    used: set[tuple] = set()
     verdicts: list[Verdict] = []
     for result in new:
         key = case_key(result)
-        base, matched_by = base_by_key.get(key), "case"
-        if base is None and result.fullname and (key[0] == "fullname" or _unstructured(base_by_name.get(result.fullname))):
+        bases, matched_by = by_key.get(key), "case"
+        if bases is None and result.fullname and (key[0] == "fullname" or _unstructured(by_name.get(result.fullname))):
             # only records without structured fields fall back to the test id; otherwise an id that
             # names a different shape (--num-q-heads) would be compared as if it were the same case
-            base, matched_by = base_by_name.get(result.fullname), "fullname"
+            bases, matched_by = by_name.get(result.fullname), "fullname"
         label = describe_key(result)
-        if base is None:
+        if not bases:
             if result.timed:
                 verdicts.append(Verdict(label, NEW, new_median=result.median, new_rounds=result.times.rounds, key=key))
             continue
-        used.add(id(base))
+        used.add(case_key(bases[0]))
+        base = bases[0] if len(bases) == 1 else _pooled(bases)
         if not result.timed:
             verdicts.append(Verdict(label, UNTIMED, baseline_median=base.median, baseline_rounds=base.times.rounds,
                                     note=f"{result.status}: {result.reason}" if result.reason else result.status,
                                     matched_by=matched_by, key=key))
             continue
         seed = zlib.crc32(repr(key).encode())
-        ratio, lo, hi, method, note = ratio_interval(base, result, confidence, seed)
+        interval = model.interval(bases, result, per_case)
+        if interval is None:
+            ratio, lo, hi, method, note = ratio_interval(base, result, per_case, seed)
+        else:
+            ratio, lo, hi, method, note = interval
         # a change measured while either run's clocks were held down says so: it may be the GPU, not the code
-        throttled = "; ".join(f"{side} run {c.note()}" for side, c in (("baseline", _clocks(base)), ("new", _clocks(result)))
+        throttled = "; ".join(f"{side} run {c.note()}" for side, c in (("baseline", _clocks(bases[0])),
+                                                                        ("new", _clocks(result)))
                               if c is not None and c.throttled)
-        note = "; ".join(n for n in (note, throttled) if n) or None
+        injected = _injected(result)
+        note = "; ".join(n for n in (note, throttled, injected) if n) or None
         verdicts.append(Verdict(label, classify(lo, hi, threshold), ratio, lo, hi, method, base.median,
-                                result.median, base.times.rounds, result.times.rounds, matched_by, note, key))
-    for base in baseline:
-        if base.timed and id(base) not in used and base_by_key.get(case_key(base)) is base:
-            verdicts.append(Verdict(describe_key(base), MISSING, baseline_median=base.median,
-                                    baseline_rounds=base.times.rounds, note="not in the new run", key=case_key(base)))
+                                result.median, base.times.rounds, result.times.rounds, matched_by, note, key,
+                                threshold))
+    for key, bases in by_key.items():
+        if key not in used:
+            verdicts.append(Verdict(describe_key(bases[0]), MISSING, baseline_median=bases[0].median,
+                                    baseline_rounds=bases[0].times.rounds, note="not in the new run", key=key))
     return verdicts
+
+
+# ------------------------------------------------------------------ the noise model
+
+# How many degrees of freedom the comparison-wide variance estimates weigh, against a case's own: a case has few
+# placements (and two or three baseline runs), so its own spread is itself noisy; the comparison's pooled spread
+# steadies it (a shrinkage estimate) without hiding a case that really is noisier than the rest.
+POOL_WEIGHT = 16.0
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Where a case's time moves between two measurements of the same code, in log seconds.
+
+    A run's estimate of a case is the mean over its placements of log(median of the placement's rounds). It moves
+    by the placement (``placement_var``: the spread of placements within a run, which the rounds of one placement
+    do not see) and by the process (``process_var``: an offset shared by a run's placements, seen only as the
+    spread between the run estimates of several baseline runs, beyond what their placements explain). Both are
+    pooled over the cases of the comparison and shrunk into each case's own estimate (``POOL_WEIGHT``)."""
+
+    placement_var: float  # pooled variance of one placement's log median about its run's mean
+    placement_dof: float
+    process_var: float | None  # pooled variance of a run's offset; None: one baseline run, not measured
+    process_dof: float
+    baseline_runs: int
+
+    @classmethod
+    def fit(cls, baseline_cases: Sequence[Sequence[CaseOutcome]], new: Sequence[CaseOutcome],
+            baseline_runs: int) -> "NoiseModel":
+        placement_ss = placement_dof = 0.0
+        for outcome in [*[b for case in baseline_cases for b in case], *new]:
+            logs = placement_logs(outcome)
+            if logs is not None:
+                placement_ss += statistics.variance(logs) * (len(logs) - 1)
+                placement_dof += len(logs) - 1
+        placement_var = placement_ss / placement_dof if placement_dof else 0.0
+        process_ss = process_dof = 0.0
+        for case in baseline_cases:
+            runs = [x for x in (placement_logs(b) for b in case) if x is not None]
+            if len(runs) < 2:
+                continue
+            means = [statistics.fmean(x) for x in runs]
+            explained = placement_var * statistics.fmean(1.0 / len(x) for x in runs)
+            process_ss += max(0.0, statistics.variance(means) - explained) * (len(runs) - 1)
+            process_dof += len(runs) - 1
+        process_var = process_ss / process_dof if process_dof else None
+        return cls(placement_var, placement_dof, process_var, process_dof, baseline_runs)
+
+    def interval(self, bases: Sequence[CaseOutcome], new: CaseOutcome, confidence: float
+                 ) -> tuple[float, float, float, str, str | None] | None:
+        """(ratio, low, high, "placements", note), or None when a side has no placements to model."""
+        base_logs = [x for x in (placement_logs(b) for b in bases) if x is not None]
+        new_logs = placement_logs(new)
+        if new_logs is None or not base_logs or len(base_logs) < len(bases):
+            return None
+        # the case's own placement spread, steadied by the comparison's
+        own_ss = sum(statistics.variance(x) * (len(x) - 1) for x in [*base_logs, new_logs])
+        own_dof = sum(len(x) - 1 for x in [*base_logs, new_logs])
+        weight = min(POOL_WEIGHT, self.placement_dof)
+        placement_var = (own_ss + weight * self.placement_var) / (own_dof + weight)
+        dof = own_dof + weight
+        process_var, note = 0.0, None
+        if self.process_var is not None:
+            means = [statistics.fmean(x) for x in base_logs]
+            explained = placement_var * statistics.fmean(1.0 / len(x) for x in base_logs)
+            own = max(0.0, statistics.variance(means) - explained) if len(means) > 1 else 0.0
+            case_dof = len(means) - 1
+            weight = min(POOL_WEIGHT, self.process_dof)
+            process_var = (own * case_dof + weight * self.process_var) / (case_dof + weight)
+            dof = min(dof, case_dof + weight)
+        else:
+            note = "one baseline run: the offset between processes is not measured (give several baseline runs)"
+        runs = len(base_logs)
+        base_mean = statistics.fmean(statistics.fmean(x) for x in base_logs)
+        var = (process_var + placement_var / len(new_logs)
+               + process_var / runs + placement_var * statistics.fmean(1.0 / len(x) for x in base_logs) / runs)
+        diff = statistics.fmean(new_logs) - base_mean
+        half = _t_quantile(0.5 + confidence / 2, dof) * math.sqrt(var)
+        return math.exp(diff), math.exp(diff - half), math.exp(diff + half), "placements", note
+
+
+def placement_logs(outcome: CaseOutcome) -> list[float] | None:
+    """log(median) of each placement's rounds, where the case was timed on two or more placements."""
+    record = outcome.record
+    samples = outcome.times.samples
+    if record is None or not samples:
+        return None
+    counts_ = record.timing.placement_rounds
+    if len(counts_) < 2 or sum(counts_) != len(samples) or min(counts_) < 1:
+        return None
+    logs, start = [], 0
+    for n in counts_:
+        median = statistics.median(samples[start:start + n])
+        if median <= 0:
+            return None
+        logs.append(math.log(median))
+        start += n
+    return logs
+
+
+def _t_quantile(p: float, dof: float) -> float:
+    """Student's t quantile for ``dof`` degrees of freedom (bisection on the CDF; the normal's for dof <= 0)."""
+    if dof <= 0:
+        return statistics.NormalDist().inv_cdf(p)
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, dof) < p:
+        hi *= 2.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_cdf(mid, dof) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _t_cdf(t: float, dof: float) -> float:
+    """P(T <= t) for t >= 0: 1 - I_x(dof/2, 1/2) / 2 with x = dof / (dof + t^2)."""
+    return 1.0 - 0.5 * _incomplete_beta(dof / 2, 0.5, dof / (dof + t * t))
+
+
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b) (Lentz's continued fraction)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-14:
+            break
+    return front * result / a
+
+
+def _pooled(bases: Sequence[CaseOutcome]) -> CaseOutcome:
+    """Several baseline runs of one case as one outcome (their rounds together), for the summary columns and the
+    methods that know no placements."""
+    samples = [s for b in bases for s in b.times.samples]
+    if not samples:
+        return bases[0]
+    return dataclasses.replace(bases[0], times=Times.of(samples))
+
+
+def _injected(result: CaseOutcome) -> str | None:
+    delay = result.record.timing.injected_delay_s if result.record is not None else None
+    return f"injected delay {delay * 1e6:.3g} us per call (--inject-delay)" if delay else None
 
 
 def counts(verdicts: Sequence[Verdict]) -> dict[str, int]:
@@ -280,12 +474,14 @@ def write_verdict_json(path: str | Path, verdicts: Sequence[Verdict], *, baselin
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``benchmark.py compare BASELINE NEW``: one verdict line per case; exit 1 on SLOWER, 2 on a GPU mismatch or
-    bad input."""
+    """``benchmark.py compare BASELINE [BASELINE ...] NEW``: one verdict line per case; exit 1 on SLOWER, 2 on a GPU
+    mismatch or bad input. Several baselines are separate runs of the same code (their spread is the process
+    noise)."""
     from attnbench.cli import Once, OneLineParser, fail, finite_number
 
     parser = OneLineParser(prog="benchmark.py compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("baseline", help="baseline results (pytest-benchmark JSON, or attnbench JSON/JSONL)")
+    parser.add_argument("baseline", nargs="+", help="baseline results (pytest-benchmark JSON, or attnbench JSON/JSONL); "
+                        "several files are separate runs of the baseline code")
     parser.add_argument("new", help="new results, same formats")
     parser.add_argument("--threshold", type=_threshold, default=THRESHOLD, action=Once,
                         help=f"practical threshold t as a fraction (default {THRESHOLD}: +-2%%)")
@@ -303,30 +499,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = unwritable_reason(args.verdict_json)
         if reason is not None:  # before any work, not after the comparison
             return fail(f"--verdict-json {args.verdict_json}: cannot write the verdicts there: {reason}")
-        for label, path in (("baseline", args.baseline), ("new", args.new)):
+        for label, path in [*(("baseline", b) for b in args.baseline), ("new", args.new)]:
             if Path(path).exists() and Path(path).resolve() == Path(args.verdict_json).resolve():
                 return fail(f"--verdict-json {args.verdict_json}: the same file as the {label} results {path}")
     try:
-        base, new = load_results(args.baseline), load_results(args.new)
+        bases, new = [load_results(b) for b in args.baseline], load_results(args.new)
     except ResultsFileError as exc:
         return fail(str(exc))
-    base_gpu, new_gpu = recorded_gpu(base), recorded_gpu(new)
-    try:
-        warning = check_gpu(base_gpu, new_gpu, args.allow_gpu_mismatch)
-    except GpuMismatch as exc:
-        unrecorded = args.baseline if base_gpu is None else args.new if new_gpu is None else None
-        return fail(f"{unrecorded}: {exc}" if unrecorded else str(exc))
-    if warning:
-        print(f"WARNING: {warning}", file=sys.stderr)
-    verdicts = compare_results(base.results, new.results, threshold=args.threshold, confidence=args.confidence)
+    new_gpu = recorded_gpu(new)
+    warnings: list[str] = []
+    for path, base in zip(args.baseline, bases):
+        base_gpu = recorded_gpu(base)
+        try:
+            warning = check_gpu(base_gpu, new_gpu, args.allow_gpu_mismatch)
+        except GpuMismatch as exc:
+            unrecorded = path if base_gpu is None else args.new if new_gpu is None else None
+            return fail(f"{unrecorded}: {exc}" if unrecorded else str(exc))
+        if warning and warning not in warnings:
+            warnings.append(warning)
+            print(f"WARNING: {warning}", file=sys.stderr)
+    verdicts = compare_runs([b.results for b in bases], new.results, threshold=args.threshold,
+                            confidence=args.confidence)
     for v in verdicts:
         print(v.line())
     tally = counts(verdicts)
     print(", ".join(f"{n} {name}" for name, n in tally.items() if n) or "no cases to compare")
     if args.verdict_json:
-        write_verdict_json(args.verdict_json, verdicts, baseline=args.baseline, new=args.new, threshold=args.threshold,
-                           confidence=args.confidence, baseline_gpu=base_gpu, new_gpu=new_gpu,
-                           warnings=[warning] if warning else [])
+        write_verdict_json(args.verdict_json, verdicts, baseline=" ".join(args.baseline), new=args.new,
+                           threshold=args.threshold, confidence=args.confidence,
+                           baseline_gpu=recorded_gpu(bases[0]), new_gpu=new_gpu, warnings=warnings)
     return 1 if tally[SLOWER] and not args.no_fail else 0
 
 
@@ -344,8 +545,8 @@ def _clocks(result: CaseOutcome) -> Any:
     return result.record.clocks if result.record is not None else None
 
 
-def _unstructured(result: CaseOutcome | None) -> bool:
-    return result is not None and case_key(result)[0] == "fullname"
+def _unstructured(results: Sequence[CaseOutcome] | None) -> bool:
+    return bool(results) and case_key(results[0])[0] == "fullname"
 
 
 def _median_se(times: Times) -> float | None:
