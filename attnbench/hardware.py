@@ -195,3 +195,33 @@ def machine_info(device: str = "cuda") -> dict[str, Any]:
         info["gpu"].update(dict(zip(keys, smi)))
     info["peaks"] = device_peaks(dev)
     return info
+
+
+# What makes two runs' numbers incomparable, in machine_info["attnbench"]: the GPU model and its driver, and the
+# software that builds or picks the kernels. Not: what is measured or read at the start of each run (peaks, clocks,
+# power limit), which GPUs ran the cases, SM count/memory/L2 (the model's), host, CPU, Python, pytest-benchmark.
+COMPARED_VERSIONS = (("cuda_runtime", "CUDA runtime"), ("torch", "torch"), ("triton", "triton"), ("vllm", "vllm"),
+                     ("flashinfer", "flashinfer"))
+
+
+def machine_differences(current: Any, saved: Any) -> list[str]:
+    """What differs between two runs' ``machine_info["attnbench"]`` (this run's first) that matters when comparing
+    their numbers, one ``GPU 'NVIDIA H100 80GB HBM3' vs 'NVIDIA H200'`` / ``vllm 0.26.0 vs 0.27.0`` each; a key
+    one of them does not have (a run saved before the key existed) is not a difference."""
+    if not isinstance(current, dict) or not isinstance(saved, dict):
+        if isinstance(current, dict) != isinstance(saved, dict):
+            which = "this run" if not isinstance(current, dict) else "the saved run"
+            return [f"{which} has no attnbench machine_info (GPU and versions unknown)"]
+        return []
+    out = []
+    if "gpu" in current and "gpu" in saved:
+        now, then = current["gpu"] or {}, saved["gpu"] or {}
+        now_name, then_name = now.get("name") or "none (CPU)", then.get("name") or "none (CPU)"
+        if now_name != then_name:
+            out.append(f"GPU {now_name!r} vs {then_name!r}")
+        if now.get("driver") and then.get("driver") and now["driver"] != then["driver"]:
+            out.append(f"driver {now['driver']} vs {then['driver']}")
+    for key, label in COMPARED_VERSIONS:
+        if key in current and key in saved and current[key] != saved[key]:
+            out.append(f"{label} {current[key] or 'none'} vs {saved[key] or 'none'}")
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import sys
 from typing import Any
 
@@ -98,6 +99,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "requires_capability(min, max): needs an SM capability in [min, max]")
     _check_session_options(config)
     _check_foreign_numbers(config)
+    _take_benchmark_precision(config)
     try:
         config.stash[STUDY_KEY] = resolve_study(config)
     except StudyError as exc:
@@ -107,6 +109,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[ERRORS_KEY] = []
     config.stash[NOTES_KEY] = repeated_options(config)
     config.stash[UNUSED_KEY] = {}
+
+
+def _take_benchmark_precision(config: pytest.Config) -> None:
+    """pytest-benchmark 5.3's --benchmark-precision (stop once the mean's margin of error at --benchmark-confidence
+    is below F) stops its own host timer, which times no case here: it becomes the device timer's --noise-target
+    (the mean's relative standard error), F / z, rather than being ignored."""
+    precision = config.getoption("benchmark_precision", None)
+    if precision is None:
+        return
+    if config.getoption("noise_target") is not None:
+        raise pytest.UsageError("--benchmark-precision: --noise-target says the same thing; give one of them")
+    confidence = config.getoption("benchmark_confidence", None) or 0.99
+    z = statistics.NormalDist().inv_cdf(0.5 + float(confidence) / 2)
+    config.option.noise_target = repr(float(precision) / z)
 
 
 # Numeric options of pytest-benchmark and pytest-xdist: they convert with int()/float(), which read "٣" as 3 and

@@ -29,10 +29,11 @@ from typing import Any
 
 import pytest
 
-from attnbench.bench_shim import BenchmarkView, add_to_session, recorded_samples
+from attnbench.bench_shim import (STDOUT, BenchmarkView, add_to_session, benchmark_json_emptied, benchmark_json_path,
+                                  recorded_samples)
 from attnbench.cases import BenchCase
-from attnbench.reporting.verdicts import (SLOWER, GpuMismatch, Verdict, check_gpu, compare_results,
-                                          counts, recorded_gpu, verdict_table, write_verdict_json)
+from attnbench.reporting.verdicts import (SLOWER, GpuMismatch, Verdict, check_gpu, compare_runs, counts,
+                                          recorded_gpu, verdict_table, write_verdict_json)
 from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, crossover_csv_path,
                                crossover_rows, load_results, merge_results, partial_path, path_conflict,
                                unusable_folder_reason, unwritable_reason)
@@ -153,11 +154,12 @@ class ReportingSession:
     resume_path: str | None = None
     resumed: LoadedResults | None = None
     done_keys: set[tuple] = field(default_factory=set)
-    baseline: LoadedResults | None = None
+    baselines: list[LoadedResults] = field(default_factory=list)  # --baseline-json: one per run of the baseline code
     baseline_gpu: str | None = None
     new_gpu: str | None = None
     verdicts: list[Verdict] | None = None
     journal: Journal | None = None
+    other_tests: bool = False  # a test that is not a benchmark case reported
     final: list[CaseOutcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # lines for the summary: files written, warnings
     warnings: list[str] = field(default_factory=list)
@@ -174,20 +176,27 @@ class ReportingSession:
                 raise pytest.UsageError(f"--resume: {exc}") from None
             self._keep_rows_of_this_study()
             self.done_keys = {case_key(r) for r in self.resumed.results if r.timed}
-        baseline_path = opt("baseline_json")
-        if baseline_path and not is_xdist_worker(self.config):
+        if opt("baseline_json") and not is_xdist_worker(self.config):
+            self._load_baselines(opt("baseline_json"))
+
+    def _load_baselines(self, paths: list[str]) -> None:
+        """Every --baseline-json file, read and checked before any case runs: a mismatch found after hours of
+        measuring helps nobody."""
+        self.new_gpu = current_gpu_name(self.study)
+        for path in paths:
             try:
-                self.baseline = load_results(baseline_path)
+                loaded = load_results(path)
             except ResultsFileError as exc:
                 raise pytest.UsageError(f"--baseline-json: {exc}") from None
-            # checked before any case runs: a mismatch found after hours of measuring helps nobody
-            self.baseline_gpu, self.new_gpu = recorded_gpu(self.baseline), current_gpu_name(self.study)
+            gpu = recorded_gpu(loaded)
             try:
-                warning = check_gpu(self.baseline_gpu, self.new_gpu, opt("allow_gpu_mismatch"))
+                warning = check_gpu(gpu, self.new_gpu, self.config.getoption("allow_gpu_mismatch"))
             except GpuMismatch as exc:
-                raise pytest.UsageError(f"--baseline-json {baseline_path}: {exc}") from None
-            if warning:
+                raise pytest.UsageError(f"--baseline-json {path}: {exc}") from None
+            if warning and warning not in self.warnings:
                 self.warnings.append(warning)
+            self.baselines.append(loaded)
+            self.baseline_gpu = self.baseline_gpu or gpu
 
     def _keep_rows_of_this_study(self) -> None:
         """--resume carries only rows of this study measured on this GPU (another study's journal must not slip its
@@ -234,12 +243,19 @@ class ReportingSession:
             reason = unwritable_reason(path)
             if reason is not None:
                 raise pytest.UsageError(f"{label} {path}: cannot write the results there: {reason}")
-        bench_json = getattr(opt("benchmark_json", None), "name", None)
-        if isinstance(bench_json, str) and not bench_json.startswith("<"):  # "<stdout>" for '-'
-            for label, path in (("--baseline-json", opt("baseline_json")), ("--resume", opt("resume"))):
+        bench_json = benchmark_json_path(self.config)
+        if bench_json is not None and bench_json != STDOUT:
+            for label, path in [*(("--baseline-json", b) for b in opt("baseline_json") or ()), ("--resume", opt("resume"))]:
                 if path and Path(path).exists() and _same_path(path, bench_json):
-                    raise pytest.UsageError(f"--benchmark-json {bench_json}: the same file as {label} {path} "
-                                            f"(pytest-benchmark emptied it when it read the command line)")
+                    why = ("pytest-benchmark emptied it when it read the command line: pytest.ini's "
+                           "-p attnbench.bench_shim prevents that" if benchmark_json_emptied(self.config) else
+                           "pytest-benchmark would overwrite it")
+                    raise pytest.UsageError(f"--benchmark-json {bench_json}: the same file as {label} {path} ({why})")
+            # pytest-benchmark opens it when it writes, after the run: it makes no folder
+            folder = Path(bench_json).parent
+            reason = unwritable_reason(bench_json) if folder.is_dir() else f"no folder {folder}"
+            if reason is not None:
+                raise pytest.UsageError(f"--benchmark-json {bench_json}: cannot write the JSON there: {reason}")
             files.append(("--benchmark-json", bench_json))
         if opt("verdict_json"):
             reason = unwritable_reason(opt("verdict_json"))
@@ -259,7 +275,7 @@ class ReportingSession:
             derived.append(("the crossover CSV", str(crossover_csv_path(self.study.output_csv))))
         outputs = derived + files
         # --resume may name this session's own --output-json: its rows are carried into the rewritten file
-        inputs = [("--baseline-json", opt("baseline_json"))] if opt("baseline_json") else []
+        inputs = [("--baseline-json", path) for path in opt("baseline_json") or ()]
         resume = opt("resume")
         if resume and not (self.study.output_json and _same_path(resume, self.study.output_json)) \
                 and not (self.output_path and _same_path(resume, partial_path(self.output_path))):
@@ -310,6 +326,8 @@ class ReportingSession:
             return
         result = outcome_of(report)
         if result is None:
+            if report.when == "call" or (report.when == "setup" and not report.passed):
+                self.other_tests = True  # a plain test ran (or was skipped): not a benchmark-only run
             return
         self.results.append(result)
         view = getattr(report, VIEW_ATTRIBUTE, None)
@@ -356,8 +374,27 @@ class ReportingSession:
             self._write_outputs()
         if self.config.getoption("plot") and any(r.timed for r in self.final):
             self._write_plots()
-        if self.baseline is not None:
+        if self.baselines:
             self._compare(session)
+        self._fail_if_nothing_timed(session)
+
+    def _fail_if_nothing_timed(self, session: pytest.Session) -> None:
+        """A benchmark run (--benchmark-only, or only benchmark cases selected) that times no case fails: a GPU job
+        that landed on a machine without a GPU must not pass as if nothing had got slower."""
+        config = self.config
+        if config.option.collectonly or session.exitstatus not in (pytest.ExitCode.OK,
+                                                                    pytest.ExitCode.NO_TESTS_COLLECTED):
+            return
+        benchmark_run = bool(config.getoption("benchmark_only", False)) or (bool(self.results) and
+                                                                           not self.other_tests)
+        if not benchmark_run or any(r.timed for r in self.final) or config.getoption("allow_untimed"):
+            return
+        skipped = [r for r in self.final if r.status == SKIPPED]
+        reasons = sorted({str(r.reason) for r in skipped if r.reason})
+        why = f"{len(skipped)} skipped ({'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})" \
+            if skipped else "no benchmark case selected"
+        self.warnings.append(f"no case was timed: {why}; failing the run (pass --allow-untimed if that is expected)")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _write_outputs(self) -> None:
         assert self.journal is not None
@@ -387,18 +424,18 @@ class ReportingSession:
                           "--plot: nothing to plot")
 
     def _compare(self, session: pytest.Session) -> None:
-        assert self.baseline is not None
         opt = self.config.getoption
         threshold = opt("verdict_threshold")
-        self.verdicts = compare_results(self.baseline.results, self.final, threshold=threshold)
+        self.verdicts = compare_runs([b.results for b in self.baselines], self.final, threshold=threshold)
+        baseline = " ".join(opt("baseline_json"))
         if opt("verdict_json"):
-            path = write_verdict_json(opt("verdict_json"), self.verdicts, baseline=opt("baseline_json"),
+            path = write_verdict_json(opt("verdict_json"), self.verdicts, baseline=baseline,
                                       new="(this pytest session)", threshold=threshold, confidence=0.95,
                                       baseline_gpu=self.baseline_gpu, new_gpu=self.new_gpu, warnings=self.warnings)
             self.notes.append(f"wrote verdicts to {path}")
         slower = counts(self.verdicts)[SLOWER]
         if slower and opt("fail_on_regression"):
-            self.warnings.append(f"{slower} case(s) SLOWER than {opt('baseline_json')}: failing the run "
+            self.warnings.append(f"{slower} case(s) SLOWER than {baseline}: failing the run "
                                  f"(--fail-on-regression)")
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -422,7 +459,8 @@ class ReportingSession:
         if self.verdicts is not None:
             from attnbench.reporting.console import render_renderables
 
-            title = f"Verdicts vs {self.config.getoption('baseline_json')} (threshold ±{100 * self.config.getoption('verdict_threshold'):g}%)"
+            threshold = 100 * self.config.getoption("verdict_threshold")
+            title = f"Verdicts vs {' '.join(self.config.getoption('baseline_json'))} (threshold ±{threshold:g}%)"
             terminalreporter.write(render_renderables([verdict_table(self.verdicts, title)], writer.fullwidth,
                                                       writer.hasmarkup))
             tally = counts(self.verdicts)

@@ -231,3 +231,17 @@ def test_benchmark_precision_drives_the_device_timers_noise_target(pytester):
     both = run(pytester, *case, "--benchmark-precision", "0.9", "--noise-target", "0.01")
     assert both.ret == pytest.ExitCode.USAGE_ERROR
     assert "--benchmark-precision: --noise-target says the same thing" in "\n".join(both.errlines)
+
+
+def test_pytest_benchmark_5_2_on_pytest_9_2_is_one_clear_error(monkeypatch):
+    """pytest-benchmark 5.2 errors on every benchmark under pytest 9.2: refused at start-up, naming both."""
+    from attnbench import bench_shim
+
+    releases = {"pytest-benchmark": (5, 2), "pytest": (9, 2)}
+    monkeypatch.setattr(bench_shim, "_release", releases.__getitem__)
+    with pytest.raises(pytest.UsageError, match=r"pytest-benchmark 5\.2 does not run on pytest 9\.2.*>= 5\.3\.1"):
+        bench_shim.check_versions()
+    releases["pytest"] = (9, 1)
+    bench_shim.check_versions()
+    releases.update({"pytest-benchmark": (5, 3), "pytest": (9, 2)})
+    bench_shim.check_versions()

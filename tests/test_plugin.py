@@ -125,7 +125,7 @@ def no_gpu():
 
 
 def test_flash_attn_skips_with_a_reason_without_a_gpu(pytester, no_gpu):
-    result = run(pytester, BENCH_ATTENTION, "-k", "FLASH_ATTN", "--batch-specs", "q1s1k", "-rs")
+    result = run(pytester, BENCH_ATTENTION, "-k", "FLASH_ATTN", "--batch-specs", "q1s1k", "-rs", "--allow-untimed")
     assert result.ret == 0
     result.assert_outcomes(skipped=1)
     skip_lines = [line for line in result.outlines if line.startswith("SKIPPED")]
@@ -135,7 +135,8 @@ def test_flash_attn_skips_with_a_reason_without_a_gpu(pytester, no_gpu):
 
 
 def test_flash_attn_on_cpu_needs_a_cuda_device(pytester):
-    result = run(pytester, BENCH_ATTENTION, "-k", "FLASH_ATTN", "--batch-specs", "q1s1k", "--device", "cpu", "-rs")
+    result = run(pytester, BENCH_ATTENTION, "-k", "FLASH_ATTN", "--batch-specs", "q1s1k", "--device", "cpu", "-rs",
+                 "--allow-untimed")
     assert result.ret == 0
     result.assert_outcomes(skipped=1)
     assert any("needs a CUDA device" in line for line in result.outlines if line.startswith("SKIPPED"))
@@ -161,6 +162,44 @@ def test_benchmark_save_and_compare_round_trip(pytester):
     assert len(rows) == 2  # the current run and the saved one, side by side
     assert any("(NOW)" in row for row in rows)
     assert any(f"({run_id}_base" in row for row in rows)  # the table may truncate the saved run's name
+
+
+def test_compare_against_a_storage_outside_the_working_directory_warns_only_on_what_matters(pytester,
+                                                                                            tmp_path_factory):
+    """pytest-benchmark's own machine check crashed here (it names the storage relative to the working directory)
+    and warned on every difference, such as this suite's measured peaks: attnbench.bench_shim's check replaces it."""
+    storage = tmp_path_factory.mktemp("storage")  # not under pytester.path, the child's working directory
+    common = [BENCH_ATTENTION, "-k", "REFERENCE", "--device", "cpu", "--batch-specs", "q1s256", "--repeats", "3",
+              "--warmup-iters", "0", "--benchmark-only", f"--benchmark-storage=file://{storage}"]
+    saved = run(pytester, *common, "--benchmark-save", "A")
+    assert saved.ret == 0, "\n".join(saved.outlines[-30:] + saved.errlines)
+    [path] = storage.rglob("0001_A.json")
+
+    def compare(*extra: str) -> str:
+        result = run(pytester, *common, "--benchmark-compare", "0001", *extra)
+        text = "\n".join(result.outlines + result.errlines)
+        assert result.ret == 0, text
+        assert "INTERNALERROR" not in text and "Comparing against benchmarks from:" in text, text
+        return text
+
+    def edit(change) -> None:
+        data = json.loads(path.read_text())
+        change(data["machine_info"])
+        path.write_text(json.dumps(data))
+
+    def not_what_matters(info: dict) -> None:  # what differs between any two runs, even on one machine
+        info.update(node="another-host", cpu={"brand_raw": "another CPU"}, python_version="3.99.0")
+        info["attnbench"].update(peaks={"peak_bf16_tflops": 1.0}, pytest_benchmark="0.0.1",
+                                 gpus_used=[{"index": 7, "name": None, "uuid": "GPU-x"}])
+
+    for text in (compare(), edit(not_what_matters) or compare()):
+        assert "machine_info" not in text and "machine differs" not in text, text
+    edit(lambda info: info["attnbench"].update(vllm="0.27.0"))
+    text = compare("-W", "error::pytest_benchmark.logger.PytestBenchmarkWarning")
+    warned = [line for line in text.splitlines() if "machine differs" in line]
+    assert len(warned) == 1, text
+    assert "machine differs from the saved run 0001_A (this run vs saved): vllm none vs 0.27.0" in warned[0], text
+    assert "machine_info" not in text, text
 
 
 def test_a_shipped_yaml_study_drives_collection(pytester):

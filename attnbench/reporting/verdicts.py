@@ -444,15 +444,16 @@ _EMPHASIS = {SLOWER: BAD, FASTER: GOOD, UNSURE: DOUBT, NEW: ADDED, UNTIMED: GONE
 
 def verdict_table(verdicts: Sequence[Verdict], title: str = "Verdicts vs baseline") -> Table:
     """The verdicts as a ``reporting.model`` table (``reporting.console`` renders it)."""
-    headers = ("case", "verdict", "change", "CI of change", "baseline µs", "new µs", "rounds", "how")
+    headers = ("case", "verdict", "change", "CI of change", "detects", "baseline µs", "new µs", "rounds", "how")
     table = Table(title, [Column(h, right=h not in ("case", "verdict", "how")) for h in headers])
     for v in verdicts:
         ci = f"{change(v.ci_low)} .. {change(v.ci_high)}" if v.ci_low is not None and v.ci_high is not None \
             else NO_VALUE
         how = ", ".join(p for p in (v.method, None if v.matched_by in (None, "case") else f"matched by {v.matched_by}",
                                      v.note) if p)
+        detects = f"≥ {v.detectable_pct:.1f}%" if v.detectable_pct is not None else NO_VALUE
         table.add(v.label, Cell(v.verdict, emphasis=_EMPHASIS.get(v.verdict)),
-                  change(v.ratio) if v.ratio is not None else NO_VALUE, ci, us(v.baseline_median, 4),
+                  change(v.ratio) if v.ratio is not None else NO_VALUE, ci, detects, us(v.baseline_median, 4),
                   us(v.new_median, 4), f"{v.baseline_rounds}/{v.new_rounds}", how)
     return table
 
