@@ -1,4 +1,4 @@
-"""Issue 11: bad input never crashes the run and never passes silently. One test family per rule, parametrized
+"""Bad input never crashes the run and never passes silently. One test family per rule, parametrized
 over every option or file the rule covers; the end-to-end ones run the real suite on the CPU REFERENCE backend
 in a child pytest, so they see exactly what a user sees (one ``ERROR:`` line, exit 4, nothing run)."""
 

@@ -143,7 +143,7 @@ def test_gpu_mismatch_is_an_error_unless_allowed() -> None:
     warning = check_gpu("NVIDIA H100 80GB HBM3", "NVIDIA H200", allow_mismatch=True)
     assert "--allow-gpu-mismatch" in warning
     assert check_gpu("NVIDIA H200", "NVIDIA H200", allow_mismatch=False) is None
-    # an unrecorded GPU (no machine_info.attnbench) is refused like a mismatch, not a warning (issue 11 rule 4)
+    # an unrecorded GPU (no machine_info.attnbench) is refused like a mismatch, not a warning
     with pytest.raises(GpuMismatch, match="baseline does not record its GPU model.*--allow-gpu-mismatch"):
         check_gpu(None, "NVIDIA H200", allow_mismatch=False)
     assert "cannot check" in check_gpu(None, "NVIDIA H200", allow_mismatch=True)

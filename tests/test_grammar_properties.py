@@ -29,7 +29,7 @@ settings.register_profile("grammar-ci", max_examples=10_000, deadline=None, data
 settings.register_profile("grammar-dev", max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 GRAMMAR_PROFILE = os.environ.get("ATTNBENCH_GRAMMAR_PROFILE", "grammar-ci")
 FAST = settings(settings.get_profile(GRAMMAR_PROFILE))
-# the properties added for issue 11 (controls, repeat_batch_spec, message length) at a tenth of that
+# the bad-input properties (controls, repeat_batch_spec, message length) at a tenth of that
 EXTRA = settings(FAST, max_examples=max(FAST.max_examples // 10, 100))
 
 

@@ -1,5 +1,5 @@
 """Hypothesis: whole YAML studies, valid and mutated, either load or are refused with one line naming the file
-and the key (or, for text that is not YAML, its line and column). Nothing else may be raised (issue 11)."""
+and the key (or, for text that is not YAML, its line and column). Nothing else may be raised."""
 
 from __future__ import annotations
 

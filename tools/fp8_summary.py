@@ -1,5 +1,8 @@
 """One line per timed case of --benchmark-json files: time, error against the stored values, accuracy cost
-against the unquantised K/V, tolerance, the check after timing, whether q was read as fp8, the kernel path."""
+against the unquantised K/V, tolerance, the check after timing, whether q was read as fp8, the kernel path.
+
+usage: python tools/fp8_summary.py RUN.json [RUN.json ...]   (pytest-benchmark JSON; any KV-cache dtype)
+"""
 
 from __future__ import annotations
 

@@ -122,7 +122,7 @@ def read_log_notes(logs_dir: Path, baseline: Baseline | None = None) -> list[Log
     """Skipped and failed cases from pytest logs (``-rs`` summary lines and failure sections).
 
     With a ``baseline``, only the logs of its studies are read: a log is named after its study
-    (``<study>[_<suffix>].log``, as tools/device_studies.sh names them); other logs (a compare run,
+    (``<study>[_<suffix>].log``, one per study run); other logs (a compare run,
     an ad-hoc check) are not part of the baseline."""
     notes: list[LogNote] = []
     studies = tuple(baseline.studies()) if baseline is not None else ()

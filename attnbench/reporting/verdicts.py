@@ -1,12 +1,18 @@
-"""Regression verdicts against a saved baseline, aware of each run's measured noise.
+"""Regression verdicts against saved baseline runs, aware of the noise between placements and processes.
 
-For every case present in both runs (matched by ``attnbench.outcome.case_key``: family,
+For every case present in the new run and the baselines (matched by ``attnbench.outcome.case_key``: family,
 backend, batch spec, shape, sweep value, pipeline, backend knobs, cache state, device kind;
-records without those fields are matched by pytest fullname) we estimate
+records without those fields are matched by pytest fullname) we estimate the time ratio r (r > 1 means the
+new run is slower) and a two-sided confidence interval [lo, hi] for it. ``confidence`` (default 95 %) holds
+for the whole run: each case's interval is taken at Sidak's level ``confidence ** (1 / cases compared)``.
 
-    r = median(new) / median(baseline)          (time ratio: r > 1 means the new run is slower)
+* Cases timed on several placements (``timing.placement_rounds``, the default): ``NoiseModel``. A run's
+  estimate is the mean over its placements of log(placement median); its spread between runs is the
+  placement variance over the placements plus the process variance, which several baseline runs (separate
+  processes) measure. Both are pooled over the comparison's cases and shrunk into each case's own; the
+  interval is Student's t on the log difference (docs/REGRESSION_GATE.md).
 
-and a two-sided confidence interval [lo, hi] for r (default 95 %):
+Cases without placements (older files, ``--placements 1``) take r = median(new) / median(baseline) and:
 
 * with per-round samples on both sides (``stats.data`` in pytest-benchmark JSON, which
   ``--benchmark-json`` always writes and ``--benchmark-save`` writes with
@@ -463,8 +469,10 @@ def write_verdict_json(path: str | Path, verdicts: Sequence[Verdict], *, baselin
                        warnings: Sequence[str] = ()) -> Path:
     doc = {
         "baseline": baseline, "new": new, "threshold": threshold, "confidence": confidence,
-        "definition": "ratio = new median / baseline median; SAME if CI within [1-t, 1+t], SLOWER if CI low > 1+t, "
-                      "FASTER if CI high < 1-t, else UNSURE (see attnbench.reporting.verdicts)",
+        "definition": "ratio = new / baseline time; SAME if CI within [1-t, 1+t], SLOWER if CI low > 1+t, "
+                      "FASTER if CI high < 1-t, else UNSURE; confidence holds for the whole run (Sidak); "
+                      "detectable_pct: the smallest slowdown a case's comparison calls SLOWER "
+                      "(see attnbench.reporting.verdicts)",
         "gpu": {"baseline": baseline_gpu, "new": new_gpu}, "warnings": list(warnings),
         "counts": counts(verdicts), "cases": [v.to_dict() for v in verdicts],
     }
@@ -485,9 +493,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "several files are separate runs of the baseline code")
     parser.add_argument("new", help="new results, same formats")
     parser.add_argument("--threshold", type=_threshold, default=THRESHOLD, action=Once,
-                        help=f"practical threshold t as a fraction (default {THRESHOLD}: +-2%%)")
+                        help=f"practical threshold t as a fraction (default {THRESHOLD}: +-{100 * THRESHOLD:g}%%)")
     parser.add_argument("--confidence", type=finite_number, default=CONFIDENCE, action=Once,
-                        help="confidence level (default 0.95)")
+                        help="confidence level for the whole run, not each case (default 0.95)")
     parser.add_argument("--allow-gpu-mismatch", action="store_true", help="compare runs from different GPU models")
     parser.add_argument("--verdict-json", metavar="FILE", action=Once, help="also write the verdicts as JSON")
     parser.add_argument("--no-fail", action="store_true", help="exit 0 even if a case is SLOWER")
