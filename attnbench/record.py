@@ -524,6 +524,8 @@ class CaseRecord:
                 out[name] = part
         if not include_samples:
             out["timing"].pop("samples", None)
+        if not out["timing"].get("placement_rounds"):  # one placement: the record reads as before placements
+            out["timing"].pop("placement_rounds", None)
         for name in _FREE:
             value = getattr(self, name)
             if value is not None:

@@ -308,3 +308,59 @@ def _spin_step(cycles: float) -> Step:
     """A GPU spin of ``cycles`` SM cycles (the injected delay)."""
     count = max(1, int(cycles))
     return lambda: torch.cuda._sleep(count)
+
+
+# Kernel names by role, for the attention kernel's share of a step (matched case-insensitively).
+KERNEL_ROLES = (
+    ("cache_write", ("reshape_and_cache", "concat_and_cache", "cache_kernel", "index_copy", "scatter")),
+    ("gemm", ("gemm", "bmm", "nvjet", "xmma", "cutlass_80", "sm90_xmma", "cublas", "matmul")),
+    # data movement around attention that name-matching below would otherwise count as attention
+    ("other", ("concatmlak", "prepare_varlen_num_blocks", "elementwise", "copy_kernel")),
+    ("attention", ("flash", "fmha", "mla", "attn", "attention", "decode", "prefill", "softmax", "merge_attn",
+                   "_fwd_grouped_kernel", "_fwd_kernel_stage", "reduce_segments", "unified_attention")),
+)
+
+
+def kernel_role(name: str) -> str:
+    low = name.lower()
+    for role, needles in KERNEL_ROLES:
+        if any(n in low for n in needles):
+            return role
+    return "other"
+
+
+def kernel_breakdown(steps: Sequence[Step], device: torch.device,
+                     context: Callable[[], ContextManager[Any]] = nullcontext) -> dict[str, Any]:
+    """Device time per kernel for one attention call, from torch.profiler (CUPTI) over eager calls.
+
+    One eager round over every buffer set (the same rotation, so the same cache state, as a timed
+    round). Kernel durations are device-side, without launch gaps: their sum per call is the kernel
+    time the graph-mode median should match, and the roles give the attention kernel's share.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    calls = len(steps)
+    with context():
+        for step in steps:
+            step()
+        torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for step in steps:
+                step()
+            torch.cuda.synchronize(device)
+    per_kernel: dict[str, float] = {}
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CUDA and evt.device_time_total > 0:
+            per_kernel[evt.name] = per_kernel.get(evt.name, 0.0) + evt.device_time_total / 1e6 / calls
+    by_role: dict[str, float] = {}
+    for name, seconds in per_kernel.items():
+        by_role[kernel_role(name)] = by_role.get(kernel_role(name), 0.0) + seconds
+    total = sum(per_kernel.values())
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:8]
+    return {
+        "kernel_sum_s": total,
+        "by_role_s": by_role,
+        "attention_share": by_role.get("attention", 0.0) / total if total else None,
+        "top_kernels": [{"name": n[:160], "seconds": s, "role": kernel_role(n)} for n, s in top],
+        "method": f"torch.profiler CUDA activity over one eager round of {calls} calls (same rotation as timing)",
+    }

@@ -32,6 +32,8 @@ _VALUES: dict[str, st.SearchStrategy[Any]] = {
     "repeats": st.integers(1, 50),
     "warmup_iters": st.integers(0, 5),
     "noise_target": st.floats(0, 1),
+    "placements": st.integers(1, 64),
+    "inject_delay": st.floats(0, 10),
     "seed": st.integers(0, 2**63 - 1),
     "cache_state": st.sampled_from(["cold", "warm"]),
     "device": st.sampled_from(["cpu", "cuda", "cuda:1"]),
