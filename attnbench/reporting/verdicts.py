@@ -26,7 +26,7 @@ Cases without placements (older files, ``--placements 1``) take r = median(new) 
   the IQR is missing or zero), and the log-ratio gets a normal interval:
   log r +- z * sqrt((se_b / median_b)^2 + (se_n / median_n)^2).
 
-With a practical threshold t (default 2 %, ``--verdict-threshold``), the verdict is
+With a practical threshold t (default 0.5 %, ``--verdict-threshold``), the verdict is
 
     SAME    1 - t <= lo  and  hi <= 1 + t   the whole interval is within +-t: no change that matters
     SLOWER  lo > 1 + t                      the whole interval is beyond +t: a real regression
