@@ -33,7 +33,7 @@ from attnbench.bench_shim import (STDOUT, BenchmarkView, add_to_session, benchma
                                   recorded_samples)
 from attnbench.cases import BenchCase
 from attnbench.reporting.verdicts import (SLOWER, GpuMismatch, Verdict, check_gpu, compare_runs, counts,
-                                          recorded_gpu, verdict_table, write_verdict_json)
+                                          recorded_gpu, tally_line, verdict_table, write_verdict_json)
 from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, crossover_csv_path,
                                crossover_rows, load_results, merge_results, partial_path, path_conflict,
                                unusable_folder_reason, unwritable_reason)
@@ -464,8 +464,7 @@ class ReportingSession:
             terminalreporter.write(render_renderables([verdict_table(self.verdicts, title)], writer.fullwidth,
                                                       writer.hasmarkup))
             tally = counts(self.verdicts)
-            terminalreporter.write_line(", ".join(f"{n} {k}" for k, n in tally.items() if n) or "no cases compared",
-                                        red=bool(tally[SLOWER]), green=not tally[SLOWER])
+            terminalreporter.write_line(tally_line(self.verdicts), red=bool(tally[SLOWER]), green=not tally[SLOWER])
         for line in self.notes:
             terminalreporter.write_line(f"attnbench: {line}")
         for line in self.warnings:

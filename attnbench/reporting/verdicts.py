@@ -397,6 +397,16 @@ def counts(verdicts: Sequence[Verdict]) -> dict[str, int]:
     return out
 
 
+def tally_line(verdicts: Sequence[Verdict]) -> str:
+    """The verdicts' counts, and what the comparison could see: the median smallest slowdown called SLOWER."""
+    tally = counts(verdicts)
+    line = ", ".join(f"{n} {name}" for name, n in tally.items() if n) or "no cases compared"
+    seen = sorted(v.detectable_pct for v in verdicts if v.detectable_pct is not None)
+    if seen:
+        line += f"; a slowdown is SLOWER from {statistics.median(seen):.1f} % (median over the cases compared)"
+    return line
+
+
 # ------------------------------------------------------------------ GPU check
 
 class GpuMismatch(Exception):
@@ -532,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for v in verdicts:
         print(v.line())
     tally = counts(verdicts)
-    print(", ".join(f"{n} {name}" for name, n in tally.items() if n) or "no cases to compare")
+    print(tally_line(verdicts))
     if args.verdict_json:
         write_verdict_json(args.verdict_json, verdicts, baseline=" ".join(args.baseline), new=args.new,
                            threshold=args.threshold, confidence=args.confidence,
