@@ -22,6 +22,7 @@ import csv
 import datetime as _dt
 import json
 import os
+import stat
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -394,7 +395,13 @@ def _line(result: CaseOutcome) -> str:
 def _atomic_write(path: Path, write: Any, newline: str | None = None) -> Path:
     """Write through a temporary file and rename, so a reader never sees half a file.
 
-    The temporary ``.NAME.tmpPID`` is removed whatever happens: a failed write or rename leaves no litter."""
+    The temporary ``.NAME.tmpPID`` is removed whatever happens: a failed write or rename leaves no litter. A
+    symbolic link is followed (the file it names is rewritten, the link kept), and a path that is not a regular
+    file (a device such as /dev/null, a FIFO, a socket) is refused: the rename would replace that node."""
+    path = Path(os.path.realpath(path))
+    reason = _not_regular_reason(path)
+    if reason is not None:
+        raise OSError(f"{path}: {reason}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -415,10 +422,23 @@ def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
     Probes what ``_atomic_write`` will do: the path must not be a directory, and a file must be creatable in
     its folder (or, when folders are missing, in the nearest existing one, which must be a directory).
     Nothing is left behind: the probe file is removed and no folder is created."""
-    p = Path(path)
+    p = Path(os.path.realpath(path))
     if p.is_dir():
         return "it is a directory"
-    return _creatable_in(p.parent, "a directory")
+    return _not_regular_reason(p) or _creatable_in(p.parent, "a directory")
+
+
+def _not_regular_reason(path: Path) -> str | None:
+    """Why an existing ``path`` must not be replaced by a results file: it is not a regular file."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # not there (yet): a new file
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+            else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return f"it is {kind}, not a regular file (writing the results would replace it)"
 
 
 def _creatable_in(folder: Path, kind: str) -> str | None:

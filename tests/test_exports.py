@@ -402,3 +402,30 @@ def test_a_malformed_not_timed_block_is_one_error_naming_the_file(tmp_path):
          "keys": [{"backend": "FLASHMLA", "batch_spec": "q1", "family": "mla"}]}]}}))
     (skip,) = load_results(path).results
     assert (skip.status, skip.reason, skip.key.backend, skip.fullname) == ("skipped", "no GPU", "FLASHMLA", "t[a]")
+
+
+def test_an_output_on_a_device_or_fifo_is_refused_and_the_node_kept(tmp_path):
+    """``--output-json /dev/null`` or a FIFO: refused before anything runs, and never replaced by a file."""
+    import os
+    import stat
+
+    from attnbench.exports import _atomic_write, unwritable_reason
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for node in (fifo, Path("/dev/null")):
+        assert "not a regular file" in unwritable_reason(node)
+        with pytest.raises(OSError, match="not a regular file"):
+            _atomic_write(node, lambda f: f.write("x"))
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and stat.S_ISCHR(Path("/dev/null").stat().st_mode)
+
+
+def test_an_output_through_a_symlink_rewrites_its_target_and_keeps_the_link(tmp_path):
+    from attnbench.exports import _atomic_write
+
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    _atomic_write(link, lambda f: f.write("new"))
+    assert link.is_symlink() and target.read_text() == "new"
