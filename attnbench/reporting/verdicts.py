@@ -499,8 +499,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from attnbench.cli import Once, OneLineParser, fail, finite_number
 
     parser = OneLineParser(prog="benchmark.py compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("baseline", nargs="+", help="baseline results (pytest-benchmark JSON, or attnbench JSON/JSONL); "
-                        "several files are separate runs of the baseline code")
+    parser.add_argument("baseline", nargs="+",
+                        help="baseline results (pytest-benchmark JSON, or attnbench JSON/JSONL); several files are "
+                             "separate runs of the baseline code")
     parser.add_argument("new", help="new results, same formats")
     parser.add_argument("--threshold", type=_threshold, default=THRESHOLD, action=Once,
                         help=f"practical threshold t as a fraction (default {THRESHOLD}: +-{100 * THRESHOLD:g}%%)")
