@@ -339,16 +339,17 @@ OPTIONS: tuple[Option, ...] = (
     _session("verdict_json", str, "write the baseline verdicts to FILE (needs --baseline-json)", metavar="FILE",
              needs="baseline_json"),
     _session("verdict_threshold", float, "practical threshold for SAME/SLOWER/FASTER as a fraction", default=0.005,
-             metavar="F", check=fraction, examples=(0.02, 0.05), expected="a fraction between 0 and 1 (0.05 = 5 %)"),
+             metavar="F", check=fraction, examples=(0.02, 0.05), expected="a fraction between 0 and 1 (0.05 = 5 %)",
+             needs="baseline_json"),
     _session("fail_on_regression", bool, "exit non-zero when a case is SLOWER than --baseline-json (needs it)",
              const=True, needs="baseline_json"),
     _session("allow_untimed", bool, "a benchmark run (--benchmark-only, or only benchmark cases selected) that "
              "times no case exits 0 instead of failing", const=True),
     _session("allow_gpu_mismatch", bool, "compare against a baseline from another GPU model (a warning instead of "
-             "an error)", const=True),
+             "an error)", const=True, needs="baseline_json"),
     _session("plot", bool, "write PNG plots next to the outputs", const=True),  # reporting.plots
     _session("plot_dir", str, "folder for --plot (default: next to --output-json/-csv, else ./results)",
-             metavar="DIR"),
+             metavar="DIR", needs="plot"),
     _session("no_bench_summary", bool, "do not print the attnbench summary table", const=True),
     # scaleout.plan_workers checks it, against the GPUs it sees
     _session("gpus", str, "one xdist worker per GPU, each pinned to its GPU: 'auto' (the default for GPU runs: "
@@ -383,17 +384,19 @@ def cli_values(get: Callable[[str], Any]) -> dict[str, Any]:
 def session_values(get: Callable[[str], Any]) -> dict[str, Any]:
     """The session rows' values from parsed pytest options (``config.getoption``), typed and checked; unset ones
     their default. Raises ``OptionError`` prefixed with the flag."""
-    out = {}
+    out, given = {}, set()
     for opt in OPTIONS:
         if opt.to != "session":
             continue
         raw = get(opt.name)
+        if raw is not None and raw is not False:
+            given.add(opt.name)
         try:
             out[opt.name] = opt.default if raw is None else opt.value(raw, cli=True)
         except OptionError as exc:
             raise OptionError(f"{opt.flags[0]}: {exc}") from None
     for opt in OPTIONS:
-        if opt.needs and out.get(opt.name) and not out.get(opt.needs):
+        if opt.needs and opt.name in given and not out.get(opt.needs):
             raise OptionError(f"{opt.flags[0]}: needs {BY_NAME[opt.needs].flags[0]} (without it there is nothing to "
                               f"compare, and it would pass silently)")
     return out

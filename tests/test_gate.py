@@ -170,12 +170,18 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
                                          "--rootdir", str(REPO), "--gpus", "none", *args, timeout=300)
 
 
-@pytest.mark.parametrize("flag", [["--fail-on-regression"], ["--verdict-json", "v.json"]])
-def test_verdict_options_without_a_baseline_are_usage_errors(pytester, flag):
+@pytest.mark.parametrize("flag, needed", [
+    (["--fail-on-regression"], "--baseline-json"), (["--verdict-json", "v.json"], "--baseline-json"),
+    (["--verdict-threshold", "0.02"], "--baseline-json"), (["--allow-gpu-mismatch"], "--baseline-json"),
+    (["--plot-dir", "plots"], "--plot"),
+])
+def test_options_that_do_nothing_alone_are_usage_errors(pytester, flag, needed):
+    """An option that would pass silently without the one it works with is refused, naming both."""
     result = run(pytester, BENCH_ATTENTION, "-k", "REFERENCE", "--device", "cpu", *flag)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     [line] = [ln for ln in result.errlines if ln.strip()]
-    assert line.startswith(f"ERROR: {flag[0]}: needs --baseline-json")
+    assert line.startswith(f"ERROR: {flag[0]}: needs {needed} ")
+    assert not (pytester.path / "plots").exists()
 
 
 def test_a_benchmark_run_that_times_nothing_fails_unless_allowed(pytester):
