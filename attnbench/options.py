@@ -397,8 +397,8 @@ def session_values(get: Callable[[str], Any]) -> dict[str, Any]:
             raise OptionError(f"{opt.flags[0]}: {exc}") from None
     for opt in OPTIONS:
         if opt.needs and opt.name in given and not out.get(opt.needs):
-            raise OptionError(f"{opt.flags[0]}: needs {BY_NAME[opt.needs].flags[0]} (without it there is nothing to "
-                              f"compare, and it would pass silently)")
+            raise OptionError(f"{opt.flags[0]}: needs {BY_NAME[opt.needs].flags[0]} (alone it would do nothing, "
+                              f"silently)")
     return out
 
 

@@ -245,7 +245,8 @@ class ReportingSession:
                 raise pytest.UsageError(f"{label} {path}: cannot write the results there: {reason}")
         bench_json = benchmark_json_path(self.config)
         if bench_json is not None and bench_json != STDOUT:
-            for label, path in [*(("--baseline-json", b) for b in opt("baseline_json") or ()), ("--resume", opt("resume"))]:
+            inputs_named = [*(("--baseline-json", b) for b in opt("baseline_json") or ()), ("--resume", opt("resume"))]
+            for label, path in inputs_named:
                 if path and Path(path).exists() and _same_path(path, bench_json):
                     why = ("pytest-benchmark emptied it when it read the command line: pytest.ini's "
                            "-p attnbench.bench_shim prevents that" if benchmark_json_emptied(self.config) else

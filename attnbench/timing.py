@@ -100,7 +100,6 @@ class Timing:
 
     def info(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("samples", "round_samples")}
-        out["placement_rounds"] = tuple(self.placement_rounds)
         timed = bool(self.samples)  # an untimed case has no spread (rel_stderr would be inf)
         out.update(rounds=self.rounds, rel_noise=self.rel_noise if timed else None,
                    rel_stderr=self.rel_stderr if timed else None)

@@ -84,7 +84,7 @@ def test_process_noise_seen_between_baseline_runs_widens_every_interval():
     rng = random.Random(11)
     noise = dict(process_sd=0.03, placement_sd=0.004)
     baselines = [run_of(rng, SPECS, **noise) for _ in range(3)]
-    model = NoiseModel.fit([[run[i] for run in baselines] for i in range(len(SPECS))], [], 3)
+    model = NoiseModel.fit([[run[i] for run in baselines] for i in range(len(SPECS))], [])
     assert model.process_var is not None and 0.015 < math.sqrt(model.process_var) < 0.05
     for _ in range(3):
         got = verdicts_of(baselines, run_of(rng, SPECS, **noise))

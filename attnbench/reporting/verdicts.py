@@ -186,7 +186,7 @@ def compare_runs(baselines: Sequence[Sequence[CaseOutcome]], new: Sequence[CaseO
             by_key.setdefault(case_key(b), []).append(b)
             if b.fullname:
                 by_name.setdefault(b.fullname, []).append(b)
-    model = NoiseModel.fit(list(by_key.values()), [r for r in new if r.timed], len(runs))
+    model = NoiseModel.fit(list(by_key.values()), [r for r in new if r.timed])
     # ``confidence`` holds for the whole run, not each case: a gate over 50 cases at 95 % each would call one
     # unchanged case FASTER or SLOWER in most runs (Sidak's per-case level for the cases compared)
     compared = sum(1 for r in new if r.timed and (case_key(r) in by_key or r.fullname in by_name))
@@ -256,11 +256,9 @@ class NoiseModel:
     placement_dof: float
     process_var: float | None  # pooled variance of a run's offset; None: one baseline run, not measured
     process_dof: float
-    baseline_runs: int
 
     @classmethod
-    def fit(cls, baseline_cases: Sequence[Sequence[CaseOutcome]], new: Sequence[CaseOutcome],
-            baseline_runs: int) -> "NoiseModel":
+    def fit(cls, baseline_cases: Sequence[Sequence[CaseOutcome]], new: Sequence[CaseOutcome]) -> "NoiseModel":
         placement_ss = placement_dof = 0.0
         for outcome in [*[b for case in baseline_cases for b in case], *new]:
             logs = placement_logs(outcome)
@@ -278,7 +276,7 @@ class NoiseModel:
             process_ss += max(0.0, statistics.variance(means) - explained) * (len(runs) - 1)
             process_dof += len(runs) - 1
         process_var = process_ss / process_dof if process_dof else None
-        return cls(placement_var, placement_dof, process_var, process_dof, baseline_runs)
+        return cls(placement_var, placement_dof, process_var, process_dof)
 
     def interval(self, bases: Sequence[CaseOutcome], new: CaseOutcome, confidence: float
                  ) -> tuple[float, float, float, str, str | None] | None:
@@ -293,10 +291,12 @@ class NoiseModel:
         weight = min(POOL_WEIGHT, self.placement_dof)
         placement_var = (own_ss + weight * self.placement_var) / (own_dof + weight)
         dof = own_dof + weight
+        runs = len(base_logs)
+        per_run = statistics.fmean(1.0 / len(x) for x in base_logs)  # mean 1 / placements of a baseline run
         process_var, note = 0.0, None
         if self.process_var is not None:
             means = [statistics.fmean(x) for x in base_logs]
-            explained = placement_var * statistics.fmean(1.0 / len(x) for x in base_logs)
+            explained = placement_var * per_run
             own = max(0.0, statistics.variance(means) - explained) if len(means) > 1 else 0.0
             case_dof = len(means) - 1
             weight = min(POOL_WEIGHT, self.process_dof)
@@ -304,10 +304,8 @@ class NoiseModel:
             dof = min(dof, case_dof + weight)
         else:
             note = "one baseline run: the offset between processes is not measured (give several baseline runs)"
-        runs = len(base_logs)
         base_mean = statistics.fmean(statistics.fmean(x) for x in base_logs)
-        var = (process_var + placement_var / len(new_logs)
-               + process_var / runs + placement_var * statistics.fmean(1.0 / len(x) for x in base_logs) / runs)
+        var = process_var + placement_var / len(new_logs) + (process_var + placement_var * per_run) / runs
         diff = statistics.fmean(new_logs) - base_mean
         half = _t_quantile(0.5 + confidence / 2, dof) * math.sqrt(var)
         return math.exp(diff), math.exp(diff - half), math.exp(diff + half), "placements", note
