@@ -282,9 +282,9 @@ OPTIONS: tuple[Option, ...] = (
     _run("noise_target", float, 0.005, "stop timing once the mean's relative standard error is below F (0 = never)",
          metavar="F", check=at_least(0, " (0 = never stop early)", hi=1), examples=(0.0, 0.02)),
     _run("cache_state", str, "cold", "cold L2 or warm", choices=("cold", "warm"), examples=("warm", "cold")),
-    # where a case's buffers land in device memory moves its time (~1 % on an H100); each placement re-allocates
-    # them, and the verdicts count the spread between placements (attnbench/timing.py, reporting/verdicts.py)
-    _run("placements", int, 8, "time each case on N allocations of its buffers (rounds split between them), so "
+    # where a case's buffers land in device memory moves its time (up to 12 % on an H100, docs/REGRESSION_GATE.md);
+    # each placement re-allocates them, and the verdicts compare the fastest placements (reporting/verdicts.py)
+    _run("placements", int, 16, "time each case on N allocations of its buffers (rounds split between them), so "
          "that its number and its spread cover where the buffers land in memory", upstream=False, metavar="N",
          check=at_least(1, hi=64), examples=(1, 3)),
     # testing the regression gate: a known slowdown inside the timed region (recorded in timing.injected_delay_s)
@@ -341,6 +341,9 @@ OPTIONS: tuple[Option, ...] = (
     _session("verdict_threshold", float, "practical threshold for SAME/SLOWER/FASTER as a fraction", default=0.005,
              metavar="F", check=fraction, examples=(0.02, 0.05), expected="a fraction between 0 and 1 (0.05 = 5 %)",
              needs="baseline_json"),
+    _session("recheck", int, "time a case whose first verdict leans slower (SLOWER, or UNSURE above the threshold) "
+             "again in N fresh processes; its verdict then counts every process of the new code (0: never)",
+             default=1, metavar="N", check=at_least(0, hi=8), examples=(0, 2), needs="baseline_json"),
     _session("fail_on_regression", bool, "exit non-zero when a case is SLOWER than --baseline-json (needs it)",
              const=True, needs="baseline_json"),
     _session("allow_untimed", bool, "a benchmark run (--benchmark-only, or only benchmark cases selected) that "

@@ -21,6 +21,7 @@ from attnbench import backends as registry
 from attnbench import options
 from attnbench import sweeps as sweeping
 from attnbench.cases import BenchCase
+from attnbench.record import CaseKey
 from attnbench.study import SPARSE_DEFAULT_SPECS, Study, StudyError, build_study, check_shape, load_study_file
 
 STUDY_KEY = pytest.StashKey[Study]()
@@ -357,6 +358,20 @@ def compose_case(study: Study, backend: registry.BackendInfo, batch_spec: str, s
         pipeline=pipeline, backend_settings=study.backend_settings.get(backend.name, {}),
         timed_region=timed_region, topk_pattern=topk_pattern,
     )
+
+
+def case_of_key(study: Study, key: CaseKey) -> BenchCase | None:
+    """The case a record's key names, composed as its test id's was (None when this study cannot make it again:
+    another backend registry, a changed study). Re-timing it must measure the same thing, so the key is checked."""
+    backend = registry.lookup(key.backend, key.family) if key.family else None
+    if backend is None:
+        return None
+    try:
+        case = compose_case(study, backend, key.batch_spec, tuple(s.value for s in key.sweep), key.pipeline,
+                            key.timed_region, key.topk_pattern)
+    except (ValueError, KeyError):
+        return None
+    return case if case.key() == key else None
 
 
 def _sweep_factor(sweeps: tuple[sweeping.Sweep, ...], points: int) -> str:

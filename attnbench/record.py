@@ -302,7 +302,8 @@ class TimingSummary:
                                        "l2_bytes": "int", "capture_error": "str", "estimated_call_s": "number",
                                        "round_target_s": "number", "rounds": "int", "rel_noise": "number",
                                        "rel_stderr": "number", "samples": "numbers", "cache_state": "str",
-                                       "time_unit": "str", "placement_rounds": "ints", "injected_delay_s": "number"}
+                                       "time_unit": "str", "placement_rounds": "ints", "placement_medians": "numbers",
+                                       "injected_delay_s": "number"}
     mode: str  # "cuda-graph", "cuda-events", "host" or "none" (not timed)
     calls_per_round: int = 0
     warmup_rounds: int = 0
@@ -321,6 +322,7 @@ class TimingSummary:
     samples: tuple[float, ...] = ()
     # rounds per placement (the buffers re-allocated between them), in sample order; () = one placement
     placement_rounds: tuple[int, ...] = ()
+    placement_medians: tuple[float, ...] = ()  # each placement's median round (seconds), in placement order
     injected_delay_s: float | None = None  # --inject-delay's spin per call (testing the gate); None = none
 
     @property
@@ -526,6 +528,7 @@ class CaseRecord:
             out["timing"].pop("samples", None)
         if not out["timing"].get("placement_rounds"):  # one placement: the record reads as before placements
             out["timing"].pop("placement_rounds", None)
+            out["timing"].pop("placement_medians", None)
         for name in _FREE:
             value = getattr(self, name)
             if value is not None:

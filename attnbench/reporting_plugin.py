@@ -23,6 +23,7 @@ import dataclasses
 import datetime as _dt
 import os
 import platform
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,15 @@ import pytest
 
 from attnbench.bench_shim import (STDOUT, BenchmarkView, add_to_session, benchmark_json_emptied, benchmark_json_path,
                                   recorded_samples)
+from attnbench import recheck
 from attnbench.cases import BenchCase
-from attnbench.reporting.verdicts import (SLOWER, GpuMismatch, Verdict, check_gpu, compare_runs, counts,
+from attnbench.reporting.verdicts import (SLOWER, GpuMismatch, Verdict, check_gpu, compare_runs, counts, needs_recheck,
                                           recorded_gpu, tally_line, verdict_table, write_verdict_json)
 from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, crossover_csv_path,
                                crossover_rows, load_results, merge_results, partial_path, path_conflict,
                                unusable_folder_reason, unwritable_reason)
 from attnbench.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case_key, describe_key, devicekind_of
-from attnbench.plugin import STUDY_KEY, backend_for_item, compose_case
+from attnbench.plugin import STUDY_KEY, backend_for_item, case_of_key, compose_case
 from attnbench.record import SCHEMA as RECORD_SCHEMA
 from attnbench.record import CaseRecord
 from attnbench.recording import CASE_RESULT_ATTRIBUTE
@@ -427,7 +429,11 @@ class ReportingSession:
     def _compare(self, session: pytest.Session) -> None:
         opt = self.config.getoption
         threshold = opt("verdict_threshold")
-        self.verdicts = compare_runs([b.results for b in self.baselines], self.final, threshold=threshold)
+        bases = [b.results for b in self.baselines]
+        self.verdicts = compare_runs(bases, self.final, threshold=threshold)
+        rechecks = self._recheck(self.verdicts, opt("recheck"))
+        if rechecks:
+            self.verdicts = compare_runs(bases, self.final, threshold=threshold, rechecks=rechecks)
         baseline = " ".join(opt("baseline_json"))
         if opt("verdict_json"):
             path = write_verdict_json(opt("verdict_json"), self.verdicts, baseline=baseline,
@@ -440,6 +446,38 @@ class ReportingSession:
                                  f"(--fail-on-regression)")
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _recheck(self, verdicts: list[Verdict], processes: int) -> dict[tuple, list[CaseOutcome]]:
+        """The cases whose first verdict leans slower, timed again in ``processes`` fresh processes each (one
+        process per GPU the first run used, one after another), by ``case_key``."""
+        suspects = {v.key for v in verdicts if needs_recheck(v)}
+        by_gpu: dict[str | None, list[tuple[tuple, BenchCase]]] = {}
+        for outcome in self.final:
+            key = case_key(outcome)
+            if key not in suspects or outcome.record is None:
+                continue
+            case = case_of_key(self.study, outcome.key)
+            if case is None:
+                self.warnings.append(f"--recheck: cannot rebuild {describe_key(outcome)} from its record; "
+                                     "its verdict rests on this process alone")
+                continue
+            gpu = outcome.record.gpu.uuid if outcome.record.gpu else None
+            by_gpu.setdefault(gpu, []).append((key, case))
+        found: dict[tuple, list[CaseOutcome]] = {}
+        started = time.perf_counter()
+        for _ in range(processes):
+            for gpu, group in by_gpu.items():
+                outcomes, note = recheck.in_fresh_process([case for _, case in group], gpu_uuid=gpu)
+                if note:
+                    self.warnings.append(f"--recheck: {note}")
+                for (key, _), again in zip(group, outcomes):
+                    if again is not None:
+                        found.setdefault(key, []).append(again)
+        if suspects and processes:
+            count = sum(len(g) for g in by_gpu.values())
+            self.notes.append(f"--recheck: re-timed {count} case(s) that leaned slower in {processes} fresh "
+                              f"process(es) each ({time.perf_counter() - started:.0f} s)")
+        return found
 
     @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's, which may raise on --benchmark-compare-fail
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -60,6 +60,9 @@ class Timing:
     round_samples: list[Any] = field(default_factory=list, repr=False)
     # the rounds of each placement (buffers re-allocated between them), in sample order; () = one placement
     placement_rounds: tuple[int, ...] = ()
+    # each placement's median round, in placement order: what the verdicts compare, kept in the record because
+    # pytest-benchmark's storage drops the rounds themselves unless --benchmark-save-data is given
+    placement_medians: tuple[float, ...] = ()
     injected_delay_s: float | None = None  # the test-only spin added to every call (--inject-delay); None: none
 
     @classmethod
@@ -73,7 +76,8 @@ class Timing:
             stopped_by=stopped.pop() if len(stopped) == 1 else "repeats",
             capture_error=next((g.capture_error for g in groups if g.capture_error), None),
             round_samples=[r for g in groups for r in g.round_samples],
-            placement_rounds=tuple(len(g.samples) for g in groups) if len(groups) > 1 else ())
+            placement_rounds=tuple(len(g.samples) for g in groups) if len(groups) > 1 else (),
+            placement_medians=tuple(statistics.median(g.samples) for g in groups) if len(groups) > 1 else ())
 
     @property
     def rounds(self) -> int:

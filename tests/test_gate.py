@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from attnbench import timing
-from attnbench.outcome import CaseOutcome, Times
-from attnbench.reporting.verdicts import (FASTER, SAME, SLOWER, NoiseModel, compare_runs,
+from attnbench.outcome import CaseOutcome, Times, case_key
+from attnbench.reporting.verdicts import (FASTER, SAME, SLOWER, NoiseModel, compare_runs, needs_recheck,
                                           placement_logs)
 from factories import timed
 
@@ -32,14 +32,18 @@ def placed(spec: str, groups: list[list[float]]) -> CaseOutcome:
 
 
 def run_of(rng: random.Random, specs: list[str], *, process_sd: float, placement_sd: float, round_sd: float = 0.002,
-           shift: float = 0.0, placements: int = 8, rounds: int = 3) -> list[CaseOutcome]:
-    """One simulated process: each case moves by a process offset, each placement by its own, each round by noise."""
+           shift: float = 0.0, placements: int = 16, rounds: int = 2, slow_mode: float = 0.0,
+           slow_share: tuple[float, float] = (0.0, 0.0)) -> list[CaseOutcome]:
+    """One simulated process: each case moves by a process offset, each placement by its own, each round by noise.
+    With ``slow_mode``, a share of the placements (drawn per case and process from ``slow_share``) runs that much
+    slower: the two modes an H100 showed on memory-bound decodes (docs/REGRESSION_GATE.md)."""
     out = []
     for i, spec in enumerate(specs):
         base = 50e-6 * (1 + i % 7) * (1 + shift) * math.exp(rng.gauss(0, process_sd))
+        share = rng.uniform(*slow_share)
         groups = []
         for _ in range(placements):
-            where = base * math.exp(rng.gauss(0, placement_sd))
+            where = base * math.exp(rng.gauss(0, placement_sd)) * (1 + slow_mode * (rng.random() < share))
             groups.append([where * math.exp(rng.gauss(0, round_sd)) for _ in range(rounds)])
         out.append(placed(spec, groups))
     return out
@@ -48,20 +52,58 @@ def run_of(rng: random.Random, specs: list[str], *, process_sd: float, placement
 SPECS = [f"{n}q1s{k}k" for n in (8, 16, 32, 64, 128, 256) for k in (1, 2, 4, 8, 16, 32)]  # 36 cases
 
 
-def verdicts_of(baselines, new):
-    return [v.verdict for v in compare_runs(baselines, new)]  # the default threshold and confidence
+def verdicts_of(baselines, new, rechecks=None):
+    return [v.verdict for v in compare_runs(baselines, new, rechecks=rechecks)]  # the default threshold, confidence
 
 
-def test_unchanged_reruns_give_no_false_alarm_and_a_3_percent_slowdown_is_slower_everywhere():
-    """An H100-like noise level (placement 0.7 %, process 0.2 %): three reruns of 36 cases against three baseline
-    runs give no FASTER or SLOWER; a 3 % slowdown of every case is SLOWER in every case."""
+def gate(rng: random.Random, baselines, new, **noise) -> list[str]:
+    """What the pytest gate does: a first verdict, then every case that leans slower timed in a fresh process."""
+    first = compare_runs(baselines, new)
+    again = run_of(rng, SPECS, **noise)
+    rechecks = {v.key: [again[i]] for i, v in enumerate(first) if needs_recheck(v)}
+    return verdicts_of(baselines, new, rechecks)
+
+
+H100_LIKE = dict(process_sd=0.002, placement_sd=0.004)
+TWO_MODES = dict(process_sd=0.002, placement_sd=0.003, slow_mode=0.10, slow_share=(0.2, 0.75))
+
+
+@pytest.mark.parametrize("noise", [H100_LIKE, TWO_MODES], ids=["one-mode", "two-modes"])
+def test_unchanged_reruns_give_no_false_alarm_and_a_3_percent_slowdown_is_slower_everywhere(noise):
+    """Three reruns of 36 cases against three baseline runs give no FASTER or SLOWER; a 3 % slowdown of every
+    case is SLOWER in every case once the cases that lean slower are timed again in a fresh process. With two
+    modes (some placements 10 % slower, in a share that changes between processes) too."""
     rng = random.Random(7)
-    noise = dict(process_sd=0.002, placement_sd=0.007)
     baselines = [run_of(rng, SPECS, **noise) for _ in range(3)]
     for _ in range(3):
-        got = verdicts_of(baselines, run_of(rng, SPECS, **noise))
+        got = gate(rng, baselines, run_of(rng, SPECS, **noise), **noise)
         assert FASTER not in got and SLOWER not in got, got
-    assert set(verdicts_of(baselines, run_of(rng, SPECS, shift=0.03, **noise))) == {SLOWER}
+    slowed = dict(noise, shift=0.03)
+    assert set(gate(rng, baselines, run_of(rng, SPECS, **slowed), **slowed)) == {SLOWER}
+
+
+def test_the_fastest_placement_is_not_moved_by_the_share_of_slow_ones():
+    """The mean over placements follows the share of slow placements, which changes between processes; the
+    verdicts' estimate (the fastest placement) does not: unchanged code with 20 % slow placements against baselines
+    with 75 % is not FASTER."""
+    rng = random.Random(5)
+    mostly_slow = dict(process_sd=0.001, placement_sd=0.002, slow_mode=0.10, slow_share=(0.75, 0.75))
+    baselines = [run_of(rng, SPECS, **mostly_slow) for _ in range(3)]
+    new = run_of(rng, SPECS, **dict(mostly_slow, slow_share=(0.2, 0.2)))
+    assert not {FASTER, SLOWER} & set(verdicts_of(baselines, new))
+
+
+def test_one_offset_in_the_new_process_is_not_a_regression_once_rechecked():
+    """The new run's process carries an offset (+4 % on every case, as one H100 run showed for one backend): alone
+    it reads as SLOWER; timed again in a fresh process that has no such offset, it does not."""
+    rng = random.Random(9)
+    baselines = [run_of(rng, SPECS, **H100_LIKE) for _ in range(3)]
+    offset = run_of(rng, SPECS, shift=0.04, **H100_LIKE)
+    assert SLOWER in verdicts_of(baselines, offset)
+    again = run_of(rng, SPECS, **H100_LIKE)
+    rechecked = compare_runs(baselines, offset, rechecks={case_key(r): [a] for r, a in zip(offset, again)})
+    assert SLOWER not in {v.verdict for v in rechecked}, [v.line() for v in rechecked if v.verdict == SLOWER]
+    assert all("timed in 2 processes" in v.note for v in rechecked)
 
 
 def test_one_placement_per_run_would_cry_wolf_where_placements_do_not():
@@ -85,7 +127,7 @@ def test_process_noise_seen_between_baseline_runs_widens_every_interval():
     noise = dict(process_sd=0.03, placement_sd=0.004)
     baselines = [run_of(rng, SPECS, **noise) for _ in range(3)]
     model = NoiseModel.fit([[run[i] for run in baselines] for i in range(len(SPECS))], [])
-    assert model.process_var is not None and 0.015 < math.sqrt(model.process_var) < 0.05
+    assert model.run_var is not None and 0.015 < math.sqrt(model.run_var) < 0.05
     for _ in range(3):
         got = verdicts_of(baselines, run_of(rng, SPECS, **noise))
         assert FASTER not in got and SLOWER not in got
@@ -156,6 +198,31 @@ def test_a_case_is_timed_and_checked_on_each_placement():
     assert sum(record.timing.placement_rounds) == record.timing.rounds == len(record.timing.samples) == 12
 
 
+def test_a_case_is_timed_again_in_a_fresh_process_from_its_record():
+    """--recheck's plumbing: the case a record names is composed again from the study and timed in a new process;
+    what comes back is the same case, measured."""
+    import os
+
+    from attnbench import backends, recheck
+    from attnbench.plugin import case_of_key
+    from attnbench.runner import execute
+    from attnbench.study import build_study
+
+    study = build_study(None, {"backends": ("REFERENCE",), "batch_specs": ("2q16_2q1s64",), "device": "cpu",
+                               "num_q_heads": 4, "num_kv_heads": 2, "head_dim": 32, "repeats": 8,
+                               "warmup_iters": 0})
+    from attnbench.plugin import compose_case
+
+    case = compose_case(study, backends.lookup("REFERENCE", "attention"), "2q16_2q1s64")
+    first = execute(case).record()
+    again_case = case_of_key(study, first.key)
+    assert again_case is not None and again_case.key() == first.key
+    [again], note = recheck.in_fresh_process([again_case])
+    assert note is None and again is not None
+    assert again.key == first.key and again.timed and again.record.verified
+    assert again.record.host_seconds.total > 0 and os.getpid()  # measured there, not copied from here
+
+
 # ------------------------------------------------------------------ CI's rules, end to end
 
 
@@ -213,8 +280,11 @@ def test_the_ci_recipe_end_to_end(pytester):
     slowed = run(pytester, *case, *gate, "--verdict-json", "slow.json", "--inject-delay", "9")
     assert slowed.ret == pytest.ExitCode.TESTS_FAILED, "\n".join(slowed.outlines[-30:])
     doc = json.loads((pytester.path / "slow.json").read_text())
-    assert doc["counts"][SLOWER] == 3
+    assert doc["counts"][SLOWER] == 3, [c["note"] for c in doc["cases"]]
     assert all("injected delay" in case["note"] for case in doc["cases"])
+    # every case leaned slower, so each was timed again in a fresh process (with the same injected delay)
+    assert all("timed in 2 processes" in case["note"] for case in doc["cases"]), doc["cases"]
+    assert "--recheck: re-timed 3 case(s)" in "\n".join(slowed.outlines)
     for path in baselines:  # nothing the run was given as input was touched
         assert json.loads(Path(path).read_text())["benchmarks"]
 
