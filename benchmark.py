@@ -33,14 +33,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     for opt in _UPSTREAM:  # values stay text: the plugin checks them, so both entry points refuse the same things
-        kwargs = opt.pytest_kwargs(upstream=True)
-        if opt.to == "sweep" and opt.const is None:  # one --sweep-param/--sweep-values per swept parameter
-            kwargs["action"] = "append"
-        elif opt.many:  # --batch-specs q1 --batch-specs q2 is both specs, not the last
-            kwargs["action"] = "extend"
-        elif opt.const is None:  # --num-layers 2 --num-layers 3 is refused, not the last one silently
-            kwargs["action"] = Once
-        p.add_argument(*opt.upstream, **kwargs)
+        # --num-layers 2 --num-layers 3 is refused here (cli.Once), not the last one silently
+        p.add_argument(*opt.upstream, **opt.pytest_kwargs(upstream=True, once=Once))
     return p
 
 

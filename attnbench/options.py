@@ -89,9 +89,13 @@ class Option:
             raise OptionError(f"must be one of {', '.join(map(str, self.choices))}, got {v!r}")
         return self.check(v) if self.check else v
 
-    def pytest_kwargs(self, upstream: bool = False) -> dict[str, Any]:
+    def pytest_kwargs(self, upstream: bool = False, once: Any = None) -> dict[str, Any]:
         """``Parser.addoption`` keywords (``upstream``: benchmark.py's argparse). Every value arrives as text and is
-        checked by ``value``, so a bad one is a one-line usage error naming the flag, not argparse's usage dump."""
+        checked by ``value``, so a bad one is a one-line usage error naming the flag, not argparse's usage dump.
+
+        A flag given again: one ``--sweep-param``/``--sweep-values`` per swept parameter (appended); a list option
+        extends (``--batch-specs q1 --batch-specs q2`` is both); a one-value option takes the caller's ``once``
+        action (each surface decides what a second, different value means)."""
         notes = [f"default {self.default}"] if self.default is not None and self.const is None else []
         notes += [f"YAML {self.yaml[0]}"] if self.yaml else []
         if self.upstream and self.flags[0] not in self.upstream:  # spelled differently on the other surface
@@ -101,7 +105,9 @@ class Option:
             return {"dest": self.name, "action": "store_true" if upstream else "store_const",
                     **({} if upstream else {"const": self.const}), "help": text}
         metavar = self.metavar or ("|".join(map(str, self.choices)) if self.choices else None)
-        return {"dest": self.name, "nargs": "+" if self.many else None, "metavar": metavar, "help": text}
+        action = "append" if self.to == "sweep" else "extend" if self.many else once
+        return {"dest": self.name, "nargs": "+" if self.many else None, "metavar": metavar, "help": text,
+                **({"action": action} if action else {})}
 
 
 _NOUN = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}

@@ -62,14 +62,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                                            "plots, workers, crossover search)")
     for opt in options.OPTIONS:
         if opt.flags:
-            kwargs = opt.pytest_kwargs()
-            if opt.to == "sweep" and opt.const is None:  # one --sweep-param/--sweep-values per swept parameter
-                kwargs["action"] = "append"
-            elif opt.many:  # --batch-specs q1 --batch-specs q2 is both, not only the last
-                kwargs["action"] = "extend"
-            elif opt.const is None:
-                kwargs["action"] = Once
-            (run if opt.to == "session" else study).addoption(*opt.flags, **kwargs)
+            (run if opt.to == "session" else study).addoption(*opt.flags, **opt.pytest_kwargs(once=Once))
 
 
 def _check_session_options(config: pytest.Config) -> None:

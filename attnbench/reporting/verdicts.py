@@ -558,6 +558,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"practical threshold t as a fraction (default {THRESHOLD}: +-{100 * THRESHOLD:g}%%)")
     parser.add_argument("--confidence", type=finite_number, default=CONFIDENCE, action=Once,
                         help="confidence level for the whole run, not each case (default 0.95)")
+    parser.add_argument("--rerun", nargs="+", default=[], metavar="FILE", action=Once,
+                        help="other runs (processes) of the new code: a case whose first verdict leans slower is "
+                             "judged on them as well, as pytest's --recheck does")
     parser.add_argument("--allow-gpu-mismatch", action="store_true", help="compare runs from different GPU models")
     parser.add_argument("--verdict-json", metavar="FILE", action=Once, help="also write the verdicts as JSON")
     parser.add_argument("--no-fail", action="store_true", help="exit 0 even if a case is SLOWER")
@@ -570,16 +573,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = unwritable_reason(args.verdict_json)
         if reason is not None:  # before any work, not after the comparison
             return fail(f"--verdict-json {args.verdict_json}: cannot write the verdicts there: {reason}")
-        for label, path in [*(("baseline", b) for b in args.baseline), ("new", args.new)]:
+        for label, path in [*(("baseline", b) for b in args.baseline), ("new", args.new),
+                            *(("rerun", r) for r in args.rerun)]:
             if Path(path).exists() and Path(path).resolve() == Path(args.verdict_json).resolve():
                 return fail(f"--verdict-json {args.verdict_json}: the same file as the {label} results {path}")
     try:
         bases, new = [load_results(b) for b in args.baseline], load_results(args.new)
+        reruns = [load_results(r) for r in args.rerun]
     except ResultsFileError as exc:
         return fail(str(exc))
     new_gpu = recorded_gpu(new)
     warnings: list[str] = []
-    for path, base in zip(args.baseline, bases):
+    for path, base in [*zip(args.baseline, bases), *zip(args.rerun, reruns)]:
         base_gpu = recorded_gpu(base)
         try:
             warning = check_gpu(base_gpu, new_gpu, args.allow_gpu_mismatch)
@@ -589,8 +594,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if warning and warning not in warnings:
             warnings.append(warning)
             print(f"WARNING: {warning}", file=sys.stderr)
-    verdicts = compare_runs([b.results for b in bases], new.results, threshold=args.threshold,
-                            confidence=args.confidence)
+    base_runs = [b.results for b in bases]
+    verdicts = compare_runs(base_runs, new.results, threshold=args.threshold, confidence=args.confidence)
+    leaning = {v.key for v in verdicts if needs_recheck(v)}
+    rechecks: dict[tuple, list[CaseOutcome]] = {}
+    for rerun in reruns:
+        for r in rerun.results:
+            if r.timed and case_key(r) in leaning:
+                rechecks.setdefault(case_key(r), []).append(r)
+    if rechecks:
+        verdicts = compare_runs(base_runs, new.results, threshold=args.threshold, confidence=args.confidence,
+                                rechecks=rechecks)
     for v in verdicts:
         print(v.line())
     tally = counts(verdicts)
