@@ -8,6 +8,7 @@ config key is a ``pytest.UsageError`` (exit code 4) with one line naming it.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 import re
 import statistics
 import sys
@@ -324,20 +325,47 @@ def bench_case(request: pytest.FixtureRequest, bench_study: Study, bench_backend
                bench_sweep_values: tuple[Any, ...], bench_pipeline: str | None, bench_region: str,
                bench_topk: str | None) -> BenchCase:
     """The case this test id stands for, composed from the parametrized axes and the study."""
-    backend = backend_for_item(request.node)  # bench_backend is the name; the family comes from the marker
-    assert backend is not None, f"{request.node.nodeid}: {bench_backend!r} is not a benchmark backend"
-    return compose_case(bench_study, backend, bench_spec, bench_sweep_values, bench_pipeline, bench_region,
-                        bench_topk)
+    point = case_point(request.node)
+    assert point is not None, f"{request.node.nodeid}: {bench_backend!r} is not a benchmark backend"
+    return point.case(bench_study)
+
+
+@dataclass(frozen=True)
+class CasePoint:
+    """A benchmark item's axes as its test id holds them. ``case_point`` is the one reader of an item's parameters:
+    the ``bench_case`` fixture, the reporting and the crossover search all start from it."""
+
+    backend: registry.BackendInfo
+    batch_spec: str
+    sweep_values: tuple[Any, ...] = ()  # one value per sweep of the study, in its order
+    pipeline: str | None = None
+    timed_region: str = "layer"
+    topk_pattern: str | None = None
+
+    def case(self, study: Study) -> BenchCase:
+        return compose_case(study, self.backend, self.batch_spec, self.sweep_values, self.pipeline,
+                            self.timed_region, self.topk_pattern)
+
+
+def case_point(item: pytest.Item) -> CasePoint | None:
+    """The axes of a benchmark item (None: not a benchmark case). ``bench_backend`` is the backend's name, whose
+    family comes from the ``bench_family`` marker (or, in a test that parametrizes rows directly, the row)."""
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec else {}
+    backend = params.get("bench_backend")
+    marker = item.get_closest_marker("bench_family")
+    if isinstance(backend, str):
+        backend = registry.lookup(backend, marker.args[0]) if marker is not None else None
+    if not isinstance(backend, registry.BackendInfo) or not isinstance(params.get("bench_spec"), str):
+        return None
+    return CasePoint(backend, params["bench_spec"], tuple(params.get("bench_sweep_values", ())),
+                     params.get("bench_pipeline"), params.get("bench_region", "layer"), params.get("bench_topk"))
 
 
 def backend_for_item(item: pytest.Item) -> registry.BackendInfo | None:
-    """The registry entry of a benchmark item's ``bench_backend`` name (None: not a benchmark case)."""
-    callspec = getattr(item, "callspec", None)
-    name = callspec.params.get("bench_backend") if callspec else None
-    marker = item.get_closest_marker("bench_family")
-    if not isinstance(name, str) or marker is None:
-        return None
-    return registry.lookup(name, marker.args[0])
+    """The registry entry of a benchmark item's backend (None: not a benchmark case)."""
+    point = case_point(item)
+    return point.backend if point else None
 
 
 def compose_case(study: Study, backend: registry.BackendInfo, batch_spec: str, sweep_values: Any = (),
@@ -360,8 +388,8 @@ def case_of_key(study: Study, key: CaseKey) -> BenchCase | None:
     if backend is None:
         return None
     try:
-        case = compose_case(study, backend, key.batch_spec, tuple(s.value for s in key.sweep), key.pipeline,
-                            key.timed_region, key.topk_pattern)
+        case = CasePoint(backend, key.batch_spec, tuple(s.value for s in key.sweep), key.pipeline,
+                         key.timed_region, key.topk_pattern).case(study)
     except (ValueError, KeyError):
         return None
     return case if case.key() == key else None

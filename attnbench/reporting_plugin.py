@@ -40,7 +40,7 @@ from attnbench.exports import (Journal, LoadedResults, ResultsFileError, Results
                                crossover_rows, load_results, merge_results, partial_path, path_conflict,
                                unusable_folder_reason, unwritable_reason)
 from attnbench.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case_key, describe_key, devicekind_of
-from attnbench.plugin import STUDY_KEY, backend_for_item, case_of_key, compose_case
+from attnbench.plugin import STUDY_KEY, case_of_key, case_point
 from attnbench.record import SCHEMA as RECORD_SCHEMA
 from attnbench.record import CaseRecord
 from attnbench.recording import CASE_RESULT_ATTRIBUTE
@@ -66,18 +66,12 @@ def case_for_item(item: pytest.Item) -> BenchCase | None:
     """The case a benchmark item stands for; None for items that are not benchmark cases.
 
     Uses the ``bench_case`` fixture value once set up; before that (collection, or a skip at
-    setup) it composes the case from the parametrized axes exactly as that fixture does."""
+    setup) it composes the case from the item's axes exactly as that fixture does."""
     case = getattr(item, "funcargs", {}).get("bench_case")
     if isinstance(case, BenchCase):
         return case
-    callspec = getattr(item, "callspec", None)
-    params = callspec.params if callspec else {}
-    info = backend_for_item(item)
-    if info is None:
-        return None
-    return compose_case(item.config.stash[STUDY_KEY], info, params["bench_spec"],
-                        params.get("bench_sweep_values", ()), params.get("bench_pipeline"),
-                        params.get("bench_region", "layer"), params.get("bench_topk"))
+    point = case_point(item)
+    return point.case(item.config.stash[STUDY_KEY]) if point else None
 
 
 def result_for(item: pytest.Item, call: pytest.CallInfo[Any], report: pytest.TestReport) -> CaseOutcome | None:

@@ -26,11 +26,10 @@ from typing import Any, Iterable
 
 import pytest
 
-from attnbench import backends as registry
 from attnbench.crossover_search import (PIPELINES, Curve, Measurement, SearchState, decide_waiting, measurement,
                                         search_levels, vllm_default)
 from attnbench.outcome import FAILED
-from attnbench.plugin import STUDY_KEY
+from attnbench.plugin import STUDY_KEY, case_point
 from attnbench.reporting_plugin import outcome_of
 from grammar import get_batch_stats, parse_batch_spec
 
@@ -59,15 +58,10 @@ def search_info(item: pytest.Item) -> dict[str, Any] | None:
 
 def case_key(item: pytest.Item) -> CaseKey | None:
     """(family, backend, batch spec, pipeline) of a decode_vs_prefill case; None for any other item."""
-    callspec = getattr(item, "callspec", None)
-    params = callspec.params if callspec else {}
-    info, pipeline = params.get("bench_backend"), params.get("bench_pipeline")
-    marker = item.get_closest_marker("bench_family")
-    if isinstance(info, str) and marker is not None:  # the parameter is the backend's name, or its row
-        info = registry.lookup(info, marker.args[0])
-    if pipeline not in PIPELINES or not isinstance(info, registry.BackendInfo):
+    point = case_point(item)
+    if point is None or point.pipeline not in PIPELINES:
         return None
-    return info.family, info.name, params["bench_spec"], pipeline
+    return point.backend.family, point.backend.name, point.batch_spec, point.pipeline
 
 
 def curve_points(specs: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], tuple[Curve, int]]:

@@ -240,6 +240,7 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 @pytest.mark.parametrize("flag, needed", [
     (["--fail-on-regression"], "--baseline-json"), (["--verdict-json", "v.json"], "--baseline-json"),
     (["--verdict-threshold", "0.02"], "--baseline-json"), (["--allow-gpu-mismatch"], "--baseline-json"),
+    (["--recheck", "2"], "--baseline-json"),
     (["--plot-dir", "plots"], "--plot"),
 ])
 def test_options_that_do_nothing_alone_are_usage_errors(pytester, flag, needed):
