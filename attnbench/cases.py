@@ -7,7 +7,7 @@ from typing import Any
 
 from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD, BackendInfo, knob_problem
 from attnbench.record import CaseKey, SweptValue
-from attnbench.shapes import Shape
+from attnbench.shapes import DEEPSEEK_V32, Shape, mha_path_problem
 from attnbench.study import RunSettings
 from attnbench.sweeps import AUTO, apply_to_shape, is_knob, model_params
 from grammar import BatchRequest, parse_batch_spec
@@ -93,8 +93,6 @@ class BenchCase:
         if self.pipeline is not None and knob_problem(self.backend, REORDER_BATCH_THRESHOLD):
             return f"{self.backend.name} has no decode/prefill pipeline split (reorder_batch_threshold)"
         if self.pipeline == MHA:
-            from attnbench.sparse_mla import DEEPSEEK_V32, mha_path_problem
-
             return mha_path_problem(self.requests, DEEPSEEK_V32.index_topk)
         return None
 

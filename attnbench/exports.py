@@ -1,7 +1,7 @@
 """Files of results: CSV and JSON exports, the append-only journal, and loading any of them back.
 
-* ``ResultsFormatter.save_csv`` / ``save_json`` keep upstream attention_benchmarks' interface and its column /
-  key names (``backend, batch_spec, num_layers, mean_time, std_time, throughput, memory_mb``
+* The CSV and JSON exports (written by ``reporting.formatter.ResultsFormatter``, upstream attention_benchmarks'
+  interface) keep upstream's column / key names (``backend, batch_spec, num_layers, mean_time, std_time, throughput, memory_mb``
   lead the CSV; JSON records carry ``config`` and ``throughput_tokens_per_sec``); more
   columns follow. A swept parameter has a column of its own, ``sweep.<param>`` (``sweep.num_kv_splits``,
   ``sweep.kv_cache_dtype``), one per parameter any row sweeps, after the fixed columns; ``sweep_param`` /
@@ -70,71 +70,6 @@ def csv_row(outcome: CaseOutcome, columns: Sequence[str] = CSV_COLUMNS) -> dict[
     return {k: ("" if row.get(k) is None else row[k]) for k in columns}
 
 
-class ResultsFormatter:
-    """Upstream's formatter interface: a table on the console, and CSV / JSON files, over ``CaseOutcome``s.
-
-    ``crossovers`` (``crossover_rows``) may be given when a caller writes both files, so they are computed once."""
-
-    def __init__(self, console: Any = None, machine_info: dict[str, Any] | None = None):
-        self.console = console
-        self.machine_info = machine_info
-
-    def print_table(self, results: list[CaseOutcome], backends: list[str] | None = None) -> None:
-        from rich.console import Console
-
-        from attnbench.reporting.console import summary_renderables
-
-        console = self.console or Console()
-        chosen = [r for r in results if backends is None or r.key.backend in backends]
-        for renderable in summary_renderables(chosen):
-            console.print(renderable)
-
-    def save_csv(self, results: list[CaseOutcome], path: str | os.PathLike[str],
-                 crossovers: list[dict[str, Any]] | None = None) -> Path:
-        columns = CSV_COLUMNS + sweep_columns(results)
-
-        def write(f: IO[str]) -> None:
-            writer = csv.DictWriter(f, fieldnames=list(columns))
-            writer.writeheader()
-            for result in results:
-                writer.writerow(csv_row(result, columns))
-
-        crossovers = crossover_rows(results) if crossovers is None else crossovers
-        if crossovers:  # decode_vs_prefill: the answer per backend x batch size, beside the per-case rows
-            def write_crossovers(f: IO[str]) -> None:
-                writer = csv.DictWriter(f, fieldnames=list(crossovers[0]))
-                writer.writeheader()
-                for row in crossovers:
-                    writer.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()})
-
-            _atomic_write(crossover_csv_path(path), write_crossovers, newline="")
-        return _atomic_write(Path(path), write, newline="")
-
-    def save_json(self, results: list[CaseOutcome], path: str | os.PathLike[str],
-                  crossovers: list[dict[str, Any]] | None = None) -> Path:
-        doc = {"schema": SCHEMA, "created": _now(), "machine_info": self.machine_info or {},
-               "results": [r.to_json() for r in results]}
-        crossovers = crossover_rows(results) if crossovers is None else crossovers
-        if crossovers:  # decode_vs_prefill: the answer per backend x batch size
-            doc["crossovers"] = crossovers
-        return _atomic_write(Path(path), lambda f: json.dump(doc, f, indent=1, default=str))
-
-
-def crossover_csv_path(path: str | os.PathLike[str]) -> Path:
-    """Where save_csv puts the crossover answers: ``results.csv`` -> ``results.crossover.csv``."""
-    p = Path(path)
-    return p.with_name(f"{p.stem}.crossover{p.suffix or '.csv'}")
-
-
-def crossover_rows(results: list[CaseOutcome]) -> list[dict[str, Any]]:
-    """The decode_vs_prefill answers as plain rows (empty for any other study)."""
-    if not any(r.key.pipeline in ("decode", "prefill") for r in results):
-        return []
-    from attnbench.reporting.analysis import crossover_records
-
-    return crossover_records(results)
-
-
 class Journal:
     """An append-only JSON-lines file: one record per finished case, flushed and fsynced per line."""
 
@@ -146,7 +81,7 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lines = "".join(_line(r) for r in carried)
-        _atomic_write(self.path, lambda f: f.write(lines))
+        atomic_write(self.path, lambda f: f.write(lines))
         self._file: IO[str] | None = open(self.path, "a", encoding="utf-8")
 
     def append(self, result: CaseOutcome) -> None:
@@ -392,7 +327,7 @@ def _line(result: CaseOutcome) -> str:
     return json.dumps(result.to_json(), default=str) + "\n"
 
 
-def _atomic_write(path: Path, write: Any, newline: str | None = None) -> Path:
+def atomic_write(path: Path, write: Any, newline: str | None = None) -> Path:
     """Write through a temporary file and rename, so a reader never sees half a file.
 
     The temporary ``.NAME.tmpPID`` is removed whatever happens: a failed write or rename leaves no litter. A
@@ -419,7 +354,7 @@ def _atomic_write(path: Path, write: Any, newline: str | None = None) -> Path:
 def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
     """Why ``path`` cannot be written as an output file (None when it can).
 
-    Probes what ``_atomic_write`` will do: the path must not be a directory, and a file must be creatable in
+    Probes what ``atomic_write`` will do: the path must not be a directory, and a file must be creatable in
     its folder (or, when folders are missing, in the nearest existing one, which must be a directory).
     Nothing is left behind: the probe file is removed and no folder is created."""
     p = Path(os.path.realpath(path))
@@ -479,5 +414,5 @@ def path_conflict(outputs: Sequence[tuple[str, str]], inputs: Sequence[tuple[str
     return None
 
 
-def _now() -> str:
+def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -36,9 +36,9 @@ from attnbench import recheck
 from attnbench.cases import BenchCase
 from attnbench.reporting.verdicts import (SLOWER, GpuMismatch, Verdict, check_gpu, compare_runs, counts, needs_recheck,
                                           recorded_gpu, tally_line, verdict_table, write_verdict_json)
-from attnbench.exports import (Journal, LoadedResults, ResultsFileError, ResultsFormatter, crossover_csv_path,
-                               crossover_rows, load_results, merge_results, partial_path, path_conflict,
-                               unusable_folder_reason, unwritable_reason)
+from attnbench.exports import (Journal, LoadedResults, ResultsFileError, load_results, merge_results, partial_path,
+                               path_conflict, unusable_folder_reason, unwritable_reason)
+from attnbench.reporting.formatter import ResultsFormatter, crossover_csv_path, crossover_rows
 from attnbench.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case_key, describe_key, devicekind_of
 from attnbench.plugin import STUDY_KEY, case_of_key, case_point
 from attnbench.record import SCHEMA as RECORD_SCHEMA

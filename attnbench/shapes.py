@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Sequence
+
+from grammar import BatchRequest
 
 DTYPES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
@@ -204,3 +206,28 @@ def _check_dtypes(shape: Any) -> None:
         raise ShapeError(f"kv_cache_dtype={shape.kv_cache_dtype!r} differs from dtype={shape.dtype!r}: an "
                          f"unquantised cache holds the model dtype ('auto'); quantised: "
                          f"{', '.join(QUANTIZED_KV_CACHE_DTYPES)}")
+
+
+# ------------------------------------------------------------------ sparse MLA
+
+@dataclass(frozen=True)
+class IndexerSpec:
+    """The sparse indexer's dimensions, as DeepSeek-V3.2's config.json spells them (``index_*``)."""
+
+    index_topk: int = 2048
+    index_n_heads: int = 64
+    index_head_dim: int = 128
+
+
+DEEPSEEK_V32 = IndexerSpec()
+
+
+def mha_path_problem(requests: Sequence[BatchRequest], topk: int) -> str | None:
+    """Why vLLM 0.26.0 would not run this batch's rows through the dense MHA prefill path, or None:
+    ``MLAAttention.forward_impl`` takes it for sparse prefill rows only while ``prefill_max_seq_len`` (the
+    longest prefill row's KV) is at most ``index_topk``; beyond it every row goes through the sparse MQA path."""
+    longest = max((r.kv_len for r in requests), default=0)
+    if longest > topk:
+        return (f"vLLM 0.26.0 runs sparse prefill rows through dense MHA only while prefill_max_seq_len <= "
+                f"index_topk ({topk}); this batch's longest row has {longest} tokens, so it runs the MQA path")
+    return None

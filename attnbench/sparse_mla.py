@@ -35,6 +35,7 @@ import torch
 
 from attnbench.contract import TOPK_PATTERNS  # noqa: F401 - declared torch-free there, used here and re-exported
 from attnbench.metrics import SparseSelection
+from attnbench.shapes import DEEPSEEK_V32, IndexerSpec, mha_path_problem  # noqa: F401 - re-exported
 from grammar import BatchRequest
 
 if TYPE_CHECKING:
@@ -43,16 +44,6 @@ if TYPE_CHECKING:
     from attnbench.workload import BatchLayout
 
 
-@dataclass(frozen=True)
-class IndexerSpec:
-    """The sparse indexer's dimensions, as DeepSeek-V3.2's config.json spells them (``index_*``)."""
-
-    index_topk: int = 2048
-    index_n_heads: int = 64
-    index_head_dim: int = 128
-
-
-DEEPSEEK_V32 = IndexerSpec()
 
 # fp8_ds_mla: one latent cache entry of DeepSeek-V3.2 in FlashMLA's "FP8 with scale" format (vLLM 0.26.0's
 # flashmla_sparse.py docstring), for kv_lora_rank 512 and rope 64 only
@@ -268,17 +259,6 @@ def sparse_mla_attention(query: torch.Tensor, latent_cache: torch.Tensor, kv_b_p
             out[start + a:start + b] = torch.einsum("nhr,hvr->nhv", o_latent, w_uv)
         start += q_len
     return out
-
-
-def mha_path_problem(requests: Sequence[BatchRequest], topk: int) -> str | None:
-    """Why vLLM 0.26.0 would not run this batch's rows through the dense MHA prefill path, or None:
-    ``MLAAttention.forward_impl`` takes it for sparse prefill rows only while ``prefill_max_seq_len`` (the
-    longest prefill row's KV) is at most ``index_topk``; beyond it every row goes through the sparse MQA path."""
-    longest = max((r.kv_len for r in requests), default=0)
-    if longest > topk:
-        return (f"vLLM 0.26.0 runs sparse prefill rows through dense MHA only while prefill_max_seq_len <= "
-                f"index_topk ({topk}); this batch's longest row has {longest} tokens, so it runs the MQA path")
-    return None
 
 
 # ------------------------------------------------------------------ one layer's sparse parts (every adapter's)

@@ -11,9 +11,10 @@ import pytest
 
 from attnbench import backends
 from attnbench.cases import BenchCase
-from attnbench.exports import (CSV_COLUMNS, SEED_CSV_COLUMNS, Journal, ResultsFileError, ResultsFormatter,
-                               from_benchmark_entry, from_seed_record, load_results, merge_results, partial_path)
+from attnbench.exports import (CSV_COLUMNS, SEED_CSV_COLUMNS, Journal, ResultsFileError, from_benchmark_entry,
+                               from_seed_record, load_results, merge_results, partial_path)
 from attnbench.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case_key
+from attnbench.reporting.formatter import ResultsFormatter
 from attnbench.study import build_study
 from tests.factories import sampled, untimed
 
@@ -299,19 +300,19 @@ def test_journal_skips_a_malformed_record_line_among_good_ones(tmp_path: Path) -
 
 # ------------------------------------------------------------------ unwritable outputs
 
-def test_atomic_writer_removes_its_temporary_file_when_the_write_fails(tmp_path: Path) -> None:
-    from attnbench.exports import _atomic_write
+def testatomic_writer_removes_its_temporary_file_when_the_write_fails(tmp_path: Path) -> None:
+    from attnbench.exports import atomic_write
 
     def boom(f) -> None:
         f.write("half a fi")
         raise RuntimeError("disk on fire")
 
     with pytest.raises(RuntimeError, match="disk on fire"):
-        _atomic_write(tmp_path / "r.json", boom)
+        atomic_write(tmp_path / "r.json", boom)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_atomic_writer_removes_its_temporary_file_when_the_rename_fails(tmp_path: Path) -> None:
+def testatomic_writer_removes_its_temporary_file_when_the_rename_fails(tmp_path: Path) -> None:
     target = tmp_path / "r.csv"
     target.mkdir()
     (target / "keep").write_text("x")  # a non-empty directory where the file should go
@@ -409,23 +410,23 @@ def test_an_output_on_a_device_or_fifo_is_refused_and_the_node_kept(tmp_path):
     import os
     import stat
 
-    from attnbench.exports import _atomic_write, unwritable_reason
+    from attnbench.exports import atomic_write, unwritable_reason
 
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     for node in (fifo, Path("/dev/null")):
         assert "not a regular file" in unwritable_reason(node)
         with pytest.raises(OSError, match="not a regular file"):
-            _atomic_write(node, lambda f: f.write("x"))
+            atomic_write(node, lambda f: f.write("x"))
     assert stat.S_ISFIFO(fifo.stat().st_mode) and stat.S_ISCHR(Path("/dev/null").stat().st_mode)
 
 
 def test_an_output_through_a_symlink_rewrites_its_target_and_keeps_the_link(tmp_path):
-    from attnbench.exports import _atomic_write
+    from attnbench.exports import atomic_write
 
     target = tmp_path / "real.json"
     target.write_text("old")
     link = tmp_path / "link.json"
     link.symlink_to(target)
-    _atomic_write(link, lambda f: f.write("new"))
+    atomic_write(link, lambda f: f.write("new"))
     assert link.is_symlink() and target.read_text() == "new"

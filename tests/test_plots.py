@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from attnbench.exports import ResultsFormatter, load_results  # noqa: E402
+from attnbench.exports import load_results  # noqa: E402
+from attnbench.reporting.formatter import ResultsFormatter  # noqa: E402
 from attnbench.reporting import plots  # noqa: E402
 from attnbench.outcome import SKIPPED, CaseOutcome  # noqa: E402
 from tests import factories  # noqa: E402

@@ -210,7 +210,7 @@ def test_crossover_answers_reach_the_json_and_a_sibling_csv(tmp_path) -> None:
     import csv as _csv
     import json as _json
 
-    from attnbench.exports import ResultsFormatter, crossover_csv_path
+    from attnbench.reporting.formatter import ResultsFormatter, crossover_csv_path
 
     results = pipelines("FLASHMLA", 4, {1: (10e-6, 40e-6), 2: (20e-6, 40e-6), 4: (30e-6, 36e-6),
                                         8: (60e-6, 40e-6), 16: (120e-6, 40e-6)})

@@ -21,7 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnbench import sweeps
-from attnbench.exports import ResultsFormatter, load_results
+from attnbench.exports import load_results
+from attnbench.reporting.formatter import ResultsFormatter
 from attnbench.outcome import CaseOutcome, case_key
 from attnbench.record import CaseKey, CaseRecord, RecordError, SweptValue
 from attnbench.reporting.tables import summary_tables
