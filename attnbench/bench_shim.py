@@ -258,6 +258,7 @@ def pytest_plugin_registered(plugin: Any, manager: pytest.PytestPluginManager) -
         parser = _PARSERS.get(manager)
         if parser is not None:
             _defer_benchmark_json(parser)
+            _check_benchmark_timer(parser)
 
 
 def _defer_benchmark_json(parser: pytest.Parser) -> None:
@@ -284,6 +285,32 @@ def _defer_benchmark_json(parser: pytest.Parser) -> None:
         optparser = getattr(parser, "optparser", None)
         if isinstance(optparser, argparse.ArgumentParser):
             optparser.register("type", file_type, deferred)
+
+
+def _check_benchmark_timer(parser: pytest.Parser) -> None:
+    """``--benchmark-timer nope.timer`` is one usage error naming the flag, not the import's traceback:
+    pytest-benchmark's ``load_timer`` imports the module while pytest parses the command line."""
+    for option in parser.getgroup("benchmark").options:
+        if "--benchmark-timer" not in option.names():
+            continue
+        attrs = option.attrs()
+        load = attrs.get("type")
+        if not callable(load) or getattr(load, "attnbench_checked", False):
+            continue
+
+        def checked(value: str, load: Any = load) -> Any:
+            try:
+                return load(value)
+            except Exception as exc:  # noqa: BLE001 - any import or attribute error of the named timer
+                raise argparse.ArgumentTypeError(f"cannot load the timer {value!r}: {type(exc).__name__}: {exc}"
+                                                 ) from None
+
+        checked.attnbench_checked = True  # type: ignore[attr-defined]
+        if isinstance(attrs, MutableMapping):
+            attrs["type"] = checked
+        optparser = getattr(parser, "optparser", None)
+        if isinstance(optparser, argparse.ArgumentParser):
+            optparser.register("type", load, checked)
 
 
 def feed_samples(benchmark: Any, samples: Sequence[float], mode: str, rounds: int, warmup_rounds: int) -> None:

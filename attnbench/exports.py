@@ -160,6 +160,8 @@ def _load_text(p: Path, text: str) -> LoadedResults:
             except ResultsFileError:
                 pass
         raise ResultsFileError(f"{p}: not JSON: {exc}") from None
+    except ValueError as exc:  # an integer of thousands of digits: Python refuses to convert it
+        raise ResultsFileError(f"{p}: unreadable JSON: {str(exc).split(';')[0]}") from None
     if isinstance(doc, list):
         return LoadedResults(_records(p, doc, "record", from_seed_record), None, "seed-json")
     if isinstance(doc, dict) and "benchmarks" in doc:
@@ -241,6 +243,9 @@ def from_benchmark_entry(entry: Any) -> CaseOutcome:
     times = Times.of(raw) if raw else summary_times(stats, ("mean", "median", "stddev", "min", "max", "iqr", "rounds"),
                                            "stats.")
     info = upgrade_schema_1(dict(_container(entry, "extra_info") or {}))
+    schema = info.get("schema")
+    require(schema is None or schema == RECORD_SCHEMA,
+            f"extra_info.schema is {show(schema)}, expected {RECORD_SCHEMA} (this suite's record) or none")
     timer = (_container(entry, "options") or {}).get("timer")
     for key, value in (("fullname", entry.get("fullname")), ("name", entry.get("name")), ("options.timer", timer)):
         require(value is None or isinstance(value, str), f"{key} is {show(value)}, expected a string")
@@ -304,8 +309,8 @@ def _load_journal(p: Path, text: str) -> LoadedResults:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            notes.append(f"{p}:{number}: unreadable line skipped ({exc})")
+        except ValueError as exc:  # not JSON, or an integer too long to convert
+            notes.append(f"{p}:{number}: unreadable line skipped ({str(exc).split(';')[0]})")
             continue
         try:
             results.append(CaseOutcome.from_json(record))
@@ -357,10 +362,30 @@ def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
     Probes what ``atomic_write`` will do: the path must not be a directory, and a file must be creatable in
     its folder (or, when folders are missing, in the nearest existing one, which must be a directory).
     Nothing is left behind: the probe file is removed and no folder is created."""
-    p = Path(os.path.realpath(path))
-    if p.is_dir():
-        return "it is a directory"
-    return _not_regular_reason(p) or _creatable_in(p.parent, "a directory")
+    try:
+        p = Path(os.path.realpath(path))
+        too_long = _too_long_reason(p)
+        if too_long or p.is_dir():
+            return too_long or "it is a directory"
+        return _not_regular_reason(p) or _creatable_in(p.parent, "a directory")
+    except OSError as exc:  # a path the system refuses to even look at
+        return exc.strerror or str(exc)
+
+
+def _too_long_reason(path: Path) -> str | None:
+    """Why the system would refuse ``path``'s name: a part longer than its file system allows, or the whole."""
+    existing = next((a for a in [path, *path.parents] if os.path.lexists(a)), Path("/"))
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            return f"a name in it is {len(os.fsencode(part))} bytes long; the file system allows {name_max}"
+    if len(os.fsencode(str(path))) >= path_max:
+        return f"it is {len(os.fsencode(str(path)))} bytes long; the system allows {path_max - 1}"
+    return None
 
 
 def _not_regular_reason(path: Path) -> str | None:
@@ -395,9 +420,13 @@ def unusable_folder_reason(path: str | os.PathLike[str]) -> str | None:
     """Why ``path`` cannot be an output folder (None when it can): it must be a folder, or creatable, and
     writable. Nothing is left behind."""
     p = Path(path)
-    if p.exists() and not p.is_dir():
-        return "it is not a folder"
-    return _creatable_in(p, "a folder")
+    try:
+        too_long = _too_long_reason(Path(os.path.abspath(p)))
+        if too_long or (p.exists() and not p.is_dir()):
+            return too_long or "it is not a folder"
+        return _creatable_in(p, "a folder")
+    except OSError as exc:
+        return exc.strerror or str(exc)
 
 
 def path_conflict(outputs: Sequence[tuple[str, str]], inputs: Sequence[tuple[str, str]] = ()) -> str | None:

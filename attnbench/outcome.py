@@ -23,8 +23,8 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
-from attnbench.record import (SCHEMA, SHAPE_FIELDS, CaseKey, CaseRecord, Memory, Work, is_finite, keys_of, kind_of,
-                              require, show)
+from attnbench.record import (MAX_SECONDS, SCHEMA, SHAPE_FIELDS, CaseKey, CaseRecord, Memory, Work, is_finite,
+                              is_seconds, keys_of, kind_of, require, show)
 
 if TYPE_CHECKING:  # cases imports the backend registry; reading saved results needs neither
     from attnbench.cases import BenchCase
@@ -52,6 +52,8 @@ class Times:
         data = [float(s) for s in samples]
         if not data:
             return cls()
+        for i, value in enumerate(data):
+            require(is_seconds(value), f"sample {i} is {show(value)}, expected seconds between 0 and {MAX_SECONDS:g}")
         ordered = sorted(data)
         iqr = 0.0
         if len(ordered) > 1:
@@ -214,6 +216,12 @@ def summary_times(stats: dict[str, Any], names: tuple[str, str, str, str, str, s
     for field_name, name in zip(("mean", "median", "stddev", "min", "max", "iqr", "rounds"), names):
         value = stats.get(name)
         require(value is None or is_finite(value), f"{where}{name} is {show(value)}, expected a number")
+        if field_name == "rounds":
+            require(value is None or (value >= 0 and float(value).is_integer()),
+                    f"{where}{name} is {show(value)}, expected a whole number of rounds")
+        else:
+            require(value is None or is_seconds(value),
+                    f"{where}{name} is {show(value)}, expected seconds between 0 and {MAX_SECONDS:g}")
         values[field_name] = value
     return Times(**{**values, "rounds": int(values["rounds"] or 0)})
 

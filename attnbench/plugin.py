@@ -149,7 +149,7 @@ def check_benchmark_storage(config: pytest.Config) -> None:
     """pytest-benchmark's storage, checked before pytest-benchmark configures: it would fail with a traceback after
     the run (--benchmark-save into a folder that cannot be made), or compare against nothing with a mere warning
     (--benchmark-compare with no saved run)."""
-    from attnbench.exports import unusable_folder_reason
+    from attnbench.exports import unusable_folder_reason, unwritable_reason
 
     opt = config.getoption
     storage = str(opt("benchmark_storage", None) or "")
@@ -160,6 +160,11 @@ def check_benchmark_storage(config: pytest.Config) -> None:
         reason = unusable_folder_reason(folder)
         if reason is not None:
             raise pytest.UsageError(f"--benchmark-storage {folder}: cannot save runs there: {reason}")
+    name = opt("benchmark_save", None)
+    if folder and name:  # pytest-benchmark saves <storage>/<machine>/NNNN_<name>.json after the whole run
+        reason = unwritable_reason(Path(folder) / "machine" / f"0001_{name}.json")
+        if reason is not None:
+            raise pytest.UsageError(f"--benchmark-save {name}: cannot save the run under that name: {reason}")
     if folder and opt("benchmark_compare", None) not in (None, [], False):
         if not Path(folder).is_dir() or next(Path(folder).glob("*/*.json"), None) is None:
             raise pytest.UsageError(f"--benchmark-compare: no saved runs in --benchmark-storage {folder} "

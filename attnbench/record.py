@@ -48,6 +48,14 @@ def is_finite(value: Any) -> bool:
     return is_number(value) and math.isfinite(value)
 
 
+MAX_SECONDS = 1e6  # a timed call, or a statistic of its rounds, of more than ~11 days is a broken file, not a time
+
+
+def is_seconds(value: Any) -> bool:
+    """A time a results file may hold: finite, not negative, and small enough that sums of many stay finite."""
+    return is_finite(value) and 0 <= value <= MAX_SECONDS
+
+
 def show(value: Any) -> str:
     import json
 

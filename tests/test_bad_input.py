@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -172,6 +173,61 @@ def test_every_stats_number_is_checked_even_beside_samples(tmp_path, field, bad)
     path.write_text(json.dumps(doc))
     with pytest.raises(ResultsFileError, match=rf"benchmarks\[0\]: stats.{field} is"):
         load_results(path)
+
+
+def _with_rounds(text: str) -> str:
+    """A pytest-benchmark file whose first entry's ``stats.rounds`` is ``text``, as written (no JSON encoder)."""
+    doc = _pb_json(Path())
+    doc["benchmarks"][0]["stats"]["rounds"] = 424242
+    return json.dumps(doc).replace("424242", text, 1)
+
+
+def _edited(edit) -> str:
+    doc = _pb_json(Path())
+    edit(doc["benchmarks"][0])
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize("text, said", [
+    (_with_rounds("9" * 5000), "unreadable JSON: Exceeds the limit (4300 digits)"),
+    (_with_rounds("1e400"), "stats.rounds is Infinity"),
+    (_edited(lambda b: b["stats"].update(data=[1.7e308] * 10)), "sample 0 is 1.7e+308, expected seconds"),
+    (_edited(lambda b: b["stats"].update(data=[], median=-1.0)), "stats.median is -1.0, expected seconds"),
+    (_edited(lambda b: b["stats"].update(data=[], rounds=-3)), "stats.rounds is -3, expected a whole number"),
+    (_edited(lambda b: b["extra_info"].update(schema=99)), "extra_info.schema is 99, expected 2"),
+], ids=["5000-digit-int", "1e400", "samples-near-1e308", "negative-median", "negative-rounds", "unknown-schema"])
+def test_numbers_no_time_can_be_are_one_error_in_every_reader(tmp_path, capsys, text, said) -> None:
+    """Huge integers, overflowing samples, negative times and unknown record schemas: one error naming the file and
+    the field, in load_results (--resume, --baseline-json) and in `benchmark.py compare`; never a traceback."""
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ResultsFileError, match=re.escape(said)) as info:
+        load_results(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+    assert verdicts.main([str(path), str(ROOT / "tests/data/verdict_new.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}") and said in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("flag, name", [("--output-json", "x" * 300 + ".json"), ("--benchmark-json", "y" * 300),
+                                        ("--benchmark-save", "z" * 300)])
+def test_an_output_name_too_long_for_the_file_system_is_one_usage_error(tmp_path, flag, name) -> None:
+    """The name is checked where the other output checks are, before any case runs (not an OSError at the end)."""
+    value = name if flag == "--benchmark-save" else str(tmp_path / name)
+    proc = run_pytest(str(ROOT / "bench_attention"), "-p", "no:cacheprovider", "-k", "REFERENCE", "--device", "cpu",
+                      "--batch-specs", "q1s64", "--gpus", "none", flag, value, cwd=tmp_path)
+    assert_one_line_usage_error(proc, flag, "bytes long")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing written, nothing half-written
+
+
+def test_a_benchmark_timer_that_cannot_be_loaded_is_a_usage_error(tmp_path) -> None:
+    """pytest-benchmark imports --benchmark-timer's module while the command line is parsed: a typo there is
+    argparse's one-line error naming the flag, not the import's traceback."""
+    proc = run_pytest(str(ROOT / "bench_attention"), "-p", "no:cacheprovider", "--benchmark-timer", "nope.timer",
+                      cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 4 and "Traceback" not in out, out
+    assert "argument --benchmark-timer: cannot load the timer 'nope.timer': ModuleNotFoundError" in out
 
 
 @pytest.mark.parametrize("text", ["[" * 200_000, '{"benchmarks": ' + "[" * 100_000 + "]" * 100_000 + "}",

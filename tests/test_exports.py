@@ -300,7 +300,7 @@ def test_journal_skips_a_malformed_record_line_among_good_ones(tmp_path: Path) -
 
 # ------------------------------------------------------------------ unwritable outputs
 
-def testatomic_writer_removes_its_temporary_file_when_the_write_fails(tmp_path: Path) -> None:
+def test_atomic_writer_removes_its_temporary_file_when_the_write_fails(tmp_path: Path) -> None:
     from attnbench.exports import atomic_write
 
     def boom(f) -> None:
@@ -312,7 +312,7 @@ def testatomic_writer_removes_its_temporary_file_when_the_write_fails(tmp_path: 
     assert list(tmp_path.iterdir()) == []
 
 
-def testatomic_writer_removes_its_temporary_file_when_the_rename_fails(tmp_path: Path) -> None:
+def test_atomic_writer_removes_its_temporary_file_when_the_rename_fails(tmp_path: Path) -> None:
     target = tmp_path / "r.csv"
     target.mkdir()
     (target / "keep").write_text("x")  # a non-empty directory where the file should go
