@@ -65,7 +65,19 @@ class BenchmarkConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # upstream fields this suite does not use
 
     def model_overrides(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in SHAPE_FIELDS}
+        """The model dimensions given (None: the family's default), each checked by its ``model`` row's rule, as the
+        command line checks it (a ValueError naming the field)."""
+        rows = {opt.name: opt for opt in options.OPTIONS if opt.to == "model"}
+        values = {}
+        for name in SHAPE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and name in rows:
+                try:
+                    value = rows[name].value(value)
+                except options.OptionError as exc:
+                    raise ValueError(f"BenchmarkConfig.{name}: {exc}") from None
+            values[name] = value
+        return values
 
     def run_settings(self) -> RunSettings:
         """The run rows' values, each checked by its row's rule (a ValueError naming the field)."""
@@ -124,6 +136,12 @@ class BenchmarkResult:
 
 
 def _run(family: str, config: BenchmarkConfig, params: dict[str, int]) -> BenchmarkResult:
+    if not isinstance(config, BenchmarkConfig):
+        raise TypeError(f"config is {type(config).__name__} {config!r:.60}, expected a BenchmarkConfig")
+    if not isinstance(config.backend, str):
+        raise TypeError(f"BenchmarkConfig.backend is {type(config.backend).__name__}, expected a backend name")
+    if not isinstance(config.extra, dict):
+        raise TypeError(f"BenchmarkConfig.extra is {type(config.extra).__name__}, expected a dict")
     info = registry.lookup(config.backend, family)  # type: ignore[arg-type]
     if info is None:
         registry.canonical_name(config.backend)  # raises with the list of valid names if unknown
@@ -147,8 +165,16 @@ def _run(family: str, config: BenchmarkConfig, params: dict[str, int]) -> Benchm
 def run_mla_benchmark(backend: str, config: BenchmarkConfig, num_kv_splits: int | None = None,
                       reorder_batch_threshold: int | None = None) -> BenchmarkResult:
     """Time one MLA case; the optional knobs force CUTLASS_MLA's split count or the builder's threshold."""
-    params = {k: v for k, v in ((NUM_KV_SPLITS, num_kv_splits), (REORDER_BATCH_THRESHOLD, reorder_batch_threshold))
-              if v is not None}
+    if not isinstance(config, BenchmarkConfig):
+        raise TypeError(f"config is {type(config).__name__} {config!r:.60}, expected a BenchmarkConfig")
+    params = {}
+    for name, value, least in ((NUM_KV_SPLITS, num_kv_splits, 1), (REORDER_BATCH_THRESHOLD, reorder_batch_threshold, 0)):
+        if value is None:
+            continue
+        try:  # the rule a swept knob value has on the command line and in YAML
+            params[name] = options.at_least(least)(options.count(value))
+        except options.OptionError as exc:
+            raise ValueError(f"{name}: {exc}") from None
     return _run("mla", BenchmarkConfig(**{**config.__dict__, "backend": backend}), params)
 
 

@@ -138,3 +138,31 @@ def test_mla_api_honours_custom_dims_and_reports_skips():
     assert skipped.outcome.status == "skipped" and "CUDA" in (skipped.error or "")
     with pytest.raises(ValueError, match="unknown backend"):
         run_mla_benchmark("nope", config)
+
+
+def _cpu(**kw):
+    from attnbench.api import BenchmarkConfig
+
+    return BenchmarkConfig("REFERENCE", "q1s64", device="cpu", **kw)
+
+
+@pytest.mark.parametrize("call, error, said", [
+    (lambda api: api.run_attention_benchmark("REFERENCE"), TypeError, "config is str 'REFERENCE', expected a Bench"),
+    (lambda api: api.run_mla_benchmark("REFERENCE", None), TypeError, "config is NoneType None, expected a Bench"),
+    (lambda api: api.run_attention_benchmark(_cpu(extra="notadict")), TypeError, "BenchmarkConfig.extra is str"),
+    (lambda api: api.run_mla_benchmark("REFERENCE", _cpu(), num_kv_splits=-1), ValueError, "num_kv_splits: must be"),
+    (lambda api: api.run_mla_benchmark("REFERENCE", _cpu(), num_kv_splits="x"), ValueError, "num_kv_splits: must be"),
+    (lambda api: api.run_mla_benchmark("REFERENCE", _cpu(), num_kv_splits=2.5), ValueError, "must be an integer"),
+    (lambda api: api.run_mla_benchmark("REFERENCE", _cpu(), reorder_batch_threshold=2**70), ValueError,
+     "reorder_batch_threshold: must be < 2**63"),
+    (lambda api: api.run_attention_benchmark(_cpu(num_layers=2**70)), ValueError, "BenchmarkConfig.num_layers: must"),
+], ids=["bare-backend-name", "none-config", "extra-not-a-dict", "splits-negative", "splits-text", "splits-float",
+        "threshold-2**70", "num-layers-2**70"])
+def test_the_api_refuses_what_the_command_line_refuses_naming_the_argument(call, error, said):
+    """The Python API checks its arguments with the option table's rules, before any work: a TypeError or
+    ValueError naming the argument, never an AttributeError from deep inside, nor a value the CLI would refuse."""
+    from attnbench import api
+
+    with pytest.raises(error) as info:
+        call(api)
+    assert said in str(info.value)
