@@ -124,6 +124,8 @@ def load_results(path: str | os.PathLike[str], *, allow_empty: bool = False) -> 
     a missing or mistyped field — is a ``ResultsFileError`` naming the file and what is wrong, never a bare
     TypeError / UnicodeDecodeError. (Unreadable lines of a journal are skipped with a warning, since a crash
     can cut its last line short; a journal with no readable line at all is an error.)"""
+    if not str(path).strip():
+        raise ResultsFileError("an empty path: no results file named")
     p = Path(path)
     if not p.is_file():
         raise ResultsFileError(f"{p}: no such results file" + (" (it is a directory)" if p.is_dir() else ""))
@@ -362,6 +364,8 @@ def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
     Probes what ``atomic_write`` will do: the path must not be a directory, and a file must be creatable in
     its folder (or, when folders are missing, in the nearest existing one, which must be a directory).
     Nothing is left behind: the probe file is removed and no folder is created."""
+    if not str(path).strip():
+        return "an empty path names no file"
     try:
         p = Path(os.path.realpath(path))
         too_long = _too_long_reason(p)
@@ -419,6 +423,8 @@ def _creatable_in(folder: Path, kind: str) -> str | None:
 def unusable_folder_reason(path: str | os.PathLike[str]) -> str | None:
     """Why ``path`` cannot be an output folder (None when it can): it must be a folder, or creatable, and
     writable. Nothing is left behind."""
+    if not str(path).strip():
+        return "an empty path names no folder (give . for this one)"
     p = Path(path)
     try:
         too_long = _too_long_reason(Path(os.path.abspath(p)))

@@ -258,7 +258,7 @@ def _session(name: str, kind: type, help: str, *, const: Any = None, default: An
 
 OPTIONS: tuple[Option, ...] = (
     Option("bench_config", str, "YAML study", "file", ("--bench-config",), (), ("--config",),
-           metavar="FILE", examples=("a.yaml", "b.yaml")),
+           metavar="FILE", check=_non_empty, examples=("a.yaml", "b.yaml")),
     Option("name", str, "study name (default: the YAML file's stem)", yaml=("name",), default="cli",
            check=_non_empty, examples=("one", "two")),
     Option("description", str, "what the study is for", yaml=("description",), default="", examples=("a", "b")),
@@ -337,13 +337,13 @@ OPTIONS: tuple[Option, ...] = (
            upstream=("--output-json",), metavar="FILE", check=_non_empty, examples=("a.json", "b.json")),
     # the pytest run's own settings (module doc); their consumers are named after each row
     _session("resume", str, "skip cases already timed in FILE (a .partial.jsonl journal or an --output-json file) "
-             "and carry its rows into the outputs", metavar="FILE"),  # reporting_plugin
+             "and carry its rows into the outputs", metavar="FILE", check=_non_empty),  # reporting_plugin
     _session("baseline_json", str, "compare this run against FILE (pytest-benchmark JSON, or attnbench JSON) at "
              "the end; several FILEs are separate runs of the baseline code, whose spread the verdicts count as "
              "noise between processes", metavar="FILE", many=True,
              examples=(["a.json"], ["a.json", "b.json"])),  # reporting_plugin, reporting.verdicts
     _session("verdict_json", str, "write the baseline verdicts to FILE (needs --baseline-json)", metavar="FILE",
-             needs="baseline_json"),
+             check=_non_empty, needs="baseline_json"),
     _session("verdict_threshold", float, "practical threshold for SAME/SLOWER/FASTER as a fraction", default=0.005,
              metavar="F", check=fraction, examples=(0.02, 0.05), expected="a fraction between 0 and 1 (0.05 = 5 %)",
              needs="baseline_json"),
@@ -358,7 +358,7 @@ OPTIONS: tuple[Option, ...] = (
              "an error)", const=True, needs="baseline_json"),
     _session("plot", bool, "write PNG plots next to the outputs", const=True),  # reporting.plots
     _session("plot_dir", str, "folder for --plot (default: next to --output-json/-csv, else ./results)",
-             metavar="DIR", needs="plot"),
+             metavar="DIR", check=_non_empty, needs="plot"),
     _session("no_bench_summary", bool, "do not print the attnbench summary table", const=True),
     # scaleout.plan_workers checks it, against the GPUs it sees
     _session("gpus", str, "one xdist worker per GPU, each pinned to its GPU: 'auto' (the default for GPU runs: "

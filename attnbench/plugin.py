@@ -82,7 +82,7 @@ def _cli_values(config: pytest.Config) -> dict[str, Any]:
 
 def resolve_study(config: pytest.Config) -> Study:
     path = config.getoption("bench_config")
-    yaml_fields = load_study_file(path) if path else None
+    yaml_fields = load_study_file(path) if path is not None else None
     return build_study(yaml_fields, _cli_values(config))
 
 

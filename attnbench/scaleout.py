@@ -76,6 +76,8 @@ def plan_workers(*, device: str, visible_gpus: Sequence[str], numprocesses: int 
     (None: not given; "auto", "none", a count, or a comma list of CUDA_VISIBLE_DEVICES entries).
     """
     on_gpu = device.split(":", 1)[0] == "cuda"
+    if gpus == "none" and numprocesses:  # on any device: "none" is a request for no workers at all
+        raise PlanError(f"--gpus none runs in-process, but -n {numprocesses} asks for workers: give one of them")
     if not on_gpu or not visible_gpus:
         if gpus not in (None, "auto", "none"):
             raise PlanError(f"--gpus {gpus}: no GPU to pin workers to (device {device}, "
@@ -84,8 +86,6 @@ def plan_workers(*, device: str, visible_gpus: Sequence[str], numprocesses: int 
         return WorkerPlan(None, n, f"{n} worker(s), not pinned (device {device}, no GPU timing)" if n
                           else "in-process (no GPU timing)")
     if gpus == "none":
-        if numprocesses:
-            raise PlanError(f"--gpus none runs in-process, but -n {numprocesses} asks for workers")
         return WorkerPlan(None, 0, "in-process (--gpus none): a crash ends the run")
     if numprocesses == 0 and gpus is None:
         return WorkerPlan(None, 0, "in-process (-n 0): a crash ends the run")

@@ -28,6 +28,7 @@ import pytest
 
 from attnbench.crossover_search import (PIPELINES, Curve, Measurement, SearchState, decide_waiting, measurement,
                                         search_levels, vllm_default)
+from attnbench import options
 from attnbench.outcome import FAILED
 from attnbench.plugin import STUDY_KEY, case_point
 from attnbench.reporting_plugin import outcome_of
@@ -44,6 +45,13 @@ CaseKey = tuple[str, str, str, str]  # family, backend, batch spec, pipeline
 @pytest.hookimpl(trylast=True)  # after attnbench.plugin has resolved the study
 def pytest_configure(config: pytest.Config) -> None:
     study = config.stash.get(STUDY_KEY, None)
+    if study is not None and study.mode != "decode_vs_prefill":
+        # the search's options do nothing in any other mode: refused, as options that need another are
+        timeout_given = config.getoption("search_timeout") != options.DEFAULTS["search_timeout"]
+        for flag, given in (("--full-grid", config.getoption("full_grid")), ("--search-timeout", timeout_given)):
+            if given:
+                raise pytest.UsageError(f"{flag}: only a decode_vs_prefill study searches for its crossover; this "
+                                        f"study's mode is {study.mode}")
     if study is None or study.mode != "decode_vs_prefill" or config.getoption("full_grid"):
         return
     config.pluginmanager.register(CrossoverSearch(config), PLUGIN_NAME)

@@ -244,6 +244,8 @@ def load_study_file(path: str | Path) -> dict[str, Any]:
     """Read and validate a YAML study; returns the normalised fields of ``Study`` it sets."""
     p = Path(path)
     where = str(path)
+    if not where.strip():
+        raise StudyError("--bench-config: an empty path names no study file")
     if not p.is_file():
         raise StudyError(f"{where}: " + ("a directory, not a study file" if p.is_dir() else "no such study file"))
     try:

@@ -580,3 +580,36 @@ def test_collection_usage_errors_reach_the_user_under_xdist(tmp_path, args, toke
     assert [line for line in proc.stderr.splitlines() if line.strip()] == [f"ERROR: {line}" for line in
                                                                             [proc.stderr.split("ERROR: ", 1)[1].strip()]]
     assert token in proc.stderr
+
+
+# ------------------------------------------------------------------ quietly ignored, now refused
+
+@pytest.mark.parametrize("args, tokens", [
+    (["--gpus", "none", "-n", "2"], ["--gpus none runs in-process", "-n 2"]),
+    (["--bench-config", ""], ["--bench-config: an empty path"]),
+    (["--plot", "--plot-dir", ""], ["--plot-dir: must be a non-empty string"]),
+    (["--resume", ""], ["--resume: must be a non-empty string"]),
+    (["--baseline-json", ""], ["--baseline-json: an empty path"]),
+    (["--full-grid"], ["--full-grid: only a decode_vs_prefill study", "mode is standard"]),
+    (["--search-timeout", "5"], ["--search-timeout: only a decode_vs_prefill study"]),
+], ids=["gpus-none-with-workers", "empty-bench-config", "empty-plot-dir", "empty-resume", "empty-baseline",
+        "full-grid-outside-its-mode", "search-timeout-outside-its-mode"])
+def test_options_that_would_be_ignored_are_one_usage_error(tmp_path, args, tokens) -> None:
+    """An empty path (which would mean "here", or nothing), workers that --gpus none forbids, and the crossover
+    search's options in a study that does not search: each refused before any case runs, naming the flag."""
+    proc = run_pytest(str(ROOT / "bench_attention"), "-p", "no:cacheprovider", "-k", "REFERENCE", "--device", "cpu",
+                      "--batch-specs", "q1s64", "--benchmark-only", *args, cwd=tmp_path)
+    assert_one_line_usage_error(proc, *tokens)
+
+
+@pytest.mark.parametrize("main, argv, said", [
+    (verdicts.main, ["", str(ROOT / "tests/data/verdict_new.json")], "error: an empty path: no results file named"),
+    (plots.main, [str(ROOT / "tests/data/cpu_run.json"), "--out", ""], "error: --out : cannot write plots there: "
+                                                                        "an empty path names no folder"),
+], ids=["compare-empty-baseline", "plot-empty-out"])
+def test_an_empty_path_in_the_offline_commands_is_one_error(tmp_path, monkeypatch, capsys, main, argv, said) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(said) and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []  # nothing written "here"
