@@ -13,6 +13,7 @@ Torch-free: reading saved results never needs a GPU stack.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Mapping
 
@@ -20,6 +21,11 @@ from typing import Any, ClassVar, Mapping
 SHAPE_FIELDS = ("num_layers", "head_dim", "num_q_heads", "num_kv_heads", "block_size", "dtype", "kv_cache_dtype",
                 "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 _SHAPE_NAMES = ("dtype", "kv_cache_dtype")  # the shape fields that are names, not counts
+
+# a backend name (AttentionBackendEnum's FLASH_ATTN_MLA, the suite's REFERENCE, upstream files' lowercase aliases such
+# as flash): checked by form, not against this version's registry, so a file from a suite that knows more backends
+# still reads
+_BACKEND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 SCHEMA = 2  # 1: the flat extra_info of 2026-11 (``upgrade_schema_1`` reads it); 2: this record
 
@@ -236,9 +242,19 @@ class CaseKey:
         sweep = cls.sweep_from_json(data, where)
         key = replace(_part(cls, {k: v for k, v in data.items() if k not in cls.SWEEP_JSON}, where), sweep=sweep)
         for name, value in (key.shape or {}).items():
-            expected = "a string" if name in _SHAPE_NAMES else "an integer"
-            ok = isinstance(value, str) if name in _SHAPE_NAMES else isinstance(value, int) and not isinstance(value, bool)
+            expected = "a string" if name in _SHAPE_NAMES else "a positive integer"
+            ok = isinstance(value, str) if name in _SHAPE_NAMES else \
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1
             require(value is None or ok, f"shape.{name} is {show(value)}, expected {expected}")
+        from grammar import BatchSpecError, parse_batch_spec  # here: the grammar is pure Python, one floor down
+
+        if key.batch_spec:  # a plain pytest-benchmark entry has none
+            try:
+                parse_batch_spec(key.batch_spec)
+            except BatchSpecError as exc:
+                raise RecordError(f"{where}: batch_spec {key.batch_spec!r} is not a batch spec: {exc}") from None
+        require(_BACKEND_NAME.fullmatch(key.backend) is not None,
+                f"{where}: backend is {show(key.backend)}, expected a backend name (letters, digits, _ and -)")
         return key
 
     @property

@@ -195,7 +195,11 @@ def _edited(edit) -> str:
     (_edited(lambda b: b["stats"].update(data=[], median=-1.0)), "stats.median is -1.0, expected seconds"),
     (_edited(lambda b: b["stats"].update(data=[], rounds=-3)), "stats.rounds is -3, expected a whole number"),
     (_edited(lambda b: b["extra_info"].update(schema=99)), "extra_info.schema is 99, expected 2"),
-], ids=["5000-digit-int", "1e400", "samples-near-1e308", "negative-median", "negative-rounds", "unknown-schema"])
+    (_edited(lambda b: b["extra_info"].update(backend="no such")), 'backend is "no such", expected a backend name'),
+    (_edited(lambda b: b["extra_info"].update(batch_spec="q1s1kx")), "batch_spec 'q1s1kx' is not a batch spec"),
+    (_edited(lambda b: b["extra_info"]["shape"].update(num_layers=-2)), "shape.num_layers is -2, expected a posi"),
+], ids=["5000-digit-int", "1e400", "samples-near-1e308", "negative-median", "negative-rounds", "unknown-schema",
+        "malformed-backend", "malformed-batch-spec", "negative-layers"])
 def test_numbers_no_time_can_be_are_one_error_in_every_reader(tmp_path, capsys, text, said) -> None:
     """Huge integers, overflowing samples, negative times and unknown record schemas: one error naming the file and
     the field, in load_results (--resume, --baseline-json) and in `benchmark.py compare`; never a traceback."""
