@@ -47,7 +47,10 @@ def in_fresh_process(cases: Sequence[BenchCase], *, gpu_uuid: str | None = None,
                                   env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return [None] * len(cases), f"the re-timing process ran past {timeout_s:.0f} s"
-        outcomes: list[CaseOutcome | None] = pickle.loads(out_path.read_bytes()) if out_path.exists() else []
+        try:
+            outcomes: list[CaseOutcome | None] = pickle.loads(out_path.read_bytes()) if out_path.exists() else []
+        except (OSError, pickle.UnpicklingError, EOFError):
+            outcomes = []
         outcomes += [None] * (len(cases) - len(outcomes))
         note = None
         if done.returncode != 0:
@@ -73,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcomes: list[CaseOutcome] = []
     for case in cases:
         outcomes.append(_time(case))
-        Path(out_path).write_bytes(pickle.dumps(outcomes))  # after each case: a crash keeps what was done
+        partial = Path(f"{out_path}.partial")
+        partial.write_bytes(pickle.dumps(outcomes))
+        os.replace(partial, out_path)  # after each case, whole: a crash keeps what was done
         if outcomes[-1].status == FAILED and "CUDA" in (outcomes[-1].reason or ""):
             return 1  # a CUDA error poisons this process: nothing after it could be trusted
     return 0
