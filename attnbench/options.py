@@ -288,7 +288,7 @@ OPTIONS: tuple[Option, ...] = (
     _run("noise_target", float, 0.005, "stop timing once the mean's relative standard error is below F (0 = never)",
          metavar="F", check=at_least(0, " (0 = never stop early)", hi=1), examples=(0.0, 0.02)),
     _run("cache_state", str, "cold", "cold L2 or warm", choices=("cold", "warm"), examples=("warm", "cold")),
-    # where a case's buffers land in device memory moves its time (up to 12 % on an H100, docs/REGRESSION_GATE.md);
+    # where a case's buffers land in device memory moves its time (up to 14 % on an H100, docs/REGRESSION_GATE.md);
     # each placement re-allocates them, and the verdicts compare the fastest placements (reporting/verdicts.py)
     _run("placements", int, 16, "time each case on N allocations of its buffers (rounds split between them), so "
          "that its number and its spread cover where the buffers land in memory", upstream=False, metavar="N",

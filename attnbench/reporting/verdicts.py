@@ -258,7 +258,7 @@ def run_estimate(logs: Sequence[float]) -> float:
     """A run's estimate of a case: the log median of its fastest placement.
 
     Where a case's buffers land moves its time in modes, not in a bell: on an H100 a memory-bound decode runs in a
-    fast mode on some allocations and up to 12 % slower on others, with the share of slow placements changing from
+    fast mode on some allocations and up to 14 % slower on others, with the share of slow placements changing from
     process to process (docs/REGRESSION_GATE.md). The mean over placements inherits that lottery; the fastest
     placement does not, and it moves with a change to the code as every placement does."""
     return min(logs)
