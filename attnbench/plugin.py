@@ -261,8 +261,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             raise StudyError(str(exc)) from None
     except (StudyError, ValueError) as exc:
         # command-line dimensions apply to every collected family; say how to aim them at one
-        hint = "" if study.source else {"attention": " (dimensions meant for MLA? run only bench_mla)",
-                                        "mla": " (dimensions meant for standard attention? run only bench_attention)"}[family]
+        other = "mla" if family == "attention" else "attention"
+        hint = "" if study.source or not _shape_fits(study, other) else {
+            "attention": " (dimensions meant for MLA? run only bench_mla)",
+            "mla": " (dimensions meant for standard attention? run only bench_attention)"}[family]
         config.stash[ERRORS_KEY].append(f"{exc}{hint}")
         _unused(metafunc, str(exc))
         return
@@ -398,6 +400,16 @@ def case_of_key(study: Study, key: CaseKey) -> BenchCase | None:
     except (ValueError, KeyError):
         return None
     return case if case.key() == key else None
+
+
+def _shape_fits(study: Study, family: str) -> bool:
+    """Whether the study's dimensions make a valid shape of ``family``: only then is a failure of the other family
+    a sign of dimensions aimed at this one (a bad value, such as --dtype nope, fits neither)."""
+    try:
+        study.shape_for(family)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _sweep_factor(sweeps: tuple[sweeping.Sweep, ...], points: int) -> str:

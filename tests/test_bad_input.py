@@ -617,3 +617,17 @@ def test_an_empty_path_in_the_offline_commands_is_one_error(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert err.startswith(said) and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []  # nothing written "here"
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["--dtype", "nope"], None), (["--kv-cache-dtype", "nope"], None),
+    (["--kv-lora-rank", "7"], "(dimensions meant for MLA? run only bench_mla)"),
+    (["--num-kv-heads", "4"], "(dimensions meant for standard attention? run only bench_attention)"),
+], ids=["bad-dtype", "bad-kv-cache-dtype", "mla-dimension", "attention-dimension"])
+def test_the_family_hint_is_given_only_where_the_other_family_takes_the_dimensions(tmp_path, args, hint) -> None:
+    """Command-line dimensions reach both folders; "run only bench_mla" is good advice for an MLA dimension, and
+    wrong for a value no family takes (--dtype nope), which gets the value's error alone."""
+    proc = run_pytest(str(ROOT / "bench_attention"), str(ROOT / "bench_mla"), "-p", "no:cacheprovider", "--device",
+                      "cpu", "-k", "REFERENCE", "--batch-specs", "q1s64", "--benchmark-only", *args, cwd=tmp_path)
+    line = assert_one_line_usage_error(proc, args[0].removeprefix("--").replace("-", "_"))
+    assert (hint in line) if hint else ("meant for" not in line), line
