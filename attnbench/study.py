@@ -190,7 +190,7 @@ def _repeats_note(opt: options.Option, raw: Any, value: Any, where: str) -> str 
     given = [raw] if isinstance(raw, str) else list(raw) if isinstance(raw, (list, tuple)) else []
     if opt.many and len(value) < len(given):
         return (f"{where}: {len(given) - len(value)} repeated value(s) merged, each is run once "
-                f"({', '.join(_clip(v) for v in given)} -> {', '.join(_clip(v) for v in value)})")
+                f"({_listing([_clip(v) for v in given])} -> {_listing([_clip(v) for v in value])})")
     return None
 
 

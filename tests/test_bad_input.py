@@ -631,3 +631,17 @@ def test_the_family_hint_is_given_only_where_the_other_family_takes_the_dimensio
                       "cpu", "-k", "REFERENCE", "--batch-specs", "q1s64", "--benchmark-only", *args, cwd=tmp_path)
     line = assert_one_line_usage_error(proc, args[0].removeprefix("--").replace("-", "_"))
     assert (hint in line) if hint else ("meant for" not in line), line
+
+
+def test_a_huge_repeated_list_is_summarised_in_its_note(tmp_path) -> None:
+    """300,000 repeats of one backend in a YAML study: the note names a few and counts the rest (it was a 3.3 MB
+    line), and the backend runs once."""
+    study = tmp_path / "big.yaml"
+    study.write_text(yaml.safe_dump({"backends": ["REFERENCE"] * 300_000, "batch_specs": ["q1s64"]}))
+    proc = run_pytest(str(ROOT / "bench_attention"), "-p", "no:cacheprovider", "--device", "cpu", "--benchmark-only",
+                      "--bench-config", str(study), cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-2000:]
+    [note] = [line for line in out.splitlines() if "repeated value(s) merged" in line]
+    assert "299999 repeated value(s)" in note and "and 299995 more -> REFERENCE" in note and len(note) < 300, note
+    assert max(len(line) for line in out.splitlines()) < 1000
