@@ -33,7 +33,7 @@ import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, MutableMapping, Sequence
+from typing import Any, Callable, ClassVar, MutableMapping, Sequence
 from weakref import WeakKeyDictionary
 
 import pytest
@@ -261,44 +261,47 @@ def pytest_plugin_registered(plugin: Any, manager: pytest.PytestPluginManager) -
             _check_benchmark_timer(parser)
 
 
-def _defer_benchmark_json(parser: pytest.Parser) -> None:
-    """Give pytest-benchmark 5.2's ``--benchmark-json`` (``type=argparse.FileType('wb')``) the deferred type.
+def _retype(parser: pytest.Parser, flag: str, replace: Callable[[Any], Any | None]) -> None:
+    """Give pytest-benchmark's ``flag`` the type ``replace(its type)`` returns (None: leave it as it is), before
+    pytest parses the command line with it.
 
     Loaded early (pytest.ini's ``-p attnbench.bench_shim``: before pytest loads its plugins from entry points), this
-    module is registered before pytest-benchmark, whose options exist here as soon as it is registered, before pytest
-    parses the command line with them. Loaded after pytest-benchmark (as a conftest's plugin) it is too late: the file
-    was opened already, and it is left as pytest-benchmark opened it (``benchmark_json_emptied`` says so).
-    5.3 (``type=Path``) is left as it is."""
+    module is registered before pytest-benchmark, whose options exist here as soon as it is registered. Loaded after
+    pytest-benchmark (as a conftest's plugin) it is too late, and the options keep pytest-benchmark's types."""
     for option in parser.getgroup("benchmark").options:
-        if "--benchmark-json" not in option.names():
+        if flag not in option.names():
             continue
         attrs = option.attrs()
-        file_type = attrs.get("type")
-        if not isinstance(file_type, argparse.FileType):
-            continue  # 5.3's Path, or done already
-        deferred = _DeferredFileType(file_type)
+        old = attrs.get("type")
+        new = replace(old)
+        if new is None:
+            continue
         # pytest 8 builds its argparse parser from these keywords at each parse; 9.2 returns the argparse action's
         if isinstance(attrs, MutableMapping):
-            attrs["type"] = deferred
+            attrs["type"] = new
         # pytest 9.0 and 9.1 made the argparse action from these keywords once, when the option was added: argparse
         # looks every type up in its registry
         optparser = getattr(parser, "optparser", None)
         if isinstance(optparser, argparse.ArgumentParser):
-            optparser.register("type", file_type, deferred)
+            optparser.register("type", old, new)
+
+
+def _defer_benchmark_json(parser: pytest.Parser) -> None:
+    """Give pytest-benchmark 5.2's ``--benchmark-json`` (``type=argparse.FileType('wb')``) the deferred type, so the
+    file is opened only when the JSON is written. Loaded too late, the file was opened already, and it is left as
+    pytest-benchmark opened it (``benchmark_json_emptied`` says so). 5.3 (``type=Path``) is left as it is."""
+    _retype(parser, "--benchmark-json",
+            lambda old: _DeferredFileType(old) if isinstance(old, argparse.FileType) else None)
 
 
 def _check_benchmark_timer(parser: pytest.Parser) -> None:
     """``--benchmark-timer nope.timer`` is one usage error naming the flag, not the import's traceback:
     pytest-benchmark's ``load_timer`` imports the module while pytest parses the command line."""
-    for option in parser.getgroup("benchmark").options:
-        if "--benchmark-timer" not in option.names():
-            continue
-        attrs = option.attrs()
-        load = attrs.get("type")
+    def checked_loader(load: Any) -> Any:
         if not callable(load) or getattr(load, "attnbench_checked", False):
-            continue
+            return None
 
-        def checked(value: str, load: Any = load) -> Any:
+        def checked(value: str) -> Any:
             try:
                 return load(value)
             except Exception as exc:  # noqa: BLE001 - any import or attribute error of the named timer
@@ -306,11 +309,9 @@ def _check_benchmark_timer(parser: pytest.Parser) -> None:
                                                  ) from None
 
         checked.attnbench_checked = True  # type: ignore[attr-defined]
-        if isinstance(attrs, MutableMapping):
-            attrs["type"] = checked
-        optparser = getattr(parser, "optparser", None)
-        if isinstance(optparser, argparse.ArgumentParser):
-            optparser.register("type", load, checked)
+        return checked
+
+    _retype(parser, "--benchmark-timer", checked_loader)
 
 
 def feed_samples(benchmark: Any, samples: Sequence[float], mode: str, rounds: int, warmup_rounds: int) -> None:
