@@ -34,7 +34,7 @@ from attnbench.bench_shim import (STDOUT, BenchmarkView, add_to_session, benchma
                                   recorded_samples)
 from attnbench import recheck
 from attnbench.cases import BenchCase
-from attnbench.reporting.verdicts import (SLOWER, GpuMismatch, Verdict, check_gpu, compare_runs, counts, needs_recheck,
+from attnbench.reporting.verdicts import (SLOWER, GpuMismatch, Verdict, check_gpu, compare_rechecked, counts,
                                           recorded_gpu, tally_line, verdict_table, write_verdict_json)
 from attnbench.exports import (Journal, LoadedResults, ResultsFileError, load_results, merge_results, partial_path,
                                path_conflict, unusable_folder_reason, unwritable_reason)
@@ -423,11 +423,8 @@ class ReportingSession:
     def _compare(self, session: pytest.Session) -> None:
         opt = self.config.getoption
         threshold = opt("verdict_threshold")
-        bases = [b.results for b in self.baselines]
-        self.verdicts = compare_runs(bases, self.final, threshold=threshold)
-        rechecks = self._recheck(self.verdicts, opt("recheck"))
-        if rechecks:
-            self.verdicts = compare_runs(bases, self.final, threshold=threshold, rechecks=rechecks)
+        self.verdicts = compare_rechecked([b.results for b in self.baselines], self.final,
+                                          lambda leaning: self._recheck(leaning, opt("recheck")), threshold=threshold)
         baseline = " ".join(opt("baseline_json"))
         if opt("verdict_json"):
             path = write_verdict_json(opt("verdict_json"), self.verdicts, baseline=baseline,
@@ -441,10 +438,9 @@ class ReportingSession:
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
-    def _recheck(self, verdicts: list[Verdict], processes: int) -> dict[tuple, list[CaseOutcome]]:
-        """The cases whose first verdict leans slower, timed again in ``processes`` fresh processes each (one
-        process per GPU the first run used, one after another), by ``case_key``."""
-        suspects = {v.key for v in verdicts if needs_recheck(v)}
+    def _recheck(self, suspects: set[tuple], processes: int) -> dict[tuple, list[CaseOutcome]]:
+        """The cases of ``suspects`` (``case_key``s whose first verdict leans slower), timed again in ``processes``
+        fresh processes each (one process per GPU the first run used, one after another), by ``case_key``."""
         by_gpu: dict[str | None, list[tuple[tuple, BenchCase]]] = {}
         for outcome in self.final:
             key = case_key(outcome)
@@ -467,7 +463,7 @@ class ReportingSession:
                 for (key, _), again in zip(group, outcomes):
                     if again is not None:
                         found.setdefault(key, []).append(again)
-        if suspects and processes:
+        if processes:
             count = sum(len(g) for g in by_gpu.values())
             self.notes.append(f"--recheck: re-timed {count} case(s) that leaned slower in {processes} fresh "
                               f"process(es) each ({time.perf_counter() - started:.0f} s)")

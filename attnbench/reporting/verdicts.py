@@ -65,7 +65,7 @@ import sys
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from attnbench import options
 from attnbench.exports import ResultsFileError, load_results
@@ -220,16 +220,15 @@ def compare_runs(baselines: Sequence[Sequence[CaseOutcome]], new: Sequence[CaseO
         interval = model.interval(bases, [result, *again], per_case)
         if interval is None:
             ratio, lo, hi, method, note = ratio_interval(base, result, per_case, seed)
-            verdict = classify(lo, hi, threshold)
         else:
             ratio, lo, hi, method, note = interval.ratio, interval.low, interval.high, "placements", interval.note
-            verdict = classify(lo, hi, threshold)
-            if again:
-                unconfirmed = verdict == SLOWER and interval.disagree and interval.least_low <= 1.0 + threshold
-                verdict = UNSURE if unconfirmed else verdict
-                shown = ", ".join(change(c) for c in interval.process_ratios)
-                note = "; ".join(n for n in (note, f"timed in {len(interval.process_ratios)} processes: {shown}" + (
-                    " (they disagree: SLOWER not confirmed)" if unconfirmed else "")) if n)
+        verdict = classify(lo, hi, threshold)
+        if interval is not None and again:
+            unconfirmed = verdict == SLOWER and interval.disagree and interval.least_low <= 1.0 + threshold
+            verdict = UNSURE if unconfirmed else verdict
+            shown = ", ".join(change(c) for c in interval.process_ratios)
+            note = "; ".join(n for n in (note, f"timed in {len(interval.process_ratios)} processes: {shown}" + (
+                " (they disagree: SLOWER not confirmed)" if unconfirmed else "")) if n)
         # a change measured while either run's clocks were held down says so: it may be the GPU, not the code
         throttled = "; ".join(f"{side} run {c.note()}" for side, c in (("baseline", _clocks(bases[0])),
                                                                         ("new", _clocks(result)))
@@ -342,6 +341,20 @@ class PlacementInterval:
     process_ratios: tuple[float, ...]  # each new process's own ratio, the first one first
     disagree: bool  # the new processes differ by more than the spread between processes allows
     least_low: float  # the low end of the interval of the process that measured the least change, on its own
+
+
+def compare_rechecked(baselines: Sequence[Sequence[CaseOutcome]], new: Sequence[CaseOutcome],
+                      retime: Callable[[set[tuple]], Mapping[tuple, Sequence[CaseOutcome]]], *,
+                      threshold: float = THRESHOLD, confidence: float = CONFIDENCE) -> list[Verdict]:
+    """``compare_runs``, then the cases whose first verdict leans slower (``needs_recheck``) judged again with what
+    ``retime`` gives for their ``case_key``s: other processes of the new code (pytest's ``--recheck`` times them in
+    fresh processes; ``benchmark.py compare --rerun`` reads them from files)."""
+    verdicts = compare_runs(baselines, new, threshold=threshold, confidence=confidence)
+    leaning = {v.key for v in verdicts if needs_recheck(v)}
+    rechecks = retime(leaning) if leaning else {}
+    if not rechecks:
+        return verdicts
+    return compare_runs(baselines, new, threshold=threshold, confidence=confidence, rechecks=rechecks)
 
 
 def needs_recheck(verdict: Verdict) -> bool:
@@ -594,17 +607,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if warning and warning not in warnings:
             warnings.append(warning)
             print(f"WARNING: {warning}", file=sys.stderr)
-    base_runs = [b.results for b in bases]
-    verdicts = compare_runs(base_runs, new.results, threshold=args.threshold, confidence=args.confidence)
-    leaning = {v.key for v in verdicts if needs_recheck(v)}
-    rechecks: dict[tuple, list[CaseOutcome]] = {}
-    for rerun in reruns:
-        for r in rerun.results:
-            if r.timed and case_key(r) in leaning:
-                rechecks.setdefault(case_key(r), []).append(r)
-    if rechecks:
-        verdicts = compare_runs(base_runs, new.results, threshold=args.threshold, confidence=args.confidence,
-                                rechecks=rechecks)
+    def from_reruns(leaning: set[tuple]) -> dict[tuple, list[CaseOutcome]]:
+        found: dict[tuple, list[CaseOutcome]] = {}
+        for rerun in reruns:
+            for r in rerun.results:
+                if r.timed and case_key(r) in leaning:
+                    found.setdefault(case_key(r), []).append(r)
+        return found
+
+    verdicts = compare_rechecked([b.results for b in bases], new.results, from_reruns, threshold=args.threshold,
+                                 confidence=args.confidence)
     for v in verdicts:
         print(v.line())
     tally = counts(verdicts)
