@@ -135,9 +135,13 @@ class BenchmarkResult:
         return self.outcome.passed
 
 
-def _run(family: str, config: BenchmarkConfig, params: dict[str, int]) -> BenchmarkResult:
+def _require_config(config: Any) -> None:
     if not isinstance(config, BenchmarkConfig):
         raise TypeError(f"config is {type(config).__name__} {config!r:.60}, expected a BenchmarkConfig")
+
+
+def _run(family: str, config: BenchmarkConfig, params: dict[str, int]) -> BenchmarkResult:
+    _require_config(config)
     if not isinstance(config.backend, str):
         raise TypeError(f"BenchmarkConfig.backend is {type(config.backend).__name__}, expected a backend name")
     if not isinstance(config.extra, dict):
@@ -165,8 +169,7 @@ def _run(family: str, config: BenchmarkConfig, params: dict[str, int]) -> Benchm
 def run_mla_benchmark(backend: str, config: BenchmarkConfig, num_kv_splits: int | None = None,
                       reorder_batch_threshold: int | None = None) -> BenchmarkResult:
     """Time one MLA case; the optional knobs force CUTLASS_MLA's split count or the builder's threshold."""
-    if not isinstance(config, BenchmarkConfig):
-        raise TypeError(f"config is {type(config).__name__} {config!r:.60}, expected a BenchmarkConfig")
+    _require_config(config)  # before its fields are copied below
     params = {}
     for name, value, least in ((NUM_KV_SPLITS, num_kv_splits, 1), (REORDER_BATCH_THRESHOLD, reorder_batch_threshold, 0)):
         if value is None:
