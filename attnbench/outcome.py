@@ -17,6 +17,7 @@ layer, so ``mean_time`` means what upstream's ``BenchmarkResult.mean_time`` mean
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import statistics
@@ -285,9 +286,12 @@ _NOT_NULL = {"backend", "batch_spec", "status", "rounds", "samples", "backend_pa
 
 
 def _check_row_value(name: str, value: Any) -> None:
-    expected = _ROW_KINDS.get(name)
-    if expected is None:
+    if name == "sweep_value":  # a number, or a name (kv_cache_dtype); CaseKey.from_json checks it with its param
         return
+    expected = _ROW_KINDS.get(name)
+    if expected is None:  # a misspelt or foreign field would otherwise be ignored
+        close = difflib.get_close_matches(str(name), [*_ROW_KINDS, "sweep_value"], n=1)
+        require(False, f"record has an unknown key {show(name)}" + (f" (did you mean {close[0]}?)" if close else ""))
     if value is None:
         require(name not in _NOT_NULL, f"{name} is null, expected {expected}")
         return

@@ -433,6 +433,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             _usage_error(config, "nothing to run: " + "; ".join(
                 f"{Path(path).parent.name}: {reason}" for path, reason in why.items()))
         config.hook.pytest_deselected(items=unused)
+    study = config.stash.get(STUDY_KEY, None)
+    if study is not None and study.topk_pattern is not None and items and not any(
+            (point := case_point(item)) is not None and point.topk_pattern is not None for item in items):
+        config.stash[NOTES_KEY].append(f"--topk-pattern {' '.join(study.topk_pattern)} changes nothing here: it "
+                                       "chooses sparse MLA's top-k keys, and no sparse MLA case was collected "
+                                       "(bench_mla's test_sparse_mla runs them)")
 
 
 _WORKER_ERROR = "attnbench_usage_error"  # workeroutput key: a worker's collection-time usage error

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 
 from attnbench import backends as registry
 from attnbench import options
 from attnbench.options import OptionError
-from attnbench.shapes import Shape, ShapeError, make_shape
+from attnbench.shapes import QUANTIZED_KV_CACHE_DTYPES, Shape, ShapeError, make_shape
 from attnbench.sweeps import AUTO, BACKEND_PARAMS, Sweep, SweepError, check_distinct, make_sweep
 from grammar import (MAX_REQUESTS, BatchSpecError, generate_batch_specs_from_ranges, parse_batch_spec,
                      repeat_batch_spec, to_batch_spec)
@@ -461,8 +461,26 @@ def build_study(yaml_fields: dict[str, Any] | None, cli: dict[str, Any]) -> Stud
     if problem:  # the YAML alone passed parse_study_dict, so the conflict came from here
         flag = {"sweeps": "--sweep-param", "timed_region": "--timed-region"}[problem[0]]
         raise StudyError(f"{flag}: {problem[1]}")
+    unused_scales = _unused_kv_scales(parts, fields_.get("sweeps") or (), cli)
+    if unused_scales:
+        notes.setdefault("kv_scales", []).append(unused_scales)
     fields_["notes"] = tuple(n for group in notes.values() for n in group)
     return Study(**fields_, model=parts["model"], run=RunSettings(**parts["run"]))
+
+
+def _unused_kv_scales(parts: dict[str, dict[str, Any]], sweeps: Sequence[Sweep], cli: dict[str, Any]) -> str | None:
+    """The note for a --kv-scales that no case of the study reads: scales exist only for a quantised (fp8) cache."""
+    if "kv_scales" not in parts["run"]:
+        return None
+    cache_dtypes = {parts["model"].get("kv_cache_dtype") or "auto"}
+    for sweep in sweeps:
+        if sweep.param == "kv_cache_dtype":
+            cache_dtypes = {str(v) for v in sweep.points()}
+    if any(d in QUANTIZED_KV_CACHE_DTYPES for d in cache_dtypes):
+        return None
+    origin = "--kv-scales" if options.given(cli, options.BY_NAME["kv_scales"]) is not None else "kv_scales"
+    return (f"{origin} {parts['run']['kv_scales']} changes nothing here: scales belong to a quantised (fp8) cache, and "
+            f"this study's KV cache is {', '.join(sorted(cache_dtypes))} (give --kv-cache-dtype fp8 to use them)")
 
 
 def _cli_sweeps(params: Any, values: Any, include_auto: bool, notes: list[str]) -> tuple[Sweep, ...]:

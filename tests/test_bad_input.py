@@ -5,6 +5,7 @@ in a child pytest, so they see exactly what a user sees (one ``ERROR:`` line, ex
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -20,6 +21,7 @@ from attnbench.exports import ResultsFileError, load_results
 from attnbench.reporting import plots, verdicts
 from attnbench.plugin import FOREIGN_NUMBERS
 from attnbench.study import Study, StudyError, build_study, load_study_file
+from attnbench.workload import build_layout, scheduler_order
 from grammar import BatchSpecError, parse_batch_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,6 +213,25 @@ def test_numbers_no_time_can_be_are_one_error_in_every_reader(tmp_path, capsys, 
     assert verdicts.main([str(path), str(ROOT / "tests/data/verdict_new.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}") and said in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda row: row.update(median_tme=1e-3), 'record has an unknown key "median_tme"'),
+    (lambda row: row.update({"Backend": "FLASH_ATTN"}), 'record has an unknown key "Backend"'),
+], ids=["misspelt-key", "wrong-case-key"])
+def test_an_unknown_row_key_in_attnbench_json_is_one_error(tmp_path, edit, said) -> None:
+    """README: an unknown key in a results file is an error naming it, not a field quietly ignored. The rows an
+    attnbench JSON export writes load back as they are; one edited key does not."""
+    rows = [r.to_json() for r in load_results(ROOT / "tests/data/verdict_new.json").results]
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"results": rows}))
+    assert len(load_results(good).results) == len(rows)
+    edit(rows[1])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"results": rows}))
+    with pytest.raises(ResultsFileError, match=re.escape(said)) as info:
+        load_results(bad)
+    assert str(info.value).startswith(str(bad)) and "results[1]" in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("flag, name", [("--output-json", "x" * 300 + ".json"), ("--benchmark-json", "y" * 300),
@@ -606,6 +627,33 @@ def test_options_that_would_be_ignored_are_one_usage_error(tmp_path, args, token
     assert_one_line_usage_error(proc, *tokens)
 
 
+@pytest.mark.parametrize("args, note", [
+    (["--topk-pattern", "prefix"], "attnbench: --topk-pattern prefix changes nothing here: it chooses sparse MLA's "
+                                   "top-k keys, and no sparse MLA case was collected"),
+    (["--kv-scales", "unit"], "attnbench: --kv-scales unit changes nothing here: scales belong to a quantised (fp8) "
+                              "cache, and this study's KV cache is auto"),
+], ids=["topk-pattern-without-sparse-cases", "kv-scales-without-a-quantised-cache"])
+def test_an_option_no_collected_case_reads_is_said(tmp_path, args, note) -> None:
+    """Options of one family or one cache format, given where no case reads them: the run goes on (benchmark.py
+    passes both folders the same options) and says, once, that the option changed nothing."""
+    proc = run_pytest(str(ROOT / "bench_attention"), "-p", "no:cacheprovider", "-k", "REFERENCE", "--device", "cpu",
+                      "--batch-specs", "q1s64", "--benchmark-only", "--benchmark-disable-gc", *args, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert out.count(note) == 1, out
+
+
+def test_options_read_by_a_collected_case_are_not_said_to_change_nothing(tmp_path) -> None:
+    """The notes above are not printed where the option matters: a sparse case for --topk-pattern, an fp8 cache for
+    --kv-scales."""
+    proc = run_pytest(str(ROOT / "bench_mla"), "-p", "no:cacheprovider", "-k", "REFERENCE", "--device", "cpu",
+                      "--batch-specs", "q1s64", "--collect-only", "-q", "--topk-pattern", "prefix", "--kv-scales",
+                      "unit", "--kv-cache-dtype", "fp8", cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "topk=prefix" in out, out
+    assert "changes nothing here" not in out, out
+
+
 @pytest.mark.parametrize("main, argv, said", [
     (verdicts.main, ["", str(ROOT / "tests/data/verdict_new.json")], "error: an empty path: no results file named"),
     (plots.main, [str(ROOT / "tests/data/cpu_run.json"), "--out", ""], "error: --out : cannot write plots there: "
@@ -645,3 +693,23 @@ def test_a_huge_repeated_list_is_summarised_in_its_note(tmp_path) -> None:
     [note] = [line for line in out.splitlines() if "repeated value(s) merged" in line]
     assert "299999 repeated value(s)" in note and "and 299995 more -> REFERENCE" in note and len(note) < 300, note
     assert max(len(line) for line in out.splitlines()) < 1000
+
+
+# ------------------------------------------------------------------ scale of valid input
+
+def test_a_case_costs_in_proportion_to_its_segments() -> None:
+    """A spec of N `_`-joined segments is read, ordered and laid out in time linear in N (20,000 segments: about as
+    long as the same batch written as one `20000q1` segment). Four times the segments may cost at most eight times
+    the time: a quadratic step would cost sixteen."""
+    def cost(segments: int) -> float:
+        spec = "_".join(["q1s64", "q4s256"] * (segments // 2))
+        best = math.inf
+        for _ in range(3):
+            start = time.perf_counter()
+            requests = scheduler_order(parse_batch_spec(spec), 1)
+            build_layout(requests, 16, "cpu")
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    small, large = cost(2000), cost(8000)
+    assert large < 8 * small, (small, large)
