@@ -485,6 +485,12 @@ class ReportingSession:
             else:
                 terminalreporter.write_line(f"no benchmark case ran: {len(shown)} skipped "
                                             f"(their reasons are in pytest's short summary, -rs)")
+        if ran:
+            from attnbench.reporting.console import time_spent_line
+
+            spent = time_spent_line(ran)
+            if spent:
+                terminalreporter.write_line(f"attnbench: {spent}")
         if self.verdicts is not None:
             from attnbench.reporting.console import render_renderables
 

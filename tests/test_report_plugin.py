@@ -62,6 +62,19 @@ def test_session_prints_a_table_per_study_and_family(first_run) -> None:
     assert "test_attention[REFERENCE-2q16_2q1s64]" in proc.stdout and "Rounds" in proc.stdout
 
 
+def test_session_says_where_the_host_time_went(first_run) -> None:
+    """One line sums every timed case's host phases (from its record) and the timed calls themselves."""
+    out, proc = first_run
+    line = next(line for line in proc.stdout.splitlines() if "where the time went" in line)
+    rows = [r for r in json.loads((out / "r.json").read_text())["results"] if r["status"] == "passed"]
+    assert f"where the time went, {len(rows)} cases: host " in line, line
+    total = sum(r["extra"]["host_seconds"]["total"] for r in rows)
+    shown = float(re.search(r"host ([0-9.]+) s", line).group(1))
+    assert abs(shown - total) <= 0.05 + 1e-9, (line, total)
+    timed = float(re.search(r"timing ([0-9.]+) s \(the timed calls themselves ([0-9.]+) s\)", line).group(2))
+    assert 0 < timed <= float(re.search(r"timing ([0-9.]+) s", line).group(1)) + 0.05, line
+
+
 def test_session_writes_csv_json_and_plots_and_removes_its_journal(first_run) -> None:
     out, proc = first_run
     rows = read_csv(out / "r.csv")
