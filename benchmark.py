@@ -38,9 +38,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _join_dash_values(argv: Sequence[str]) -> list[str]:
+    """``--noise-target -inf`` as ``--noise-target=-inf``: argparse takes a value that starts with one ``-`` (and is
+    not a plain negative number) for an option, and would blame the wrong flag (``-q1`` as pytest's ``-q``); joined,
+    the value reaches the suite's own check, which names the flag."""
+    takes_value = {flag for opt in _UPSTREAM if opt.const is None for flag in opt.upstream}
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] in takes_value and token.startswith("-") and not token.startswith("--") and len(token) > 1:
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def to_pytest_args(argv: Sequence[str]) -> list[str]:
     """Translate an upstream command line into this suite's pytest arguments."""
-    args, passthrough = _parser().parse_known_args(list(argv))
+    args, passthrough = _parser().parse_known_args(_join_dash_values(argv))
     out: list[str] = [str(HERE / "bench_attention"), str(HERE / "bench_mla"), "-p", "no:cacheprovider",
                       "--rootdir", str(HERE), "-c", str(HERE / "pytest.ini")]
     for opt in _UPSTREAM:
@@ -51,7 +65,10 @@ def to_pytest_args(argv: Sequence[str]) -> list[str]:
             for one in value:
                 out += [opt.flags[0], *(one if opt.many else [one])]
         elif value is not None:
-            out += [opt.flags[0], *(value if opt.many else [value])]
+            values = [str(v) for v in (value if opt.many else [value])]
+            # a lone value that starts with "-" joined to its flag, so that pytest reads "-q1" as the value it is
+            joined = len(values) == 1 and values[0].startswith("-")
+            out += [f"{opt.flags[0]}={values[0]}"] if joined else [opt.flags[0], *values]
     # list options swallow what follows them, so pytest's own arguments go behind a separator-free flag set
     return out + ["-rs"] + passthrough
 

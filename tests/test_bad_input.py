@@ -595,6 +595,20 @@ def test_benchmark_py_accumulates_list_flags_and_refuses_repeated_scalars(tmp_pa
     assert proc.returncode == 2 and proc.stderr == "error: --num-layers: given twice ('2', '3'); give it once\n"
 
 
+@pytest.mark.parametrize("args, said", [
+    (["--noise-target", "-inf"], "--noise-target: must be a finite number in ASCII digits, got '-inf'"),
+    (["--batch-specs", "-q1"], "--batch-specs: batch spec '-q1': segment '-q1': unknown character '-'"),
+    (["--batch-specs=-q1"], "--batch-specs: batch spec '-q1'"),
+    (["--repeats", "-3"], "--repeats: must be >= 1, got -3"),
+], ids=["-inf", "-q1", "-q1-joined", "negative-count"])
+def test_benchmark_py_gives_a_value_that_starts_with_a_dash_to_its_own_flag(tmp_path, args, said) -> None:
+    """argparse would read `-q1` as pytest's -q and `-inf` as an unknown option: benchmark.py hands such a value to
+    its flag, whose check then names the flag and the value."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--device", "cpu", *args], cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=240)
+    assert_one_line_usage_error(proc, said)
+
+
 @pytest.mark.parametrize("args, token", [(["--backends", "flashmla"], "FLASHMLA is an MLA backend: run bench_mla"),
                                          (["--num-q-heads", "3"], "command line: model: num_q_heads=3")])
 def test_collection_usage_errors_reach_the_user_under_xdist(tmp_path, args, token) -> None:
