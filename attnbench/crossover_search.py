@@ -56,6 +56,18 @@ def _nearest(qs: Sequence[int], x: float) -> int:
     return qs[i - 1] if x - qs[i - 1] <= qs[i] - x else qs[i]
 
 
+def curve_kv(points: Iterable[tuple[int, int]]) -> dict[tuple[int, int], int | None]:
+    """The KV length that names each (q, kv) point's curve, among the points of one backend and batch size: each
+    KV length is a curve of its own where the same q appears at several KV lengths; otherwise one curve, named by
+    its KV length if it has one, else None (KV grows with q). The search and the crossover table both read curves
+    by this rule."""
+    unique = set(points)
+    qs = [q for q, _ in unique]
+    kvs = {kv for _, kv in unique}
+    split = len(set(qs)) < len(qs)
+    return {(q, kv): kv if split or len(kvs) == 1 else None for q, kv in unique}
+
+
 def coarse_points(grid: Iterable[int]) -> list[int]:
     """Level 0: the grid's min and max and every power of two inside it, each snapped to the grid."""
     qs = sorted(set(grid))

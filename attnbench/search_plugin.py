@@ -26,8 +26,8 @@ from typing import Any, Iterable
 
 import pytest
 
-from attnbench.crossover_search import (PIPELINES, Curve, Measurement, SearchState, decide_waiting, measurement,
-                                        search_levels, vllm_default)
+from attnbench.crossover_search import (PIPELINES, Curve, Measurement, SearchState, curve_kv, decide_waiting,
+                                        measurement, search_levels, vllm_default)
 from attnbench import options
 from attnbench.outcome import FAILED
 from attnbench.plugin import STUDY_KEY, case_point
@@ -85,12 +85,9 @@ def curve_points(specs: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, 
         groups.setdefault((family, backend, size), []).append((spec, q, kv))
     out: dict[tuple[str, str, str], tuple[Curve, int]] = {}
     for (family, backend, size), members in groups.items():
-        qs = [q for _, q, _ in members]
-        kvs = {kv for _, _, kv in members}
-        split = len(set(qs)) < len(qs)
+        named = curve_kv((q, kv) for _, q, kv in members)
         for spec, q, kv in members:
-            curve_kv = kv if split or len(kvs) == 1 else None
-            out[(family, backend, spec)] = ((family, backend, size, curve_kv), q)
+            out[(family, backend, spec)] = ((family, backend, size, named[(q, kv)]), q)
     return out
 
 

@@ -360,3 +360,17 @@ def test_shared_log_reads_only_complete_new_lines_of_the_other_processes(tmp_pat
     assert sorted(r["q"] for r in SharedLog(tmp_path).read_new(include_own=True)) == [1, 2, 3]  # the summary's view
     mine.close()
     theirs.close()
+
+
+def test_one_rule_names_the_curves_for_the_search_and_the_table() -> None:
+    """KV splits the curve only where one q appears at several KV lengths; a single KV length names the curve;
+    KV that grows with q names none. search_plugin.curve_points and analysis.crossover_table both use it."""
+    from attnbench.crossover_search import curve_kv
+    from attnbench.search_plugin import curve_points
+
+    assert curve_kv([(1, 1024), (8, 1024), (64, 1024)]) == {(1, 1024): 1024, (8, 1024): 1024, (64, 1024): 1024}
+    assert curve_kv([(1, 1025), (8, 1032), (64, 1088)]) == {(1, 1025): None, (8, 1032): None, (64, 1088): None}
+    assert curve_kv([(1, 1024), (1, 2048), (8, 1024)]) == {(1, 1024): 1024, (1, 2048): 2048, (8, 1024): 1024}
+    found = curve_points([("mla", "FLASHMLA", "8q1s1k"), ("mla", "FLASHMLA", "8q8s1k"), ("mla", "FLASHMLA", "8q1s2k")])
+    assert found[("mla", "FLASHMLA", "8q1s2k")] == (("mla", "FLASHMLA", 8, 2048), 1)
+    assert found[("mla", "FLASHMLA", "8q8s1k")] == (("mla", "FLASHMLA", 8, 1024), 8)

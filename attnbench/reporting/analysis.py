@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from attnbench.crossover_search import CrossoverAnswer, Point, crossover_answer, measurement, vllm_default
+from attnbench.crossover_search import CrossoverAnswer, Point, crossover_answer, curve_kv, measurement, vllm_default
 from attnbench.reporting.cells import is_default_point, spec_order, sweep_point
 from attnbench.outcome import CaseOutcome
 
@@ -99,16 +99,11 @@ def crossover_table(results: Iterable[CaseOutcome]) -> list[Crossover]:
     rows: list[Crossover] = []
     for (study, family, backend, batch_size), points in by_group.items():
         both = {qk: t for qk, t in points.items() if len(t) == 2}
-        qs = [q for q, _ in both]
-        if len(set(qs)) < len(qs):  # the same q at several KV lengths: one row per KV length
-            kvs = sorted({kv for _, kv in both})
-            subsets = [(kv, {q: t for (q, k), t in both.items() if k == kv}) for kv in kvs]
-        else:
-            kv_set = {kv for _, kv in both}
-            subsets = [(kv_set.pop() if len(kv_set) == 1 else None, {q: t for (q, _), t in both.items()})]
-        for kv, by_q in subsets:
-            if by_q:
-                rows.append(_crossover(study, family, backend, batch_size, kv, by_q))
+        curves: dict[int | None, dict[int, dict[str, CaseOutcome]]] = {}
+        for (q, kv), named in curve_kv(both).items():  # one row per curve, as the search walks them
+            curves.setdefault(named, {})[q] = both[(q, kv)]
+        for kv, by_q in curves.items():
+            rows.append(_crossover(study, family, backend, batch_size, kv, by_q))
     rows.sort(key=lambda c: (c.study or "", c.family or "", c.backend, c.batch_size, c.kv_len or 0))
     return rows
 
