@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import shutil
 import subprocess
 from typing import Any
 
-from attnbench.backends import BackendInfo, capability_skip_reason
+from attnbench.backends import VLLM_VERSION, BackendInfo, capability_skip_reason
 
 
 def cuda_capability(device: Any = None) -> tuple[int, int] | None:
@@ -26,9 +27,28 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+@functools.lru_cache(maxsize=1)
+def vllm_version_problem() -> str | None:
+    """Why the installed vLLM cannot run this suite's adapters (they drive one release's internals: 0.30 dropped
+    fields of CommonAttentionMetadata that they pass), or None. Read once, from the package's metadata, without
+    importing vLLM; a vLLM without metadata is taken at its word."""
+    installed = package_version("vllm")
+    if installed is None or _release(installed) == _release(VLLM_VERSION):
+        return None
+    return (f"vLLM {installed} is installed; this suite drives vLLM {VLLM_VERSION}'s internals "
+            f"(pip install 'vllm=={VLLM_VERSION}')")
+
+
+def _release(version: str) -> tuple[str, ...]:
+    """major.minor: patch releases (0.26.1) and local builds (0.26.0+cu130) keep the internals the adapters use."""
+    return tuple(version.split("+")[0].split(".")[:2])
+
+
 def skip_reason(info: BackendInfo, device: Any) -> str | None:
     """Why ``info`` cannot run on ``device`` here, or None."""
     dev_type = getattr(device, "type", str(device).split(":")[0])
+    if info.needs_vllm and vllm_installed() and vllm_version_problem():
+        return vllm_version_problem()
     if info.needs_cuda and dev_type != "cuda":
         return f"{info.name} needs a CUDA device (--device {device})"
     if dev_type == "cuda":

@@ -92,3 +92,46 @@ def test_the_declared_capability_table_matches_vllms_answers():
             if declared != bool(cls.supports_compute_capability(DeviceCapability(*cap))):
                 disagreements.append(f"{info.name} SM{cap[0]}{cap[1]}: table says {'yes' if declared else 'no'}")
     assert not disagreements, "; ".join(disagreements)
+
+
+def _stand_in_vllm(folder, version: str):
+    """A package that is vLLM only by name and version (its metadata), nothing else."""
+    (folder / "vllm").mkdir()
+    (folder / "vllm" / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    info = folder / f"vllm-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
+
+
+def test_another_vllm_release_skips_every_vllm_case_in_one_line_naming_both_versions(tmp_path):
+    """The adapters drive vLLM 0.26's internals: with another release installed, each vLLM case is skipped before
+    it builds anything, with one reason naming both versions (pytest's -rs lists it once, with the count)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    _stand_in_vllm(tmp_path, "0.30.0")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path), str(root)]), COLUMNS="200")
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(root / "bench_attention"), "-c", str(root / "pytest.ini"),
+                           "--rootdir", str(root), "-p", "no:cacheprovider", "--benchmark-only", "-rs",
+                           "--backends", "FLASH_ATTN", "TRITON_ATTN", "REFERENCE", "--batch-specs", "q1s64", "8q1s1k",
+                           "--device", "cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    said = "vLLM 0.30.0 is installed; this suite drives vLLM 0.26.0's internals (pip install 'vllm==0.26.0')"
+    assert f"SKIPPED [4] " in out and said in out, out
+    assert "2 passed" in out and "Traceback" not in out, out  # REFERENCE needs no vLLM and still runs
+
+
+@pytest.mark.parametrize("version, problem", [("0.26.0", False), ("0.26.1", False), ("0.26.0+cu130", False),
+                                              ("0.30.0", True), ("1.26.0", True)])
+def test_the_vllm_release_check_reads_major_and_minor(monkeypatch, version, problem):
+    from attnbench import hardware
+
+    monkeypatch.setattr(hardware, "package_version", lambda name: version)
+    hardware.vllm_version_problem.cache_clear()
+    try:
+        assert (hardware.vllm_version_problem() is not None) == problem
+    finally:
+        hardware.vllm_version_problem.cache_clear()
