@@ -32,9 +32,11 @@ from typing import IO, Any, Iterable, Sequence
 from attnbench.outcome import FAILED, PASSED, CaseOutcome, Times, case_key, summary_times
 from attnbench.record import SCHEMA as RECORD_SCHEMA
 from attnbench.record import (SHAPE_FIELDS, CaseKey, CaseRecord, RecordError, is_finite, keys_of, kind_of, require,
-                              show, upgrade_schema_1)
+                              show)
 
 SCHEMA = "attnbench.results/1"
+# the "attnbench" block of pytest-benchmark JSON: the cases that were not timed, grouped by (status, reason)
+NOT_TIMED_SCHEMA = 3
 
 # Upstream's columns first, in its order, so its readers keep working; ours follow.
 SEED_CSV_COLUMNS = ("backend", "batch_spec", "num_layers", "mean_time", "std_time", "throughput", "memory_mb")
@@ -170,7 +172,7 @@ def _load_text(p: Path, text: str) -> LoadedResults:
         results = _records(p, doc["benchmarks"], "benchmarks", from_benchmark_entry)
         block = doc.get("attnbench")
         results += _not_timed(p, block)
-        listed = isinstance(block, dict) and isinstance(block.get("schema"), int) and block["schema"] >= 3
+        listed = isinstance(block, dict)
         return LoadedResults(results, _machine_info(p, doc), "pytest-benchmark", lists_untimed=listed)
     if isinstance(doc, dict) and "results" in doc:
         results = _records(p, doc["results"], "results", CaseOutcome.from_json)
@@ -183,15 +185,15 @@ def _load_text(p: Path, text: str) -> LoadedResults:
 
 
 def _not_timed(p: Path, block: Any) -> list[CaseOutcome]:
-    """The skipped and failed cases this suite adds to pytest-benchmark's JSON (``attnbench.not_timed``, schema 3
-    keeps their case keys; older blocks name test ids only and are left to the logs)."""
+    """The skipped and failed cases this suite adds to pytest-benchmark's JSON (``attnbench.not_timed``, with their
+    test ids and case keys)."""
     if block is None:
         return []
     where = f"{p}: attnbench.not_timed"
     if not isinstance(block, dict) or not isinstance(block.get("not_timed", []), list):
         raise ResultsFileError(f"{p}: 'attnbench' is {kind_of(block)}, expected an object with a not_timed list")
-    if not isinstance(block.get("schema"), int) or block["schema"] < 3:
-        return []
+    if block.get("schema") != NOT_TIMED_SCHEMA:
+        raise ResultsFileError(f"{p}: attnbench.schema is {show(block.get('schema'))}, expected {NOT_TIMED_SCHEMA}")
     out = []
     for i, group in enumerate(block["not_timed"]):
         try:
@@ -226,7 +228,7 @@ def _records(p: Path, items: Any, what: str, build: Any) -> list[CaseOutcome]:
 
 def from_benchmark_entry(entry: Any) -> CaseOutcome:
     """One entry of pytest-benchmark's ``benchmarks`` list (only passed tests are saved there): the record in its
-    ``extra_info`` (schema 1 upgraded), the times from ``stats.data``, else from the summary when
+    ``extra_info``, the times from ``stats.data``, else from the summary when
     ``--benchmark-save`` kept no samples. An entry with no record (a plain pytest-benchmark test) is known by its
     node id. Raises ``RecordError`` naming the field when the entry is malformed."""
     require(isinstance(entry, dict), f"benchmark entry is {kind_of(entry)}, expected an object")
@@ -244,10 +246,13 @@ def from_benchmark_entry(entry: Any) -> CaseOutcome:
             f"stats.rounds is {show(rounds)}, expected a whole number of rounds")
     times = Times.of(raw) if raw else summary_times(stats, ("mean", "median", "stddev", "min", "max", "iqr", "rounds"),
                                            "stats.")
-    info = upgrade_schema_1(dict(_container(entry, "extra_info") or {}))
+    info = dict(_container(entry, "extra_info") or {})
     schema = info.get("schema")
     require(schema is None or schema == RECORD_SCHEMA,
             f"extra_info.schema is {show(schema)}, expected {RECORD_SCHEMA} (this suite's record) or none")
+    require(schema is not None or "verification" not in info,  # not a plain pytest-benchmark test's extra_info
+            f"extra_info is an attnbench record without a schema (the flat records of 2026-11), expected schema "
+            f"{RECORD_SCHEMA}")
     timer = (_container(entry, "options") or {}).get("timer")
     for key, value in (("fullname", entry.get("fullname")), ("name", entry.get("name")), ("options.timer", timer)):
         require(value is None or isinstance(value, str), f"{key} is {show(value)}, expected a string")

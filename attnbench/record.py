@@ -27,7 +27,7 @@ _SHAPE_NAMES = ("dtype", "kv_cache_dtype")  # the shape fields that are names, n
 # still reads
 _BACKEND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
-SCHEMA = 2  # 1: the flat extra_info of 2026-11 (``upgrade_schema_1`` reads it); 2: this record
+SCHEMA = 2  # this record (1, a flat extra_info of 2026-11, is no longer read: the files that had it were converted)
 
 # pytest-benchmark's "timer" for each timing mode: what the stored numbers measured
 TIMER_NAMES = {"cuda-graph": "cuda_events(cuda_graph_replay)", "cuda-events": "cuda_events(eager)",
@@ -582,25 +582,3 @@ class CaseRecord:
                    work=parts["work"] or Work(), backend_info=data.get("backend_info") or {},
                    kernels=data.get("kernels"), memory=parts["memory"], host_seconds=parts["host_seconds"],
                    gpu=parts["gpu"], search=data.get("search"), clocks=parts["clocks"])
-
-
-_TIMING_FACTS_V1 = ("time_unit", "working_set_bytes", "l2_bytes")  # top-level in schema 1, in ``timing`` since 2
-
-
-def upgrade_schema_1(info: dict[str, Any]) -> dict[str, Any]:
-    """A schema-1 (flat, 2026-11) ``extra_info`` of a timed case as the schema-2 record JSON: the work model
-    moves under ``work`` and the timing facts under ``timing``; nothing else changes. Anything else (a
-    record already, an untimed case, a plain pytest-benchmark test) is returned as it is."""
-    if info.get("schema") is not None or not isinstance(info.get("timing"), dict) or "verification" not in info:
-        return info
-    out: dict[str, Any] = {"schema": SCHEMA}
-    timing = dict(info.get("timing") or {})
-    for key, value in info.items():
-        if key in Work.KINDS:
-            out.setdefault("work", {})[key] = value
-        elif key in _TIMING_FACTS_V1:
-            timing.setdefault(key, value)
-        elif key != "timing":
-            out[key] = value
-    out["timing"] = timing
-    return out

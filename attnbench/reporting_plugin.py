@@ -36,8 +36,8 @@ from attnbench import recheck
 from attnbench.cases import BenchCase
 from attnbench.reporting.verdicts import (SLOWER, GpuMismatch, Verdict, check_gpu, compare_rechecked, counts,
                                           recorded_gpu, tally_line, verdict_table, write_verdict_json)
-from attnbench.exports import (Journal, LoadedResults, ResultsFileError, load_results, merge_results, partial_path,
-                               path_conflict, unusable_folder_reason, unwritable_reason)
+from attnbench.exports import (NOT_TIMED_SCHEMA, Journal, LoadedResults, ResultsFileError, load_results, merge_results,
+                               partial_path, path_conflict, unusable_folder_reason, unwritable_reason)
 from attnbench.reporting.formatter import ResultsFormatter, crossover_csv_path, crossover_rows
 from attnbench.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case_key, describe_key, devicekind_of
 from attnbench.plugin import STUDY_KEY, case_of_key, case_point
@@ -506,8 +506,6 @@ class ReportingSession:
             terminalreporter.write_line(f"attnbench WARNING: {line}", yellow=True, bold=True)
 
 
-# 1: one entry per case; 2: one entry per (status, reason) with the cases' ids; 3: and their case keys
-NOT_TIMED_SCHEMA = 3
 
 
 def group_not_timed(results: list[CaseOutcome]) -> list[dict[str, Any]]:

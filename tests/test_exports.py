@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import re
 from pathlib import Path
 
 import pytest
@@ -430,3 +431,23 @@ def test_an_output_through_a_symlink_rewrites_its_target_and_keeps_the_link(tmp_
     link.symlink_to(target)
     atomic_write(link, lambda f: f.write("new"))
     assert link.is_symlink() and target.read_text() == "new"
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda doc: doc["benchmarks"][0]["extra_info"].pop("schema"),
+     "benchmarks[0]: extra_info is an attnbench record without a schema"),
+    (lambda doc: doc.update(attnbench={"schema": 2, "not_timed": []}), "attnbench.schema is 2, expected 3"),
+], ids=["flat-record-without-schema", "not-timed-block-without-keys"])
+def test_formats_this_suite_no_longer_writes_are_one_error(tmp_path, edit, said):
+    """The flat records and the key-less not-timed lists of 2026-11 were converted in the committed files and are
+    not read any more: a file that still has them is refused by name, not read as a plain pytest-benchmark test."""
+    import json as _json
+
+    from attnbench.exports import ResultsFileError, load_results
+
+    doc = _json.loads((Path(__file__).parent / "data" / "verdict_new.json").read_text())
+    edit(doc)
+    path = tmp_path / "old.json"
+    path.write_text(_json.dumps(doc))
+    with pytest.raises(ResultsFileError, match=re.escape(said)):
+        load_results(path)
