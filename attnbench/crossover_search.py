@@ -60,12 +60,12 @@ def curve_kv(points: Iterable[tuple[int, int]]) -> dict[tuple[int, int], int | N
     """The KV length that names each (q, kv) point's curve, among the points of one backend and batch size: each
     KV length is a curve of its own where the same q appears at several KV lengths; otherwise one curve, named by
     its KV length if it has one, else None (KV grows with q). The search and the crossover table both read curves
-    by this rule."""
-    unique = set(points)
-    qs = [q for q, _ in unique]
-    kvs = {kv for _, kv in unique}
+    by this rule (two specs at one (q, kv), as the search may have, count as the same q twice: a split)."""
+    listed = list(points)
+    qs = [q for q, _ in listed]
+    kvs = {kv for _, kv in listed}
     split = len(set(qs)) < len(qs)
-    return {(q, kv): kv if split or len(kvs) == 1 else None for q, kv in unique}
+    return {(q, kv): kv if split or len(kvs) == 1 else None for q, kv in listed}
 
 
 def coarse_points(grid: Iterable[int]) -> list[int]:

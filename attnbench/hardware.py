@@ -47,8 +47,9 @@ def _release(version: str) -> tuple[str, ...]:
 def skip_reason(info: BackendInfo, device: Any) -> str | None:
     """Why ``info`` cannot run on ``device`` here, or None."""
     dev_type = getattr(device, "type", str(device).split(":")[0])
-    if info.needs_vllm and vllm_installed() and vllm_version_problem():
-        return vllm_version_problem()
+    wrong_vllm = vllm_version_problem() if info.needs_vllm and vllm_installed() else None
+    if wrong_vllm:
+        return wrong_vllm
     if info.needs_cuda and dev_type != "cuda":
         return f"{info.name} needs a CUDA device (--device {device})"
     if dev_type == "cuda":

@@ -508,8 +508,6 @@ class ReportingSession:
             terminalreporter.write_line(f"attnbench WARNING: {line}", yellow=True, bold=True)
 
 
-
-
 def group_not_timed(results: list[CaseOutcome]) -> list[dict[str, Any]]:
     """``[{"status", "reason", "count", "cases": [fullname, ...], "keys": [case key, ...]}]`` for the cases that
     have no timing: ``exports.load_results`` reads them back as outcomes, so no report scrapes a pytest log."""

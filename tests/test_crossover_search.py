@@ -371,6 +371,8 @@ def test_one_rule_names_the_curves_for_the_search_and_the_table() -> None:
     assert curve_kv([(1, 1024), (8, 1024), (64, 1024)]) == {(1, 1024): 1024, (8, 1024): 1024, (64, 1024): 1024}
     assert curve_kv([(1, 1025), (8, 1032), (64, 1088)]) == {(1, 1025): None, (8, 1032): None, (64, 1088): None}
     assert curve_kv([(1, 1024), (1, 2048), (8, 1024)]) == {(1, 1024): 1024, (1, 2048): 2048, (8, 1024): 1024}
+    # two specs at one (q, kv) (8q4s1k and q4s1k_7q1s1k both have batch 8, q 4, kv 1024) split as before
+    assert curve_kv([(4, 1024), (4, 1024), (8, 1032)]) == {(4, 1024): 1024, (8, 1032): 1032}
     found = curve_points([("mla", "FLASHMLA", "8q1s1k"), ("mla", "FLASHMLA", "8q8s1k"), ("mla", "FLASHMLA", "8q1s2k")])
     assert found[("mla", "FLASHMLA", "8q1s2k")] == (("mla", "FLASHMLA", 8, 2048), 1)
     assert found[("mla", "FLASHMLA", "8q8s1k")] == (("mla", "FLASHMLA", 8, 1024), 8)

@@ -114,8 +114,9 @@ def test_another_vllm_release_skips_every_vllm_case_in_one_line_naming_both_vers
     _stand_in_vllm(tmp_path, "0.30.0")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
     env.update(PYTHONPATH=os.pathsep.join([str(tmp_path), str(root)]), COLUMNS="200")
-    proc = subprocess.run([sys.executable, "-m", "pytest", str(root / "bench_attention"), "-c", str(root / "pytest.ini"),
-                           "--rootdir", str(root), "-p", "no:cacheprovider", "--benchmark-only", "-rs",
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(root / "bench_attention"),
+                           "-c", str(root / "pytest.ini"), "--rootdir", str(root), "-p", "no:cacheprovider",
+                           "--benchmark-only", "-rs",
                            "--backends", "FLASH_ATTN", "TRITON_ATTN", "REFERENCE", "--batch-specs", "q1s64", "8q1s1k",
                            "--device", "cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     out = proc.stdout + proc.stderr

@@ -83,14 +83,13 @@ def render_renderables(renderables: Sequence[Any], width: int = 160, color: bool
 def time_spent_line(results: Sequence[CaseOutcome]) -> str | None:
     """Where the run's host time went, summed over the cases that recorded it, against the timed calls themselves (each
     timed round's calls x their time): a slow study says whether setup, verification or the timing loop was slow."""
-    parts = [r.record for r in results if r.record is not None and r.record.host_seconds is not None]
-    if not parts:
+    recorded = [r for r in results if r.record is not None and r.record.host_seconds is not None]
+    if not recorded:
         return None
-    phases = {name: sum(getattr(p.host_seconds, name) for p in parts) for name in ("setup", "verify", "timing",
-                                                                                   "profile")}
-    total = sum(p.host_seconds.total for p in parts)
-    gpu = sum(r.record.timing.calls_per_round * sum(r.times.samples) for r in results
-              if r.record is not None and r.record.host_seconds is not None)
-    shown = ", ".join(f"{name} {seconds:.1f} s" + (f" (the timed calls themselves {gpu:.1f} s)" if name == "timing" else "")
-                      for name, seconds in phases.items())
-    return f"where the time went, {len(parts)} case{'s' if len(parts) != 1 else ''}: host {total:.1f} s = {shown}"
+    spent = [r.record.host_seconds for r in recorded]
+    phases = {name: sum(getattr(s, name) for s in spent) for name in ("setup", "verify", "timing", "profile")}
+    calls = sum(r.record.timing.calls_per_round * sum(r.times.samples) for r in recorded)
+    shown = ", ".join(f"{name} {seconds:.1f} s" + (f" (the timed calls themselves {calls:.1f} s)"
+                                                   if name == "timing" else "") for name, seconds in phases.items())
+    total = sum(s.total for s in spent)
+    return f"where the time went, {len(recorded)} case{'s' if len(recorded) != 1 else ''}: host {total:.1f} s = {shown}"
