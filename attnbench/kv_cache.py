@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from attnbench.shapes import PER_TOKEN_HEAD_DATA_BITS, PER_TOKEN_HEAD_SCALE_BYTES, Shape
+from attnbench.shapes import FP8_DS_MLA, PER_TOKEN_HEAD_DATA_BITS, PER_TOKEN_HEAD_SCALE_BYTES, Shape
 from attnbench.workload import torch_dtype
 
 FP8_ELEMENTS = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
-SPARSE_ONLY = "fp8_ds_mla"  # DeepSeek-V3.2's 656-byte entry: its own format, stored by sparse_mla.py
 _MANTISSA_BITS = {torch.float8_e4m3fn: 3, torch.float8_e5m2: 2}
 _INT4_LEVELS = 15  # unsigned nibbles 0..15
 _MIN_SCALE = 1e-6  # vLLM's floor on a per-(token, head) scale (an all-zero entry)
@@ -256,8 +255,8 @@ _PER_TOKEN_HEAD = {"int8_per_token_head": (torch.int8, "int8"), "fp8_per_token_h
 def cache_format(shape: Shape, rotation: torch.Tensor | None = None) -> KVCacheFormat:
     """The cache format ``shape.kv_cache_dtype`` names ("auto" and unquantised names: the model dtype).
     ``rotation``: int4_per_token_head's RHT (default: the harness's own, ``harness_rotation``)."""
-    if shape.kv_cache_dtype == SPARSE_ONLY:
-        raise ValueError(f"kv_cache_dtype={SPARSE_ONLY} is sparse MLA's entry layout (attnbench/sparse_mla.py), "
+    if shape.kv_cache_dtype == FP8_DS_MLA:  # DeepSeek-V3.2's 656-byte entry: its own format, in sparse_mla.py
+        raise ValueError(f"kv_cache_dtype={FP8_DS_MLA} is sparse MLA's entry layout (attnbench/sparse_mla.py), "
                          f"not a per-tensor fp8 cache")
     if shape.kv_cache_dtype in _PER_TOKEN_HEAD:
         storage, code = _PER_TOKEN_HEAD[shape.kv_cache_dtype]

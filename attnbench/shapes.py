@@ -12,16 +12,17 @@ DTYPES = {"bfloat16": 2, "float16": 2, "float32": 4}
 # KV-cache dtypes as vLLM's CacheConfig spells them. "auto" stores the model dtype; the fp8 ones store one byte
 # per element with one per-tensor scale per layer for K and one for V (MLA: one for the latent), which the
 # layer owns (_k_scale, _v_scale). "fp8" is e4m3 on CUDA.
-# "fp8_ds_mla" is DeepSeek-V3.2's sparse-MLA entry (512 fp8 + 4 float32 scales + 64 bf16 rope: 656 bytes,
+# FP8_DS_MLA ("fp8_ds_mla") is DeepSeek-V3.2's sparse-MLA entry (512 fp8 + 4 float32 scales + 64 bf16 rope: 656 bytes,
 # attnbench/sparse_mla.py), FLASHMLA_SPARSE only; its element size here is the NoPE part's.
 # The per-token-head ones (TRITON_ATTN, standard attention only) store each (token, KV head) entry of K and of V
 # as its quantised data (bits per value below; int4 packs two per byte) followed inline by one float32 scale
 # (attnbench/kv_cache.py).
+FP8_DS_MLA = "fp8_ds_mla"
 PER_TOKEN_HEAD_DATA_BITS = {"int8_per_token_head": 8, "fp8_per_token_head": 8, "int4_per_token_head": 4}
 PER_TOKEN_HEAD_SCALE_BYTES = 4
 # int4 also rotates each entry (and q, and the output back) with a Hadamard transform
 ROTATED_KV_CACHE_DTYPES = ("int4_per_token_head",)
-QUANTIZED_KV_CACHE_DTYPES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp8_ds_mla": 1,
+QUANTIZED_KV_CACHE_DTYPES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, FP8_DS_MLA: 1,
                              **{name: 1 for name in PER_TOKEN_HEAD_DATA_BITS}}
 KV_CACHE_DTYPES = ("auto", *DTYPES, *QUANTIZED_KV_CACHE_DTYPES)
 
@@ -187,7 +188,7 @@ def _check_dtypes(shape: Any) -> None:
         raise ShapeError(f"dtype={shape.dtype!r} must be one of {', '.join(DTYPES)}")
     if shape.kv_cache_dtype not in KV_CACHE_DTYPES:
         raise ShapeError(f"kv_cache_dtype={shape.kv_cache_dtype!r} must be one of {', '.join(KV_CACHE_DTYPES)}")
-    if shape.kv_cache_dtype == "fp8_ds_mla" and shape.family != "mla":
+    if shape.kv_cache_dtype == FP8_DS_MLA and shape.family != "mla":
         raise ShapeError("kv_cache_dtype='fp8_ds_mla' is DeepSeek-V3.2's sparse MLA cache entry: MLA only")
     if shape.kv_cache_dtype in PER_TOKEN_HEAD_DATA_BITS and shape.family != "attention":
         raise ShapeError(f"kv_cache_dtype={shape.kv_cache_dtype!r} quantises per (token, KV head): standard "

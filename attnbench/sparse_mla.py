@@ -35,7 +35,7 @@ import torch
 
 from attnbench.contract import TOPK_PATTERNS  # noqa: F401 - declared torch-free there, used here and re-exported
 from attnbench.metrics import SparseSelection
-from attnbench.shapes import DEEPSEEK_V32, IndexerSpec, mha_path_problem  # noqa: F401 - re-exported
+from attnbench.shapes import DEEPSEEK_V32, FP8_DS_MLA, IndexerSpec, mha_path_problem  # noqa: F401 - re-exported
 from grammar import BatchRequest
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ DS_MLA_TILE = 128  # NoPE values per float32 scale
 DS_MLA_ENTRY_BYTES = DS_MLA_NOPE + 4 * (DS_MLA_NOPE // DS_MLA_TILE) + 2 * DS_MLA_ROPE  # 656
 FP8_E4M3_MAX = 448.0
 _FLT_MIN = 1.1754944e-38  # vLLM floors a tile's scale to FLT_MIN (an all-zero tile)
-FP8_DS_MLA = "fp8_ds_mla"
 
 
 class PatternError(ValueError):

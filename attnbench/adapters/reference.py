@@ -13,12 +13,12 @@ from typing import Any, ContextManager
 import torch
 
 from attnbench import layers, sparse_mla
-from attnbench.kv_cache import SPARSE_ONLY, write_stored
+from attnbench.kv_cache import write_stored
 from attnbench.metrics import SparseSelection
 from attnbench.oracle import paged_attention
 from attnbench.cases import BenchCase
 from attnbench.contract import LayerCall, SkipCase, region_call
-from attnbench.shapes import AttentionShape, MLAShape
+from attnbench.shapes import FP8_DS_MLA, AttentionShape, MLAShape
 from attnbench.workload import build_layout, resolve_device
 
 TIMED_REGION = {"layer": "cache write + attention (plain torch, float32 math)",
@@ -98,8 +98,8 @@ class ReferenceMLAAdapter:
     def __init__(self, case: BenchCase) -> None:
         shape = case.effective_shape
         assert isinstance(shape, MLAShape)
-        if shape.kv_cache_dtype == SPARSE_ONLY and case.topk_pattern is None:
-            raise SkipCase(f"kv_cache_dtype={SPARSE_ONLY} is sparse MLA's cache entry (test_sparse_mla's cases)")
+        if shape.kv_cache_dtype == FP8_DS_MLA and case.topk_pattern is None:
+            raise SkipCase(f"kv_cache_dtype={FP8_DS_MLA} is sparse MLA's cache entry (test_sparse_mla's cases)")
         self.shape, self.case = shape, case
         self.device = resolve_device(case.run.device)
         self.requests = case.requests
@@ -154,14 +154,14 @@ class ReferenceSparseMLAAdapter(ReferenceMLAAdapter):
         shape = self.shape
         assert case.topk_pattern is not None
         topk = sparse_mla.DEEPSEEK_V32.index_topk
-        self.ds_mla = shape.kv_cache_dtype in ("fp8_ds_mla", "fp8", "fp8_e4m3")  # as vLLM resolves FLASHMLA_SPARSE's
+        self.ds_mla = shape.kv_cache_dtype in (FP8_DS_MLA, "fp8", "fp8_e4m3")  # as vLLM resolves FLASHMLA_SPARSE's
         self.indices = sparse_mla.batch_topk(case.topk_pattern, self.requests, topk, case.run.seed).to(self.device)
-        entry = sparse_mla.entry_bytes("fp8_ds_mla" if self.ds_mla else "auto", shape.head_dim, shape.elem_bytes)
+        entry = sparse_mla.entry_bytes(FP8_DS_MLA if self.ds_mla else "auto", shape.head_dim, shape.elem_bytes)
         self.sparse_selections = sparse_mla.selections(self.indices, self.requests, entry)
         self.mla_paths = ["decode"] * len(self.requests)  # the reference attends top-k for every row
         self.info["kernel_path"] = f"torch reference over the top-k selected tokens (index_topk {topk})"
         self.info.update({"topk_pattern": case.topk_pattern, "index_topk": topk,
-                          "kv_cache_dtype": "fp8_ds_mla" if self.ds_mla else "auto"})
+                          "kv_cache_dtype": FP8_DS_MLA if self.ds_mla else "auto"})
 
     def estimate_bytes(self, num_layer_buffers: int) -> int:
         return (num_layer_buffers * self.bytes_per_layer + sparse_mla.oracle_transient_bytes(
