@@ -56,6 +56,13 @@ def repeated_options(config: pytest.Config) -> list[str]:
     return notes
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """The suite's extension points (attnbench/hookspec.py)."""
+    from attnbench import hookspec
+
+    pluginmanager.add_hookspecs(hookspec)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Every attnbench flag, from the option table (flags, help, YAML keys and rules live there)."""
     study = parser.getgroup("attnbench", "vLLM attention benchmarks (command line > --bench-config YAML > defaults)")

@@ -327,6 +327,7 @@ class ReportingSession:
                 self.other_tests = True  # a plain test ran (or was skipped): not a benchmark-only run
             return
         self.results.append(result)
+        self.config.hook.pytest_attnbench_case_done(config=self.config, outcome=result)
         view = getattr(report, VIEW_ATTRIBUTE, None)
         if view is not None:  # a worker measured it: pytest-benchmark's session here has not seen it
             add_to_session(self.config, BenchmarkView.from_dict(view))
@@ -425,6 +426,7 @@ class ReportingSession:
         threshold = opt("verdict_threshold")
         self.verdicts = compare_rechecked([b.results for b in self.baselines], self.final,
                                           lambda leaning: self._recheck(leaning, opt("recheck")), threshold=threshold)
+        self.config.hook.pytest_attnbench_verdicts(config=self.config, verdicts=self.verdicts)
         baseline = " ".join(opt("baseline_json"))
         if opt("verdict_json"):
             path = write_verdict_json(opt("verdict_json"), self.verdicts, baseline=baseline,

@@ -30,8 +30,8 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
                      "attnbench.runner", "attnbench.recheck", "attnbench.sparse_mla",
                      "attnbench.crossover_search")),
     ("reporting", ("attnbench.reporting",)),
-    ("pytest", ("attnbench.bench_shim", "attnbench.plugin", "attnbench.recording", "attnbench.reporting_plugin",
-                "attnbench.scaleout", "attnbench.search_plugin")),
+    ("pytest", ("attnbench.bench_shim", "attnbench.hookspec", "attnbench.plugin", "attnbench.recording",
+                "attnbench.reporting_plugin", "attnbench.scaleout", "attnbench.search_plugin")),
     ("api", ("attnbench.api",)),
 )
 

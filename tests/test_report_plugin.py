@@ -343,3 +343,34 @@ def test_a_cpu_case_that_cannot_fit_in_host_memory_is_a_skip_with_the_numbers(ar
 def test_reporting_numbers_are_checked_at_start_up(args, message) -> None:
     proc = run_pytest("bench_attention", *CPU, "--collect-only", "-q", *args)
     assert proc.returncode == 4 and message in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_a_users_plugin_gets_each_case_and_the_verdicts_through_the_suites_hooks(tmp_path: Path) -> None:
+    """attnbench/hookspec.py: pytest_attnbench_case_done once per benchmark case (timed or skipped), with its typed
+    outcome; pytest_attnbench_verdicts once, with the verdicts against --baseline-json."""
+    (tmp_path / "hooks_probe.py").write_text(
+        "import json\n"
+        "def pytest_attnbench_case_done(config, outcome):\n"
+        "    with open('events.jsonl', 'a') as f:\n"
+        "        f.write(json.dumps({'case': outcome.key.backend + ' ' + outcome.key.batch_spec,\n"
+        "                            'status': outcome.status,\n"
+        "                            'median': outcome.median if outcome.timed else None}) + '\\n')\n"
+        "def pytest_attnbench_verdicts(config, verdicts):\n"
+        "    with open('events.jsonl', 'a') as f:\n"
+        "        f.write(json.dumps({'verdicts': sorted(v.verdict for v in verdicts)}) + '\\n')\n")
+    base = tmp_path / "base.json"
+    args = [str(ROOT / "bench_attention"), *CPU, "--backends", "REFERENCE", "FLASH_ATTN", "--batch-specs", *FAST_SPECS]
+    first = run_pytest(*args, "--benchmark-json", str(base))
+    assert first.returncode == 0, first.stdout + first.stderr
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    proc = subprocess.run([sys.executable, "-m", "pytest", *args, "-p", "hooks_probe", "--baseline-json", str(base),
+                           "--rootdir", str(ROOT), "-c", str(ROOT / "pytest.ini")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    cases, verdicts = events[:-1], events[-1]
+    assert sorted((e["case"], e["status"]) for e in cases) == sorted(
+        [(f"REFERENCE {s}", "passed") for s in FAST_SPECS] + [(f"FLASH_ATTN {s}", "skipped") for s in FAST_SPECS])
+    assert all(e["median"] > 0 for e in cases if e["status"] == "passed")
+    assert len(verdicts["verdicts"]) == len(FAST_SPECS)
