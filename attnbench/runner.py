@@ -221,6 +221,7 @@ def _reallocate(adapter: CaseAdapter, count: int, device: torch.device, seed: in
         torch.cuda.empty_cache()
         size = _SPACER_STEP_BYTES * (1 + (seed * 31 + group * 97) % 61)
         spacer = torch.empty(size, dtype=torch.uint8, device=device)
+    adapter.relocate()
     layers = [adapter.make_layer(i) for i in range(count)]
     with adapter.context():
         for layer in layers:

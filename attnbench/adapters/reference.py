@@ -79,6 +79,10 @@ class ReferenceAttentionAdapter:
                            layers.attention_oracle(buf, layout, scale), layers.attention_cache_check(buf, layout),
                            layers.unquantized_attention_oracle(buf, layout, scale))
 
+    def relocate(self) -> None:
+        """The block tables are the only state the layers share: rebuilt (same seed) at new addresses."""
+        self.layout = build_layout(self.requests, self.shape.block_size, self.device, self.case.run.seed)
+
     def context(self) -> ContextManager[Any]:
         return nullcontext()
 
@@ -129,6 +133,10 @@ class ReferenceMLAAdapter:
         return region_call(self.case.timed_region, write, attend, lambda: buf.output, oracle,
                            layers.mla_cache_check(buf, layout),
                            layers.unquantized_mla_oracle(buf, layout, shape, weight))
+
+    def relocate(self) -> None:
+        """The block tables are the only state the layers share: rebuilt (same seed) at new addresses."""
+        self.layout = build_layout(self.requests, self.shape.block_size, self.device, self.case.run.seed)
 
     def context(self) -> ContextManager[Any]:
         return nullcontext()

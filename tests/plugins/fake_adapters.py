@@ -84,6 +84,9 @@ class FakeAttentionAdapter:
                          layers.attention_cache_check(buf, layout),
                          unquantized_oracle=layers.unquantized_attention_oracle(buf, layout, scale))
 
+    def relocate(self) -> None:
+        self.layout = build_layout(self.requests, self.shape.block_size, self.device, self.case.run.seed)
+
     def context(self) -> ContextManager[Any]:
         return nullcontext()
 
