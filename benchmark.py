@@ -8,7 +8,7 @@
     python benchmark.py plot RESULTS.json --out plots/
 
 Everything after upstream's own flags is passed to pytest (e.g. -k, --benchmark-json).
-Which flags upstream had and what each becomes: the ``upstream`` spellings in attnbench/options.py.
+Which flags upstream had and what each becomes: the ``upstream`` spellings in attnbench/spec/options.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Sequence
 
 import pytest
 
-from attnbench.options import OPTIONS
+from attnbench.spec.options import OPTIONS
 
 HERE = Path(__file__).resolve().parent
 _UPSTREAM = [opt for opt in OPTIONS if opt.upstream]
@@ -29,7 +29,7 @@ _UPSTREAM = [opt for opt in OPTIONS if opt.upstream]
 def _parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: a prefix of an upstream flag is not that flag, so pytest's own short spellings
     # (--co, --sw, --lf, ...) pass through instead of being swallowed as --config / ambiguous --sweep-*
-    from attnbench.cli import Once, OneLineParser
+    from attnbench.reporting.command_line import Once, OneLineParser
 
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     for opt in _UPSTREAM:  # values stay text: the plugin checks them, so both entry points refuse the same things

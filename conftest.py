@@ -1,4 +1,5 @@
-"""Root conftest: the suite's pytest plugins live in the attnbench package."""
+"""Root conftest: registers the suite's pytest plugin, whose parts ``attnbench.pytest_plugin.PARTS`` lists."""
 
-pytest_plugins = ["attnbench.plugin", "attnbench.bench_shim", "attnbench.reporting_plugin", "attnbench.scaleout",
-                  "attnbench.search_plugin"]
+from attnbench.pytest_plugin import PARTS
+
+pytest_plugins = PARTS

@@ -12,16 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from attnbench import backends as registry
-from attnbench import options
-from attnbench.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD
-from attnbench.cases import BenchCase
-from attnbench.contract import SkipCase
-from attnbench.outcome import SKIPPED, CaseOutcome
-from attnbench.record import SHAPE_FIELDS
-from attnbench.runner import execute
-from attnbench.shapes import make_shape
-from attnbench.study import RunSettings
+from attnbench.spec import backends as registry
+from attnbench.spec import options
+from attnbench.spec.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD
+from attnbench.spec.cases import BenchCase
+from attnbench.spec.contract import SkipCase
+from attnbench.results.outcome import SKIPPED, CaseOutcome
+from attnbench.results.record import SHAPE_FIELDS
+from attnbench.measure.runner import execute
+from attnbench.spec.shapes import make_shape
+from attnbench.spec.study import RunSettings
 from grammar import parse_batch_spec
 
 __all__ = ["BenchmarkConfig", "BenchmarkResult", "run_attention_benchmark", "run_mla_benchmark"]
@@ -33,7 +33,7 @@ _D = options.DEFAULTS
 @dataclass
 class BenchmarkConfig:
     """One case, as upstream's ``common.BenchmarkConfig`` described it (its field order, so positional calls
-    keep working). None = the family's default. Run settings are the ``run`` rows of attnbench/options.py,
+    keep working). None = the family's default. Run settings are the ``run`` rows of attnbench/spec/options.py,
     model dimensions its ``model`` rows; ``check_record`` below fails the import if a row has no field here."""
 
     backend: str

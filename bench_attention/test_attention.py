@@ -5,7 +5,7 @@
 
 import pytest
 
-from attnbench.recording import run_benchmark
+from attnbench.pytest_plugin.benchmark_feed import run_benchmark
 
 pytestmark = pytest.mark.bench_family("attention")
 

@@ -6,7 +6,7 @@
 
 import pytest
 
-from attnbench.recording import run_benchmark
+from attnbench.pytest_plugin.benchmark_feed import run_benchmark
 
 
 @pytest.mark.bench_family("mla")

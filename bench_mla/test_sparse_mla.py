@@ -10,7 +10,7 @@ Opt-in (the study names a sparse backend or a top-k pattern):
 
 import pytest
 
-from attnbench.recording import run_benchmark
+from attnbench.pytest_plugin.benchmark_feed import run_benchmark
 
 
 @pytest.mark.bench_family("mla", sparse=True)

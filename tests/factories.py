@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnbench.outcome import PASSED, CaseOutcome, Times
-from attnbench.record import CaseKey, CaseRecord, Memory, SweptValue, TimingSummary, Verification, Work
+from attnbench.results.outcome import PASSED, CaseOutcome, Times
+from attnbench.results.record import CaseKey, CaseRecord, Memory, SweptValue, TimingSummary, Verification, Work
 
 _WORK = {f for f in Work.KINDS}
 _MEMORY = {"peak_memory_bytes": "peak_allocated_bytes", "kv_memory_bytes": "kv_and_buffers_bytes"}

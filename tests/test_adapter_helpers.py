@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnbench.adapters.vllm_attention import logical_views
-from attnbench.adapters.vllm_common import allocate_kv_cache, limits_for
-from attnbench.workload import build_layout
+from attnbench.measure.adapters.vllm_attention import logical_views
+from attnbench.measure.adapters.vllm_common import allocate_kv_cache, limits_for
+from attnbench.spec.workload import build_layout
 from grammar import parse_batch_spec
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attnbench import options
-from attnbench.exports import ResultsFileError, load_results
+from attnbench.spec import options
+from attnbench.results.exports import ResultsFileError, load_results
 from attnbench.reporting import plots, verdicts
-from attnbench.plugin import FOREIGN_NUMBERS
-from attnbench.study import Study, StudyError, build_study, load_study_file
-from attnbench.workload import build_layout, scheduler_order
+from attnbench.pytest_plugin.plugin import FOREIGN_NUMBERS
+from attnbench.spec.study import Study, StudyError, build_study, load_study_file
+from attnbench.spec.workload import build_layout, scheduler_order
 from grammar import BatchSpecError, parse_batch_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,10 +148,10 @@ def test_a_batch_size_beyond_max_requests_names_the_key() -> None:
 
 @pytest.mark.parametrize("spec", ["q1s1000000k", "1000000q1s2k", "1024q1s2097152k"])
 def test_a_case_is_sized_before_its_block_table_is_built(spec) -> None:
-    from attnbench import backends as registry
-    from attnbench.contract import SkipCase
-    from attnbench.plugin import compose_case
-    from attnbench.runner import execute
+    from attnbench.spec import backends as registry
+    from attnbench.spec.contract import SkipCase
+    from attnbench.pytest_plugin.plugin import compose_case
+    from attnbench.measure.runner import execute
 
     case = compose_case(build_study(None, {"device": "cpu"}), registry.lookup("REFERENCE", "attention"), spec)
     start = time.perf_counter()
@@ -495,7 +495,7 @@ def test_paths_are_checked_at_start_up(results, args, tokens) -> None:
     proc = run_pytest(str(ROOT / "bench_attention"), *CPU, "--batch-specs", "q1s1k", *args, cwd=results)
     assert_one_line_usage_error(proc, *tokens)
     # a refused run changes no file: not even --benchmark-json, which pytest-benchmark 5.2 opened (and so emptied)
-    # while pytest parsed the command line, before any check could run (pytest.ini's -p attnbench.bench_shim)
+    # while pytest parsed the command line, before any check could run (pytest.ini's -p ...bench_shim)
     assert (results / "other.json").read_bytes() == baseline
     for name in ("X", "c.json", "o.csv", "o.json", "o.crossover.csv", "c.json.partial.jsonl"):
         assert not (results / name).exists(), name
@@ -504,7 +504,7 @@ def test_paths_are_checked_at_start_up(results, args, tokens) -> None:
 @pytest.mark.parametrize("flag", ["--baseline-json", "--resume"])
 def test_benchmark_json_on_an_input_is_refused_and_leaves_it_intact(tmp_path, results, flag) -> None:
     """The file --benchmark-json names is opened only when the JSON is written, on every pytest-benchmark the
-    range admits (5.2 opens it while parsing the command line, unless pytest.ini's -p attnbench.bench_shim)."""
+    range admits (5.2 opens it while parsing the command line, unless pytest.ini's -p ...bench_shim)."""
     import pytest_benchmark
 
     kept = tmp_path / "kept.json"

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.exports import load_results
+from attnbench.results.exports import load_results
 from attnbench.reporting import verdicts as compare
 from attnbench.reporting.verdicts import (FASTER, MISSING, NEW, SAME, SLOWER, UNSURE, GpuMismatch, check_gpu,
                                           classify, compare_results, gpu_name, ratio_interval)
-from attnbench.exports import from_benchmark_entry
-from attnbench.outcome import CaseOutcome
+from attnbench.results.exports import from_benchmark_entry
+from attnbench.results.outcome import CaseOutcome
 from tests.factories import sampled
 
 DATA = Path(__file__).parent / "data"
@@ -224,7 +224,7 @@ def test_runs_on_different_device_kinds_are_different_cases() -> None:
     ("[]", "holds no results (zero records)"),
 ])
 def test_compare_refuses_a_file_with_nothing_in_it(tmp_path, content, message) -> None:
-    from attnbench.exports import ResultsFileError, load_results
+    from attnbench.results.exports import ResultsFileError, load_results
 
     path = tmp_path / "new.json"
     path.write_text(content)
@@ -234,7 +234,7 @@ def test_compare_refuses_a_file_with_nothing_in_it(tmp_path, content, message) -
 
 
 def test_nan_or_infinite_numbers_in_a_file_are_refused(tmp_path) -> None:
-    from attnbench.exports import ResultsFileError, load_results
+    from attnbench.results.exports import ResultsFileError, load_results
 
     entry = {"name": "t", "fullname": "t", "extra_info": {}, "options": {},
              "stats": {"median": float("nan"), "mean": 1.0, "rounds": 3}}

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnbench.crossover_search import (CROSSOVER, DECODE_EVERYWHERE, NO_DATA, PREFILL_EVERYWHERE, Measurement,
+from attnbench.measure.crossover_search import (CROSSOVER, DECODE_EVERYWHERE, NO_DATA, PREFILL_EVERYWHERE, Measurement,
                                         Point, SearchState, coarse_points, crossover_answer, decide_waiting,
                                         run_search, search_levels)
-from attnbench.search_plugin import SEARCH_SKIP_REASON, curve_points
-from attnbench.study import load_study_file
+from attnbench.pytest_plugin.search_plugin import SEARCH_SKIP_REASON, curve_points
+from attnbench.spec.study import load_study_file
 
 pytest_plugins = ["pytester"]
 
@@ -231,7 +231,8 @@ FAKE_CONFTEST = '''
 import pytest
 from grammar import get_batch_stats, parse_batch_spec
 
-pytest_plugins = ["attnbench.plugin", "attnbench.reporting_plugin", "attnbench.search_plugin"]
+pytest_plugins = ["attnbench.pytest_plugin.plugin", "attnbench.pytest_plugin.reporting_plugin",
+                  "attnbench.pytest_plugin.search_plugin"]
 FAKE_THRESHOLD = {1: 23, 4: 9}  # batch size -> the largest q at which the fake decode pipeline is faster
 
 
@@ -253,7 +254,7 @@ import pytest
 
 @pytest.mark.bench_family("mla", mode="decode_vs_prefill")
 def test_fake_decode_vs_prefill(bench_case, benchmark):
-    from attnbench.record import CaseRecord, TimingSummary, Verification
+    from attnbench.results.record import CaseRecord, TimingSummary, Verification
 
     # a FAKE recording: the case's record, no timing
     record = CaseRecord(bench_case.key(), TimingSummary("none"), Verification("passed"))
@@ -343,7 +344,7 @@ def test_plugin_shares_results_between_xdist_workers(fake_study) -> None:
 
 
 def test_shared_log_reads_only_complete_new_lines_of_the_other_processes(tmp_path: Path) -> None:
-    from attnbench.search_plugin import SharedLog
+    from attnbench.pytest_plugin.search_plugin import SharedLog
 
     mine, theirs = SharedLog(tmp_path), SharedLog(tmp_path)
     theirs.own = tmp_path / "results-other.jsonl"  # as if another worker's pid
@@ -365,8 +366,8 @@ def test_shared_log_reads_only_complete_new_lines_of_the_other_processes(tmp_pat
 def test_one_rule_names_the_curves_for_the_search_and_the_table() -> None:
     """KV splits the curve only where one q appears at several KV lengths; a single KV length names the curve;
     KV that grows with q names none. search_plugin.curve_points and analysis.crossover_table both use it."""
-    from attnbench.crossover_search import curve_kv
-    from attnbench.search_plugin import curve_points
+    from attnbench.measure.crossover_search import curve_kv
+    from attnbench.pytest_plugin.search_plugin import curve_points
 
     assert curve_kv([(1, 1024), (8, 1024), (64, 1024)]) == {(1, 1024): 1024, (8, 1024): 1024, (64, 1024): 1024}
     assert curve_kv([(1, 1025), (8, 1032), (64, 1088)]) == {(1, 1025): None, (8, 1032): None, (64, 1088): None}

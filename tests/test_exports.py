@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import backends
-from attnbench.cases import BenchCase
-from attnbench.exports import (CSV_COLUMNS, SEED_CSV_COLUMNS, Journal, ResultsFileError, from_benchmark_entry,
+from attnbench.spec import backends
+from attnbench.spec.cases import BenchCase
+from attnbench.results.exports import (CSV_COLUMNS, SEED_CSV_COLUMNS, Journal, ResultsFileError, from_benchmark_entry,
                                from_seed_record, load_results, merge_results, partial_path)
-from attnbench.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case_key
+from attnbench.results.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case_key
 from attnbench.reporting.formatter import ResultsFormatter
-from attnbench.study import build_study
+from attnbench.spec.study import build_study
 from tests.factories import sampled, untimed
 
 DATA = Path(__file__).parent / "data"
@@ -33,7 +33,7 @@ def cpu_case(spec: str = "2q16_2q1s64", **model: int) -> BenchCase:
 
 @pytest.fixture(scope="module")
 def measured() -> tuple[BenchCase, object]:
-    from attnbench.runner import execute
+    from attnbench.measure.runner import execute
 
     case = cpu_case()
     return case, execute(case)
@@ -273,7 +273,7 @@ def test_binary_results_file_is_a_results_file_error(tmp_path: Path) -> None:
 
 
 def test_record_builders_reject_malformed_input_with_a_value_error() -> None:
-    from attnbench.record import RecordError
+    from attnbench.results.record import RecordError
 
     for bad in (1, [], {"foo": 1}, {"backend": "A"}, {"backend": "A", "batch_spec": "q1", "rounds": "3"},
                 {"backend": "A", "batch_spec": "q1", "status": "exploded"}, {"config": {"backend": "x"}},
@@ -302,7 +302,7 @@ def test_journal_skips_a_malformed_record_line_among_good_ones(tmp_path: Path) -
 # ------------------------------------------------------------------ unwritable outputs
 
 def test_atomic_writer_removes_its_temporary_file_when_the_write_fails(tmp_path: Path) -> None:
-    from attnbench.exports import atomic_write
+    from attnbench.results.exports import atomic_write
 
     def boom(f) -> None:
         f.write("half a fi")
@@ -326,7 +326,7 @@ def test_atomic_writer_removes_its_temporary_file_when_the_rename_fails(tmp_path
 
 
 def test_unwritable_reason(tmp_path: Path) -> None:
-    from attnbench.exports import unwritable_reason
+    from attnbench.results.exports import unwritable_reason
 
     assert unwritable_reason(tmp_path) == "it is a directory"
     assert "cannot create a file in /proc" in unwritable_reason("/proc/nope.json")
@@ -351,7 +351,7 @@ def test_key_separates_devices_but_not_device_indices() -> None:
 
 
 def test_the_runner_writes_one_typed_record_that_round_trips(measured) -> None:
-    from attnbench.record import SCHEMA, CaseRecord
+    from attnbench.results.record import SCHEMA, CaseRecord
 
     _case, case_result = measured
     record = case_result.record()
@@ -378,7 +378,7 @@ def test_the_runner_writes_one_typed_record_that_round_trips(measured) -> None:
     (("schema",), 1, r"record schema is 1, expected 2"),
 ])
 def test_a_malformed_record_names_the_field(measured, path, value, message) -> None:
-    from attnbench.record import CaseRecord, RecordError
+    from attnbench.results.record import CaseRecord, RecordError
 
     data = measured[1].record().to_json()
     target = data
@@ -392,7 +392,7 @@ def test_a_malformed_record_names_the_field(measured, path, value, message) -> N
 def test_a_malformed_not_timed_block_is_one_error_naming_the_file(tmp_path):
     import json as _json
 
-    from attnbench.exports import ResultsFileError, load_results
+    from attnbench.results.exports import ResultsFileError, load_results
 
     path = tmp_path / "b.json"
     path.write_text(_json.dumps({"benchmarks": [], "machine_info": {}, "attnbench": {
@@ -411,7 +411,7 @@ def test_an_output_on_a_device_or_fifo_is_refused_and_the_node_kept(tmp_path):
     import os
     import stat
 
-    from attnbench.exports import atomic_write, unwritable_reason
+    from attnbench.results.exports import atomic_write, unwritable_reason
 
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
@@ -423,7 +423,7 @@ def test_an_output_on_a_device_or_fifo_is_refused_and_the_node_kept(tmp_path):
 
 
 def test_an_output_through_a_symlink_rewrites_its_target_and_keeps_the_link(tmp_path):
-    from attnbench.exports import atomic_write
+    from attnbench.results.exports import atomic_write
 
     target = tmp_path / "real.json"
     target.write_text("old")
@@ -443,7 +443,7 @@ def test_formats_this_suite_no_longer_writes_are_one_error(tmp_path, edit, said)
     not read any more: a file that still has them is refused by name, not read as a plain pytest-benchmark test."""
     import json as _json
 
-    from attnbench.exports import ResultsFileError, load_results
+    from attnbench.results.exports import ResultsFileError, load_results
 
     doc = _json.loads((Path(__file__).parent / "data" / "verdict_new.json").read_text())
     edit(doc)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import timing
-from attnbench.outcome import CaseOutcome, Times, case_key
+from attnbench.measure import timing
+from attnbench.results.outcome import CaseOutcome, Times, case_key
 from attnbench.reporting.verdicts import (FASTER, SAME, SLOWER, NoiseModel, compare_runs, needs_recheck,
                                           placement_logs)
 from factories import timed
@@ -184,11 +184,11 @@ def _cpu():
 
 def test_a_case_is_timed_and_checked_on_each_placement():
     """The runner re-allocates a case's buffers for each placement: its record says how many rounds each gave."""
-    from attnbench import backends
-    from attnbench.cases import BenchCase
-    from attnbench.runner import execute
-    from attnbench.shapes import make_shape
-    from attnbench.study import RunSettings
+    from attnbench.spec import backends
+    from attnbench.spec.cases import BenchCase
+    from attnbench.measure.runner import execute
+    from attnbench.spec.shapes import make_shape
+    from attnbench.spec.study import RunSettings
 
     case = BenchCase(study="t", backend=backends.lookup("REFERENCE", "attention"), batch_spec="2q16_2q1s64",
                      shape=make_shape("attention", {"num_q_heads": 4, "num_kv_heads": 2, "head_dim": 32}),
@@ -203,15 +203,17 @@ def test_a_case_is_timed_again_in_a_fresh_process_from_its_record():
     what comes back is the same case, measured."""
     import os
 
-    from attnbench import backends, recheck
-    from attnbench.plugin import case_of_key
-    from attnbench.runner import execute
-    from attnbench.study import build_study
+    from attnbench.spec import backends
+
+    from attnbench.measure import recheck
+    from attnbench.pytest_plugin.plugin import case_of_key
+    from attnbench.measure.runner import execute
+    from attnbench.spec.study import build_study
 
     study = build_study(None, {"backends": ("REFERENCE",), "batch_specs": ("2q16_2q1s64",), "device": "cpu",
                                "num_q_heads": 4, "num_kv_heads": 2, "head_dim": 32, "repeats": 8,
                                "warmup_iters": 0})
-    from attnbench.plugin import compose_case
+    from attnbench.pytest_plugin.plugin import compose_case
 
     case = compose_case(study, backends.lookup("REFERENCE", "attention"), "2q16_2q1s64")
     first = execute(case).record()
@@ -312,7 +314,7 @@ def test_benchmark_precision_drives_the_device_timers_noise_target(pytester):
 
 def test_pytest_benchmark_5_2_on_pytest_9_2_is_one_clear_error(monkeypatch):
     """pytest-benchmark 5.2 errors on every benchmark under pytest 9.2: refused at start-up, naming both."""
-    from attnbench import bench_shim
+    from attnbench.pytest_plugin import bench_shim
 
     releases = {"pytest-benchmark": (5, 2), "pytest": (9, 2)}
     monkeypatch.setattr(bench_shim, "_release", releases.__getitem__)

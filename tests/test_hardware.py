@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from attnbench import hardware
+from attnbench.measure import hardware
 
 
 @pytest.fixture

@@ -7,14 +7,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from attnbench import layers, metrics, runner  # noqa: E402
-from attnbench.adapters.reference import calibrate_like_vllm  # noqa: E402
-from attnbench.cases import BenchCase  # noqa: E402
-from attnbench.kv_cache import cache_format, write_stored  # noqa: E402
-from attnbench.oracle import paged_attention  # noqa: E402
-from attnbench.shapes import AttentionShape, MLAShape  # noqa: E402
-from attnbench.study import RunSettings  # noqa: E402
-from attnbench.workload import build_layout  # noqa: E402
+from attnbench.measure import buffers
+
+from attnbench.spec import metrics
+
+from attnbench.measure import runner  # noqa: E402
+from attnbench.measure.adapters.reference import calibrate_like_vllm  # noqa: E402
+from attnbench.spec.cases import BenchCase  # noqa: E402
+from attnbench.measure.kv_cache import cache_format, write_stored  # noqa: E402
+from attnbench.measure.oracle import paged_attention  # noqa: E402
+from attnbench.spec.shapes import AttentionShape, MLAShape  # noqa: E402
+from attnbench.spec.study import RunSettings  # noqa: E402
+from attnbench.spec.workload import build_layout  # noqa: E402
 from grammar import parse_batch_spec as parse_requests  # noqa: E402
 from tests.plugins.fake_adapters import fake_backend  # noqa: E402
 
@@ -53,8 +57,8 @@ def test_the_model_dtype_cache_is_stored_exactly():
 def _buffers(kv_cache_dtype: str, spec: str = "q4s32_2q1s48"):
     shape = AttentionShape(kv_cache_dtype=kv_cache_dtype, **SMALL)
     layout = build_layout(parse_requests(spec), shape.block_size, torch.device("cpu"), 0)
-    buf = layers.make_attention_buffers(layout, shape, torch.device("cpu"), 3,
-                                        lambda: layers.plain_attention_cache(layout, shape, torch.device("cpu")),
+    buf = buffers.make_attention_buffers(layout, shape, torch.device("cpu"), 3,
+                                        lambda: buffers.plain_attention_cache(layout, shape, torch.device("cpu")),
                                         calibrate=calibrate_like_vllm)
     return shape, layout, buf
 
@@ -62,7 +66,7 @@ def _buffers(kv_cache_dtype: str, spec: str = "q4s32_2q1s48"):
 def test_the_reference_reads_the_stored_fp8_values_times_their_scales():
     shape, layout, buf = _buffers("fp8")
     assert buf.key_cache.dtype == torch.float8_e4m3fn and buf.k_scale != 1.0 and buf.v_scale != 1.0
-    got = layers.attention_oracle(buf, layout, 0.25)()
+    got = buffers.attention_oracle(buf, layout, 0.25)()
     fmt = buf.kv_format
     decoded = paged_attention(buf.query, fmt.decode(buf.key_cache, buf.k_scale), fmt.decode(buf.value_cache, buf.v_scale),
                               layout.block_table, layout.query_lens, layout.kv_lens, 0.25)
@@ -87,7 +91,7 @@ def test_an_fp8_cache_holds_the_same_seeded_values_as_the_model_dtype_one_rounde
 
 def test_the_cache_check_accepts_a_quantising_write_and_catches_wrong_ones():
     _, layout, buf = _buffers("fp8")
-    check = layers.attention_cache_check(buf, layout)
+    check = buffers.attention_cache_check(buf, layout)
     write_stored(buf.kv_format, buf.key_cache, layout.slot_mapping, buf.key, buf.k_scale)
     write_stored(buf.kv_format, buf.value_cache, layout.slot_mapping, buf.value, buf.v_scale)
     assert check() is None
@@ -171,8 +175,8 @@ def _fp8_mla_layer(spec: str):
     shape = MLAShape(num_q_heads=4, kv_lora_rank=32, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
                      block_size=16, kv_cache_dtype="fp8")
     layout = build_layout(parse_requests(spec), shape.block_size, torch.device("cpu"), 0)
-    buf = layers.make_mla_buffers(layout, shape, torch.device("cpu"), 5, calibrate=calibrate_like_vllm)
-    weight = layers.make_kv_b_proj_weight(shape, torch.device("cpu"), 9)
+    buf = buffers.make_mla_buffers(layout, shape, torch.device("cpu"), 5, calibrate=calibrate_like_vllm)
+    weight = buffers.make_kv_b_proj_weight(shape, torch.device("cpu"), 9)
     write_stored(buf.kv_format, buf.kv_cache, layout.slot_mapping, torch.cat([buf.kv_c, buf.k_pe], dim=-1),
                  buf.kv_scale)
     return shape, layout, buf, weight
@@ -180,29 +184,29 @@ def _fp8_mla_layer(spec: str):
 
 def test_mla_reference_over_an_fp8_latent_cache_runs_on_the_cpu():
     shape, layout, buf, weight = _fp8_mla_layer("q4s40_2q1s20")
-    assert layers.mla_cache_check(buf, layout)() is None
-    stored = layers.mla_oracle(buf, layout, shape, weight)()
-    exact = layers.unquantized_mla_oracle(buf, layout, shape, weight)()
+    assert buffers.mla_cache_check(buf, layout)() is None
+    stored = buffers.mla_oracle(buf, layout, shape, weight)()
+    exact = buffers.unquantized_mla_oracle(buf, layout, shape, weight)()
     error = float((stored - exact).norm() / exact.norm())
     assert 1e-3 < error < 8e-2  # fp8's rounding of the latent, nothing more
 
 
 def test_prefill_rows_read_their_new_latents_from_the_inputs_as_forward_mha_does():
     shape, layout, buf, weight = _fp8_mla_layer("q24_q4s40")
-    from_cache = layers.mla_oracle(buf, layout, shape, weight, ["decode", "decode"])()
-    from_inputs = layers.mla_oracle(buf, layout, shape, weight, ["prefill", "prefill"])()
-    exact = layers.unquantized_mla_oracle(buf, layout, shape, weight)()
+    from_cache = buffers.mla_oracle(buf, layout, shape, weight, ["decode", "decode"])()
+    from_inputs = buffers.mla_oracle(buf, layout, shape, weight, ["prefill", "prefill"])()
+    exact = buffers.unquantized_mla_oracle(buf, layout, shape, weight)()
     first = slice(0, 24)  # a prefill with no context: every key is a new token, so it is exact attention
     assert torch.equal(from_inputs[first], exact[first])
     assert not torch.allclose(from_cache[first], exact[first], rtol=1e-3)
 
 
 def test_unit_scales_keep_vllms_default_of_one():
-    from attnbench.adapters.reference import scales_for
+    from attnbench.measure.adapters.reference import scales_for
     shape = AttentionShape(kv_cache_dtype="fp8", **SMALL)
     layout = build_layout(parse_requests("q8s64"), shape.block_size, torch.device("cpu"), 0)
-    buf = layers.make_attention_buffers(layout, shape, torch.device("cpu"), 3,
-                                        lambda: layers.plain_attention_cache(layout, shape, torch.device("cpu")),
+    buf = buffers.make_attention_buffers(layout, shape, torch.device("cpu"), 3,
+                                        lambda: buffers.plain_attention_cache(layout, shape, torch.device("cpu")),
                                         calibrate=scales_for("unit"))
     assert (buf.k_scale, buf.v_scale) == (1.0, 1.0)
     settings = RunSettings(device="cpu", repeats=3, warmup_iters=1, min_rounds=1, kv_scales="unit")

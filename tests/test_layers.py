@@ -1,4 +1,4 @@
-"""The import layering: each module of the suite sits on one floor, and imports go down (or stay on their floor).
+"""The import layering: each package of the suite is one floor, and imports go down (or stay on their floor).
 
 The floors, bottom up, follow the data: the batch-spec grammar; what a result is (the typed record, the outcome, the
 files); what a study and a case are (backends, shapes, options, sweeps, the study, the case, its workload and work
@@ -21,17 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("grammar", ("grammar",)),
-    ("results", ("attnbench.record", "attnbench.outcome", "attnbench.exports")),
-    ("study and case", ("attnbench.backends", "attnbench.shapes", "attnbench.contract", "attnbench.options",
-                        "attnbench.sweeps", "attnbench.study", "attnbench.cases", "attnbench.workload",
-                        "attnbench.metrics", "attnbench.cli")),
-    ("measurement", ("attnbench.timing", "attnbench.clocks", "attnbench.hardware", "attnbench.kv_cache",
-                     "attnbench.oracle", "attnbench.layers", "attnbench.verify", "attnbench.adapters",
-                     "attnbench.runner", "attnbench.recheck", "attnbench.sparse_mla",
-                     "attnbench.crossover_search")),
+    ("results", ("attnbench.results",)),
+    ("study and case", ("attnbench.spec",)),
+    ("measurement", ("attnbench.measure",)),
     ("reporting", ("attnbench.reporting",)),
-    ("pytest", ("attnbench.bench_shim", "attnbench.hookspec", "attnbench.plugin", "attnbench.recording",
-                "attnbench.reporting_plugin", "attnbench.scaleout", "attnbench.search_plugin")),
+    ("pytest", ("attnbench.pytest_plugin",)),
     ("api", ("attnbench.api",)),
 )
 
@@ -115,8 +109,8 @@ def test_no_import_cycle():
 def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     """The rule is not vacuous: a results module importing the runner is caught."""
     fake = tmp_path / "record.py"
-    fake.write_text("from attnbench.runner import execute\n", encoding="utf-8")
-    monkeypatch.setitem(MODULES, "attnbench.record", fake)
-    with pytest.raises(AssertionError, match=r"attnbench.record \(results\) imports a floor above it: "
-                                             r"attnbench.runner \(measurement\)"):
-        test_imports_go_down("attnbench.record")
+    fake.write_text("from attnbench.measure.runner import execute\n", encoding="utf-8")
+    monkeypatch.setitem(MODULES, "attnbench.results.record", fake)
+    with pytest.raises(AssertionError, match=r"attnbench.results.record \(results\) imports a floor above it: "
+                                             r"attnbench.measure.runner \(measurement\)"):
+        test_imports_go_down("attnbench.results.record")

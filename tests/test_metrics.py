@@ -9,8 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnbench import metrics, oracle
-from attnbench.shapes import AttentionShape, MLAShape
+from attnbench.spec import metrics
+
+from attnbench.measure import oracle
+from attnbench.spec.shapes import AttentionShape, MLAShape
 from grammar import BatchRequest, parse_batch_spec
 
 PEAKS = {"peak_bf16_tflops": 900.0, "peak_copy_gbps": 3000.0}
@@ -468,7 +470,7 @@ def test_bound_label_per_phase_for_mixed_batches():
 
 def test_summarize_keys_are_the_records_work_fields():
     # the runner keeps only the keys Work knows (Work.KINDS): a new summarize key must be a record field too
-    from attnbench.record import CaseRecord, Work
+    from attnbench.results.record import CaseRecord, Work
 
     out = metrics.summarize(parse_batch_spec("q4k_8q1s1k"), MLA, 1e-3, PEAKS)
     assert set(out) <= set(Work.KINDS)

@@ -1,4 +1,4 @@
-"""The option table (attnbench/options.py): every row is tested on every surface it declares.
+"""The option table (attnbench/spec/options.py): every row is tested on every surface it declares.
 
 Tests are parametrized over ``OPTIONS`` itself, so a newly added row is tested without editing this file:
 its pytest flag parses into the Study, its YAML keys round-trip, command line > YAML > default holds, and its
@@ -15,12 +15,13 @@ import pytest
 import yaml
 
 import benchmark
-from attnbench import options, plugin
+from attnbench.spec import options
+from attnbench.pytest_plugin import plugin
 from attnbench.api import BenchmarkConfig
-from attnbench.options import OPTIONS, Option
-from attnbench.record import SHAPE_FIELDS
-from attnbench.shapes import ATTENTION_KEYS, MLA_KEYS
-from attnbench.study import RunSettings, Study, StudyError, build_study, load_study_file
+from attnbench.spec.options import OPTIONS, Option
+from attnbench.results.record import SHAPE_FIELDS
+from attnbench.spec.shapes import ATTENTION_KEYS, MLA_KEYS
+from attnbench.spec.study import RunSettings, Study, StudyError, build_study, load_study_file
 
 pytest_plugins = ["pytester"]
 
@@ -59,7 +60,7 @@ def write_yaml(path: Path, data: dict[str, Any]) -> Path:
 
 
 def parse(pytester: pytest.Pytester, *args: str) -> pytest.Config:
-    return pytester.parseconfig("-p", "attnbench.plugin", "-p", "no:cacheprovider", *args)
+    return pytester.parseconfig("-p", "attnbench.pytest_plugin.plugin", "-p", "no:cacheprovider", *args)
 
 
 # ---------------------------------------------------------------------------------------- the table itself

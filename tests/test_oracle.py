@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-from attnbench import oracle
-from attnbench.workload import build_layout
+from attnbench.measure import oracle
+from attnbench.spec.workload import build_layout
 from grammar import BatchRequest
 
 REQUESTS = [BatchRequest(1, 37), BatchRequest(5, 5), BatchRequest(3, 70), BatchRequest(17, 33)]
@@ -240,8 +240,8 @@ def test_mla_attention_matches_brute_force(block_size, dtype):
 
 
 def test_mla_scale_helper_is_qk_head_dim_to_the_minus_half():
-    from attnbench.layers import mla_scale
-    from attnbench.shapes import MLAShape
+    from attnbench.measure.buffers import mla_scale
+    from attnbench.spec.shapes import MLAShape
 
     shape = MLAShape(num_q_heads=H, kv_lora_rank=RANK, qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE, v_head_dim=V)
     assert mla_scale(shape) == pytest.approx((NOPE + ROPE) ** -0.5)

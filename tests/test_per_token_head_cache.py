@@ -10,9 +10,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from attnbench import layers, metrics, runner, verify  # noqa: E402
-from attnbench.kv_cache import PerTokenHeadFormat, cache_format, hadamard_rotation, write_stored  # noqa: E402
-from attnbench.shapes import AttentionShape, MLAShape, ShapeError  # noqa: E402
+from attnbench.measure import buffers, runner
+
+from attnbench.spec import metrics
+
+from attnbench.measure import verify  # noqa: E402
+from attnbench.measure.kv_cache import PerTokenHeadFormat, cache_format, hadamard_rotation, write_stored  # noqa: E402
+from attnbench.spec.shapes import AttentionShape, MLAShape, ShapeError  # noqa: E402
 from grammar import parse_batch_spec as parse_requests  # noqa: E402
 from tests.test_kv_cache import _buffers, _case  # noqa: E402  (a per-(token, head) format ignores calibrate)
 
@@ -130,7 +134,7 @@ def test_the_context_is_stored_per_entry_and_the_layer_scales_stay_one(name):
 def _written_int8_layer():
     """An int8 layer whose new tokens went in as a correct write stores them, and its cache check (passing)."""
     _, layout, buf = _buffers("int8_per_token_head")
-    check = layers.attention_cache_check(buf, layout)
+    check = buffers.attention_cache_check(buf, layout)
     write_stored(buf.kv_format, buf.key_cache, layout.slot_mapping, buf.key, 1.0)
     write_stored(buf.kv_format, buf.value_cache, layout.slot_mapping, buf.value, 1.0)
     assert check() is None
@@ -181,7 +185,7 @@ def test_an_int4_kernel_that_rotates_back_with_other_signs_fails_the_gate():
 
 
 def test_the_reference_backend_runs_a_per_token_head_cache_end_to_end():
-    from attnbench.backends import lookup
+    from attnbench.spec.backends import lookup
 
     case = dataclasses.replace(_case("honest", "int4_per_token_head"), backend=lookup("REFERENCE", "attention"))
     result = runner.execute(case)  # the REFERENCE is the oracle: it writes, stores and reads the format itself

@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from attnbench.exports import load_results  # noqa: E402
+from attnbench.results.exports import load_results  # noqa: E402
 from attnbench.reporting.formatter import ResultsFormatter  # noqa: E402
 from attnbench.reporting import plots  # noqa: E402
-from attnbench.outcome import SKIPPED, CaseOutcome  # noqa: E402
+from attnbench.results.outcome import SKIPPED, CaseOutcome  # noqa: E402
 from tests import factories  # noqa: E402
 
 DATA = Path(__file__).parent / "data"

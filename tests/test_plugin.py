@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.study import DEFAULT_SPECS
+from attnbench.spec.study import DEFAULT_SPECS
 
 pytest_plugins = ["pytester"]
 
@@ -167,7 +167,7 @@ def test_benchmark_save_and_compare_round_trip(pytester):
 def test_compare_against_a_storage_outside_the_working_directory_warns_only_on_what_matters(pytester,
                                                                                             tmp_path_factory):
     """pytest-benchmark's own machine check crashed here (it names the storage relative to the working directory)
-    and warned on every difference, such as this suite's measured peaks: attnbench.bench_shim's check replaces it."""
+    and warned on every difference, such as this suite's measured peaks: bench_shim's check replaces it."""
     storage = tmp_path_factory.mktemp("storage")  # not under pytester.path, the child's working directory
     common = [BENCH_ATTENTION, "-k", "REFERENCE", "--device", "cpu", "--batch-specs", "q1s256", "--repeats", "3",
               "--warmup-iters", "0", "--benchmark-only", f"--benchmark-storage=file://{storage}"]

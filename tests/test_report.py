@@ -9,7 +9,7 @@ import pytest
 from attnbench.reporting.analysis import crossover_table
 from attnbench.reporting.cells import format_time_us
 from attnbench.reporting.console import render_summary
-from attnbench.outcome import FAILED, SKIPPED, CaseOutcome
+from attnbench.results.outcome import FAILED, SKIPPED, CaseOutcome
 from tests.factories import timed, untimed
 
 

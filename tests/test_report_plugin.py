@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.exports import load_results, partial_path
+from attnbench.results.exports import load_results, partial_path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -146,7 +146,7 @@ def test_baseline_from_another_gpu_is_refused_before_anything_runs(tmp_path: Pat
 
 FAKE_BENCH = '''
 import pytest
-from attnbench.recording import run_benchmark
+from attnbench.pytest_plugin.benchmark_feed import run_benchmark
 
 pytestmark = pytest.mark.bench_family("attention")
 
@@ -162,7 +162,8 @@ def test_fake_kernel(bench_case, benchmark):
 
 def test_failures_and_skips_reach_the_table_and_outputs(tmp_path: Path) -> None:
     (tmp_path / "test_fake_bench.py").write_text(FAKE_BENCH)
-    proc = run_pytest("-p", "attnbench.plugin", "-p", "attnbench.reporting_plugin", "test_fake_bench.py", *CPU,
+    proc = run_pytest("-p", "attnbench.pytest_plugin.plugin", "-p", "attnbench.pytest_plugin.reporting_plugin",
+                      "test_fake_bench.py", *CPU,
                       "--backends", "REFERENCE", "FLASH_ATTN", "--batch-specs", "q1s256", "q1s512", "q1s128",
                       "--output-csv", "out.csv", "--color=yes", cwd=tmp_path)
     assert proc.returncode == 1  # the failed case fails the run
@@ -346,8 +347,8 @@ def test_reporting_numbers_are_checked_at_start_up(args, message) -> None:
 
 
 def test_a_users_plugin_gets_each_case_and_the_verdicts_through_the_suites_hooks(tmp_path: Path) -> None:
-    """attnbench/hookspec.py: pytest_attnbench_case_done once per benchmark case (timed or skipped), with its typed
-    outcome; pytest_attnbench_verdicts once, with the verdicts against --baseline-json."""
+    """attnbench/pytest_plugin/hookspec.py: pytest_attnbench_case_done once per benchmark case (timed or skipped), with
+    its typed outcome; pytest_attnbench_verdicts once, with the verdicts against --baseline-json."""
     (tmp_path / "hooks_probe.py").write_text(
         "import json\n"
         "def pytest_attnbench_case_done(config, outcome):\n"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.scaleout import (POISONED_EXIT, PlanError, describe_exit, plan_workers, read_flight_recorder,
-                                sticky_cuda_error)
+from attnbench.pytest_plugin.scaleout import (POISONED_EXIT, PlanError, describe_exit, plan_workers,
+                                              read_flight_recorder, sticky_cuda_error)
 from test_report_plugin import CPU, run_pytest
 
 pytest.importorskip("xdist")
@@ -176,7 +176,7 @@ def test_a_dying_case_fails_alone_with_its_cause_and_everything_else_is_exported
     assert (not_timed["status"], not_timed["count"]) == ("failed", 1) and cause in not_timed["reason"]
     assert not_timed["cases"] == [f"bench_attention/test_attention.py::test_attention[REFERENCE-{victim}]"]
     # read back with its case key: reports learn what failed from the JSON, not from a pytest log
-    from attnbench.exports import load_results
+    from attnbench.results.exports import load_results
 
     loaded = load_results(tmp_path / "b.json")
     (failed,) = [r for r in loaded.results if not r.timed]

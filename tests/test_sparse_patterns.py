@@ -10,13 +10,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from attnbench import backends as registry  # noqa: E402
-from attnbench import layers, metrics, sparse_mla  # noqa: E402
-from attnbench.cases import MHA, MQA  # noqa: E402
-from attnbench.oracle import mla_attention  # noqa: E402
-from attnbench.shapes import MLAShape  # noqa: E402
-from attnbench.study import build_study, load_study_file  # noqa: E402
-from attnbench.workload import build_layout  # noqa: E402
+from attnbench.spec import backends as registry  # noqa: E402
+from attnbench.measure import buffers
+from attnbench.spec import metrics
+from attnbench.measure import sparse_mla  # noqa: E402
+from attnbench.spec.cases import MHA, MQA  # noqa: E402
+from attnbench.measure.oracle import mla_attention  # noqa: E402
+from attnbench.spec.shapes import MLAShape  # noqa: E402
+from attnbench.spec.study import build_study, load_study_file  # noqa: E402
+from attnbench.spec.workload import build_layout  # noqa: E402
 from grammar import parse_batch_spec  # noqa: E402
 from tests.test_bad_input import ROOT, assert_one_line_usage_error, run_pytest  # noqa: E402
 
@@ -93,15 +95,15 @@ SMALL = MLAShape(num_q_heads=4, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_he
 def _case(spec: str, shape: MLAShape = SMALL, seed: int = 0):
     reqs = parse_batch_spec(spec)
     layout = build_layout(reqs, shape.block_size, "cpu", seed)
-    buf = layers.make_mla_buffers(layout, shape, torch.device("cpu"), seed + 1)
-    weight = layers.make_kv_b_proj_weight(shape, torch.device("cpu"), seed + 2)
+    buf = buffers.make_mla_buffers(layout, shape, torch.device("cpu"), seed + 1)
+    weight = buffers.make_kv_b_proj_weight(shape, torch.device("cpu"), seed + 2)
     return reqs, layout, buf, weight
 
 
 def _sparse(buf, layout, weight, indices, shape=SMALL):
     return sparse_mla.sparse_mla_attention(buf.q, buf.kv_cache, weight, layout.block_table, layout.query_lens,
                                            layout.kv_lens, indices, shape.kv_lora_rank, shape.qk_nope_head_dim,
-                                           shape.v_head_dim, layers.mla_scale(shape))
+                                           shape.v_head_dim, buffers.mla_scale(shape))
 
 
 @pytest.mark.parametrize("pattern", sparse_mla.TOPK_PATTERNS)
@@ -110,7 +112,7 @@ def test_reference_equals_dense_attention_when_top_k_covers_the_context(pattern,
     reqs, layout, buf, weight = _case(spec)
     indices = sparse_mla.batch_topk(pattern, reqs, 128, seed=0)  # 128 > every context: all selected
     dense = mla_attention(buf.q, buf.kv_cache, weight, layout.block_table, layout.query_lens, layout.kv_lens,
-                          SMALL.kv_lora_rank, SMALL.qk_nope_head_dim, SMALL.v_head_dim, layers.mla_scale(SMALL))
+                          SMALL.kv_lora_rank, SMALL.qk_nope_head_dim, SMALL.v_head_dim, buffers.mla_scale(SMALL))
     torch.testing.assert_close(_sparse(buf, layout, weight, indices), dense, rtol=1e-5, atol=1e-5)
 
 
@@ -119,7 +121,7 @@ def test_reference_attends_exactly_the_selected_tokens():
     reqs, layout, buf, weight = _case("q3s50")
     indices = sparse_mla.batch_topk("random", reqs, 16, seed=4)
     got = _sparse(buf, layout, weight, indices)
-    from attnbench.oracle import gather_sequence
+    from attnbench.measure.oracle import gather_sequence
 
     latent = gather_sequence(buf.kv_cache, layout.block_table[0], 50).float()
     h, nope, v, rank = SMALL.num_q_heads, SMALL.qk_nope_head_dim, SMALL.v_head_dim, SMALL.kv_lora_rank
@@ -127,11 +129,11 @@ def test_reference_attends_exactly_the_selected_tokens():
     for j in range(3):
         sel = indices[j][indices[j] >= 0].long()
         k = torch.cat([kv[sel, :, :nope], latent[sel, rank:].unsqueeze(1).expand(-1, h, -1)], dim=-1)
-        p = torch.softmax(torch.einsum("hd,khd->hk", buf.q[j].float(), k) * layers.mla_scale(SMALL), dim=-1)
+        p = torch.softmax(torch.einsum("hd,khd->hk", buf.q[j].float(), k) * buffers.mla_scale(SMALL), dim=-1)
         torch.testing.assert_close(got[j], torch.einsum("hk,khd->hd", p, kv[sel, :, nope:]), rtol=1e-5, atol=1e-5)
     # and it is not dense attention: a sliding window of 16 of 48+ keys changes the output
     dense = mla_attention(buf.q, buf.kv_cache, weight, layout.block_table, layout.query_lens, layout.kv_lens,
-                          rank, nope, v, layers.mla_scale(SMALL))
+                          rank, nope, v, buffers.mla_scale(SMALL))
     assert (got - dense).abs().max() > 1e-3
 
 
@@ -211,7 +213,7 @@ def test_the_mha_path_applies_only_while_the_context_fits_in_top_k():
 # ------------------------------------------------------------------ cases, options, model config
 
 def _sparse_case(spec: str, pipeline=None, pattern="random"):
-    from attnbench.plugin import compose_case
+    from attnbench.pytest_plugin.plugin import compose_case
 
     study = build_study(None, {"device": "cpu"})
     return compose_case(study, registry.lookup("FLASHMLA_SPARSE", "mla"), spec, pipeline=pipeline,
@@ -228,7 +230,7 @@ def test_pipelines_of_mha_vs_mqa():
 
 
 def test_the_topk_pattern_row_checks_its_values():
-    from attnbench import options
+    from attnbench.spec import options
 
     row = options.BY_NAME["topk_pattern"]
     assert row.value("prefix") == ("prefix",)  # one YAML string is a list of one
@@ -251,7 +253,7 @@ def test_upstreams_yaml_spelling_and_the_shipped_studies(tmp_path):
 
 
 def test_the_sparse_model_config_is_deepseek_v32(tmp_path):
-    from attnbench.adapters.vllm_common import write_model_config
+    from attnbench.measure.adapters.vllm_common import write_model_config
 
     cfg = json.loads((write_model_config(tmp_path, MLAShape(), sparse_mla.DEEPSEEK_V32) / "config.json").read_text())
     assert (cfg["architectures"], cfg["model_type"]) == (["DeepseekV32ForCausalLM"], "deepseek_v32")
@@ -302,7 +304,7 @@ def test_the_adapter_asks_vllm_as_a_sparse_model(monkeypatch):
             asked.update(config)
             return []
 
-    from attnbench.adapters.vllm_common import support_problems
+    from attnbench.measure.adapters.vllm_common import support_problems
 
     support_problems(Backend, MLAShape(), torch.device("cuda:0"), use_sparse=True)
     assert asked["use_sparse"] is True and asked["use_mla"] is True
@@ -370,7 +372,7 @@ def test_reference_runs_sparse_cases_on_the_cpu_and_records_them(tmp_path):
     assert row["topk_pattern"] == "sliding_window" and record["backend_info"]["kv_cache_dtype"] == "fp8_ds_mla"
     assert record["work"]["attended_pairs"] == 2 * 2048 and record["verification"]["status"] == "oracle"
     assert math.isfinite(row["median_time"])
-    from attnbench.exports import load_results
+    from attnbench.results.exports import load_results
 
     (loaded,) = load_results(out).results
     assert loaded.key.topk_pattern == "sliding_window"  # the pattern is part of the case's identity on reload

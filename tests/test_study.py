@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import backends as registry
-from attnbench.study import (
+from attnbench.spec import backends as registry
+from attnbench.spec.study import (
     DEFAULT_SPECS,
     RunSettings,
     Study,
@@ -427,7 +427,7 @@ def test_a_study_with_too_many_cases_is_a_usage_error_naming_the_count(tmp_path)
     import subprocess
     import sys
 
-    from attnbench.plugin import MAX_CASES
+    from attnbench.pytest_plugin.plugin import MAX_CASES
 
     specs = " ".join(f"q{q}s2048" for q in range(1, 1001))
     path = tmp_path / "big.yaml"

@@ -13,8 +13,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attnbench import options
-from attnbench.study import StudyError, build_study, check_shape, load_study_file
+from attnbench.spec import options
+from attnbench.spec.study import StudyError, build_study, check_shape, load_study_file
 
 STUDIES = settings(max_examples=400, deadline=None, database=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

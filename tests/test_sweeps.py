@@ -20,16 +20,16 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnbench import sweeps
-from attnbench.exports import load_results
+from attnbench.spec import sweeps
+from attnbench.results.exports import load_results
 from attnbench.reporting.formatter import ResultsFormatter
-from attnbench.outcome import CaseOutcome, case_key
-from attnbench.record import CaseKey, CaseRecord, RecordError, SweptValue
+from attnbench.results.outcome import CaseOutcome, case_key
+from attnbench.results.record import CaseKey, CaseRecord, RecordError, SweptValue
 from attnbench.reporting.tables import summary_tables
 from attnbench.reporting.verdicts import MISSING, NEW, compare_results
-from attnbench.shapes import KV_CACHE_DTYPES
-from attnbench.study import StudyError, build_study, load_study_file
-from attnbench.sweeps import Sweep, SweepError, make_sweep
+from attnbench.spec.shapes import KV_CACHE_DTYPES
+from attnbench.spec.study import StudyError, build_study, load_study_file
+from attnbench.spec.sweeps import Sweep, SweepError, make_sweep
 from tests.factories import timed, untimed
 from tests.test_plugin import (BENCH_ATTENTION, BENCH_MLA, REPO, child_is_not_an_xdist_worker,  # noqa: F401
                                collected_ids, run)
@@ -79,7 +79,7 @@ def test_include_auto_applies_to_every_sweep_of_the_command_line() -> None:
 def test_kv_cache_dtype_sweeps_names_and_its_auto_is_a_value_of_its_own() -> None:
     sweep = make_sweep("kv_cache_dtype", ["fp8", " fp8_e5m2 ", "auto"], False)
     assert sweep.points() == ["auto", "fp8", "fp8_e5m2"]
-    from attnbench.shapes import make_shape
+    from attnbench.spec.shapes import make_shape
 
     shape = make_shape("attention", {"kv_cache_dtype": "fp8"})
     # the study's cache is fp8; the sweep's "auto" is the model dtype, not "leave the study's value"
@@ -206,8 +206,8 @@ def test_bad_parameter_sweeps_name_the_file_and_the_key(tmp_path, text, key, why
 # ------------------------------------------------------------------ the case key, typed
 
 def test_a_case_carries_each_swept_value_typed() -> None:
-    from attnbench import backends as registry
-    from attnbench.plugin import compose_case
+    from attnbench.spec import backends as registry
+    from attnbench.pytest_plugin.plugin import compose_case
 
     study = build_study(None, {"sweep_param": ["num_kv_splits", "head_dim", "kv_cache_dtype"],
                                "sweep_values": [["auto", "2"], ["64"], ["fp8"]]})

@@ -9,12 +9,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from attnbench import clocks, runner  # noqa: E402
-from attnbench.cases import BenchCase  # noqa: E402
-from attnbench.record import CaseRecord  # noqa: E402
-from attnbench.shapes import AttentionShape  # noqa: E402
-from attnbench.study import RunSettings  # noqa: E402
-from attnbench.verify import compare  # noqa: E402
+from attnbench.measure import clocks
+
+from attnbench.measure import runner  # noqa: E402
+from attnbench.spec.cases import BenchCase  # noqa: E402
+from attnbench.results.record import CaseRecord  # noqa: E402
+from attnbench.spec.shapes import AttentionShape  # noqa: E402
+from attnbench.spec.study import RunSettings  # noqa: E402
+from attnbench.measure.verify import compare  # noqa: E402
 from tests.plugins.fake_adapters import fake_backend  # noqa: E402
 from tests.test_plugin import (BENCH_ATTENTION, BENCH_MLA, REPO, assert_usage_error,  # noqa: E402, F401
                                child_is_not_an_xdist_worker, collected_ids, run)

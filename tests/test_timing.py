@@ -1,6 +1,6 @@
 """The timer on the CPU path: stopping rule, cold-L2 buffer sets and the host measurement loop.
 
-The host loop reads ``time.perf_counter`` through ``attnbench.timing.time``; the tests swap in a fake
+The host loop reads ``time.perf_counter`` through ``attnbench.measure.timing.time``; the tests swap in a fake
 clock that steps advance by a known amount, so every sample is known exactly in advance.
 """
 
@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from attnbench import timing
+from attnbench.measure import timing
 
 CPU = torch.device("cpu")
 
@@ -85,7 +85,7 @@ def test_cpu_has_no_l2_to_flush():
 # --------------------------------------------------------------------------------------------- measure
 
 class FakeClock:
-    """Stands in for the ``time`` module inside attnbench.timing."""
+    """Stands in for the ``time`` module inside attnbench.measure.timing."""
 
     def __init__(self) -> None:
         self.now = 100.0
@@ -216,7 +216,7 @@ def test_timing_info_drops_samples_and_adds_derived_fields():
     ("flash::prepare_varlen_num_blocks_kernel", "other"),
 ])
 def test_kernel_roles(name, role):
-    from attnbench.timing import kernel_role
+    from attnbench.measure.timing import kernel_role
 
     assert kernel_role(name) == role
 

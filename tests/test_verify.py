@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from attnbench.verify import TOLERANCE, Verification, compare
+from attnbench.measure.verify import TOLERANCE, Verification, compare
 
 
 def _expected(shape=(24, 8, 16), seed=0) -> torch.Tensor:

@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from attnbench import backends as registry  # noqa: E402
-from attnbench.shapes import AttentionShape, MLAShape  # noqa: E402
+from attnbench.spec import backends as registry  # noqa: E402
+from attnbench.spec.shapes import AttentionShape, MLAShape  # noqa: E402
 
 
 class FakeCapability(NamedTuple):  # test-only stand-in for vllm.platforms.interface.DeviceCapability
@@ -60,7 +60,7 @@ class FakeBackend:
 
 @pytest.mark.parametrize("shape, use_mla", [(AttentionShape(), False), (MLAShape(), True)])
 def test_the_adapter_asks_vllm_with_the_cases_own_values(fake_vllm, shape, use_mla):
-    from attnbench.adapters.vllm_common import support_problems
+    from attnbench.measure.adapters.vllm_common import support_problems
 
     problems = support_problems(FakeBackend, shape, torch.device("cuda:0"))
     asked = FakeBackend.asked
@@ -128,7 +128,7 @@ def test_another_vllm_release_skips_every_vllm_case_in_one_line_naming_both_vers
 @pytest.mark.parametrize("version, problem", [("0.26.0", False), ("0.26.1", False), ("0.26.0+cu130", False),
                                               ("0.30.0", True), ("1.26.0", True)])
 def test_the_vllm_release_check_reads_major_and_minor(monkeypatch, version, problem):
-    from attnbench import hardware
+    from attnbench.measure import hardware
 
     monkeypatch.setattr(hardware, "package_version", lambda name: version)
     hardware.vllm_version_problem.cache_clear()

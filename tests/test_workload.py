@@ -7,9 +7,11 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from attnbench import layers, workload
-from attnbench.shapes import AttentionShape, MLAShape
-from attnbench.workload import NULL_BLOCK, build_layout, scheduler_order
+from attnbench.measure import buffers
+
+from attnbench.spec import workload
+from attnbench.spec.shapes import AttentionShape, MLAShape
+from attnbench.spec.workload import NULL_BLOCK, build_layout, scheduler_order
 from grammar import BatchRequest, parse_batch_spec
 
 MIXED = [BatchRequest(1, 37), BatchRequest(5, 5), BatchRequest(3, 70), BatchRequest(17, 33), BatchRequest(1, 1)]
@@ -199,7 +201,8 @@ def test_attention_buffers_fill_every_cache_block_and_poison_the_output():
     shape = AttentionShape(num_q_heads=4, num_kv_heads=2, head_dim=8, block_size=4)
     layout = build_layout(MIXED, shape.block_size, "cpu", seed=0)
     dev = torch.device("cpu")
-    buf = layers.make_attention_buffers(layout, shape, dev, 1, lambda: layers.plain_attention_cache(layout, shape, dev))
+    buf = buffers.make_attention_buffers(layout, shape, dev, 1,
+                                         lambda: buffers.plain_attention_cache(layout, shape, dev))
     for cache in (buf.key_cache, buf.value_cache):
         assert cache.shape == (layout.num_blocks, 4, 2, 8)
         assert bool((cache.reshape(layout.num_blocks, -1) != 0).any(dim=1).all())
@@ -212,7 +215,7 @@ def test_mla_buffers_fill_every_latent_block():
     shape = MLAShape(num_q_heads=4, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8,
                      block_size=3)
     layout = build_layout(MIXED, shape.block_size, "cpu", seed=0)
-    buf = layers.make_mla_buffers(layout, shape, torch.device("cpu"), 2)
+    buf = buffers.make_mla_buffers(layout, shape, torch.device("cpu"), 2)
     assert buf.kv_cache.shape == (layout.num_blocks, 3, 20)
     assert bool((buf.kv_cache.reshape(layout.num_blocks, -1) != 0).any(dim=1).all())
     assert buf.q.shape == (layout.num_tokens, 4, 12)

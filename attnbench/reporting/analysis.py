@@ -15,9 +15,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from attnbench.crossover_search import CrossoverAnswer, Point, crossover_answer, curve_kv, measurement, vllm_default
+from attnbench.measure.crossover_search import (CrossoverAnswer, Point, crossover_answer, curve_kv, measurement,
+                                                vllm_default)
 from attnbench.reporting.cells import is_default_point, spec_order, sweep_point
-from attnbench.outcome import CaseOutcome
+from attnbench.results.outcome import CaseOutcome
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the checkout's studies (absent in a plain install)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from attnbench.outcome import CaseOutcome
-from attnbench.record import CaseKey
-from attnbench.sweeps import AUTO
+from attnbench.results.outcome import CaseOutcome
+from attnbench.results.record import CaseKey
+from attnbench.spec.sweeps import AUTO
 
 NO_VALUE = "–"  # what a cell shows when there is nothing to show: no timing, no data
 _MAX_TIME_DECIMALS = 3

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from attnbench.reporting import model
 from attnbench.reporting.tables import summary_tables
-from attnbench.outcome import CaseOutcome
+from attnbench.results.outcome import CaseOutcome
 
 STYLES = {model.FASTEST: "bold green", model.GOOD: "bold green", model.BAD: "bold red", model.DOUBT: "yellow",
           model.ADDED: "cyan", model.GONE: "magenta", model.MUTED: "dim"}

@@ -1,7 +1,7 @@
 """Upstream's formatter interface over ``CaseOutcome``s: a table on the console, and the CSV / JSON exports.
 
-The files' columns and keys are ``attnbench.exports``'s (its module doc); this module adds what needs the reporting
-floor: the console's tables, and the decode_vs_prefill crossover answers written beside the per-case rows.
+The files' columns and keys are ``attnbench.results.exports``'s (its module doc); this module adds what needs the
+reporting floor: the console's tables, and the decode_vs_prefill crossover answers written beside the per-case rows.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
-from attnbench.exports import CSV_COLUMNS, SCHEMA, atomic_write, csv_row, now, sweep_columns
-from attnbench.outcome import CaseOutcome
+from attnbench.results.exports import CSV_COLUMNS, SCHEMA, atomic_write, csv_row, now, sweep_columns
+from attnbench.results.outcome import CaseOutcome
 from attnbench.reporting.analysis import crossover_records
 
 

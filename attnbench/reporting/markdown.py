@@ -4,8 +4,8 @@
     python tools/results_markdown.py baselines/NVIDIA_H100_80GB_HBM3 --short      # README tables, to stdout
 
 BASELINE_DIR is searched recursively for pytest-benchmark JSON files (``<gpu>/<machine>/NNNN_<study>.json``).
-Every file is read with ``attnbench.exports.load_results``; the cases of all files are merged with
-``attnbench.exports.merge_results`` (one result per ``case_key``; a passing result is preferred, and
+Every file is read with ``attnbench.results.exports.load_results``; the cases of all files are merged with
+``attnbench.results.exports.merge_results`` (one result per ``case_key``; a passing result is preferred, and
 among passing ones the later file wins, so a rerun replaces the run it repeats).
 
 pytest-benchmark JSON holds passed cases only, so skipped and failed cases are taken from the pytest
@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from attnbench.exports import LoadedResults, ResultsFileError, load_results, merge_results
+from attnbench.results.exports import LoadedResults, ResultsFileError, load_results, merge_results
 from attnbench.reporting.analysis import CONFIGS, Crossover, crossover_table, info, study_title
 from attnbench.reporting.cells import NO_VALUE, backend_order, median_us, significant, sweep_axis
 from attnbench.reporting.model import FASTEST, Cell, Table, simple_table
 from attnbench.reporting.tables import (METRICS, Metric, backend_table, crossover_model, crossover_pivot, split,
                                         sweep_table, wins_line)
-from attnbench.outcome import PASSED, CaseOutcome
+from attnbench.results.outcome import PASSED, CaseOutcome
 
 _CHECKOUT = CONFIGS.parent  # paths on the page are shown relative to it
 
@@ -262,7 +262,7 @@ def methodology(baseline: Baseline) -> str:
         lines.append(f"- **Kernel breakdown**: {_counted(methods)}. *graph/kernel-sum* is the CUDA-graph median "
                      "over the sum of the kernels' device times (≈1: the graph adds no gaps); *attention share* is "
                      "the fraction of that kernel time spent in kernels classified as attention "
-                     "(`attnbench.timing.KERNEL_ROLES`).")
+                     "(`attnbench.measure.timing.KERNEL_ROLES`).")
     lines.append("- **Rates** at the median: TFLOP/s or GB/s of the bound resource (`bound` from the roofline model), "
                  "with % of peak: the sequential floor (the sum of max(FLOPs / peak, bytes / bandwidth) over the "
                  "kernels that run one after another) over the median; per-phase bounds for mixed batches.")
@@ -341,7 +341,7 @@ def _share_notes(results: Sequence[CaseOutcome]) -> list[str]:
         largest = sorted(unmatched, key=lambda n: -unmatched[n])[:3]
         names = ", ".join(f"`{_clip(n, 60)}`" for n in largest) or "unknown"
         notes.append(f"{backend}'s attention share reads 0 % in {len(zero)}/{len(mine)} cases because none of its "
-                     f"kernels matched the attention role of `attnbench.timing.KERNEL_ROLES` (its largest "
+                     f"kernels matched the attention role of `attnbench.measure.timing.KERNEL_ROLES` (its largest "
                      f"unclassified kernels: {names}): the share is unmeasured, not zero.")
     return notes
 

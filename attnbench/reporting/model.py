@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from attnbench.outcome import CaseOutcome
+from attnbench.results.outcome import CaseOutcome
 
 # emphasis: what a cell is, not how it looks (the console colours them, markdown bolds FASTEST)
 FASTEST = "fastest"  # the best time of its row

@@ -35,7 +35,7 @@ from attnbench.reporting.analysis import crossover_table, group_results
 from attnbench.reporting.cells import point_text, significant
 from attnbench.reporting.model import FASTEST
 from attnbench.reporting.tables import speedup_tables, time_table
-from attnbench.outcome import SKIPPED, CaseOutcome
+from attnbench.results.outcome import SKIPPED, CaseOutcome
 
 _LOG_SCALE_SPAN = 20.0  # use a log time axis when the largest time is more than this many times the smallest
 _MAX_WIDTH = 14.0  # inches: backend_bars grows with the number of specs and backends up to this
@@ -239,8 +239,8 @@ def make_plots(results: Sequence[CaseOutcome], out_dir: str | Path, stem: str = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``plot RESULTS --out DIR``: write every applicable PNG; exit 1 if the file has nothing to plot."""
-    from attnbench.cli import Once, OneLineParser
-    from attnbench.exports import ResultsFileError, load_results, unusable_folder_reason
+    from attnbench.reporting.command_line import Once, OneLineParser
+    from attnbench.results.exports import ResultsFileError, load_results, unusable_folder_reason
 
     parser = OneLineParser(prog="benchmark.py plot", description="Plot saved attnbench results.")
     parser.add_argument("results",

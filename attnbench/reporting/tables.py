@@ -20,15 +20,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
-from attnbench.crossover_search import crossover_answer
+from attnbench.measure.crossover_search import crossover_answer
 from attnbench.reporting.analysis import (BestSweepValue, Crossover, best_sweep_values, crossover_table,
                                           group_results, has_variants, info)
 from attnbench.reporting.cells import (NO_VALUE, backend_order, behind_best, format_time_us, is_default_point,
                                        median_us, mib, percent, point_text, ratio, significant, spec_order, speedup,
                                        sweep_axis, sweep_order, sweep_point, us)
 from attnbench.reporting.model import BAD, FASTEST, MUTED, Cell, Column, Table
-from attnbench.outcome import FAILED, SKIPPED, CaseOutcome
-from attnbench.study import AUTO
+from attnbench.results.outcome import FAILED, SKIPPED, CaseOutcome
+from attnbench.spec.study import AUTO
 
 MARKS = {"passed": "✓", "oracle": "ref", "skipped": "·", "failed": "✗"}
 _MAX_ERROR_CHARS = 240

@@ -1,6 +1,6 @@
 """Regression verdicts against saved baseline runs, aware of the noise between placements and processes.
 
-For every case present in the new run and the baselines (matched by ``attnbench.outcome.case_key``: family,
+For every case present in the new run and the baselines (matched by ``attnbench.results.outcome.case_key``: family,
 backend, batch spec, shape, sweep value, pipeline, backend knobs, cache state, device kind;
 records without those fields are matched by pytest fullname) we estimate the time ratio r (r > 1 means the
 new run is slower) and a two-sided confidence interval [lo, hi] for it. ``confidence`` (default 95 %) holds
@@ -67,11 +67,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from attnbench import options
-from attnbench.exports import ResultsFileError, load_results
+from attnbench.spec import options
+from attnbench.results.exports import ResultsFileError, load_results
 from attnbench.reporting.cells import NO_VALUE, change, us
 from attnbench.reporting.model import ADDED, BAD, DOUBT, GONE, GOOD, Cell, Column, Table
-from attnbench.outcome import CaseOutcome, Times, case_key, describe_key
+from attnbench.results.outcome import CaseOutcome, Times, case_key, describe_key
 
 FASTER, SLOWER, SAME, UNSURE, NEW = "FASTER", "SLOWER", "SAME", "UNSURE", "NEW"
 UNTIMED = "UNTIMED"  # the new run holds the baseline's case but skipped or failed it
@@ -560,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``benchmark.py compare BASELINE [BASELINE ...] NEW``: one verdict line per case; exit 1 on SLOWER, 2 on a GPU
     mismatch or bad input. Several baselines are separate runs of the same code (their spread is the process
     noise)."""
-    from attnbench.cli import Once, OneLineParser, fail, finite_number
+    from attnbench.reporting.command_line import Once, OneLineParser, fail, finite_number
 
     parser = OneLineParser(prog="benchmark.py compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("baseline", nargs="+",
@@ -581,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.confidence < 1:  # NaN fails the comparison too
         parser.error("--confidence must be in (0, 1)")
     if args.verdict_json:
-        from attnbench.exports import unwritable_reason
+        from attnbench.results.exports import unwritable_reason
 
         reason = unwritable_reason(args.verdict_json)
         if reason is not None:  # before any work, not after the comparison

@@ -18,14 +18,14 @@ from typing import Any, ContextManager
 
 import torch
 
-from attnbench import layers
-from attnbench.backends import BackendInfo
-from attnbench.cases import BenchCase
-from attnbench.contract import LayerCall
-from attnbench.adapters.reference import scales_for
-from attnbench.kv_cache import PerTokenHeadFormat, hadamard_rotation, write_stored
-from attnbench.oracle import paged_attention
-from attnbench.workload import build_layout, resolve_device
+from attnbench.measure import buffers
+from attnbench.spec.backends import BackendInfo
+from attnbench.spec.cases import BenchCase
+from attnbench.spec.contract import LayerCall
+from attnbench.measure.adapters.reference import scales_for
+from attnbench.measure.kv_cache import PerTokenHeadFormat, hadamard_rotation, write_stored
+from attnbench.measure.oracle import paged_attention
+from attnbench.spec.workload import build_layout, resolve_device
 
 
 class FakeAttentionAdapter:
@@ -41,7 +41,7 @@ class FakeAttentionAdapter:
         self.device = resolve_device(case.run.device)
         self.requests = case.requests
         self.layout = build_layout(self.requests, self.shape.block_size, self.device, case.run.seed)
-        self.bytes_per_layer = layers.attention_buffer_bytes(self.layout, self.shape)
+        self.bytes_per_layer = buffers.attention_buffer_bytes(self.layout, self.shape)
         self.info: dict[str, Any] = {"kernel_path": "fake"}
         self.calls = 0
         self.wrong_from, self.wrong_request, self.factor = wrong_from, wrong_request, factor
@@ -55,8 +55,8 @@ class FakeAttentionAdapter:
 
     def make_layer(self, index: int) -> LayerCall:
         layout, shape = self.layout, self.shape
-        buf = layers.make_attention_buffers(layout, shape, self.device, self.case.run.seed + 1 + index,
-                                            lambda: layers.plain_attention_cache(layout, shape, self.device),
+        buf = buffers.make_attention_buffers(layout, shape, self.device, self.case.run.seed + 1 + index,
+                                            lambda: buffers.plain_attention_cache(layout, shape, self.device),
                                             calibrate=scales_for(self.case.run.kv_scales))
         scale = shape.head_dim ** -0.5
         start = sum(r.q_len for r in self.requests[:self.wrong_request])
@@ -80,9 +80,9 @@ class FakeAttentionAdapter:
                 buf.output[rows] *= self.factor
             self.calls += 1
 
-        return LayerCall(run, lambda: buf.output, layers.attention_oracle(buf, layout, scale),
-                         layers.attention_cache_check(buf, layout),
-                         unquantized_oracle=layers.unquantized_attention_oracle(buf, layout, scale))
+        return LayerCall(run, lambda: buf.output, buffers.attention_oracle(buf, layout, scale),
+                         buffers.attention_cache_check(buf, layout),
+                         unquantized_oracle=buffers.unquantized_attention_oracle(buf, layout, scale))
 
     def relocate(self) -> None:
         self.layout = build_layout(self.requests, self.shape.block_size, self.device, self.case.run.seed)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import scaleout
+from attnbench.pytest_plugin import scaleout
 
 _FAKE = [g for g in os.environ.get("ATTNBENCH_FAKE_GPUS", "").split(",") if g]
 if _FAKE and not os.environ.get("PYTEST_XDIST_WORKER"):
