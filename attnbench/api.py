@@ -53,6 +53,7 @@ class BenchmarkConfig:
     qk_nope_head_dim: int | None = None
     qk_rope_head_dim: int | None = None
     v_head_dim: int | None = None
+    model: str | None = None  # a shipped model name or a config.json: its dimensions, which the ones above override
     cache_state: str = _D["cache_state"]
     noise_target: float = _D["noise_target"]
     seed: int = _D["seed"]
@@ -69,7 +70,7 @@ class BenchmarkConfig:
         command line checks it (a ValueError naming the field)."""
         rows = {opt.name: opt for opt in options.OPTIONS if opt.to == "model"}
         values = {}
-        for name in SHAPE_FIELDS:
+        for name in (*SHAPE_FIELDS, "model"):
             value = getattr(self, name)
             if value is not None and name in rows:
                 try:

@@ -58,7 +58,7 @@ class CaseResult:
             work=work, backend_info=dict(self.info), kernels=kernels,
             memory=Memory(**self.memory) if self.memory else None,
             host_seconds=HostSeconds(**self.host_seconds) if self.host_seconds else None,
-            gpu=GpuIdentity(**self.gpu) if self.gpu else None, clocks=self.clocks)
+            gpu=GpuIdentity(**self.gpu) if self.gpu else None, clocks=self.clocks, model=self.case.model)
 
     def extra_info(self) -> dict[str, Any]:
         """pytest-benchmark's ``extra_info``: the record, its samples left to pytest-benchmark's stats."""

@@ -391,7 +391,7 @@ def compose_case(study: Study, backend: registry.BackendInfo, batch_spec: str, s
         study=study.name, backend=backend, batch_spec=batch_spec, shape=study.shape_for(backend.family),
         run=study.run, sweep=sweeping.point_of(study.sweeps, sweep_values),
         pipeline=pipeline, backend_settings=study.backend_settings.get(backend.name, {}),
-        timed_region=timed_region, topk_pattern=topk_pattern,
+        timed_region=timed_region, topk_pattern=topk_pattern, model=study.model.get("model"),
     )
 
 

@@ -517,7 +517,8 @@ _FREE = ("backend_info", "kernels", "search")  # what vLLM or a plugin reports, 
 @dataclass(frozen=True)
 class CaseRecord:
     """One measured case. ``backend_info`` is the kernel path vLLM took (the adapter's description),
-    ``kernels`` the profiler's breakdown (when profiled), ``search`` the crossover search's note."""
+    ``kernels`` the profiler's breakdown (when profiled), ``search`` the crossover search's note, ``model`` the
+    model the shape's dimensions came from (``--model``, as given; the key's shape holds the dimensions)."""
 
     key: CaseKey
     timing: TimingSummary
@@ -530,6 +531,7 @@ class CaseRecord:
     gpu: GpuIdentity | None = None
     search: Mapping[str, Any] | None = None
     clocks: Clocks | None = None
+    model: str | None = None
 
     @property
     def verified(self) -> bool:
@@ -557,6 +559,8 @@ class CaseRecord:
             value = getattr(self, name)
             if value is not None:
                 out[name] = dict(value)
+        if self.model is not None:
+            out["model"] = self.model
         return out
 
     @classmethod
@@ -567,7 +571,7 @@ class CaseRecord:
         for required in ("backend", "batch_spec", "timing", "verification"):
             require(required in data, f"record has no {required!r}")
         key_names = {f.name for f in fields(CaseKey)} - {"sweep"} | set(CaseKey.SWEEP_JSON)
-        known = key_names | set(_PARTS) | set(_FREE) | {"schema", "verified"}
+        known = key_names | set(_PARTS) | set(_FREE) | {"schema", "verified", "model"}
         unknown = sorted(set(data) - known)
         require(not unknown, f"record: unknown key(s) {', '.join(map(str, unknown))}")
         key = CaseKey.from_json({k: v for k, v in data.items() if k in key_names})
@@ -578,7 +582,9 @@ class CaseRecord:
         for name in _FREE:
             require(data.get(name) is None or isinstance(data[name], dict), f"{name} is {show(data.get(name))}, "
                                                                               f"expected an object")
+        model = data.get("model")
+        require(model is None or (isinstance(model, str) and model), f"model is {show(model)}, expected a name")
         return cls(key=key, timing=parts["timing"], verification=parts["verification"],
                    work=parts["work"] or Work(), backend_info=data.get("backend_info") or {},
                    kernels=data.get("kernels"), memory=parts["memory"], host_seconds=parts["host_seconds"],
-                   gpu=parts["gpu"], search=data.get("search"), clocks=parts["clocks"])
+                   gpu=parts["gpu"], search=data.get("search"), clocks=parts["clocks"], model=model)

@@ -31,6 +31,7 @@ class BenchCase:
     timed_region: str = "layer"  # "layer": vLLM's layer step; "attention": the backend's attention call alone
     # sparse MLA (DeepSeek-V3.2): the mock indexer's pattern (attnbench.measure.sparse_mla.TOPK_PATTERNS); None = dense
     topk_pattern: str | None = None
+    model: str | None = None  # the model whose dimensions ``shape`` starts from (``--model``), as it was given
 
     @property
     def sparse(self) -> bool:

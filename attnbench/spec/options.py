@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from attnbench.spec import backends as registry
+from attnbench.spec import models
 from attnbench.spec.contract import TIMED_REGIONS, TOPK_PATTERNS
 from attnbench.spec.shapes import DTYPES
 from grammar import BatchSpecError, parse_batch_spec
@@ -173,6 +174,14 @@ def _non_empty(v: str) -> str:
     return v
 
 
+def _model(v: str) -> str:
+    try:
+        models.lookup(_non_empty(v))
+    except models.ModelError as exc:
+        raise OptionError(str(exc)) from None
+    return v
+
+
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?", re.ASCII)
 
 
@@ -274,6 +283,10 @@ OPTIONS: tuple[Option, ...] = (
            examples=(["q2k", " 8q1s1k "], ["q1s1k"])),
     Option("batch_sizes", int, "repeat each spec's requests this many times (one case per size)",
            yaml=("batch_sizes",), default=(), many=True, check=each(at_least(1)), examples=([2, 4], [8])),
+    Option("model", str, "a model's attention dimensions: a shipped name (llama-3-8b, llama-3-70b, qwen2.5-7b, "
+           "qwen3-32b, deepseek-v3, deepseek-v3.2, glm-5) or a local config.json; dimensions given beside it override "
+           "its own", "model", ("--model",), ("model.name",), ("--model",), metavar="NAME|CONFIG", check=_model,
+           examples=("llama-3-8b", "llama-3-70b")),
     *(_dim(name) for name in ("num_layers", "head_dim", "num_q_heads", "num_kv_heads", "block_size",
                               "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")),
     _dim("dtype", str, ("float16", "float32"), help=f"{', '.join(DTYPES)}; "),

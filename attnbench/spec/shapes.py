@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Sequence
 
+from attnbench.spec import models
 from grammar import BatchRequest
 
 DTYPES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -148,8 +149,15 @@ def sweepable_keys(family: str) -> set[str]:
 
 
 def make_shape(family: str, overrides: dict[str, Any]) -> Shape:
-    """Build and validate the shape of ``family`` from user ``overrides`` (None values ignored)."""
+    """Build and validate the shape of ``family`` from user ``overrides`` (None values ignored): a ``model``
+    (``models.lookup``'s reference) gives its dimensions, which the other overrides override."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    reference = given.pop("model", None)
+    if reference is not None:
+        try:
+            given = {**models.dimensions(reference, family), **given}
+        except models.ModelError as exc:
+            raise ShapeError(f"model {exc}") from None
     if family == "attention":
         unknown = set(given) - ATTENTION_KEYS
         if unknown:

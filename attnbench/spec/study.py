@@ -18,6 +18,7 @@ from typing import Any, Literal, Sequence
 import yaml
 
 from attnbench.spec import backends as registry
+from attnbench.spec import models
 from attnbench.spec import options
 from attnbench.spec.options import OptionError
 from attnbench.spec.shapes import QUANTIZED_KV_CACHE_DTYPES, Shape, ShapeError, make_shape
@@ -232,9 +233,8 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 # YAML keys that need code of their own (below); every other key is a row of attnbench/spec/options.py
 SWEEP_KEYS = ("parameter_sweep", "model_parameter_sweep", "parameter_sweeps")  # one sweep (upstream's), or a list
 _SPECIAL_KEYS = ("batch_spec_ranges", *SWEEP_KEYS)
-_LABELS = ("model.name",)  # for people; the dimensions are what is run
 _SECTIONS: dict[str, list[str]] = {}
-for _key in (*options.BY_YAML, *_LABELS):
+for _key in options.BY_YAML:
     if "." in _key:
         _SECTIONS.setdefault(_key.split(".")[0], []).append(_key.split(".", 1)[1])
 _TOP_KEYS = sorted({k for k in options.BY_YAML if "." not in k} | set(_SECTIONS) | set(_SPECIAL_KEYS))
@@ -300,8 +300,7 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
             for sub, v in value.items():
                 spelled = f"{key}.{sub}"
                 _check(sub in _SECTIONS[key], where, spelled, f"unknown key (valid: {', '.join(sorted(_SECTIONS[key]))})")
-                if spelled not in _LABELS:
-                    take(spelled, v)
+                take(spelled, v)
         elif key in options.BY_YAML:
             take(key, value)
         elif key == "batch_spec_ranges":
@@ -433,6 +432,8 @@ def build_study(yaml_fields: dict[str, Any] | None, cli: dict[str, Any]) -> Stud
     notes: dict[str, list[str]] = dict(y.pop("notes", None) or {})  # option name -> notes; the CLI replaces them
     parts: dict[str, dict[str, Any]] = {"run": dict(y.pop("run", {})), "model": dict(y.pop("model", {})),
                                         "study": {"name": _D["name"], **y}}
+    if options.given(cli, options.BY_NAME["model"]) is not None:  # the command line's model replaces the file's
+        parts["model"] = {k: v for k, v in parts["model"].items() if k not in models.DIMENSIONS}
     for opt in options.OPTIONS:
         raw = options.given(cli, opt)
         if raw is None or not opt.flags or opt.to not in parts:  # the --sweep-* rows: _cli_sweeps, below
