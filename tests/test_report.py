@@ -231,3 +231,16 @@ def test_crossover_answers_reach_the_json_and_a_sibling_csv(tmp_path) -> None:
     plain = [r for r in results if r.key.pipeline is None]
     formatter.save_json(plain, tmp_path / "p.json")
     assert "crossovers" not in _json.loads((tmp_path / "p.json").read_text())
+
+
+def test_mha_vs_mqa_over_a_num_q_heads_sweep_has_a_column_per_heads_and_pipeline() -> None:
+    """Upstream emulates tensor-parallel degrees with a num_q_heads sweep beside the pipelines: each (heads, pipeline)
+    is its own column, none overwriting another."""
+    results = [timed("FLASHMLA_SPARSE", "q1s512", t, family="mla", study="m", pipeline=p,
+                     sweep_param="num_q_heads", sweep_value=h)
+               for h, p, t in ((16, "mha", 1e-5), (16, "mqa", 2e-5), (128, "mha", 3e-5), (128, "mqa", 4e-5))]
+    text = render_summary(results)
+    assert "mha vs mqa · sweep of num_q_heads" in text
+    [row] = [r for r in rows(text) if r.split("│")[1].strip() == "q1s512"]
+    times = [c.strip().split()[0] for c in row.split("│")[2:-1] if c.strip()]
+    assert times == [format_time_us(t, 0.01).split()[0] for t in (1e-5, 2e-5, 3e-5, 4e-5)]

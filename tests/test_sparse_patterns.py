@@ -338,6 +338,20 @@ def test_mha_vs_mqa_ids_and_sparse_only_backends(tmp_path):
                        "test_sparse_mla_mha_vs_mqa[FLASHMLA_SPARSE-q1s512-topk=random-mqa]"]
 
 
+def test_mha_vs_mqa_sweeps_num_q_heads_beside_the_pipelines_and_nothing_else(tmp_path):
+    config = str(ROOT / "configs/mha_vs_mqa.yaml")
+    proc = run_pytest(BENCH_MLA, "--collect-only", "-q", "--bench-config", config, "--backends", "flashmla_sparse",
+                      "--batch-specs", "q1s512", "--sweep-param", "num_q_heads", "--sweep-values", "16", "128",
+                      cwd=tmp_path)
+    ids = [line.split("::")[1] for line in proc.stdout.splitlines() if "::" in line]
+    assert ids[:4] == [f"test_sparse_mla_mha_vs_mqa[FLASHMLA_SPARSE-q1s512-num_q_heads={h}-topk=random-{p}]"
+                       for h in (16, 128) for p in ("mha", "mqa")]
+    refused = run_pytest(BENCH_MLA, "--collect-only", "-q", "--bench-config", config, "--sweep-param", "v_head_dim",
+                         "--sweep-values", "64", "128", cwd=tmp_path)
+    assert refused.returncode == 4
+    assert "--sweep-param: mha_vs_mqa mode sweeps only num_q_heads" in refused.stderr + refused.stdout
+
+
 def test_sparse_cases_skip_with_a_reason_without_a_gpu(tmp_path):
     proc = run_pytest(BENCH_MLA, "-k", "sparse and SPARSE", "-rs", "--batch-specs", "q1s4k", "-p", "no:xdist",
                       "--topk-pattern", "random", "--allow-untimed", cwd=tmp_path)

@@ -158,7 +158,7 @@ def test_valid_studies_load(doc: dict[str, Any]) -> None:
             # the generator may combine what the study refuses by design, nothing else
             assert any(refusal in str(exc) for refusal in ("decode_vs_prefill mode already sweeps",
                                                            "decode_vs_prefill mode compares whole layer steps",
-                                                           "mha_vs_mqa mode already sweeps",
+                                                           "mha_vs_mqa mode sweeps only num_q_heads",
                                                            "mha_vs_mqa mode compares whole layer steps",
                                                            "is not used by template",
                                                            # parameter_sweep and parameter_sweeps both drawn

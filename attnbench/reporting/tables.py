@@ -207,8 +207,9 @@ def variant_table(study: str, family: str, group: Sequence[CaseOutcome]) -> Tabl
     # a column of nothing but skips says one thing many times: its reason goes to the footnotes only
     columns = [c for c in every if any(r.status != SKIPPED for k, r in cells.items() if k[1:] == c)]
     show_memory = any(memory(r) for r in group)
-    mode = ("decode vs prefill" if any(r.key.pipeline for r in group)
-            else f"sweep of {sweep_axis(group)}" if any(r.key.sweep for r in group) else "timed regions")
+    pipelines = " vs ".join(sorted({r.key.pipeline for r in group if r.key.pipeline}))
+    swept = f"sweep of {sweep_axis(group)}" if any(r.key.sweep for r in group) else ""
+    mode = " · ".join(m for m in (pipelines, swept) if m) or "timed regions"
     table = Table(f"{study} · {family} · {mode}", [Column("batch spec", right=False, wrap=False)]
                   + [Column(f"{b}\n{point_text(v)}", key=(b, v)) for b, v in columns])
     notes = Footnotes()
@@ -264,10 +265,9 @@ def _variant(r: CaseOutcome) -> Any:
     """What tells a result from its siblings in one row: the pipeline, or the sweep point (the bare value of one
     swept parameter, the values of several; the title names them), then the timed region when it is not the layer
     step."""
-    if r.key.pipeline is not None:
-        base: Any = r.key.pipeline
-    else:
-        base = sweep_point(r.key) if r.key.sweep else ""
+    base: Any = sweep_point(r.key) if r.key.sweep else ""
+    if r.key.pipeline is not None:  # with a sweep beside it (mha_vs_mqa over num_q_heads), both: "16 · mha"
+        base = (*r.key.sweep_values, r.key.pipeline) if r.key.sweep else r.key.pipeline
     if r.key.topk_pattern is not None:  # sparse MLA: the mock indexer's pattern tells siblings apart
         base = f"{point_text(base)} topk={r.key.topk_pattern}".strip()
     if r.key.timed_region == "layer":

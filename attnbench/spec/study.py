@@ -339,13 +339,18 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
 
 def _mode_problem(fields_: dict[str, Any]) -> tuple[str, str] | None:
     """The cross-option rules of the pipeline modes (decode_vs_prefill, mha_vs_mqa), as (Study field, why): they
-    already sweep the pipeline, and they compare whole layer steps (the MQA path's projection GEMMs are part of
-    what the choice trades)."""
+    already sweep the pipeline (mha_vs_mqa may sweep num_q_heads beside it, as upstream emulates tensor-parallel
+    degrees), and they compare whole layer steps (the MQA path's projection GEMMs are part of what the choice
+    trades)."""
     mode = fields_.get("mode")
     if mode not in ("decode_vs_prefill", "mha_vs_mqa"):
         return None
-    if fields_.get("sweeps"):
+    swept = sorted({s.param for s in fields_.get("sweeps") or ()})
+    if mode == "decode_vs_prefill" and swept:
         return "sweeps", f"{mode} mode already sweeps the pipeline"
+    if mode == "mha_vs_mqa" and swept not in ([], ["num_q_heads"]):
+        return "sweeps", (f"{mode} mode sweeps only num_q_heads (one GPU's share of the heads at each tensor-parallel "
+                          f"degree), got {', '.join(swept)}")
     if tuple(fields_.get("timed_region", ("layer",))) != ("layer",):
         return "timed_region", (f"{mode} mode compares whole layer steps (the MQA path's W_UK/W_UV GEMMs are part "
                                 "of the trade): only the layer region applies")
