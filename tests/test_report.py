@@ -244,3 +244,22 @@ def test_mha_vs_mqa_over_a_num_q_heads_sweep_has_a_column_per_heads_and_pipeline
     [row] = [r for r in rows(text) if r.split("│")[1].strip() == "q1s512"]
     times = [c.strip().split()[0] for c in row.split("│")[2:-1] if c.strip()]
     assert times == [format_time_us(t, 0.01).split()[0] for t in (1e-5, 2e-5, 3e-5, 4e-5)]
+
+
+def test_an_unstable_case_is_marked_and_named_with_its_spread() -> None:
+    from dataclasses import replace
+
+    from attnbench.reporting.console import unstable_line
+
+    steady = timed("FLASH_ATTN", "q1s512", 1e-5)
+    wide = timed("TRITON_ATTN", "q1s512", 2e-5)
+    wide = replace(wide, record=replace(wide.record, timing=replace(wide.record.timing, spread_pct=23.0)))
+    text = render_summary([steady, wide])
+    [row] = [r for r in rows(text) if r.split("│")[1].strip() == "q1s512"]
+    fast, slow = (next(c for c in row.split("│") if c.strip().startswith(format_time_us(t, 0.01).split()[0]))
+                  for t in (1e-5, 2e-5))
+    assert "≈" not in fast and "≈" in slow
+    assert "≈ unstable: its rounds spread over more than 10 % of the median" in " ".join(text.split())
+    assert unstable_line([steady, wide]) == ("1 case timed unstable (rounds' p10 to p90 over 10 % of the median): "
+                                             "TRITON_ATTN q1s512 23 %")
+    assert unstable_line([steady]) is None

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from attnbench.measure import timing
+from attnbench.results.record import TimingSummary
 
 CPU = torch.device("cpu")
 
@@ -238,3 +239,14 @@ def test_warmup_rounds_shrink_for_long_rounds_but_never_to_zero():
     assert timing.warmup_rounds_for(20e-3, 10) == 3
     assert timing.warmup_rounds_for(1.0, 10) == 1
     assert timing.warmup_rounds_for(1.0, 0) == 0
+
+
+def test_the_spread_is_the_rounds_p10_to_p90_over_their_median_and_flags_an_unstable_case():
+    steady = timing.Timing([1.0] * 9 + [1.01], "host", 1, 0, "repeats", "cold", 1, 0, None)
+    two_modes = timing.Timing([1.0] * 5 + [1.2] * 5, "host", 1, 0, "repeats", "cold", 1, 0, None)
+    assert steady.spread_pct is not None and steady.spread_pct < 1.0
+    assert two_modes.spread_pct == pytest.approx(100 * 0.2 / 1.1)
+    assert timing.Timing([1.0, 2.0], "host", 1, 0, "repeats", "cold", 1, 0, None).spread_pct is None  # too few
+    summaries = [TimingSummary(**t.info(), samples=tuple(t.samples)) for t in (steady, two_modes)]
+    assert [s.unstable for s in summaries] == [False, True]
+    assert TimingSummary("host").unstable is False  # an untimed or older record: no spread, no flag

@@ -102,11 +102,19 @@ class Timing:
     def rel_stderr(self) -> float:
         return self.rel_noise / math.sqrt(len(self.samples)) if self.samples else float("inf")
 
+    @property
+    def spread_pct(self) -> float | None:
+        """How far the rounds spread: their 10th to 90th percentile, in % of their median (None: under 5 rounds)."""
+        if len(self.samples) < 5:
+            return None
+        deciles = statistics.quantiles(self.samples, n=10)
+        return 100 * (deciles[8] - deciles[0]) / self.median
+
     def info(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("samples", "round_samples")}
         timed = bool(self.samples)  # an untimed case has no spread (rel_stderr would be inf)
         out.update(rounds=self.rounds, rel_noise=self.rel_noise if timed else None,
-                   rel_stderr=self.rel_stderr if timed else None)
+                   rel_stderr=self.rel_stderr if timed else None, spread_pct=self.spread_pct)
         return out
 
 

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from attnbench.reporting import model
 from attnbench.reporting.tables import summary_tables
 from attnbench.results.outcome import CaseOutcome
+from attnbench.results.record import UNSTABLE_SPREAD_PCT
 
 STYLES = {model.FASTEST: "bold green", model.GOOD: "bold green", model.BAD: "bold red", model.DOUBT: "yellow",
           model.ADDED: "cyan", model.GONE: "magenta", model.MUTED: "dim"}
@@ -93,3 +94,14 @@ def time_spent_line(results: Sequence[CaseOutcome]) -> str | None:
                                                    if name == "timing" else "") for name, seconds in phases.items())
     total = sum(s.total for s in spent)
     return f"where the time went, {len(recorded)} case{'s' if len(recorded) != 1 else ''}: host {total:.1f} s = {shown}"
+
+
+def unstable_line(results: Sequence[CaseOutcome]) -> str | None:
+    """A warning naming the cases whose rounds spread too far for their median to be one number (≈ in the tables)."""
+    unstable = [r for r in results if r.record is not None and r.record.timing.unstable]
+    if not unstable:
+        return None
+    shown = ", ".join(f"{r.key.backend} {r.key.batch_spec} {r.record.timing.spread_pct:.0f} %"
+                      for r in unstable[:8]) + (f", and {len(unstable) - 8} more" if len(unstable) > 8 else "")
+    return (f"{len(unstable)} case{'s' if len(unstable) != 1 else ''} timed unstable (rounds' p10 to p90 over "
+            f"{UNSTABLE_SPREAD_PCT:g} % of the median): {shown}")

@@ -28,6 +28,7 @@ from attnbench.reporting.cells import (NO_VALUE, backend_order, behind_best, for
                                        sweep_axis, sweep_order, sweep_point, us)
 from attnbench.reporting.model import BAD, FASTEST, MUTED, Cell, Column, Table
 from attnbench.results.outcome import FAILED, SKIPPED, CaseOutcome
+from attnbench.results.record import UNSTABLE_SPREAD_PCT
 from attnbench.spec.study import AUTO
 
 MARKS = {"passed": "✓", "oracle": "ref", "skipped": "·", "failed": "✗"}
@@ -286,11 +287,16 @@ def _time_cell(r: CaseOutcome, notes: Footnotes, label: str) -> Cell:
         return Cell("not timed", emphasis=MUTED, result=r)
     seconds = r.median
     throttled = r.record is not None and r.record.clocks is not None and r.record.clocks.throttled
-    return Cell(f"{format_time_us(seconds, r.times.rel_noise)} {_verified_mark(r)}{THROTTLED if throttled else ''}",
-                seconds, result=r)
+    marks = (THROTTLED if throttled else "") + (UNSTABLE if _unstable(r) else "")
+    return Cell(f"{format_time_us(seconds, r.times.rel_noise)} {_verified_mark(r)}{marks}", seconds, result=r)
 
 
 THROTTLED = "‡"
+UNSTABLE = "≈"
+
+
+def _unstable(r: CaseOutcome) -> bool:
+    return r.record is not None and r.record.timing.unstable
 
 
 def _verified_mark(r: CaseOutcome) -> str:
@@ -316,6 +322,9 @@ def _caption(group: Sequence[CaseOutcome]) -> str:
     marks = "✓ verified against REFERENCE, ref = the reference itself, – not verified"
     if any(r.record is not None and r.record.clocks is not None and r.record.clocks.throttled for r in group):
         marks += f", {THROTTLED} timed rounds ran with the SM clock throttled (record: clocks)"
+    if any(_unstable(r) for r in group):
+        marks += (f", {UNSTABLE} unstable: its rounds spread over more than {UNSTABLE_SPREAD_PCT:g} % of the median "
+                  f"(p10 to p90; record: timing.spread_pct)")
     regions = sorted({r.key.timed_region for r in group})
     if regions != ["layer"]:
         marks += "; timed region: " + ", ".join("the layer step" if g == "layer" else f"{g} call only" for g in regions)

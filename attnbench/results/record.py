@@ -316,6 +316,13 @@ class CaseKey:
         return " ".join(p for p in (base, topk, region) if p) or None
 
 
+# Above this spread of a case's rounds (p10 to p90, % of the median) its timing is flagged unstable. Chosen, not
+# fitted: a tenth of the median is more than a case's own noise should ever be, and less than the up to 14 % by which
+# where the buffers land moves a memory-bound decode on an H100, so a case whose placements fall into two modes is
+# flagged.
+UNSTABLE_SPREAD_PCT = 10.0
+
+
 @dataclass(frozen=True)
 class TimingSummary:
     """How the device time was taken. The per-round samples themselves live in pytest-benchmark's stats
@@ -327,7 +334,7 @@ class TimingSummary:
                                        "round_target_s": "number", "rounds": "int", "rel_noise": "number",
                                        "rel_stderr": "number", "samples": "numbers", "cache_state": "str",
                                        "time_unit": "str", "placement_rounds": "ints", "placement_medians": "numbers",
-                                       "injected_delay_s": "number"}
+                                       "injected_delay_s": "number", "spread_pct": "number"}
     mode: str  # "cuda-graph", "cuda-events", "host" or "none" (not timed)
     calls_per_round: int = 0
     warmup_rounds: int = 0
@@ -348,10 +355,16 @@ class TimingSummary:
     placement_rounds: tuple[int, ...] = ()
     placement_medians: tuple[float, ...] = ()  # each placement's median round (seconds), in placement order
     injected_delay_s: float | None = None  # --inject-delay's spin per call (testing the gate); None = none
+    spread_pct: float | None = None  # the rounds' 10th to 90th percentile in % of their median (None: < 5 rounds)
 
     @property
     def timer_name(self) -> str:
         return TIMER_NAMES.get(self.mode, self.mode)
+
+    @property
+    def unstable(self) -> bool:
+        """The rounds disagree so much that their median is not one number (``UNSTABLE_SPREAD_PCT``)."""
+        return self.spread_pct is not None and self.spread_pct > UNSTABLE_SPREAD_PCT
 
 
 @dataclass(frozen=True)
