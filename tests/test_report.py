@@ -249,7 +249,7 @@ def test_mha_vs_mqa_over_a_num_q_heads_sweep_has_a_column_per_heads_and_pipeline
 def test_an_unstable_case_is_marked_and_named_with_its_spread() -> None:
     from dataclasses import replace
 
-    from attnbench.reporting.console import unstable_line
+    from attnbench.reporting.console import warning_lines
 
     steady = timed("FLASH_ATTN", "q1s512", 1e-5)
     wide = timed("TRITON_ATTN", "q1s512", 2e-5)
@@ -260,6 +260,12 @@ def test_an_unstable_case_is_marked_and_named_with_its_spread() -> None:
                   for t in (1e-5, 2e-5))
     assert "≈" not in fast and "≈" in slow
     assert "≈ unstable: its rounds spread over more than 10 % of the median" in " ".join(text.split())
-    assert unstable_line([steady, wide]) == ("1 case timed unstable (rounds' p10 to p90 over 10 % of the median): "
-                                             "TRITON_ATTN q1s512 23 %")
-    assert unstable_line([steady]) is None
+    assert warning_lines([steady, wide]) == ["1 case timed unstable (rounds' p10 to p90 over 10 % of the median): "
+                                             "TRITON_ATTN q1s512 23 %"]
+    assert warning_lines([steady]) == []
+    moving = replace(steady, record=replace(steady.record, verification=replace(
+        steady.record.verification, after_timing={"status": "passed", "rerun_identical": False,
+                                                  "rerun_max_abs_diff": 0.004})))
+    assert warning_lines([moving]) == ["1 case gave another output on one more identical call (verified within "
+                                       "tolerance both times; verification.after_timing.rerun_max_abs_diff): "
+                                       "FLASH_ATTN q1s512 0.004"]

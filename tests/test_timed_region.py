@@ -123,6 +123,15 @@ def test_an_honest_backend_records_the_check_after_timing():
     assert result.record().to_json()["verification"]["after_timing"]["status"] == "passed"
 
 
+def test_the_check_after_timing_shows_whether_one_more_call_gives_exactly_the_timed_output():
+    honest = runner.execute(_case("honest")).verification.after_timing
+    assert honest["rerun_identical"] is True and honest["rerun_max_abs_diff"] == 0.0
+    result = runner.execute(_case("jittery"))  # within tolerance: shown, not failed
+    after = result.verification.after_timing
+    assert after["status"] == "passed" and after["rerun_identical"] is False and 0 < after["rerun_max_abs_diff"] < 0.1
+    assert result.record().to_json()["verification"]["after_timing"]["rerun_identical"] is False
+
+
 def test_a_backend_whose_timed_calls_go_wrong_fails_after_timing():
     with pytest.raises(runner.VerificationFailed, match="last timed round") as info:
         runner.execute(_case("replay_drift"))

@@ -281,6 +281,18 @@ def sets_to_check_after_timing(case: BenchCase, n_buffers: int) -> int:
     return max(1, min(n_buffers, affordable))
 
 
+def _rerun_agreement(layer: LayerCall) -> dict[str, Any]:
+    """Whether one more call, outside the timed loop (eager, no graph), gives exactly the output the last timed
+    round left: a kernel whose result moves between identical calls (atomics, a race) is shown, not failed, since
+    it may still be within the REFERENCE's tolerance. Buffer 0 only: one call and one comparison."""
+    replayed = layer.result().clone()
+    layer.run()
+    again = layer.result()
+    identical = bool(torch.equal(replayed, again))
+    diff = 0.0 if identical else float((replayed.float() - again.float()).abs().nan_to_num(nan=float("inf")).max())
+    return {"rerun_identical": identical, "rerun_max_abs_diff": diff}
+
+
 def _verify_after_timing(layers: list[LayerCall], oracles: dict[int, torch.Tensor], case: BenchCase, rows: list[int],
                          eager: Verification, placement: int = 0) -> Verification:
     """Check the outputs the last timed round (the graph's last replay) left against the REFERENCE: the replay
@@ -303,7 +315,8 @@ def _verify_after_timing(layers: list[LayerCall], oracles: dict[int, torch.Tenso
     assert worst is not None
     after: dict[str, Any] = {"status": "passed" if failed is None else "failed", "buffers_checked": checked,
                              "buffers": len(layers), "rel_error": worst.rel_error,
-                             "worst_request_rel_error": (worst.worst_request_rel_errors or (None,))[0]}
+                             "worst_request_rel_error": (worst.worst_request_rel_errors or (None,))[0],
+                             **_rerun_agreement(layers[0])}
     if placement:
         after["placements_checked"] = placement + 1
     if failed is not None:

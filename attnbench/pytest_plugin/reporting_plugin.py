@@ -490,14 +490,13 @@ class ReportingSession:
                 terminalreporter.write_line(f"no benchmark case ran: {len(shown)} skipped "
                                             f"(their reasons are in pytest's short summary, -rs)")
         if ran:
-            from attnbench.reporting.console import time_spent_line, unstable_line
+            from attnbench.reporting.console import time_spent_line, warning_lines
 
             spent = time_spent_line(ran)
             if spent:
                 terminalreporter.write_line(f"attnbench: {spent}")
-            unstable = unstable_line(ran)
-            if unstable:
-                terminalreporter.write_line(f"attnbench: warning: {unstable}", yellow=True)
+            for line in warning_lines(ran):
+                terminalreporter.write_line(f"attnbench: warning: {line}", yellow=True)
         if self.verdicts is not None:
             from attnbench.reporting.console import render_renderables
 

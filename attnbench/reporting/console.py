@@ -96,12 +96,25 @@ def time_spent_line(results: Sequence[CaseOutcome]) -> str | None:
     return f"where the time went, {len(recorded)} case{'s' if len(recorded) != 1 else ''}: host {total:.1f} s = {shown}"
 
 
-def unstable_line(results: Sequence[CaseOutcome]) -> str | None:
-    """A warning naming the cases whose rounds spread too far for their median to be one number (≈ in the tables)."""
-    unstable = [r for r in results if r.record is not None and r.record.timing.unstable]
-    if not unstable:
-        return None
-    shown = ", ".join(f"{r.key.backend} {r.key.batch_spec} {r.record.timing.spread_pct:.0f} %"
-                      for r in unstable[:8]) + (f", and {len(unstable) - 8} more" if len(unstable) > 8 else "")
-    return (f"{len(unstable)} case{'s' if len(unstable) != 1 else ''} timed unstable (rounds' p10 to p90 over "
-            f"{UNSTABLE_SPREAD_PCT:g} % of the median): {shown}")
+
+def _named(cases: Sequence[CaseOutcome], detail: Any) -> str:
+    shown = ", ".join(f"{r.key.backend} {r.key.batch_spec}{detail(r)}" for r in cases[:8])
+    return shown + (f", and {len(cases) - 8} more" if len(cases) > 8 else "")
+
+
+def warning_lines(results: Sequence[CaseOutcome]) -> list[str]:
+    """What a reader of the numbers must know about some cases: timings that spread too far for their median to be
+    one number (≈ in the tables), and outputs that one more identical call did not reproduce exactly."""
+    recorded = [r for r in results if r.record is not None]
+    lines = []
+    unstable = [r for r in recorded if r.record.timing.unstable]
+    if unstable:
+        lines.append(f"{len(unstable)} case{'s' if len(unstable) != 1 else ''} timed unstable (rounds' p10 to p90 over "
+                     f"{UNSTABLE_SPREAD_PCT:g} % of the median): "
+                     + _named(unstable, lambda r: f" {r.record.timing.spread_pct:.0f} %"))
+    moving = [r for r in recorded if (r.record.verification.after_timing or {}).get("rerun_identical") is False]
+    if moving:
+        lines.append(f"{len(moving)} case{'s' if len(moving) != 1 else ''} gave another output on one more identical "
+                     f"call (verified within tolerance both times; verification.after_timing.rerun_max_abs_diff): "
+                     + _named(moving, lambda r: f" {r.record.verification.after_timing['rerun_max_abs_diff']:.2g}"))
+    return lines

@@ -49,6 +49,7 @@ class FakeAttentionAdapter:
     def estimate_bytes(self, num_layer_buffers: int) -> int:
         return num_layer_buffers * self.bytes_per_layer
 
+    jitter = 0.0  # every other call's output of one request off by this fraction
     ignores_scale = False  # the attention reads quantised elements without their scales (per tensor or entry)
     writes_unscaled = False  # the cache write stores the values without dividing by the scale
     wrong_rotation = False
@@ -78,6 +79,8 @@ class FakeAttentionAdapter:
                                              layout.query_lens, layout.kv_lens, scale, *read_scales, read_format))
             if self.wrong_from is not None and self.calls >= self.wrong_from:
                 buf.output[rows] *= self.factor
+            if self.jitter:  # a result that moves between identical calls, well within tolerance (atomics, a race)
+                buf.output[rows] *= 1 + self.jitter * (self.calls % 2)
             self.calls += 1
 
         return LayerCall(run, lambda: buf.output, buffers.attention_oracle(buf, layout, scale),
@@ -113,6 +116,12 @@ def make_per_token_head_wrong_rotation(case: BenchCase) -> FakeAttentionAdapter:
 def make_replay_drift(case: BenchCase) -> FakeAttentionAdapter:
     # call 0 is the eager check; every later call (warm-up, timed rounds) doubles request 1's output
     return FakeAttentionAdapter(case, wrong_from=1, wrong_request=1, factor=2.0)
+
+
+def make_jittery(case: BenchCase) -> FakeAttentionAdapter:
+    adapter = FakeAttentionAdapter(case, wrong_from=None, wrong_request=0, factor=1.0)
+    adapter.jitter = 1e-2  # above bf16 rounding (2^-8), below the 2e-2 tolerance
+    return adapter
 
 
 def make_one_wrong_request(case: BenchCase) -> FakeAttentionAdapter:
