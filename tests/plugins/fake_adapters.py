@@ -13,8 +13,7 @@ head) cache's inline one), or writing unquantised.
 from __future__ import annotations
 
 import dataclasses
-from contextlib import nullcontext
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 
@@ -22,13 +21,13 @@ from attnbench.measure import buffers
 from attnbench.spec.backends import BackendInfo
 from attnbench.spec.cases import BenchCase
 from attnbench.spec.contract import LayerCall
-from attnbench.measure.adapters.reference import scales_for
+from attnbench.measure.adapters.reference import PlainTorchAdapter, scales_for
 from attnbench.measure.kv_cache import PerTokenHeadFormat, hadamard_rotation, write_stored
 from attnbench.measure.oracle import paged_attention
 from attnbench.spec.workload import build_layout, resolve_device
 
 
-class FakeAttentionAdapter:
+class FakeAttentionAdapter(PlainTorchAdapter):
     """The REFERENCE computation, with a hook that spoils the output of some calls."""
 
     mla_paths = None
@@ -86,15 +85,6 @@ class FakeAttentionAdapter:
         return LayerCall(run, lambda: buf.output, buffers.attention_oracle(buf, layout, scale),
                          buffers.attention_cache_check(buf, layout),
                          unquantized_oracle=buffers.unquantized_attention_oracle(buf, layout, scale))
-
-    def relocate(self) -> None:
-        self.layout = build_layout(self.requests, self.shape.block_size, self.device, self.case.run.seed)
-
-    def context(self) -> ContextManager[Any]:
-        return nullcontext()
-
-    def close(self) -> None:
-        pass
 
 
 class ScaleBlindPerTokenHead:

@@ -20,6 +20,7 @@ from attnbench.spec.cases import BenchCase
 from attnbench.spec.contract import LayerCall, SkipCase, region_call
 from attnbench.spec.shapes import FP8_DS_MLA, AttentionShape, MLAShape
 from attnbench.spec.workload import build_layout, resolve_device
+from grammar import BatchRequest
 
 TIMED_REGION = {"layer": "cache write + attention (plain torch, float32 math)",
                 "attention": "attention over the already written cache (plain torch, float32 math)"}
@@ -37,7 +38,26 @@ def scales_for(kv_scales: str) -> layers.Calibrate:
     return calibrate_like_vllm if kv_scales == "calibrated" else (lambda q, k, v: (1.0, 1.0))
 
 
-class ReferenceAttentionAdapter:
+class PlainTorchAdapter:
+    """What an adapter that runs plain torch (no vLLM state, no forward context) shares: its block tables are the
+    only state its layers share, so a placement rebuilds them (same seed) at new addresses."""
+
+    case: BenchCase
+    requests: list[BatchRequest]
+    shape: AttentionShape | MLAShape
+    device: torch.device
+
+    def relocate(self) -> None:
+        self.layout = build_layout(self.requests, self.shape.block_size, self.device, self.case.run.seed)
+
+    def context(self) -> ContextManager[Any]:
+        return nullcontext()
+
+    def close(self) -> None:
+        pass
+
+
+class ReferenceAttentionAdapter(PlainTorchAdapter):
     mla_paths = None
     attention_paths = None
     sparse_selections = None
@@ -79,18 +99,8 @@ class ReferenceAttentionAdapter:
                            buffers.attention_oracle(buf, layout, scale), buffers.attention_cache_check(buf, layout),
                            buffers.unquantized_attention_oracle(buf, layout, scale))
 
-    def relocate(self) -> None:
-        """The block tables are the only state the layers share: rebuilt (same seed) at new addresses."""
-        self.layout = build_layout(self.requests, self.shape.block_size, self.device, self.case.run.seed)
 
-    def context(self) -> ContextManager[Any]:
-        return nullcontext()
-
-    def close(self) -> None:
-        pass
-
-
-class ReferenceMLAAdapter:
+class ReferenceMLAAdapter(PlainTorchAdapter):
     attention_paths = None
     sparse_selections: list[SparseSelection] | None = None  # the sparse subclass's
     quantized_query = False
@@ -133,16 +143,6 @@ class ReferenceMLAAdapter:
         return region_call(self.case.timed_region, write, attend, lambda: buf.output, oracle,
                            buffers.mla_cache_check(buf, layout),
                            buffers.unquantized_mla_oracle(buf, layout, shape, weight))
-
-    def relocate(self) -> None:
-        """The block tables are the only state the layers share: rebuilt (same seed) at new addresses."""
-        self.layout = build_layout(self.requests, self.shape.block_size, self.device, self.case.run.seed)
-
-    def context(self) -> ContextManager[Any]:
-        return nullcontext()
-
-    def close(self) -> None:
-        pass
 
 
 class ReferenceSparseMLAAdapter(ReferenceMLAAdapter):
