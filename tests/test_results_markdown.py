@@ -6,6 +6,7 @@ not through attnbench's loaders, so a parsing or merging slip in the tool shows 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -31,7 +32,12 @@ pytestmark = pytest.mark.skipif(not JSON_DIR.is_dir(), reason="the H100 baseline
 
 @pytest.fixture(scope="module")
 def tool() -> ModuleType:
-    return markdown  # what tools/results_markdown.py runs
+    """tools/results_markdown.py itself: it gives the library this checkout's studies and sections."""
+    spec = importlib.util.spec_from_file_location("results_markdown", TOOL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")

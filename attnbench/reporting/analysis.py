@@ -2,8 +2,8 @@
 
 Grouping comes from the results' structured fields (study, family), never from test ids. A
 study's title is its YAML ``description``: results record the study's name only, so the title is
-looked up in the YAML study of that name (``configs/``, by ``name:`` or file stem); a study no
-YAML there describes is titled by its name.
+looked up in the YAML studies of a folder the caller names (``study_titles``, by ``name:`` or file stem); a
+study no YAML there describes is titled by its name.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -19,8 +18,6 @@ from attnbench.measure.crossover_search import (CrossoverAnswer, Point, crossove
                                                 vllm_default)
 from attnbench.reporting.cells import is_default_point, spec_order, sweep_point
 from attnbench.results.outcome import CaseOutcome
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the checkout's studies (absent in a plain install)
 
 
 def group_results(results: Iterable[CaseOutcome]) -> dict[tuple[str, str], list[CaseOutcome]]:
@@ -43,13 +40,8 @@ def info(result: CaseOutcome | None, section: str, key: str) -> Any:
     return result.info(section, key) if result is not None else None
 
 
-def study_title(study: str, configs: Path = CONFIGS) -> str:
-    """The ``description`` of the YAML study named ``study``, else the name itself."""
-    return _descriptions(configs).get(study, study)
-
-
-@lru_cache(maxsize=None)
-def _descriptions(configs: Path) -> dict[str, str]:
+def study_titles(configs: Path) -> dict[str, str]:
+    """Study name (its ``name:``, else the file's stem) -> the ``description`` of each YAML study in ``configs``."""
     import yaml
 
     out: dict[str, str] = {}

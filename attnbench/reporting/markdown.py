@@ -12,13 +12,14 @@ pytest-benchmark JSON holds passed cases only, so skipped and failed cases are t
 logs next to the JSON (``BASELINE_DIR/logs`` or ``BASELINE_DIR/../logs``, or ``--logs``): the
 ``SKIPPED [n] where: reason`` lines of ``-rs`` and the ``___ test_id ___`` sections of failures.
 
-A section per study, titled by its YAML description (``analysis.study_title``). Three studies get a
-section with their own analysis: standard_attention (kernel paths, CUDA graph over kernel sum),
-mla_decode (attention share), mla_mixed_batch (how the builder split each batch); any other study
-gets the section its results call for: the crossover (decode_vs_prefill), a sweep table, or a
-backend table. Backends appear in the order the results name them. The tables come from
-``reporting.tables``; this module writes the prose around them and lays them out (``markdown_table``).
-``main`` is the command line of ``tools/results_markdown.py``.
+A section per study, headed by its YAML description where ``main``'s caller gives the studies' folder
+(``analysis.study_titles``). A study the caller names gets a section with its own analysis
+(``standard_section``: kernel paths, CUDA graph over kernel sum; ``mla_decode_section``: attention share;
+``mla_mixed_section``: how the builder split each batch); any other study gets the section its results call
+for: the crossover (decode_vs_prefill), a sweep table, or a backend table. Backends appear in the order the
+results name them. The tables come from ``reporting.tables``; this module writes the prose around them and lays
+them out (``markdown_table``). ``main`` is the command line of ``tools/results_markdown.py``, which gives it this
+checkout's studies.
 """
 
 from __future__ import annotations
@@ -30,17 +31,15 @@ import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from attnbench.results.exports import LoadedResults, ResultsFileError, load_results, merge_results
-from attnbench.reporting.analysis import CONFIGS, Crossover, crossover_table, info, study_title
+from attnbench.reporting.analysis import Crossover, crossover_table, info, study_titles
 from attnbench.reporting.cells import NO_VALUE, backend_order, median_us, significant, sweep_axis
 from attnbench.reporting.model import FASTEST, Cell, Table, simple_table
 from attnbench.reporting.tables import (METRICS, Metric, backend_table, crossover_model, crossover_pivot, split,
                                         sweep_table, wins_line)
 from attnbench.results.outcome import PASSED, CaseOutcome
-
-_CHECKOUT = CONFIGS.parent  # paths on the page are shown relative to it
 
 
 # ------------------------------------------------------------------ loading
@@ -69,6 +68,7 @@ class Baseline:
     source: dict[int, str] = field(default_factory=dict)  # id(result) -> the JSON file's name
     logs_dir: Path | None = None
     log_notes: list[LogNote] = field(default_factory=list)
+    display_root: Path | None = None  # the page shows paths relative to this folder (the checkout), where inside it
 
     @property
     def machine_infos(self) -> list[dict[str, Any]]:
@@ -288,7 +288,7 @@ def sources(baseline: Baseline) -> str:
 def _section(study: str, results: Sequence[CaseOutcome], table: str, notes: Sequence[str]) -> str:
     shape = results[0].key.dims if results else {}
     dims = ", ".join(f"{k}={v}" for k, v in shape.items() if k not in ("num_layers", "kv_cache_dtype"))
-    parts = [f"## {study_title(study)}", "", f"Study `{study}`; {dims}.", "", table]
+    parts = [f"Study `{study}`; {dims}.", "", table]
     for note in notes:  # each its own paragraph
         if note:
             parts += ["", note]
@@ -434,8 +434,7 @@ def crossover_section(study: str, results: Sequence[CaseOutcome]) -> str:
         return ""
     kvs = sorted({c.kv_len for c in rows if c.kv_len is not None})
     qs = sorted({q for c in rows for q in c.q_lens})
-    parts = [f"## {study_title(study)}", "",
-             f"Study `{study}` (decode_vs_prefill mode): every batch of N requests q{{q}}s"
+    parts = [f"Study `{study}` (decode_vs_prefill mode): every batch of N requests q{{q}}s"
              f"{'/'.join(str(k) for k in kvs) or '?'} is timed twice, with reorder_batch_threshold ≥ q (the decode, "
              "MQA pipeline) and < q (the prefill, MHA pipeline); merged from every file of the study, a passing rerun "
              f"replacing a failed case. q tested: {', '.join(str(q) for q in qs)}.", "",
@@ -468,7 +467,7 @@ def skipped_section(baseline: Baseline) -> str:
                          "logs were found, so skipped and failed cases are unknown.")
         return "\n".join(lines)
     lines.append("pytest-benchmark JSON holds passed cases only; these come from the pytest logs "
-                 f"(`{_display_path(str(baseline.logs_dir))}`).")
+                 f"(`{_display_path(str(baseline.logs_dir), baseline.display_root)}`).")
     lines.append("")
     log_rows = []
     for n in baseline.log_notes:
@@ -499,15 +498,15 @@ _PLOT_KINDS = (("backends", "backend_bars", "median µs per backend and batch sp
                ("sweep", "sweep_heatmap", "speed-up of each swept value over the backend's default"))
 
 
-def write_plots(baseline: Baseline, out_dir: Path) -> list[tuple[str, Path]]:
+def write_plots(baseline: Baseline, out_dir: Path, titles: Mapping[str, str] | None = None) -> list[tuple[str, Path]]:
     """Every figure that applies to each study (``<study>_<kind>.png``), via ``reporting.plots``; returns
-    (caption, path) of those drawn."""
+    (caption, path) of those drawn. ``titles``: study name -> its title (the name where there is none)."""
     from attnbench.reporting import plots
 
     gpu = _gpu_name(baseline).replace("NVIDIA ", "")
     written = []
     for study in baseline.studies():
-        title = study_title(study)
+        title = (titles or {}).get(study, study)
         for kind, plot, shows in _PLOT_KINDS:
             # the figure's title: the description up to its first colon (the caption carries the rest), the GPU
             path = getattr(plots, plot)(baseline.study(study), out_dir / f"{study}_{kind}.png",
@@ -537,22 +536,27 @@ def plots_section(plots: Sequence[tuple[str, Path]], out: Path | None) -> str:
 
 # ------------------------------------------------------------------ documents
 
-_SECTIONS = {"standard_attention": standard_section, "mla_decode": mla_decode_section,
-             "mla_mixed_batch": mla_mixed_section}
+Section = Callable[[str, Sequence[CaseOutcome]], str]  # (study, its results) -> the section's body
 
 
-def render(baseline: Baseline, command: str, plots: Sequence[tuple[str, Path]] = (), out: Path | None = None) -> str:
+def render(baseline: Baseline, command: str, plots: Sequence[tuple[str, Path]] = (), out: Path | None = None,
+           titles: Mapping[str, str] | None = None, sections_by_study: Mapping[str, Section] | None = None) -> str:
+    """The page. ``titles``: study name -> its heading (the name where there is none); ``sections_by_study``: a
+    study whose section is its own analysis (``standard_section``, ...); any other gets the one its results call
+    for: the crossover, a sweep table or a backend table."""
     sections = [header(baseline, command), methodology(baseline)]
     for study in baseline.studies():
         results = baseline.study(study)
-        if study in _SECTIONS:
-            sections.append(_SECTIONS[study](study, results))
+        if study in (sections_by_study or {}):
+            body = sections_by_study[study](study, results)  # type: ignore[index]
         elif any(r.key.pipeline for r in results):
-            sections.append(crossover_section(study, results))
+            body = crossover_section(study, results)
         elif any(r.key.sweep for r in results):
-            sections.append(sweep_section(study, results))
+            body = sweep_section(study, results)
         else:
-            sections.append(generic_section(study, results))
+            body = generic_section(study, results)
+        if body:
+            sections.append(f"## {(titles or {}).get(study, study)}\n\n{body}")
     sections += [skipped_section(baseline), plots_section(plots, out), sources(baseline)]
     return "\n\n".join(s for s in sections if s) + "\n"
 
@@ -594,9 +598,12 @@ def how_measured(results: Sequence[CaseOutcome]) -> str:
 
 # ------------------------------------------------------------------ command line
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, configs: Path | None = None, root: Path | None = None,
+         sections_by_study: Mapping[str, Section] | None = None) -> int:
     """``tools/results_markdown.py BASELINE_DIR [--out FILE] [--short] [--plots DIR] [--logs DIR]``; exit 2 on
-    an unreadable baseline."""
+    an unreadable baseline. The caller (the tool, in a checkout) says where the studies' YAML is (``configs``: the
+    headings are their descriptions), which folder the page's paths are shown relative to (``root``), and which
+    studies get a section of their own (``sections_by_study``)."""
     parser = argparse.ArgumentParser(prog="results_markdown.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("baseline_dir", metavar="BASELINE_DIR",
                         help="folder of pytest-benchmark JSON files, searched recursively")
@@ -611,15 +618,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BaselineError, ResultsFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    baseline.display_root = root
     out = Path(args.out) if args.out else None
     if args.short:
         text = render_short(baseline)
     else:
-        drawn = write_plots(baseline, Path(args.plots)) if args.plots else []
-        command = " ".join(["python tools/results_markdown.py", _display_path(args.baseline_dir)]
-                           + (["--out", _display_path(args.out)] if args.out else [])
-                           + (["--plots", _display_path(args.plots)] if args.plots else []))
-        text = render(baseline, command, drawn, out)
+        titles = study_titles(configs) if configs is not None else {}
+        drawn = write_plots(baseline, Path(args.plots), titles) if args.plots else []
+        command = " ".join(["python tools/results_markdown.py", _display_path(args.baseline_dir, root)]
+                           + (["--out", _display_path(args.out, root)] if args.out else [])
+                           + (["--plots", _display_path(args.plots, root)] if args.plots else []))
+        text = render(baseline, command, drawn, out, titles, sections_by_study)
     if out is None:
         sys.stdout.write(text)
     else:
@@ -629,10 +638,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _display_path(path: str) -> str:
-    """A path as the command line of the page should show it: relative to the checkout when inside it."""
-    p = Path(path).resolve()
+def _display_path(path: str, root: Path | None) -> str:
+    """A path as the command line of the page should show it: relative to ``root`` when inside it."""
+    if root is None:
+        return path
     try:
-        return p.relative_to(_CHECKOUT).as_posix()
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return path
