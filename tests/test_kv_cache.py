@@ -7,10 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from attnbench.measure import buffers
-
-from attnbench.spec import metrics
-
+from attnbench.measure import buffers  # noqa: E402
+from attnbench.spec import metrics  # noqa: E402
 from attnbench.measure import runner  # noqa: E402
 from attnbench.measure.adapters.reference import calibrate_like_vllm  # noqa: E402
 from attnbench.spec.cases import BenchCase  # noqa: E402

@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnbench.spec import metrics
-
 from attnbench.measure import oracle
 from attnbench.spec.shapes import AttentionShape, MLAShape
 from grammar import BatchRequest, parse_batch_spec

@@ -10,10 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from attnbench.measure import buffers, runner
-
-from attnbench.spec import metrics
-
+from attnbench.measure import buffers, runner  # noqa: E402
+from attnbench.spec import metrics  # noqa: E402
 from attnbench.measure import verify  # noqa: E402
 from attnbench.measure.kv_cache import PerTokenHeadFormat, cache_format, hadamard_rotation, write_stored  # noqa: E402
 from attnbench.spec.shapes import AttentionShape, MLAShape, ShapeError  # noqa: E402

@@ -11,8 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from attnbench.spec import backends as registry  # noqa: E402
-from attnbench.measure import buffers
-from attnbench.spec import metrics
+from attnbench.measure import buffers  # noqa: E402
+from attnbench.spec import metrics  # noqa: E402
 from attnbench.measure import sparse_mla  # noqa: E402
 from attnbench.spec.cases import MHA, MQA  # noqa: E402
 from attnbench.measure.oracle import mla_attention  # noqa: E402

@@ -9,8 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from attnbench.measure import clocks
-
+from attnbench.measure import clocks  # noqa: E402
 from attnbench.measure import runner  # noqa: E402
 from attnbench.spec.cases import BenchCase  # noqa: E402
 from attnbench.results.record import CaseRecord  # noqa: E402

@@ -8,7 +8,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from attnbench.measure import buffers
-
 from attnbench.spec import workload
 from attnbench.spec.shapes import AttentionShape, MLAShape
 from attnbench.spec.workload import NULL_BLOCK, build_layout, scheduler_order

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from attnbench.measure import clocks, hardware, timing
-
 from attnbench.spec import metrics
 from attnbench.spec.cases import BenchCase
 from attnbench.spec.contract import CaseAdapter, LayerCall, SkipCase, load_adapter
@@ -223,7 +222,6 @@ def _reallocate(adapter: CaseAdapter, count: int, device: torch.device, seed: in
         torch.cuda.empty_cache()
         size = _SPACER_STEP_BYTES * (1 + (seed * 31 + group * 97) % 61)
         spacer = torch.empty(size, dtype=torch.uint8, device=device)
-    adapter.relocate()
     layers = [adapter.make_layer(i) for i in range(count)]
     with adapter.context():
         for layer in layers:

@@ -267,7 +267,8 @@ def _retype(parser: pytest.Parser, flag: str, replace: Callable[[Any], Any | Non
 
     Loaded early (pytest.ini's ``-p attnbench.pytest_plugin.bench_shim``: before pytest loads its plugins from entry
     points), this module is registered before pytest-benchmark, whose options exist here as soon as it is registered.
-    Loaded after pytest-benchmark (as a conftest's plugin) it is too late, and the options keep pytest-benchmark's types."""
+    Loaded after pytest-benchmark (as a conftest's plugin) it is too late, and the options keep pytest-benchmark's
+    types."""
     for option in parser.getgroup("benchmark").options:
         if flag not in option.names():
             continue

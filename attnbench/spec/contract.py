@@ -79,11 +79,6 @@ class CaseAdapter(Protocol):
 
     def estimate_bytes(self, num_layer_buffers: int) -> int: ...
 
-    # between two placements, before the next ``make_layer`` calls: what every layer shares or keeps across
-    # placements (weights, the batch's block tables and metadata) moves to new device memory, so that a placement
-    # covers every buffer a call reads, not only the ones ``make_layer`` allocates
-    def relocate(self) -> None: ...
-
     def close(self) -> None: ...
 
 

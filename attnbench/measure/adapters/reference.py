@@ -20,7 +20,6 @@ from attnbench.spec.cases import BenchCase
 from attnbench.spec.contract import LayerCall, SkipCase, region_call
 from attnbench.spec.shapes import FP8_DS_MLA, AttentionShape, MLAShape
 from attnbench.spec.workload import build_layout, resolve_device
-from grammar import BatchRequest
 
 TIMED_REGION = {"layer": "cache write + attention (plain torch, float32 math)",
                 "attention": "attention over the already written cache (plain torch, float32 math)"}
@@ -39,16 +38,7 @@ def scales_for(kv_scales: str) -> layers.Calibrate:
 
 
 class PlainTorchAdapter:
-    """What an adapter that runs plain torch (no vLLM state, no forward context) shares: its block tables are the
-    only state its layers share, so a placement rebuilds them (same seed) at new addresses."""
-
-    case: BenchCase
-    requests: list[BatchRequest]
-    shape: AttentionShape | MLAShape
-    device: torch.device
-
-    def relocate(self) -> None:
-        self.layout = build_layout(self.requests, self.shape.block_size, self.device, self.case.run.seed)
+    """What an adapter that runs plain torch (no vLLM state, no forward context) shares."""
 
     def context(self) -> ContextManager[Any]:
         return nullcontext()

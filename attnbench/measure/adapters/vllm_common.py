@@ -191,19 +191,6 @@ def layer_scales(layer: Any, kv_scales: str, *inputs: torch.Tensor) -> tuple[flo
     return float(layer._k_scale_float), float(layer._v_scale_float)
 
 
-def move_storages(tensors: list[torch.Tensor]) -> None:
-    """Each tensor's data to a copy of its storage at a new address, in place (``.data``): tensors that shared a
-    storage (a weight and its views) share the copy, with their offsets and strides unchanged."""
-    copies: dict[int, Any] = {}
-    for t in tensors:
-        storage = t.untyped_storage()
-        copy = copies.get(storage.data_ptr())
-        if copy is None:
-            copy = copies[storage.data_ptr()] = torch.UntypedStorage(storage.nbytes(), device=t.device)
-            copy.copy_(storage)
-        t.data = torch.empty(0, dtype=t.dtype, device=t.device).set_(copy, t.storage_offset(), t.size(), t.stride())
-
-
 def init_workspace(device: torch.device) -> None:
     from vllm.v1.worker.workspace import init_workspace_manager, is_workspace_manager_initialized
 
@@ -361,15 +348,6 @@ class VllmLayerAdapter:
             if index >= len(self.layers):
                 self._new_layer(index)
             return self._make_layer(index)
-
-    def relocate(self) -> None:
-        """New device memory for what the layers keep across placements: their weights (with the views vLLM derived
-        from them, such as MLA's W_UK_T and W_UV, kept views of the same copy with the same strides) and the batch's
-        block tables and metadata, rebuilt from the same seed."""
-        move_storages([t for layer in self.layers for t in (*layer.parameters(), *layer.buffers())])
-        with self._config_ctx():
-            self.layout = build_layout(self.requests, self.shape.block_size, self.device, self.case.run.seed)
-            self.metadata = self.builder.build(common_prefix_len=0, common_attn_metadata=common_metadata(self.layout))
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
