@@ -12,6 +12,7 @@ Torch-free: reading saved results never needs a GPU stack.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field, fields, replace
@@ -262,8 +263,9 @@ class CaseKey:
         """The shape's set dimensions in ``SHAPE_FIELDS`` order (how tables and keys show them)."""
         return {name: self.shape[name] for name in SHAPE_FIELDS if self.shape.get(name) is not None}
 
-    # what the batch is: new tokens, requests, longest query and KV (a spec the grammar rejects raises ValueError)
-    @property
+    # what the batch is: new tokens, requests, longest query and KV (a spec the grammar rejects raises ValueError);
+    # parsed once per key, however often tables sort and group by it
+    @functools.cached_property
     def batch_stats(self) -> dict[str, Any]:
         from grammar import get_batch_stats, parse_batch_spec
 

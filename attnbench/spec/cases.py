@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,8 +47,9 @@ class BenchCase:
     def family(self) -> str:
         return self.backend.family
 
-    @property
+    @functools.cached_property
     def requests(self) -> list[BatchRequest]:
+        """The batch spec's requests, parsed once per case (read-only: every reader iterates or slices it)."""
         return parse_batch_spec(self.batch_spec)
 
     @property
