@@ -18,7 +18,6 @@ from attnbench.spec.backends import NUM_KV_SPLITS, REORDER_BATCH_THRESHOLD
 from attnbench.spec.cases import BenchCase
 from attnbench.spec.contract import SkipCase
 from attnbench.results.outcome import SKIPPED, CaseOutcome
-from attnbench.results.record import SHAPE_FIELDS
 from attnbench.measure.runner import execute
 from attnbench.spec.shapes import make_shape
 from attnbench.spec.study import RunSettings
@@ -70,9 +69,9 @@ class BenchmarkConfig:
         command line checks it (a ValueError naming the field)."""
         rows = {opt.name: opt for opt in options.OPTIONS if opt.to == "model"}
         values = {}
-        for name in (*SHAPE_FIELDS, "model"):
+        for name in rows:
             value = getattr(self, name)
-            if value is not None and name in rows:
+            if value is not None:
                 try:
                     value = rows[name].value(value)
                 except options.OptionError as exc:

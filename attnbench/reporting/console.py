@@ -7,7 +7,7 @@ without colour the text alone carries the meaning ("best", "FAILED[1]", "skip[2]
 from __future__ import annotations
 
 from io import StringIO
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from attnbench.reporting import model
 from attnbench.reporting.tables import summary_tables
@@ -96,8 +96,7 @@ def time_spent_line(results: Sequence[CaseOutcome]) -> str | None:
     return f"where the time went, {len(recorded)} case{'s' if len(recorded) != 1 else ''}: host {total:.1f} s = {shown}"
 
 
-
-def _named(cases: Sequence[CaseOutcome], detail: Any) -> str:
+def _named(cases: Sequence[CaseOutcome], detail: Callable[[CaseOutcome], str]) -> str:
     shown = ", ".join(f"{r.key.backend} {r.key.batch_spec}{detail(r)}" for r in cases[:8])
     return shown + (f", and {len(cases) - 8} more" if len(cases) > 8 else "")
 
@@ -107,7 +106,7 @@ def warning_lines(results: Sequence[CaseOutcome]) -> list[str]:
     one number (≈ in the tables), and outputs that one more identical call did not reproduce exactly."""
     recorded = [r for r in results if r.record is not None]
     lines = []
-    unstable = [r for r in recorded if r.record.timing.unstable]
+    unstable = [r for r in recorded if r.unstable]
     if unstable:
         lines.append(f"{len(unstable)} case{'s' if len(unstable) != 1 else ''} timed unstable (rounds' p10 to p90 over "
                      f"{UNSTABLE_SPREAD_PCT:g} % of the median): "

@@ -545,10 +545,11 @@ def render(baseline: Baseline, command: str, plots: Sequence[tuple[str, Path]] =
     study whose section is its own analysis (``standard_section``, ...); any other gets the one its results call
     for: the crossover, a sweep table or a backend table."""
     sections = [header(baseline, command), methodology(baseline)]
+    special, titles = sections_by_study or {}, titles or {}
     for study in baseline.studies():
         results = baseline.study(study)
-        if study in (sections_by_study or {}):
-            body = sections_by_study[study](study, results)  # type: ignore[index]
+        if study in special:
+            body = special[study](study, results)
         elif any(r.key.pipeline for r in results):
             body = crossover_section(study, results)
         elif any(r.key.sweep for r in results):
@@ -556,7 +557,7 @@ def render(baseline: Baseline, command: str, plots: Sequence[tuple[str, Path]] =
         else:
             body = generic_section(study, results)
         if body:
-            sections.append(f"## {(titles or {}).get(study, study)}\n\n{body}")
+            sections.append(f"## {titles.get(study, study)}\n\n{body}")
     sections += [skipped_section(baseline), plots_section(plots, out), sources(baseline)]
     return "\n\n".join(s for s in sections if s) + "\n"
 

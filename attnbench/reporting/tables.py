@@ -287,16 +287,12 @@ def _time_cell(r: CaseOutcome, notes: Footnotes, label: str) -> Cell:
         return Cell("not timed", emphasis=MUTED, result=r)
     seconds = r.median
     throttled = r.record is not None and r.record.clocks is not None and r.record.clocks.throttled
-    marks = (THROTTLED if throttled else "") + (UNSTABLE if _unstable(r) else "")
+    marks = (THROTTLED if throttled else "") + (UNSTABLE if r.unstable else "")
     return Cell(f"{format_time_us(seconds, r.times.rel_noise)} {_verified_mark(r)}{marks}", seconds, result=r)
 
 
 THROTTLED = "‡"
 UNSTABLE = "≈"
-
-
-def _unstable(r: CaseOutcome) -> bool:
-    return r.record is not None and r.record.timing.unstable
 
 
 def _verified_mark(r: CaseOutcome) -> str:
@@ -322,7 +318,7 @@ def _caption(group: Sequence[CaseOutcome]) -> str:
     marks = "✓ verified against REFERENCE, ref = the reference itself, – not verified"
     if any(r.record is not None and r.record.clocks is not None and r.record.clocks.throttled for r in group):
         marks += f", {THROTTLED} timed rounds ran with the SM clock throttled (record: clocks)"
-    if any(_unstable(r) for r in group):
+    if any(r.unstable for r in group):
         marks += (f", {UNSTABLE} unstable: its rounds spread over more than {UNSTABLE_SPREAD_PCT:g} % of the median "
                   f"(p10 to p90; record: timing.spread_pct)")
     regions = sorted({r.key.timed_region for r in group})

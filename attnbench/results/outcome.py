@@ -123,6 +123,11 @@ class CaseOutcome:
         return self.record is not None and self.record.verified
 
     @property
+    def unstable(self) -> bool:
+        """Its rounds spread too far for their median to be one number (``record.UNSTABLE_SPREAD_PCT``)."""
+        return self.record is not None and self.record.timing.unstable
+
+    @property
     def work(self) -> Work:
         return self.record.work if self.record is not None else Work()
 
