@@ -150,7 +150,7 @@ def test_a_batch_size_beyond_max_requests_names_the_key() -> None:
 def test_a_case_is_sized_before_its_block_table_is_built(spec) -> None:
     from attnbench.spec import backends as registry
     from attnbench.spec.contract import SkipCase
-    from attnbench.pytest_plugin.plugin import compose_case
+    from attnbench.spec.axes import compose_case
     from attnbench.measure.runner import execute
 
     case = compose_case(build_study(None, {"device": "cpu"}), registry.lookup("REFERENCE", "attention"), spec)

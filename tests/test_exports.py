@@ -56,7 +56,7 @@ def test_a_measured_outcome_takes_times_work_and_memory_from_the_record(measured
     assert t.median == pytest.approx(statistics.median(samples))
     assert t.mean == pytest.approx(statistics.fmean(samples))
     assert t.min == min(samples) and t.max == max(samples)
-    assert result.work.flops == case_result.metrics["flops"] and result.work.flops > 0
+    assert result.work.flops == case_result.work.flops and result.work.flops > 0
     assert result.work.tflops == pytest.approx(result.work.flops / result.median / 1e12)
     assert result.throughput == pytest.approx(34 / result.median)  # 2x16 + 2x1 new tokens
     assert result.verified is True and result.status == PASSED

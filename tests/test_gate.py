@@ -206,15 +206,13 @@ def test_a_case_is_timed_again_in_a_fresh_process_from_its_record():
     from attnbench.spec import backends
 
     from attnbench.measure import recheck
-    from attnbench.pytest_plugin.plugin import case_of_key
     from attnbench.measure.runner import execute
+    from attnbench.spec.axes import case_of_key, compose_case
     from attnbench.spec.study import build_study
 
     study = build_study(None, {"backends": ("REFERENCE",), "batch_specs": ("2q16_2q1s64",), "device": "cpu",
                                "num_q_heads": 4, "num_kv_heads": 2, "head_dim": 32, "repeats": 8,
                                "warmup_iters": 0})
-    from attnbench.pytest_plugin.plugin import compose_case
-
     case = compose_case(study, backends.lookup("REFERENCE", "attention"), "2q16_2q1s64")
     first = execute(case).record()
     again_case = case_of_key(study, first.key)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
@@ -87,8 +89,8 @@ def test_empty_phases_are_left_out():
 
 
 def test_work_addition_is_fieldwise():
-    a, b = metrics.Work(1, 2, 3, 4, 5), metrics.Work(10, 20, 30, 40, 50)
-    assert a + b == metrics.Work(11, 22, 33, 44, 55)
+    a, b = metrics.WorkCount(1, 2, 3, 4, 5), metrics.WorkCount(10, 20, 30, 40, 50)
+    assert a + b == metrics.WorkCount(11, 22, 33, 44, 55)
 
 
 # -------------------------------------------------------------------------------------------- bytes
@@ -140,8 +142,8 @@ def test_no_peaks_means_no_bound():
 
 def test_mixed_batch_bound_per_phase():
     out = metrics.summarize(parse_batch_spec("q8k_32q1s1k"), AttentionShape(), 1e-3, PEAKS)
-    assert out["phases"]["prefill"]["bound"] == "compute"
-    assert out["phases"]["decode"]["bound"] == "memory"
+    assert out.phases["prefill"]["bound"] == "compute"
+    assert out.phases["decode"]["bound"] == "memory"
 
 
 # ---------------------------------------------------------------------------------------------- MLA
@@ -218,9 +220,9 @@ def test_mla_weights_are_read_once_per_call_not_per_request():
     assert decode.weight_bytes == WEIGHT_BYTES  # W_UK + W_UV, once for all 8 rows
     assert decode.bytes == 8 * _mla_io(1, 1024) + WEIGHT_BYTES
     assert decode.flops == 8 * (2 * H * (LATENT + RANK) * 1024 + 2 * H * NOPE * RANK + 2 * H * RANK * V)
-    assert metrics.weight_work(MLA, "decode") == metrics.weight_work(MLA, "prefill") == metrics.Work(
+    assert metrics.weight_work(MLA, "decode") == metrics.weight_work(MLA, "prefill") == metrics.WorkCount(
         bytes=WEIGHT_BYTES, weight_bytes=WEIGHT_BYTES)
-    assert metrics.weight_work(AttentionShape(), "decode") == metrics.Work()
+    assert metrics.weight_work(AttentionShape(), "decode") == metrics.WorkCount()
 
 
 def test_mla_weights_once_per_pipeline_and_in_the_phase_that_runs_it():
@@ -268,14 +270,14 @@ def test_mla_summary_shows_projection_flops_and_weight_bytes():
     pairs = _brute_pairs(300, 300) + 8 * 1024
     attention = 2 * H * (NOPE + ROPE + V) * _brute_pairs(300, 300) + 2 * H * (LATENT + RANK) * 8 * 1024
     projection = 2 * 300 * RANK * H * (NOPE + V) + 8 * 2 * H * (NOPE * RANK + RANK * V)
-    assert out["attended_pairs"] == pairs
-    assert out["projection_flops"] == projection
-    assert out["flops"] == attention + projection
-    assert out["weight_bytes"] == 2 * WEIGHT_BYTES
-    assert out["bytes"] == _mla_io(300, 0) + 8 * _mla_io(1, 1024) + 2 * WEIGHT_BYTES
-    assert out["phases"]["decode"]["weight_bytes"] == WEIGHT_BYTES
-    assert out["phases"]["decode"]["projection_flops"] == 8 * 2 * H * (NOPE * RANK + RANK * V)
-    assert out["tflops"] == pytest.approx(out["flops"] / 1e-3 / 1e12)
+    assert out.attended_pairs == pairs
+    assert out.projection_flops == projection
+    assert out.flops == attention + projection
+    assert out.weight_bytes == 2 * WEIGHT_BYTES
+    assert out.bytes == _mla_io(300, 0) + 8 * _mla_io(1, 1024) + 2 * WEIGHT_BYTES
+    assert out.phases["decode"]["weight_bytes"] == WEIGHT_BYTES
+    assert out.phases["decode"]["projection_flops"] == 8 * 2 * H * (NOPE * RANK + RANK * V)
+    assert out.tflops == pytest.approx(out.flops / 1e-3 / 1e12)
 
 
 def test_mla_decode_is_memory_bound_and_prefill_compute_bound():
@@ -293,30 +295,30 @@ def test_summarize_fields_and_arithmetic():
     seconds = 2.5e-3
     total = metrics.phase_work(reqs, shape)["total"]
     out = metrics.summarize(reqs, shape, seconds, PEAKS)
-    assert out["attended_pairs"] == total.pairs == sum(_brute_pairs(r.q_len, r.kv_len) for r in reqs)
-    assert out["flops"] == total.flops and out["bytes"] == total.bytes
-    assert out["tflops"] == pytest.approx(total.flops / seconds / 1e12)
-    assert out["gbps"] == pytest.approx(total.bytes / seconds / 1e9)
+    assert out.attended_pairs == total.pairs == sum(_brute_pairs(r.q_len, r.kv_len) for r in reqs)
+    assert out.flops == total.flops and out.bytes == total.bytes
+    assert out.tflops == pytest.approx(total.flops / seconds / 1e12)
+    assert out.gbps == pytest.approx(total.bytes / seconds / 1e9)
     floor = max(total.flops / PF, total.bytes / PB)
     # % peak moved to the sequential floor; the overlap floor's % (the old pct_of_peak) is kept beside it
-    assert out["pct_of_peak_overlap"] == pytest.approx(100 * floor / seconds)
-    assert out["overlap_floor_s"] == pytest.approx(floor)
+    assert out.pct_of_peak_overlap == pytest.approx(100 * floor / seconds)
+    assert out.overlap_floor_s == pytest.approx(floor)
     groups = metrics.kernel_groups(reqs, shape)
     sequential = sum(max(w.flops / PF, w.bytes / PB) for w in groups.values())
-    assert out["pct_of_peak_basis"] == "sequential"
-    assert out["sequential_floor_s"] == pytest.approx(sequential) and sequential > floor
-    assert out["pct_of_peak"] == pytest.approx(100 * sequential / seconds)
-    assert out["pct_peak_flops"] == pytest.approx(100 * (total.flops / seconds) / PF)
-    assert out["pct_peak_bandwidth"] == pytest.approx(100 * (total.bytes / seconds) / PB)
-    assert out["bound"] == ("compute" if total.flops / PF >= total.bytes / PB else "memory")
-    assert set(out["phases"]) == {"prefill", "extend", "decode"}
-    decode = out["phases"]["decode"]
+    assert out.pct_of_peak_basis == "sequential"
+    assert out.sequential_floor_s == pytest.approx(sequential) and sequential > floor
+    assert out.pct_of_peak == pytest.approx(100 * sequential / seconds)
+    assert out.pct_peak_flops == pytest.approx(100 * (total.flops / seconds) / PF)
+    assert out.pct_peak_bandwidth == pytest.approx(100 * (total.bytes / seconds) / PB)
+    assert out.bound == ("compute" if total.flops / PF >= total.bytes / PB else "memory")
+    assert set(out.phases) == {"prefill", "extend", "decode"}
+    decode = out.phases["decode"]
     assert set(decode) == {"requests", "tokens", "attended_pairs", "flops", "bytes", "projection_flops",
                            "weight_bytes", "bound", "floor_s"}
-    assert out["projection_flops"] == 0 and out["weight_bytes"] == 0
+    assert out.projection_flops == 0 and out.weight_bytes == 0
     assert (decode["requests"], decode["tokens"], decode["attended_pairs"]) == (32, 32, 32 * 1024)
     assert decode["floor_s"] == pytest.approx(max(decode["flops"] / PF, decode["bytes"] / PB))
-    assert sum(p["flops"] for p in out["phases"].values()) == out["flops"]
+    assert sum(p["flops"] for p in out.phases.values()) == out.flops
 
 
 def test_pct_of_peak_is_100_at_the_floor():
@@ -324,21 +326,21 @@ def test_pct_of_peak_is_100_at_the_floor():
     total = metrics.phase_work(reqs, AttentionShape())["total"]
     floor = max(total.flops / PF, total.bytes / PB)
     out = metrics.summarize(reqs, AttentionShape(), floor, PEAKS)
-    assert out["pct_of_peak"] == pytest.approx(100.0)
-    assert out["pct_peak_bandwidth"] == pytest.approx(100.0)  # memory bound: bandwidth is the floor
+    assert out.pct_of_peak == pytest.approx(100.0)
+    assert out.pct_peak_bandwidth == pytest.approx(100.0)  # memory bound: bandwidth is the floor
 
 
 def test_summarize_without_peaks_or_time():
     reqs = parse_batch_spec("q1s1k")
     no_peaks = metrics.summarize(reqs, AttentionShape(), 1e-3)
-    assert no_peaks["bound"] is None and no_peaks["pct_of_peak"] is None
-    assert no_peaks["pct_peak_flops"] is None and no_peaks["pct_peak_bandwidth"] is None
-    assert no_peaks["tflops"] == pytest.approx(no_peaks["flops"] / 1e-3 / 1e12)
-    assert no_peaks["phases"]["decode"]["floor_s"] is None
+    assert no_peaks.bound is None and no_peaks.pct_of_peak is None
+    assert no_peaks.pct_peak_flops is None and no_peaks.pct_peak_bandwidth is None
+    assert no_peaks.tflops == pytest.approx(no_peaks.flops / 1e-3 / 1e12)
+    assert no_peaks.phases["decode"]["floor_s"] is None
     untimed = metrics.summarize(reqs, AttentionShape(), 0.0, PEAKS)
-    assert untimed["tflops"] is None and untimed["gbps"] is None and untimed["pct_of_peak"] is None
-    assert untimed["flops"] > 0 and untimed["bound"] == "memory"
-    assert not math.isnan(untimed["bytes"])
+    assert untimed.tflops is None and untimed.gbps is None and untimed.pct_of_peak is None
+    assert untimed.flops > 0 and untimed.bound == "memory"
+    assert not math.isnan(untimed.bytes)
 
 
 # ------------------------------------------------------------------------- kernel groups and floors
@@ -354,26 +356,26 @@ def test_sequential_floor_of_a_tiny_call_by_hand():
     # q2s4 (2 new tokens on 2 of context), 2 q heads, 1 KV head, d 4, pages of 4, 2-byte elements
     groups = metrics.kernel_groups([BatchRequest(2, 4)], TINY)
     assert list(groups) == ["cache_write", "attention"]
-    assert groups["cache_write"] == metrics.Work(bytes=2 * 2 * 1 * 8 * 2)  # 64: new K/V in, then into the cache
+    assert groups["cache_write"] == metrics.WorkCount(bytes=2 * 2 * 1 * 8 * 2)  # 64: new K/V in, then into the cache
     # 7 pairs x 2 x 2 heads x (4 + 4); Q 16 + K/V one page 32 + O 16 elements
-    assert groups["attention"] == metrics.Work(7, 224, 128, 1, 2)
+    assert groups["attention"] == metrics.WorkCount(7, 224, 128, 1, 2)
     out = metrics.summarize([BatchRequest(2, 4)], TINY, 10.0, SLOW_PEAKS)
-    assert (out["flops"], out["bytes"]) == (224, 192)
-    assert out["overlap_floor_s"] == pytest.approx(2.24)  # max(224 / 100, 192 / 100)
-    assert out["sequential_floor_s"] == pytest.approx(0.64 + 2.24)  # cache write 64 / 100, then 224 / 100
-    assert out["pct_of_peak"] == pytest.approx(28.8) and out["pct_of_peak_overlap"] == pytest.approx(22.4)
-    assert out["kernel_groups"]["cache_write"]["bound"] == "memory"
-    assert out["kernel_groups"]["attention"] == {"flops": 224, "bytes": 128, "projection_flops": 0,
+    assert (out.flops, out.bytes) == (224, 192)
+    assert out.overlap_floor_s == pytest.approx(2.24)  # max(224 / 100, 192 / 100)
+    assert out.sequential_floor_s == pytest.approx(0.64 + 2.24)  # cache write 64 / 100, then 224 / 100
+    assert out.pct_of_peak == pytest.approx(28.8) and out.pct_of_peak_overlap == pytest.approx(22.4)
+    assert out.kernel_groups["cache_write"]["bound"] == "memory"
+    assert out.kernel_groups["attention"] == {"flops": 224, "bytes": 128, "projection_flops": 0,
                                                  "weight_bytes": 0, "bound": "compute",
                                                  "floor_s": pytest.approx(2.24)}
 
 
 def test_sequential_equals_overlap_for_one_group_or_one_bound():
-    work = metrics.Work(7, 224, 128, 1, 2)
+    work = metrics.WorkCount(7, 224, 128, 1, 2)
     assert metrics.sequential_floor_seconds({"attention": work}, 100, 100) == metrics.floor_seconds(work, 100, 100)
     # a decode batch: cache write and attention are both memory bound, so the floors add up to B / bw
     out = metrics.summarize(parse_batch_spec("32q1s1k"), AttentionShape(), 1e-3, PEAKS)
-    assert out["sequential_floor_s"] == pytest.approx(out["overlap_floor_s"]) == pytest.approx(out["bytes"] / PB)
+    assert out.sequential_floor_s == pytest.approx(out.overlap_floor_s) == pytest.approx(out.bytes / PB)
     assert metrics.sequential_floor_seconds({"attention": work}, None, 100) is None
 
 
@@ -388,13 +390,13 @@ def test_a_split_mixed_batch_pays_both_kernels():
     assert prefill.flops / PF > prefill.bytes / PB and decode.flops / PF < decode.bytes / PB
     out = metrics.summarize(reqs, shape, 1e-3, PEAKS, attention_paths=paths)
     expected = groups["cache_write"].bytes / PB + prefill.flops / PF + decode.bytes / PB
-    assert out["sequential_floor_s"] == pytest.approx(expected)
-    assert out["overlap_floor_s"] == pytest.approx(out["flops"] / PF)
-    assert out["overlap_floor_s"] < expected
+    assert out.sequential_floor_s == pytest.approx(expected)
+    assert out.overlap_floor_s == pytest.approx(out.flops / PF)
+    assert out.overlap_floor_s < expected
     # one varlen kernel (FlashAttention, Triton) overlaps the two: a lower floor
     one = metrics.summarize(reqs, shape, 1e-3, PEAKS)
-    assert list(one["kernel_groups"]) == ["cache_write", "attention"]
-    assert one["overlap_floor_s"] <= one["sequential_floor_s"] < out["sequential_floor_s"]
+    assert list(one.kernel_groups) == ["cache_write", "attention"]
+    assert one.overlap_floor_s <= one.sequential_floor_s < out.sequential_floor_s
     with pytest.raises(ValueError, match="unknown attention path"):
         metrics.kernel_groups(reqs, shape, attention_paths=["mha", "decode"])
 
@@ -403,16 +405,16 @@ def test_mla_decode_groups_by_hand():
     groups = metrics.kernel_groups([BatchRequest(1, 1000)], MLA)
     assert list(groups) == ["cache_write", "decode_q_absorb", "decode_attention", "decode_v_up"]
     w_uk, w_uv = E * H * NOPE * RANK, E * H * RANK * V
-    assert groups["cache_write"] == metrics.Work(bytes=E * 2 * LATENT)
+    assert groups["cache_write"] == metrics.WorkCount(bytes=E * 2 * LATENT)
     # q_nope in; W_UK once per call
-    assert groups["decode_q_absorb"] == metrics.Work(flops=2 * H * NOPE * RANK, bytes=E * H * NOPE + w_uk,
+    assert groups["decode_q_absorb"] == metrics.WorkCount(flops=2 * H * NOPE * RANK, bytes=E * H * NOPE + w_uk,
                                                      projection_flops=2 * H * NOPE * RANK, weight_bytes=w_uk)
     # q_pe in, the whole kv (16 pages of 64) from the cache; the absorbed q and latent out are intermediates
-    assert groups["decode_attention"] == metrics.Work(1000, 2 * H * (LATENT + RANK) * 1000,
+    assert groups["decode_attention"] == metrics.WorkCount(1000, 2 * H * (LATENT + RANK) * 1000,
                                                       E * (H * ROPE + 1024 * LATENT), 1, 1)
-    assert groups["decode_v_up"] == metrics.Work(flops=2 * H * RANK * V, bytes=E * H * V + w_uv,
+    assert groups["decode_v_up"] == metrics.WorkCount(flops=2 * H * RANK * V, bytes=E * H * V + w_uv,
                                                  projection_flops=2 * H * RANK * V, weight_bytes=w_uv)
-    total = sum(groups.values(), metrics.Work())
+    total = sum(groups.values(), metrics.WorkCount())
     assert total == metrics.phase_work([BatchRequest(1, 1000)], MLA)["total"]
     assert total.bytes == _mla_io(1, 1024) + WEIGHT_BYTES
 
@@ -421,26 +423,26 @@ def test_mla_prefill_groups_by_hand():
     groups = metrics.kernel_groups([BatchRequest(100, 1100)], MLA)
     assert list(groups) == ["cache_write", "prefill_kv_up", "prefill_attention"]
     # kv_b_proj over all 1100 latents; it gathers the 1000 context tokens (16 pages) and reads the weights
-    assert groups["prefill_kv_up"] == metrics.Work(
+    assert groups["prefill_kv_up"] == metrics.WorkCount(
         flops=2 * 1100 * RANK * H * (NOPE + V), bytes=E * 1024 * LATENT + WEIGHT_BYTES,
         projection_flops=2 * 1100 * RANK * H * (NOPE + V), weight_bytes=WEIGHT_BYTES)
     pairs = _brute_pairs(100, 1100)
-    assert groups["prefill_attention"] == metrics.Work(pairs, 2 * H * (NOPE + ROPE + V) * pairs,
+    assert groups["prefill_attention"] == metrics.WorkCount(pairs, 2 * H * (NOPE + ROPE + V) * pairs,
                                                        E * (100 * H * (NOPE + ROPE) + 100 * H * V), 1, 100)
 
 
 def test_mla_mixed_batch_runs_both_pipelines_one_after_another():
     reqs = parse_batch_spec("q4k_64q1s1k")
     out = metrics.summarize(reqs, MLA, 1e-3, PEAKS)
-    groups = out["kernel_groups"]
+    groups = out.kernel_groups
     assert set(groups) == {"cache_write", "decode_q_absorb", "decode_attention", "decode_v_up", "prefill_kv_up",
                            "prefill_attention"}
     assert groups["prefill_attention"]["bound"] == "compute" and groups["decode_attention"]["bound"] == "memory"
-    assert out["sequential_floor_s"] == pytest.approx(sum(g["floor_s"] for g in groups.values()))
-    assert out["sequential_floor_s"] > out["overlap_floor_s"]
-    assert sum(g["bytes"] for g in groups.values()) == out["bytes"]
-    assert sum(g["flops"] for g in groups.values()) == out["flops"]
-    assert sum(g["weight_bytes"] for g in groups.values()) == out["weight_bytes"] == 2 * WEIGHT_BYTES
+    assert out.sequential_floor_s == pytest.approx(sum(g["floor_s"] for g in groups.values()))
+    assert out.sequential_floor_s > out.overlap_floor_s
+    assert sum(g["bytes"] for g in groups.values()) == out.bytes
+    assert sum(g["flops"] for g in groups.values()) == out.flops
+    assert sum(g["weight_bytes"] for g in groups.values()) == out.weight_bytes == 2 * WEIGHT_BYTES
 
 
 @settings(max_examples=60, deadline=None)
@@ -451,14 +453,14 @@ def test_groups_partition_the_call_and_sequential_is_at_least_overlap(reqs, mla,
     shape = MLA if mla else AttentionShape()
     paths = [metrics.default_mla_path(r) for r in batch] if split and not mla else None
     groups = metrics.kernel_groups(batch, shape, attention_paths=paths)
-    assert sum(groups.values(), metrics.Work()) == metrics.phase_work(batch, shape)["total"]
+    assert sum(groups.values(), metrics.WorkCount()) == metrics.phase_work(batch, shape)["total"]
     out = metrics.summarize(batch, shape, 1e-3, PEAKS, attention_paths=paths)
-    assert out["sequential_floor_s"] >= out["overlap_floor_s"] * (1 - 1e-12)
+    assert out.sequential_floor_s >= out.overlap_floor_s * (1 - 1e-12)
 
 
 def test_bound_label_per_phase_for_mixed_batches():
     def label(spec, shape=AttentionShape(), peaks=PEAKS):
-        return metrics.summarize(parse_batch_spec(spec), shape, 1e-3, peaks)["bound_label"]
+        return metrics.summarize(parse_batch_spec(spec), shape, 1e-3, peaks).bound_label
 
     assert label("32q1s1k") == "memory" and label("q8k") == "compute"
     assert label("q8k_32q1s1k") == "decode:mem+prefill:comp"  # decodes first, as the builders order them
@@ -467,17 +469,15 @@ def test_bound_label_per_phase_for_mixed_batches():
     assert label("q8k_32q1s1k", peaks=None) is None
 
 
-def test_summarize_keys_are_the_records_work_fields():
-    # the runner keeps only the keys Work knows (Work.KINDS): a new summarize key must be a record field too
+def test_summarize_gives_the_records_work_and_it_survives_the_records_json():
     from attnbench.results.record import CaseRecord, Work
 
     out = metrics.summarize(parse_batch_spec("q4k_8q1s1k"), MLA, 1e-3, PEAKS)
-    assert set(out) <= set(Work.KINDS)
-    record = {"schema": 2, "backend": "X", "batch_spec": "q4k_8q1s1k", "timing": {"mode": "none"},
-              "verification": {"status": "passed"}, "work": out}
-    work = CaseRecord.from_json(record).work
-    assert (work.pct_of_peak_basis, work.bound_label) == ("sequential", "decode:mem+prefill:comp")
-    assert work.sequential_floor_s == out["sequential_floor_s"] and work.kernel_groups == out["kernel_groups"]
+    assert isinstance(out, Work) and out.peaks == PEAKS
+    assert (out.pct_of_peak_basis, out.bound_label) == ("sequential", "decode:mem+prefill:comp")
+    record = CaseRecord.from_json({"schema": 2, "backend": "X", "batch_spec": "q4k_8q1s1k", "timing": {"mode": "none"},
+                                   "verification": {"status": "passed"}, "work": dataclasses.asdict(out)})
+    assert CaseRecord.from_json(json.loads(json.dumps(record.to_json()))).work == out
 
 
 # ------------------------------------------------------------------------------------ timed region
@@ -492,14 +492,14 @@ def test_attention_region_of_standard_attention_drops_exactly_the_cache_write():
     layer = metrics.summarize(reqs, shape, 1e-3, PEAKS)
     attention = metrics.summarize(reqs, shape, 1e-3, PEAKS, timed_region="attention")
     cache_write = sum(E * r.q_len * shape.num_kv_heads * 2 * shape.head_dim * 2 for r in reqs)
-    assert layer["kernel_groups"]["cache_write"]["bytes"] == cache_write == 2 * 4132 * 8 * 256 * 2
-    assert layer["bytes"] - attention["bytes"] == cache_write
-    assert attention["flops"] == layer["flops"] and attention["attended_pairs"] == layer["attended_pairs"]
-    assert (layer["timed_region"], attention["timed_region"]) == ("layer", "attention")
+    assert layer.kernel_groups["cache_write"]["bytes"] == cache_write == 2 * 4132 * 8 * 256 * 2
+    assert layer.bytes - attention.bytes == cache_write
+    assert attention.flops == layer.flops and attention.attended_pairs == layer.attended_pairs
+    assert (layer.timed_region, attention.timed_region) == ("layer", "attention")
     # one varlen kernel is the whole region: one group, so the two floors are one
-    assert list(attention["kernel_groups"]) == ["attention"]
-    assert attention["sequential_floor_s"] == attention["overlap_floor_s"]
-    assert attention["pct_of_peak"] == attention["pct_of_peak_overlap"]
+    assert list(attention.kernel_groups) == ["attention"]
+    assert attention.sequential_floor_s == attention.overlap_floor_s
+    assert attention.pct_of_peak == attention.pct_of_peak_overlap
     for req in reqs:
         assert (metrics.request_work(req, shape).bytes - metrics.request_work(req, shape, timed_region="attention").bytes
                 == E * req.q_len * 8 * 256 * 2)
@@ -507,8 +507,8 @@ def test_attention_region_of_standard_attention_drops_exactly_the_cache_write():
 
 def test_attention_region_of_a_tiny_call_by_hand():
     out = metrics.summarize([BatchRequest(2, 4)], TINY, 10.0, SLOW_PEAKS, timed_region="attention")
-    assert (out["flops"], out["bytes"]) == (224, 128)  # Q 16 + K/V one page 32 + O 16 elements, 2 bytes each
-    assert out["overlap_floor_s"] == out["sequential_floor_s"] == pytest.approx(2.24)
+    assert (out.flops, out.bytes) == (224, 128)  # Q 16 + K/V one page 32 + O 16 elements, 2 bytes each
+    assert out.overlap_floor_s == out.sequential_floor_s == pytest.approx(2.24)
 
 
 def test_attention_region_of_mla_decode_is_forward_mqa_on_the_absorbed_q():
@@ -520,7 +520,7 @@ def test_attention_region_of_mla_decode_is_forward_mqa_on_the_absorbed_q():
     assert decode.weight_bytes == 0 and decode.bytes == 8 * work.bytes  # no W_UK / W_UV in the region
     groups = metrics.kernel_groups(parse_batch_spec("8q1s1k"), MLA, timed_region="attention")
     assert list(groups) == ["decode_attention"]
-    assert metrics.weight_work(MLA, "decode", timed_region="attention") == metrics.Work()
+    assert metrics.weight_work(MLA, "decode", timed_region="attention") == metrics.WorkCount()
 
 
 def test_attention_region_of_mla_prefill_is_forward_mha():
@@ -535,8 +535,8 @@ def test_attention_region_of_mla_prefill_is_forward_mha():
     assert list(groups) == ["prefill_kv_up", "prefill_attention"]
     assert groups["prefill_kv_up"].weight_bytes == WEIGHT_BYTES  # kv_b_proj runs inside forward_mha
     mixed = metrics.summarize(parse_batch_spec("q300_8q1s1k"), MLA, 1e-3, PEAKS, timed_region="attention")
-    assert mixed["weight_bytes"] == WEIGHT_BYTES  # the prefill path's kv_b_proj only
-    assert mixed["projection_flops"] == 2 * 300 * RANK * H * (NOPE + V)
+    assert mixed.weight_bytes == WEIGHT_BYTES  # the prefill path's kv_b_proj only
+    assert mixed.projection_flops == 2 * 300 * RANK * H * (NOPE + V)
 
 
 def test_unknown_timed_region_is_refused():

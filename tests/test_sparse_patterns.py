@@ -190,13 +190,13 @@ def test_sparse_work_counts_selected_pairs_and_rows():
     assert selections[0] == metrics.SparseSelection(pairs=2048, rows=2048, index_topk=2048, entry_bytes=1152)
     dense = metrics.summarize(reqs, shape, 1e-4, None, ["decode"] * 4)
     sparse = metrics.summarize(reqs, shape, 1e-4, None, ["decode"] * 4, sparse=selections)
-    assert (dense["attended_pairs"], sparse["attended_pairs"]) == (4 * 8192, 4 * 2048)
-    group = sparse["kernel_groups"]["decode_attention"]
+    assert (dense.attended_pairs, sparse.attended_pairs) == (4 * 8192, 4 * 2048)
+    group = sparse.kernel_groups["decode_attention"]
     assert group["bytes"] == 4 * (2 * 128 * 64 + 2048 * 1152 + 2048 * 4)  # q_pe + selected rows + index row
     assert group["flops"] == 2 * 128 * (576 + 512) * 4 * 2048
     # fp8_ds_mla reads 656-byte rows; the MHA path of a prefill row is the dense model's
     fp8 = sparse_mla.selections(indices, reqs, sparse_mla.entry_bytes("fp8_ds_mla", 576, 2))
-    assert metrics.summarize(reqs, shape, 1e-4, None, ["decode"] * 4, sparse=fp8)["bytes"] < sparse["bytes"]
+    assert metrics.summarize(reqs, shape, 1e-4, None, ["decode"] * 4, sparse=fp8).bytes < sparse.bytes
     (prefill,) = parse_batch_spec("q1k")
     sel = sparse_mla.selections(sparse_mla.batch_topk("random", [prefill], 2048, 0), [prefill], 1152)
     assert (metrics.request_work(prefill, shape, "prefill", selection=sel[0])
@@ -213,7 +213,7 @@ def test_the_mha_path_applies_only_while_the_context_fits_in_top_k():
 # ------------------------------------------------------------------ cases, options, model config
 
 def _sparse_case(spec: str, pipeline=None, pattern="random"):
-    from attnbench.pytest_plugin.plugin import compose_case
+    from attnbench.spec.axes import compose_case
 
     study = build_study(None, {"device": "cpu"})
     return compose_case(study, registry.lookup("FLASHMLA_SPARSE", "mla"), spec, pipeline=pipeline,

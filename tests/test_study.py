@@ -427,7 +427,7 @@ def test_a_study_with_too_many_cases_is_a_usage_error_naming_the_count(tmp_path)
     import subprocess
     import sys
 
-    from attnbench.pytest_plugin.plugin import MAX_CASES
+    from attnbench.spec.axes import MAX_CASES
 
     specs = " ".join(f"q{q}s2048" for q in range(1, 1001))
     path = tmp_path / "big.yaml"

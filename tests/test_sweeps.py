@@ -207,7 +207,7 @@ def test_bad_parameter_sweeps_name_the_file_and_the_key(tmp_path, text, key, why
 
 def test_a_case_carries_each_swept_value_typed() -> None:
     from attnbench.spec import backends as registry
-    from attnbench.pytest_plugin.plugin import compose_case
+    from attnbench.spec.axes import compose_case
 
     study = build_study(None, {"sweep_param": ["num_kv_splits", "head_dim", "kv_cache_dtype"],
                                "sweep_values": [["auto", "2"], ["64"], ["fp8"]]})

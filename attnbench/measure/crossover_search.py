@@ -25,10 +25,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Sequence
 
+from attnbench.spec.cases import DECODE, PREFILL
+
 if TYPE_CHECKING:
     from attnbench.results.outcome import CaseOutcome
 
-DECODE, PREFILL, TIE = "decode", "prefill", "tie"
+TIE = "tie"
 PIPELINES = (DECODE, PREFILL)
 NOISE_K = 2.0  # a difference within k combined standard errors is a tie
 REL_TIE = 0.01  # ... and so is one within 1 % of the faster time: not worth a threshold either way

@@ -32,12 +32,13 @@ class CaseResult:
     case: BenchCase
     timing: timing.Timing
     verification: Verification
-    metrics: dict[str, Any]
+    work: Work  # the work model at the median (``metrics.summarize``)
     info: dict[str, Any]
     memory: dict[str, Any] = field(default_factory=dict)
     host_seconds: dict[str, float] = field(default_factory=dict)  # setup, verify, timing, profile, total
     gpu: dict[str, Any] | None = None  # the physical GPU that timed it (index, name, UUID, worker)
     clocks: Clocks | None = None  # NVML readings while it was timed
+    kernels: dict[str, Any] | None = None  # the profiler's pass (``timing.kernel_breakdown``), when asked for
 
     @property
     def seconds(self) -> float:
@@ -49,12 +50,9 @@ class CaseResult:
         unit = "host" if t.mode == "host" else "device"
         timing_part = TimingSummary(**t.info(), time_unit=f"{unit} seconds per attention call (one layer)",
                                     samples=tuple(t.samples))
-        metrics = dict(self.metrics)
-        kernels = metrics.pop("kernels", None)
-        work = Work(**{k: v for k, v in metrics.items() if k in Work.KINDS})
         return CaseRecord(
             key=self.case.key(), timing=timing_part, verification=self.verification,
-            work=work, backend_info=dict(self.info), kernels=kernels,
+            work=self.work, backend_info=dict(self.info), kernels=self.kernels,
             memory=Memory(**self.memory) if self.memory else None,
             host_seconds=HostSeconds(**self.host_seconds) if self.host_seconds else None,
             gpu=GpuIdentity(**self.gpu) if self.gpu else None, clocks=self.clocks, model=self.case.model)
@@ -149,18 +147,15 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
         if memory and device.type == "cuda":
             memory["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
         peaks = hardware.device_peaks(device)
-        mets = metrics.summarize(adapter.requests, shape, t.median if t.samples else 0.0, peaks, adapter.mla_paths,
+        work = metrics.summarize(adapter.requests, shape, t.median if t.samples else 0.0, peaks, adapter.mla_paths,
                                  attention_paths=adapter.attention_paths, timed_region=case.timed_region,
                                  quantized_query=adapter.quantized_query,
                                  sparse=adapter.sparse_selections)
-        mets["peaks"] = peaks
-        if kernels is not None:
-            mets["kernels"] = kernels
-            if t.samples and kernels["kernel_sum_s"]:
-                # graph replay time over the sum of the kernels' own durations: ~1 means kernel time
-                mets["kernels"]["timed_over_kernel_sum"] = t.median / kernels["kernel_sum_s"]
-        return CaseResult(case, t, verification, mets, dict(adapter.info), memory, host_seconds=clock.laps,
-                          gpu=hardware.gpu_identity(device), clocks=clock_part)
+        if kernels is not None and t.samples and kernels["kernel_sum_s"]:
+            # graph replay time over the sum of the kernels' own durations: ~1 means kernel time
+            kernels["timed_over_kernel_sum"] = t.median / kernels["kernel_sum_s"]
+        return CaseResult(case, t, verification, work, dict(adapter.info), memory, host_seconds=clock.laps,
+                          gpu=hardware.gpu_identity(device), clocks=clock_part, kernels=kernels)
     finally:
         adapter.close()
 

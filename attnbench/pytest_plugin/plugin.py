@@ -8,7 +8,8 @@ config key is a ``pytest.UsageError`` (exit code 4) with one line naming it.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import inspect
+import itertools
 import re
 import statistics
 import sys
@@ -18,15 +19,15 @@ import pytest
 
 from pathlib import Path
 
+from attnbench.spec import axes
 from attnbench.spec import backends as registry
 from attnbench.spec import options
 from attnbench.spec import sweeps as sweeping
+from attnbench.spec.axes import MAX_CASES, CasePoint
 from attnbench.spec.cases import BenchCase
-from attnbench.results.record import CaseKey
-from attnbench.spec.study import SPARSE_DEFAULT_SPECS, Study, StudyError, build_study, check_shape, load_study_file
+from attnbench.spec.study import Study, StudyError, build_study, check_shape, load_study_file
 
 STUDY_KEY = pytest.StashKey[Study]()
-MAX_CASES = 200_000  # per family and session: a typo in a range must not become hours of collection
 ERRORS_KEY = pytest.StashKey[list]()
 NOTES_KEY = pytest.StashKey[list]()  # what collection merged (repeated batches), shown at the end
 UNUSED_KEY = pytest.StashKey[dict]()  # benchmark file -> why the study gives it no case
@@ -188,7 +189,6 @@ _BENCH_DIR = {"attention": "bench_attention", "mla": "bench_mla"}
 _MODE_TESTS = {"standard": "test_attention, test_mla and test_sparse_mla",
                "decode_vs_prefill": "bench_mla's test_mla_decode_vs_prefill",
                "mha_vs_mqa": "bench_mla's test_sparse_mla_mha_vs_mqa"}
-_PIPELINES = {"decode_vs_prefill": ("decode", "prefill"), "mha_vs_mqa": ("mha", "mqa")}
 _FAMILY_NAME = {"attention": "a standard-attention", "mla": "an MLA"}
 
 
@@ -202,7 +202,8 @@ def _why_no_backends(study: Study, family: str) -> str:
     return f"none of the backends {', '.join(names)} is {_FAMILY_NAME[family]} backend"
 
 
-def _backend_param(info: registry.BackendInfo) -> Any:
+def _backend_marks(info: registry.BackendInfo) -> list[Any]:
+    """What a backend's cases need, as markers that ``pytest_runtest_setup`` turns into skips with a reason."""
     marks = []
     if info.needs_cuda:
         marks.append(pytest.mark.requires_cuda)
@@ -210,8 +211,7 @@ def _backend_param(info: registry.BackendInfo) -> Any:
         marks.append(pytest.mark.requires_capability(info.min_capability, info.max_capability))
     if info.needs_vllm:
         marks.append(pytest.mark.requires_vllm)
-    # plain data in pytest-benchmark's JSON `params`: the name; bench_case resolves it in the registry
-    return pytest.param(info.name, id=info.name, marks=marks)
+    return marks
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -223,8 +223,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     kind = registry.SPARSE if marker.kwargs.get("sparse") else registry.DENSE
     config = metafunc.config
     study = config.stash[STUDY_KEY]
+    bench = axes.Bench(study, family, mode, kind, notes=config.stash[NOTES_KEY])
     of_family = study.backends_for(family)
-    backends = [b for b in of_family if registry.runs_kind(b, kind)]
+    backends = bench.backends()
     if study.mode != mode:
         _unused(metafunc, f"the study's mode is {study.mode}, which only {_MODE_TESTS[study.mode]} runs")
         return
@@ -248,20 +249,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     try:
         shape = check_shape(study, family)
-        specs = study.specs_for(family, limit=MAX_CASES, notes=config.stash[NOTES_KEY],
-                                defaults=SPARSE_DEFAULT_SPECS if kind == registry.SPARSE else None)
-        points = sweeping.point_count(study.sweeps)  # the product's size, before the product is made
-        patterns = len(study.topk_patterns()) if kind == registry.SPARSE else 1
-        cases = (len(backends) * len(specs) * len(study.timed_region) * points * patterns
-                 * (2 if mode != "standard" else 1))
+        cases, factors = axes.case_count(bench)
         if cases > MAX_CASES:
             raise StudyError(f"{study.source or 'the command line'}: the study has {cases} {family} cases "
-                             f"({len(backends)} backends x {len(specs)} batch specs"
-                             + (f" x {len(study.timed_region)} timed regions" if len(study.timed_region) > 1 else "")
-                             + (_sweep_factor(study.sweeps, points) if study.sweeps else "")
-                             + (f" x {patterns} top-k patterns" if patterns > 1 else "")
-                             + (" x 2 pipelines" if mode != "standard" else "")
-                             + f"), more than the limit {MAX_CASES}: split it into several studies")
+                             f"({factors}), more than the limit {MAX_CASES}: split it into several studies")
         try:
             sweeping.check_shapes(study.sweeps, shape)
         except sweeping.SweepError as exc:
@@ -275,58 +266,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         config.stash[ERRORS_KEY].append(f"{exc}{hint}")
         _unused(metafunc, str(exc))
         return
-    metafunc.parametrize("bench_backend", [_backend_param(b) for b in backends])
-    # the region rides on the spec's id, named only when it is not the layer step: ids (and so saved
-    # baselines) from before the axis existed stay the layer-step ids they always were
-    regions = study.timed_region
-    pairs = [(spec, region) for spec in specs for region in regions]
-    metafunc.parametrize(("bench_spec", "bench_region"), pairs, ids=[region_id(s, r) for s, r in pairs])
-    if study.sweeps:
-        # one axis for the whole product; its value is plain data (the values, in the sweeps' order) so that
-        # pytest-benchmark's JSON params stay readable, and its id keeps a single sweep's `num_kv_splits=4`
-        grid = sweeping.grid(study.sweeps)
-        metafunc.parametrize("bench_sweep_values", [tuple(s.value for s in point) for point in grid],
-                             ids=[sweeping.point_id(point) for point in grid])
-    if kind == registry.SPARSE:  # every sparse id names its pattern: there are no older ids to keep
-        patterns = study.topk_patterns()
-        metafunc.parametrize("bench_topk", list(patterns), ids=[f"topk={p}" for p in patterns])
-    if mode in _PIPELINES:
-        metafunc.parametrize("bench_pipeline", list(_PIPELINES[mode]), ids=list(_PIPELINES[mode]))
+    used = axes.axes_of(bench)
+    params = []
+    for values in itertools.product(*(axis.values(bench) for axis in used)):
+        point = CasePoint.of({axis.argname: value for axis, value in zip(used, values)}, family)
+        params.append(pytest.param(*values, id=axes.case_id(bench, used, values), marks=_backend_marks(point.backend)))
+    metafunc.parametrize([axis.argname for axis in used], params)
 
 
-@pytest.fixture
-def bench_backend() -> None:
-    return None
+def _axis_fixture(axis: axes.Axis) -> Any:
+    def default() -> Any:
+        return axis.default  # a benchmark that does not apply this axis
+    return pytest.fixture(name=axis.argname)(default)
 
 
-@pytest.fixture
-def bench_spec() -> None:
-    return None
-
-
-def region_id(spec: str, region: str) -> str:
-    """A case's spec id with its timed region: ``q8k`` (the layer step), ``q8k-attention-only``."""
-    return spec if region == "layer" else f"{spec}-{region}-only"
-
-
-@pytest.fixture
-def bench_region() -> str:
-    return "layer"
-
-
-@pytest.fixture
-def bench_sweep_values() -> tuple[()]:
-    return ()  # nothing swept
-
-
-@pytest.fixture
-def bench_pipeline() -> None:
-    return None
-
-
-@pytest.fixture
-def bench_topk() -> None:
-    return None  # a dense case: no mock indexer
+for _axis in axes.AXES:  # parametrize names only fixtures, so each axis has one (its value where it does not apply)
+    globals()[f"_{_axis.argname}_fixture"] = _axis_fixture(_axis)
 
 
 @pytest.fixture
@@ -334,79 +289,33 @@ def bench_study(request: pytest.FixtureRequest) -> Study:
     return request.config.stash[STUDY_KEY]
 
 
-@pytest.fixture
-def bench_case(request: pytest.FixtureRequest, bench_study: Study, bench_backend: str, bench_spec: str,
-               bench_sweep_values: tuple[Any, ...], bench_pipeline: str | None, bench_region: str,
-               bench_topk: str | None) -> BenchCase:
+def _bench_case(request: pytest.FixtureRequest, bench_study: Study, **axis_values: Any) -> BenchCase:
     """The case this test id stands for, composed from the parametrized axes and the study."""
     point = case_point(request.node)
-    assert point is not None, f"{request.node.nodeid}: {bench_backend!r} is not a benchmark backend"
+    assert point is not None, f"{request.node.nodeid}: {axis_values.get('bench_backend')!r} is not a benchmark backend"
     return point.case(bench_study)
 
 
-@dataclass(frozen=True)
-class CasePoint:
-    """A benchmark item's axes as its test id holds them. ``case_point`` is the one reader of an item's parameters:
-    the ``bench_case`` fixture, the reporting and the crossover search all start from it."""
-
-    backend: registry.BackendInfo
-    batch_spec: str
-    sweep_values: tuple[Any, ...] = ()  # one value per sweep of the study, in its order
-    pipeline: str | None = None
-    timed_region: str = "layer"
-    topk_pattern: str | None = None
-
-    def case(self, study: Study) -> BenchCase:
-        return compose_case(study, self.backend, self.batch_spec, self.sweep_values, self.pipeline,
-                            self.timed_region, self.topk_pattern)
+# The fixture's parameters are the axes' (pytest reads a fixture's arguments from its signature): a test that takes
+# ``bench_case`` then takes every axis, which parametrize needs, and a new axis is a row in ``axes.AXES`` only.
+_bench_case.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in ("request", "bench_study")]
+    + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in axes.ARGNAMES])
+bench_case = pytest.fixture(name="bench_case")(_bench_case)
 
 
 def case_point(item: pytest.Item) -> CasePoint | None:
     """The axes of a benchmark item (None: not a benchmark case). ``bench_backend`` is the backend's name, whose
     family comes from the ``bench_family`` marker (or, in a test that parametrizes rows directly, the row)."""
     callspec = getattr(item, "callspec", None)
-    params = callspec.params if callspec else {}
-    backend = params.get("bench_backend")
     marker = item.get_closest_marker("bench_family")
-    if isinstance(backend, str):
-        backend = registry.lookup(backend, marker.args[0]) if marker is not None else None
-    if not isinstance(backend, registry.BackendInfo) or not isinstance(params.get("bench_spec"), str):
-        return None
-    return CasePoint(backend, params["bench_spec"], tuple(params.get("bench_sweep_values", ())),
-                     params.get("bench_pipeline"), params.get("bench_region", "layer"), params.get("bench_topk"))
+    return CasePoint.of(callspec.params if callspec else {}, marker.args[0] if marker is not None else None)
 
 
 def backend_for_item(item: pytest.Item) -> registry.BackendInfo | None:
     """The registry entry of a benchmark item's backend (None: not a benchmark case)."""
     point = case_point(item)
     return point.backend if point else None
-
-
-def compose_case(study: Study, backend: registry.BackendInfo, batch_spec: str, sweep_values: Any = (),
-                 pipeline: str | None = None, timed_region: str = "layer", topk_pattern: str | None = None
-                 ) -> BenchCase:
-    """The one place a test id's axes and the study become a ``BenchCase`` (fixture and reporting);
-    ``sweep_values`` are the ``bench_sweep_values`` parameter: one value per sweep of the study, in its order."""
-    return BenchCase(
-        study=study.name, backend=backend, batch_spec=batch_spec, shape=study.shape_for(backend.family),
-        run=study.run, sweep=sweeping.point_of(study.sweeps, sweep_values),
-        pipeline=pipeline, backend_settings=study.backend_settings.get(backend.name, {}),
-        timed_region=timed_region, topk_pattern=topk_pattern, model=study.model.get("model"),
-    )
-
-
-def case_of_key(study: Study, key: CaseKey) -> BenchCase | None:
-    """The case a record's key names, composed as its test id's was (None when this study cannot make it again:
-    another backend registry, a changed study). Re-timing it must measure the same thing, so the key is checked."""
-    backend = registry.lookup(key.backend, key.family) if key.family else None
-    if backend is None:
-        return None
-    try:
-        case = CasePoint(backend, key.batch_spec, tuple(s.value for s in key.sweep), key.pipeline,
-                         key.timed_region, key.topk_pattern).case(study)
-    except (ValueError, KeyError):
-        return None
-    return case if case.key() == key else None
 
 
 def _shape_fits(study: Study, family: str) -> bool:
@@ -417,14 +326,6 @@ def _shape_fits(study: Study, family: str) -> bool:
     except (ValueError, TypeError):
         return False
     return True
-
-
-def _sweep_factor(sweeps: tuple[sweeping.Sweep, ...], points: int) -> str:
-    """The sweeps' share of a case count, for the limit's message: ` x 6 sweep points (3 num_kv_splits x 2 head_dim)`;
-    a single sweep's reads as it always did: ` x 3 sweep values`."""
-    if len(sweeps) == 1:
-        return f" x {points} sweep values"
-    return f" x {points} sweep points ({sweeping.sizes(sweeps)})"
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -41,7 +41,8 @@ from attnbench.results.exports import (NOT_TIMED_SCHEMA, Journal, LoadedResults,
                                        unwritable_reason)
 from attnbench.reporting.formatter import ResultsFormatter, crossover_csv_path, crossover_rows
 from attnbench.results.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case_key, describe_key, devicekind_of
-from attnbench.pytest_plugin.plugin import STUDY_KEY, case_of_key, case_point
+from attnbench.pytest_plugin.plugin import STUDY_KEY, case_point
+from attnbench.spec.axes import case_of_key
 from attnbench.results.record import SCHEMA as RECORD_SCHEMA
 from attnbench.results.record import CaseRecord
 from attnbench.pytest_plugin.benchmark_feed import CASE_RESULT_ATTRIBUTE

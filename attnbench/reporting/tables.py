@@ -28,7 +28,7 @@ from attnbench.reporting.cells import (NO_VALUE, backend_order, behind_best, for
                                        sweep_axis, sweep_order, sweep_point, us)
 from attnbench.reporting.model import BAD, FASTEST, MUTED, Cell, Column, Table
 from attnbench.results.outcome import FAILED, SKIPPED, CaseOutcome
-from attnbench.results.record import UNSTABLE_SPREAD_PCT
+from attnbench.results.record import UNSTABLE_SPREAD_PCT, region_label, topk_label
 from attnbench.spec.study import AUTO
 
 MARKS = {"passed": "✓", "oracle": "ref", "skipped": "·", "failed": "✗"}
@@ -270,10 +270,10 @@ def _variant(r: CaseOutcome) -> Any:
     if r.key.pipeline is not None:  # with a sweep beside it (mha_vs_mqa over num_q_heads), both: "16 · mha"
         base = (*r.key.sweep_values, r.key.pipeline) if r.key.sweep else r.key.pipeline
     if r.key.topk_pattern is not None:  # sparse MLA: the mock indexer's pattern tells siblings apart
-        base = f"{point_text(base)} topk={r.key.topk_pattern}".strip()
+        base = f"{point_text(base)} {topk_label(r.key.topk_pattern)}".strip()
     if r.key.timed_region == "layer":
         return base
-    return f"{point_text(base)} {r.key.timed_region}-only".strip()
+    return f"{point_text(base)} {region_label(r.key.timed_region)}".strip()
 
 
 def _best_time(results: Any) -> float | None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 from attnbench.results.record import (MAX_SECONDS, SCHEMA, SHAPE_FIELDS, CaseKey, CaseRecord, Memory, Work, is_finite,
-                              is_seconds, keys_of, kind_of, require, show)
+                              is_seconds, keys_of, kind_of, region_label, require, show)
 
 if TYPE_CHECKING:  # cases imports the backend registry; reading saved results needs neither
     from attnbench.spec.cases import BenchCase
@@ -266,7 +266,7 @@ def describe_key(outcome: CaseOutcome) -> str:
     k = outcome.key
     if not k.batch_spec:
         return outcome.fullname or k.backend
-    marks = [f"{k.timed_region}-only" if k.timed_region != "layer" else "",
+    marks = [region_label(k.timed_region),
              f"kv={k.kv_fill}" if k.kv_fill != "random" else ""]
     return " ".join(p for p in (k.backend, k.family or "", k.batch_spec, k.variant or "", *marks) if p)
 

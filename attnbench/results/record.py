@@ -164,6 +164,16 @@ def _swept(param: Any, value: Any, where: str) -> tuple[str, int | str]:
     return param, value
 
 
+def region_label(timed_region: str) -> str:
+    """How a timed region shows in test ids and labels: ``attention-only``; "" for the layer step, the default."""
+    return "" if timed_region == "layer" else f"{timed_region}-only"
+
+
+def topk_label(topk_pattern: str | None) -> str:
+    """How a sparse case's top-k pattern shows in test ids and labels: ``topk=random``; "" for a dense case."""
+    return "" if topk_pattern is None else f"topk={topk_pattern}"
+
+
 @dataclass(frozen=True)
 class CaseKey:
     """What was measured. ``shape`` holds the model dimensions by their names (``SHAPE_FIELDS``), with swept ones
@@ -312,10 +322,8 @@ class CaseKey:
     def variant(self) -> str | None:
         """What tells this case from its siblings in one table row (the pipeline, or each swept param=value, and
         the timed region when it is not the layer step)."""
-        region = f"{self.timed_region}-only" if self.timed_region != "layer" else None
-        topk = f"topk={self.topk_pattern}" if self.topk_pattern is not None else None
         base = self.pipeline if self.pipeline is not None else self.sweep_label
-        return " ".join(p for p in (base, topk, region) if p) or None
+        return " ".join(p for p in (base, topk_label(self.topk_pattern), region_label(self.timed_region)) if p) or None
 
 
 # Above this spread of a case's rounds (p10 to p90, % of the median) its timing is flagged unstable. Chosen, not

@@ -17,6 +17,8 @@ from grammar import BatchRequest, parse_batch_spec
 # mha_vs_mqa mode's pipelines: sparse prefill rows through dense MHA (vLLM's choice while prefill_max_seq_len <=
 # index_topk), or every row through the top-k MQA kernel (attention_config.sparse_mla_force_mqa)
 MHA, MQA = "mha", "mqa"
+# decode_vs_prefill mode's pipelines: every row through the decode (MQA) path, or every row through prefill
+DECODE, PREFILL = "decode", "prefill"
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class BenchCase:
         elif self.pipeline is not None:
             max_q = max(r.q_len for r in self.requests)
             # decode pipeline: every request is short enough for the MQA path; prefill: none is
-            params[REORDER_BATCH_THRESHOLD] = max_q if self.pipeline == "decode" else max_q - 1
+            params[REORDER_BATCH_THRESHOLD] = max_q if self.pipeline == DECODE else max_q - 1
         return params
 
     @property

@@ -81,6 +81,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from attnbench.results.record import Work
 from attnbench.spec.contract import TIMED_REGIONS
 from attnbench.spec.shapes import ROTATED_KV_CACHE_DTYPES, AttentionShape, MLAShape, Shape
 from grammar import BatchRequest
@@ -110,8 +111,8 @@ def attended_pairs(q_len: int, kv_len: int) -> int:
 
 
 @dataclass(frozen=True)
-class Work:
-    """Work of a request, a phase or a call. ``flops`` includes ``projection_flops``; ``bytes`` includes
+class WorkCount:
+    """WorkCount of a request, a phase or a call. ``flops`` includes ``projection_flops``; ``bytes`` includes
     ``weight_bytes`` (both zero for standard attention)."""
 
     pairs: int = 0
@@ -122,8 +123,8 @@ class Work:
     projection_flops: int = 0
     weight_bytes: int = 0
 
-    def __add__(self, other: "Work") -> "Work":
-        return Work(*(a + b for a, b in zip(self.astuple(), other.astuple())))
+    def __add__(self, other: "WorkCount") -> "WorkCount":
+        return WorkCount(*(a + b for a, b in zip(self.astuple(), other.astuple())))
 
     def astuple(self) -> tuple[int, ...]:
         return (self.pairs, self.flops, self.bytes, self.requests, self.tokens, self.projection_flops,
@@ -140,7 +141,7 @@ class SparseSelection:
     entry_bytes: int  # one latent cache entry: (rank + rope) x element size, or 656 for fp8_ds_mla
 
 
-def sparse_mqa_groups(req: BatchRequest, shape: MLAShape, selection: SparseSelection, layer: bool) -> dict[str, Work]:
+def sparse_mqa_groups(req: BatchRequest, shape: MLAShape, selection: SparseSelection, layer: bool) -> dict[str, WorkCount]:
     """The MQA pipeline's attention group of a sparse request: the dense decode path's formulas with the
     selected pairs and selected rows in place of the causal pairs and the whole paged context."""
     e, hq, latent, rank, rope = (shape.elem_bytes, shape.num_q_heads, shape.head_dim, shape.kv_lora_rank,
@@ -151,7 +152,7 @@ def sparse_mqa_groups(req: BatchRequest, shape: MLAShape, selection: SparseSelec
         moved = e * t * hq * rope + cache_and_indices
     else:  # forward_mqa alone: the absorbed q in, the latent output out
         moved = e * (t * hq * latent + t * hq * rank) + cache_and_indices
-    return {"decode_attention": Work(pairs, 2 * hq * (latent + rank) * pairs, moved, 1, t)}
+    return {"decode_attention": WorkCount(pairs, 2 * hq * (latent + rank) * pairs, moved, 1, t)}
 
 
 def _paged(kv_len: int, block_size: int) -> int:
@@ -173,7 +174,7 @@ def _check_region(timed_region: str) -> None:
 
 def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
                    attention_path: str | None = None, *, timed_region: str = "layer",
-                   quantized_query: bool = False, selection: SparseSelection | None = None) -> dict[str, Work]:
+                   quantized_query: bool = False, selection: SparseSelection | None = None) -> dict[str, WorkCount]:
     """One request's activation work (no weights: see ``weight_groups``) split over the kernel groups that run
     it; the groups sum to ``request_work``. The attention group carries the pairs, the request and its tokens.
 
@@ -198,14 +199,14 @@ def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
         d, hq, hkv = shape.head_dim, shape.num_q_heads, shape.num_kv_heads
         entry = shape.kv_entry_bytes(d)  # one token's K (or V) of one KV head as stored, inline scale included
         # new K/V read from the layer and written to the cache; impl.forward alone finds them in the cache
-        groups = {CACHE_WRITE: Work(bytes=(e * d + entry) * t * hkv * 2)} if layer else {}
+        groups = {CACHE_WRITE: WorkCount(bytes=(e * d + entry) * t * hkv * 2)} if layer else {}
         if layer and quantized_query:
-            groups[QUERY_QUANT] = Work(bytes=(e + qe) * t * hq * d)
+            groups[QUERY_QUANT] = WorkCount(bytes=(e + qe) * t * hq * d)
         if shape.kv_cache_dtype in ROTATED_KV_CACHE_DTYPES:
             rotated = t * hq * d * 2 + (t * hkv * d * 2 if layer else 0)  # q and O; the new K and V
-            groups[KV_ROTATION] = Work(bytes=2 * e * rotated)
+            groups[KV_ROTATION] = WorkCount(bytes=2 * e * rotated)
         return groups | {
-            _attention_group(attention_path): Work(
+            _attention_group(attention_path): WorkCount(
                 pairs, 2 * hq * (d + d) * pairs,
                 qe * t * hq * d  # Q
                 + entry * kv_read * hkv * 2  # K and V (the new tokens' included), once per KV head, whole pages
@@ -215,25 +216,25 @@ def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
     hq, latent, rank = shape.num_q_heads, shape.head_dim, shape.kv_lora_rank
     nope, rope, qk, v = shape.qk_nope_head_dim, shape.qk_rope_head_dim, shape.qk_head_dim, shape.v_head_dim
     # kv_c + k_pe of the new tokens: read from the layer, written to the latent cache
-    groups = {CACHE_WRITE: Work(bytes=(e + c) * t * latent)} if layer else {}
+    groups = {CACHE_WRITE: WorkCount(bytes=(e + c) * t * latent)} if layer else {}
     path = _resolve_path(req, mla_path)
     sparse = sparse_mqa_groups(req, shape, selection, layer) if selection is not None and path == "decode" else {}
     if path == "decode" and not layer:
         # forward_mqa alone: the absorbed q (rank + rope per head) in, the latent output (rank per head) out
-        groups["decode_attention"] = Work(pairs, 2 * hq * (latent + rank) * pairs,
+        groups["decode_attention"] = WorkCount(pairs, 2 * hq * (latent + rank) * pairs,
                                           qe * t * hq * latent + c * kv_read * latent + e * t * hq * rank, 1, t)
     elif path == "decode":
         absorb = 2 * t * hq * nope * rank  # q_nope [T,Hq,nope] x W_UK [Hq,nope,rank]
         v_up = 2 * t * hq * rank * v  # latent out [T,Hq,rank] x W_UV [Hq,rank,v]
-        groups["decode_q_absorb"] = Work(flops=absorb, bytes=e * t * hq * nope, projection_flops=absorb)
+        groups["decode_q_absorb"] = WorkCount(flops=absorb, bytes=e * t * hq * nope, projection_flops=absorb)
         q_pe = e * t * hq * rope
         if quantized_query:  # absorbed q_nope and q_pe concatenated into one fp8 q (read: q_pe; the rest is L2's)
-            groups["decode_q_quant"] = Work(bytes=q_pe)
+            groups["decode_q_quant"] = WorkCount(bytes=q_pe)
         # MQA over the latent: scores over rank + rope, values over the rank-wide latent; it reads q_pe and the
         # whole kv (the new tokens were just written) from the cache. Absorbed q and latent out are intermediates.
-        groups["decode_attention"] = Work(pairs, 2 * hq * (latent + rank) * pairs,
+        groups["decode_attention"] = WorkCount(pairs, 2 * hq * (latent + rank) * pairs,
                                           (0 if quantized_query else q_pe) + c * kv_read * latent, 1, t)
-        groups["decode_v_up"] = Work(flops=v_up, bytes=e * t * hq * v, projection_flops=v_up)  # writes the output
+        groups["decode_v_up"] = WorkCount(flops=v_up, bytes=e * t * hq * v, projection_flops=v_up)  # writes the output
     else:
         # kv_b_proj up-projects every new and cached latent; only the context (kv - q, whole pages) is read
         # from the cache
@@ -241,24 +242,24 @@ def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
         context = _paged(req.kv_len - t, shape.block_size)
         # forward_mha alone reads the new latents as its inputs (in the layer step the cache write did)
         new_latents = 0 if layer else t * latent
-        groups["prefill_kv_up"] = Work(flops=up, bytes=e * new_latents + c * context * latent, projection_flops=up)
+        groups["prefill_kv_up"] = WorkCount(flops=up, bytes=e * new_latents + c * context * latent, projection_flops=up)
         # MHA over qk / v: reads q (nope + rope per head), writes the output
-        groups["prefill_attention"] = Work(pairs, 2 * hq * (qk + v) * pairs, e * (t * hq * qk + t * hq * v), 1, t)
+        groups["prefill_attention"] = WorkCount(pairs, 2 * hq * (qk + v) * pairs, e * (t * hq * qk + t * hq * v), 1, t)
     return groups | sparse
 
 
 def request_work(req: BatchRequest, shape: Shape, mla_path: str | None = None, *,
                  timed_region: str = "layer", quantized_query: bool = False,
-                 selection: SparseSelection | None = None) -> Work:
+                 selection: SparseSelection | None = None) -> WorkCount:
     """Activation work of one request (no weights: see ``weight_work``): the sum of its ``request_groups``.
 
     For MLA, ``mla_path`` is "decode" (MQA over the latent) or "prefill" (MHA); None means
     ``default_mla_path``."""
     return sum(request_groups(req, shape, mla_path, timed_region=timed_region, quantized_query=quantized_query,
-                              selection=selection).values(), Work())
+                              selection=selection).values(), WorkCount())
 
 
-def weight_groups(shape: Shape, mla_path: str, *, timed_region: str = "layer") -> dict[str, Work]:
+def weight_groups(shape: Shape, mla_path: str, *, timed_region: str = "layer") -> dict[str, WorkCount]:
     """The weights one MLA pipeline reads once per call, by the GEMM that reads them: W_UK (q absorption) and
     W_UV (V up-projection) for the decode path, kv_b_proj for the prefill path. None for standard attention,
     and none for the decode path when only its attention kernel (forward_mqa) was timed."""
@@ -270,8 +271,8 @@ def weight_groups(shape: Shape, mla_path: str, *, timed_region: str = "layer") -
     e, hq, rank = shape.elem_bytes, shape.num_q_heads, shape.kv_lora_rank
     nope, v = shape.qk_nope_head_dim, shape.v_head_dim
 
-    def weights(n: int) -> Work:
-        return Work(bytes=e * n, weight_bytes=e * n)
+    def weights(n: int) -> WorkCount:
+        return WorkCount(bytes=e * n, weight_bytes=e * n)
 
     if mla_path == "decode" and timed_region == "attention":
         return {}
@@ -280,10 +281,10 @@ def weight_groups(shape: Shape, mla_path: str, *, timed_region: str = "layer") -
     return {"prefill_kv_up": weights(hq * (nope + v) * rank)}
 
 
-def weight_work(shape: Shape, mla_path: str, *, timed_region: str = "layer") -> Work:
+def weight_work(shape: Shape, mla_path: str, *, timed_region: str = "layer") -> WorkCount:
     """The weights one call reads for one MLA pipeline (kv_b_proj, i.e. W_UK + W_UV): counted once per call
     per pipeline used. Standard attention has no weights in the timed step."""
-    return sum(weight_groups(shape, mla_path, timed_region=timed_region).values(), Work())
+    return sum(weight_groups(shape, mla_path, timed_region=timed_region).values(), WorkCount())
 
 
 def default_mla_path(req: BatchRequest) -> str:
@@ -299,9 +300,9 @@ def _resolve_path(req: BatchRequest, mla_path: str | None) -> str:
 
 def phase_work(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Sequence[str] | None = None, *,
                timed_region: str = "layer", quantized_query: bool = False,
-               sparse: Sequence[SparseSelection] | None = None) -> dict[str, Work]:
-    """Work per phase (prefill / extend / decode) and ``total``; MLA weights once per pipeline used."""
-    out = {p: Work() for p in PHASES}
+               sparse: Sequence[SparseSelection] | None = None) -> dict[str, WorkCount]:
+    """WorkCount per phase (prefill / extend / decode) and ``total``; MLA weights once per pipeline used."""
+    out = {p: WorkCount() for p in PHASES}
     phases_on: dict[str, list[str]] = {}  # MLA pipeline -> the phases whose requests run on it
     for i, req in enumerate(requests):
         path = mla_paths[i] if mla_paths else None
@@ -314,20 +315,20 @@ def phase_work(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Sequen
         home = pipeline if pipeline in kinds else next(p for p in PHASES if p in kinds)
         out[home] = out[home] + weight_work(shape, pipeline, timed_region=timed_region)
     out = {p: w for p, w in out.items() if w.requests}
-    out["total"] = sum(out.values(), Work())
+    out["total"] = sum(out.values(), WorkCount())
     return out
 
 
 def kernel_groups(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Sequence[str] | None = None,
                   attention_paths: Sequence[str] | None = None, *, timed_region: str = "layer",
-                  quantized_query: bool = False, sparse: Sequence[SparseSelection] | None = None) -> dict[str, Work]:
-    """Work per kernel group (``KERNEL_GROUPS`` order, empty groups left out): the partition of the call's
+                  quantized_query: bool = False, sparse: Sequence[SparseSelection] | None = None) -> dict[str, WorkCount]:
+    """WorkCount per kernel group (``KERNEL_GROUPS`` order, empty groups left out): the partition of the call's
     work over the kernels that run one after another. MLA weights go to the GEMMs of each pipeline used.
 
     ``attention_paths`` (standard attention only): per request, which attention kernel runs it, for a
     backend that splits decode and prefill rows (FlashInfer's decode and prefill wrappers); None: one
     varlen kernel for the batch (FlashAttention, Triton). MLA always splits by ``mla_paths``."""
-    out = {g: Work() for g in KERNEL_GROUPS}
+    out = {g: WorkCount() for g in KERNEL_GROUPS}
     pipelines: set[str] = set()
     for i, req in enumerate(requests):
         path = mla_paths[i] if mla_paths else None
@@ -344,19 +345,19 @@ def kernel_groups(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Seq
     return {g: w for g, w in out.items() if w.flops or w.bytes}
 
 
-def bound(work: Work, peak_flops: float | None, peak_bytes_per_s: float | None) -> str | None:
+def bound(work: WorkCount, peak_flops: float | None, peak_bytes_per_s: float | None) -> str | None:
     if not peak_flops or not peak_bytes_per_s:
         return None
     return "compute" if work.flops / peak_flops >= work.bytes / peak_bytes_per_s else "memory"
 
 
-def floor_seconds(work: Work, peak_flops: float | None, peak_bytes_per_s: float | None) -> float | None:
+def floor_seconds(work: WorkCount, peak_flops: float | None, peak_bytes_per_s: float | None) -> float | None:
     if not peak_flops or not peak_bytes_per_s:
         return None
     return max(work.flops / peak_flops, work.bytes / peak_bytes_per_s)
 
 
-def sequential_floor_seconds(groups: Mapping[str, Work], peak_flops: float | None,
+def sequential_floor_seconds(groups: Mapping[str, WorkCount], peak_flops: float | None,
                              peak_bytes_per_s: float | None) -> float | None:
     """The sum of the groups' floors: kernels that run one after another cannot overlap their bounds."""
     if not peak_flops or not peak_bytes_per_s:
@@ -364,7 +365,7 @@ def sequential_floor_seconds(groups: Mapping[str, Work], peak_flops: float | Non
     return sum(max(w.flops / peak_flops, w.bytes / peak_bytes_per_s) for w in groups.values())
 
 
-def bound_label(phases: Mapping[str, Work], peak_flops: float | None, peak_bytes_per_s: float | None) -> str | None:
+def bound_label(phases: Mapping[str, WorkCount], peak_flops: float | None, peak_bytes_per_s: float | None) -> str | None:
     """"memory" / "compute" for a one-phase call; per phase for a mixed one, e.g. "decode:mem+prefill:comp"."""
     present = [p for p in LABEL_ORDER if p in phases]
     if not present or not peak_flops or not peak_bytes_per_s:
@@ -377,9 +378,9 @@ def bound_label(phases: Mapping[str, Work], peak_flops: float | None, peak_bytes
 def summarize(requests: Sequence[BatchRequest], shape: Shape, seconds: float,
               peaks: dict[str, Any] | None = None, mla_paths: Sequence[str] | None = None, *,
               attention_paths: Sequence[str] | None = None, timed_region: str = "layer",
-              quantized_query: bool = False, sparse: Sequence[SparseSelection] | None = None) -> dict[str, Any]:
-    """Metrics for ``extra_info``: FLOPs, bytes, rates, both floors, % of measured peak, bound per phase and
-    per kernel group.
+              quantized_query: bool = False, sparse: Sequence[SparseSelection] | None = None) -> Work:
+    """The record's work model at ``seconds`` (the median): FLOPs, bytes, rates, both floors, % of the measured
+    ``peaks``, bound per phase and per kernel group.
 
     ``flops`` includes ``projection_flops`` (MLA's W_UK / W_UV / kv_b_proj GEMMs; 0 for standard attention)
     and ``bytes`` includes ``weight_bytes`` (MLA's kv_b_proj weights, once per call per pipeline used); both
@@ -397,39 +398,30 @@ def summarize(requests: Sequence[BatchRequest], shape: Shape, seconds: float,
     groups = kernel_groups(requests, shape, mla_paths, attention_paths, timed_region=timed_region,
                            quantized_query=quantized_query, sparse=sparse)
     total = phases["total"]
-    out: dict[str, Any] = {
-        "timed_region": timed_region,
-        "attended_pairs": total.pairs,
-        "flops": total.flops,
-        "bytes": total.bytes,
-        "projection_flops": total.projection_flops,
-        "weight_bytes": total.weight_bytes,
-        "tflops": total.flops / seconds / 1e12 if seconds > 0 else None,
-        "gbps": total.bytes / seconds / 1e9 if seconds > 0 else None,
-        "bound": bound(total, pf, pb),
-        "bound_label": bound_label(phases, pf, pb),
-    }
     overlap = floor_seconds(total, pf, pb)
-    sequential = sequential_floor_seconds(groups, pf, pb)
-    out["overlap_floor_s"] = overlap
-    out["sequential_floor_s"] = sequential
     # the sequential floor is the tighter of the two lower bounds (>= the overlap floor) and follows the
     # kernels the call really launches one after another, so % peak is measured against it
-    out["pct_of_peak_basis"] = "sequential"
-    out["pct_of_peak"] = 100.0 * sequential / seconds if sequential and seconds > 0 else None
-    out["pct_of_peak_overlap"] = 100.0 * overlap / seconds if overlap and seconds > 0 else None
-    out["pct_peak_flops"] = 100.0 * total.flops / seconds / pf if pf and seconds > 0 else None
-    out["pct_peak_bandwidth"] = 100.0 * total.bytes / seconds / pb if pb and seconds > 0 else None
-    out["phases"] = {
-        name: {"requests": w.requests, "tokens": w.tokens, "attended_pairs": w.pairs, "flops": w.flops,
-               "bytes": w.bytes, "projection_flops": w.projection_flops, "weight_bytes": w.weight_bytes,
-               "bound": bound(w, pf, pb), "floor_s": floor_seconds(w, pf, pb)}
-        for name, w in phases.items() if name != "total"
-    }
-    out["kernel_groups"] = {
-        name: {"flops": w.flops, "bytes": w.bytes, "projection_flops": w.projection_flops,
-               "weight_bytes": w.weight_bytes, "bound": bound(w, pf, pb), "floor_s": floor_seconds(w, pf, pb)}
-        for name, w in groups.items()
-    }
-    return out
+    sequential = sequential_floor_seconds(groups, pf, pb)
+    timed = seconds > 0
+    return Work(
+        timed_region=timed_region, attended_pairs=total.pairs, flops=total.flops, bytes=total.bytes,
+        projection_flops=total.projection_flops, weight_bytes=total.weight_bytes,
+        tflops=total.flops / seconds / 1e12 if timed else None,
+        gbps=total.bytes / seconds / 1e9 if timed else None,
+        bound=bound(total, pf, pb), bound_label=bound_label(phases, pf, pb),
+        overlap_floor_s=overlap, sequential_floor_s=sequential, pct_of_peak_basis="sequential",
+        pct_of_peak=100.0 * sequential / seconds if sequential and timed else None,
+        pct_of_peak_overlap=100.0 * overlap / seconds if overlap and timed else None,
+        pct_peak_flops=100.0 * total.flops / seconds / pf if pf and timed else None,
+        pct_peak_bandwidth=100.0 * total.bytes / seconds / pb if pb and timed else None,
+        phases={name: {"requests": w.requests, "tokens": w.tokens, "attended_pairs": w.pairs, "flops": w.flops,
+                       "bytes": w.bytes, "projection_flops": w.projection_flops, "weight_bytes": w.weight_bytes,
+                       "bound": bound(w, pf, pb), "floor_s": floor_seconds(w, pf, pb)}
+                for name, w in phases.items() if name != "total"},
+        kernel_groups={name: {"flops": w.flops, "bytes": w.bytes, "projection_flops": w.projection_flops,
+                              "weight_bytes": w.weight_bytes, "bound": bound(w, pf, pb),
+                              "floor_s": floor_seconds(w, pf, pb)}
+                       for name, w in groups.items()},
+        peaks=dict(peaks),
+    )
 
