@@ -61,6 +61,7 @@ class BenchmarkConfig:
     kv_scales: str = _D["kv_scales"]
     placements: int = _D["placements"]
     inject_delay: float = _D["inject_delay"]
+    timer: str = _D["timer"]
     timed_region: str = "layer"  # one case times one region ("layer" or "attention")
     extra: dict[str, Any] = field(default_factory=dict)  # upstream fields this suite does not use
 

@@ -186,7 +186,7 @@ def _time_placements(layers: list[LayerCall], adapter: CaseAdapter, case: BenchC
                            cache_state=case.run.cache_state, buffer_sets=sets,
                            working_set_bytes=len(layers) * adapter.bytes_per_layer, context=adapter.context,
                            sample=monitor.sample if monitor else None,
-                           delay_fraction=case.run.inject_delay, delay_s=delay_s)
+                           delay_fraction=case.run.inject_delay, delay_s=delay_s, timer=case.run.timer)
         delay_s = t.injected_delay_s
         groups.append(t)
         clock.lap("timing")

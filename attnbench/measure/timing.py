@@ -16,6 +16,10 @@ rounds, because where the buffers land in device memory moves a case's time by u
 than the spread of the rounds on one allocation), and a number taken on one placement would carry that offset
 into every comparison between two processes. ``placement_rounds`` says which rounds came from which placement.
 
+``timer="cupti"`` (``--timer cupti``) takes each round's time from CUPTI's kernel records instead of the CUDA events:
+first kernel's start to last kernel's end (``kernel_activity``), failing closed; the events still run, and their
+median is kept beside it (``events_median_s``) so that the two timers reconcile on every case.
+
 ``delay_fraction``/``delay_s`` (``--inject-delay``) add a fixed spin after every call inside the timed region:
 it exists to test the regression gate against a known slowdown, and the record says so.
 """
@@ -31,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ContextManager, Sequence
 
 import torch
+
+from attnbench.measure import kernel_activity
 
 COLD_FACTOR = 3
 # A round (one graph replay) is sized to about this much device time: long enough that the graph
@@ -64,6 +70,9 @@ class Timing:
     # pytest-benchmark's storage drops the rounds themselves unless --benchmark-save-data is given
     placement_medians: tuple[float, ...] = ()
     injected_delay_s: float | None = None  # the test-only spin added to every call (--inject-delay); None: none
+    timer: str | None = None  # "cupti": CUPTI's kernel span; None: the mode's own clock (CUDA events, or the host's)
+    # under --timer cupti, the CUDA events' time of the same rounds (per call), for reconciling the two; not in info()
+    event_samples: list[float] = field(default_factory=list, repr=False)
 
     @classmethod
     def pooled(cls, groups: Sequence["Timing"]) -> "Timing":
@@ -76,6 +85,7 @@ class Timing:
             stopped_by=stopped.pop() if len(stopped) == 1 else "repeats",
             capture_error=next((g.capture_error for g in groups if g.capture_error), None),
             round_samples=[r for g in groups for r in g.round_samples],
+            event_samples=[e for g in groups for e in g.event_samples],
             placement_rounds=tuple(len(g.samples) for g in groups) if len(groups) > 1 else (),
             placement_medians=tuple(statistics.median(g.samples) for g in groups) if len(groups) > 1 else ())
 
@@ -111,10 +121,11 @@ class Timing:
         return 100 * (deciles[8] - deciles[0]) / self.median
 
     def info(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("samples", "round_samples")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("samples", "round_samples", "event_samples")}
         timed = bool(self.samples)  # an untimed case has no spread (rel_stderr would be inf)
         out.update(rounds=self.rounds, rel_noise=self.rel_noise if timed else None,
-                   rel_stderr=self.rel_stderr if timed else None, spread_pct=self.spread_pct)
+                   rel_stderr=self.rel_stderr if timed else None, spread_pct=self.spread_pct,
+                   events_median_s=statistics.median(self.event_samples) if self.event_samples else None)
         return out
 
 
@@ -143,16 +154,19 @@ def measure(steps: Sequence[Step], *, device: torch.device, repeats: int, warmup
             buffer_sets: int = 1, working_set_bytes: int = 0, use_graph: bool = True,
             context: Callable[[], ContextManager[Any]] = nullcontext,
             sample: Callable[[], Any] | None = None, delay_fraction: float = 0.0,
-            delay_s: float | None = None) -> Timing:
+            delay_s: float | None = None, timer: str = "events") -> Timing:
     """Time ``steps`` (each one attention call) and return seconds per call, per round.
 
     ``context`` is entered around all host-side calls (e.g. vLLM's forward context); graph
     replays run no Python and need none. ``sample`` (the GPU's clocks) is called once per timed
     round while the round runs on the device; its results are ``Timing.round_samples``.
     ``delay_s`` (or, when None, ``delay_fraction`` x the call's own time) is spun after every call.
+    ``timer``: "events" (CUDA events around each round) or "cupti" (CUPTI's kernel span; a GPU only).
     """
     if not steps:
         raise ValueError("nothing to time")
+    if timer == "cupti" and device.type != "cuda":
+        raise ValueError(f"--timer cupti times GPU kernels, and the device is {device}")
     common = dict(cache_state=cache_state, buffer_sets=buffer_sets, working_set_bytes=working_set_bytes,
                   l2_bytes=l2_bytes(device))
     with context():
@@ -167,7 +181,7 @@ def measure(steps: Sequence[Step], *, device: torch.device, repeats: int, warmup
             finally:
                 torch.set_num_threads(threads)
         return _measure_cuda(list(steps), device, repeats, warmup_iters, min_rounds, noise_target, use_graph,
-                             common, sample, delay_fraction, delay_s)
+                             common, sample, delay_fraction, delay_s, timer)
 
 
 def calls_for_round(rotation_s: float, steps: int, target_s: float = ROUND_TARGET_S) -> int:
@@ -220,7 +234,8 @@ def _measure_host(steps: list[Step], repeats: int, warmup: int, min_rounds: int,
 def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup: int, min_rounds: int,
                   noise_target: float, use_graph: bool, common: dict[str, Any],
                   sample: Callable[[], Any] | None = None, delay_fraction: float = 0.0,
-                  delay_s: float | None = None) -> Timing:
+                  delay_s: float | None = None, timer: str = "events") -> Timing:
+    collector = kernel_activity.Collector() if timer == "cupti" else None  # cupti-python missing: said before work
     with torch.cuda.device(device):
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -280,22 +295,36 @@ def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup:
                 cycles *= delay_s / added
 
         readings: list[Any] = []
+        event_samples: list[float] = []
+        kernels: tuple[str, ...] | None = None  # under CUPTI, the kernels a round launches (the reference round's)
 
         def one_round() -> float:
+            nonlocal kernels
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin = collector.timestamp() if collector is not None else 0
             start.record()
             run()
             end.record()
             if sample is not None:
                 readings.append(sample())  # the replay is queued: this reads the clocks while it runs
             end.synchronize()
-            return start.elapsed_time(end) / 1e3 / calls
+            event_s = start.elapsed_time(end) / 1e3 / calls
+            if collector is None:
+                return event_s
+            spans, kernels = kernel_activity.round_spans(collector.take(), [(begin, collector.timestamp())], kernels)
+            event_samples.append(event_s)
+            return spans[0] / calls
 
         warmup = warmup_rounds_for(rotation_s * inner, warmup)
-        samples, stopped = _run_rounds(one_round, repeats, warmup, min_rounds, noise_target)
+        with collector if collector is not None else nullcontext():
+            if collector is not None:
+                one_round()  # the reference round: it fixes the kernels every later round must launch
+                del readings[:], event_samples[:]
+            samples, stopped = _run_rounds(one_round, repeats, warmup, min_rounds, noise_target)
     return Timing(samples, mode, calls, warmup, stopped, capture_error=capture_error,
                   estimated_call_s=rotation_s / len(steps), round_target_s=ROUND_TARGET_S,
                   round_samples=readings[warmup:], injected_delay_s=delay_s or None,
+                  timer=timer if collector is not None else None, event_samples=event_samples[warmup:],
                   **common)  # the timed rounds' readings only
 
 

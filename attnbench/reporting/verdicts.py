@@ -234,7 +234,10 @@ def compare_runs(baselines: Sequence[Sequence[CaseOutcome]], new: Sequence[CaseO
                                                                         ("new", _clocks(result)))
                               if c is not None and c.throttled)
         injected = _injected(result)
-        note = "; ".join(n for n in (note, throttled, injected) if n) or None
+        other_timer = _other_timer(base, result)
+        if other_timer is not None:  # CUPTI's kernel span leaves out what the events count: not the same number
+            verdict = UNSURE
+        note = "; ".join(n for n in (other_timer, note, throttled, injected) if n) or None
         verdicts.append(Verdict(label, verdict, ratio, lo, hi, method, base.median,
                                 result.median, base.times.rounds, result.times.rounds, matched_by, note, key,
                                 threshold))
@@ -447,6 +450,13 @@ def _pooled(bases: Sequence[CaseOutcome]) -> CaseOutcome:
     if not samples:
         return bases[0]
     return dataclasses.replace(bases[0], times=Times.of(samples))
+
+
+def _other_timer(base: CaseOutcome, result: CaseOutcome) -> str | None:
+    """Why two timings are not comparable when one is CUPTI's kernel span and the other is not (None: they are)."""
+    if base.timer is None or result.timer is None or ("cupti" in base.timer) == ("cupti" in result.timer):
+        return None
+    return f"baseline timed by {base.timer}, new by {result.timer}: not comparable, so never SLOWER or FASTER"
 
 
 def _injected(result: CaseOutcome) -> str | None:

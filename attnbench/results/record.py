@@ -33,6 +33,8 @@ SCHEMA = 2  # this record (1, a flat extra_info of 2026-11, is no longer read: t
 # pytest-benchmark's "timer" for each timing mode: what the stored numbers measured
 TIMER_NAMES = {"cuda-graph": "cuda_events(cuda_graph_replay)", "cuda-events": "cuda_events(eager)",
                "host": "time.perf_counter"}
+# ... and under --timer cupti (timing.timer "cupti"): CUPTI's first-kernel-start to last-kernel-end
+CUPTI_TIMER_NAMES = {"cuda-graph": "cupti_kernel_span(cuda_graph_replay)", "cuda-events": "cupti_kernel_span(eager)"}
 
 
 class RecordError(ValueError):
@@ -344,7 +346,8 @@ class TimingSummary:
                                        "round_target_s": "number", "rounds": "int", "rel_noise": "number",
                                        "rel_stderr": "number", "samples": "numbers", "cache_state": "str",
                                        "time_unit": "str", "placement_rounds": "ints", "placement_medians": "numbers",
-                                       "injected_delay_s": "number", "spread_pct": "number"}
+                                       "injected_delay_s": "number", "spread_pct": "number", "timer": "str",
+                                       "events_median_s": "number"}
     mode: str  # "cuda-graph", "cuda-events", "host" or "none" (not timed)
     calls_per_round: int = 0
     warmup_rounds: int = 0
@@ -366,10 +369,13 @@ class TimingSummary:
     placement_medians: tuple[float, ...] = ()  # each placement's median round (seconds), in placement order
     injected_delay_s: float | None = None  # --inject-delay's spin per call (testing the gate); None = none
     spread_pct: float | None = None  # the rounds' 10th to 90th percentile in % of their median (None: < 5 rounds)
+    timer: str | None = None  # "cupti": the samples are CUPTI's kernel spans; None: the mode's clock (events, host)
+    events_median_s: float | None = None  # under "cupti": the CUDA events' median of the same rounds, per call
 
     @property
     def timer_name(self) -> str:
-        return TIMER_NAMES.get(self.mode, self.mode)
+        names = CUPTI_TIMER_NAMES if self.timer == "cupti" else TIMER_NAMES
+        return names.get(self.mode, self.mode)
 
     @property
     def unstable(self) -> bool:

@@ -310,6 +310,11 @@ OPTIONS: tuple[Option, ...] = (
     _run("inject_delay", float, 0.0, "test the regression gate: spin F x the case's own time after every timed "
          "call (0.03: three percent slower); recorded in the case's timing", upstream=False, metavar="F",
          check=at_least(0, hi=10), examples=(0.0, 0.03)),
+    # the GPU timer: CUDA events around each round, or CUPTI's kernel records (measure/kernel_activity.py)
+    _run("timer", str, "events", "how a GPU round is timed: events (CUDA events around the graph replay) or cupti "
+         "(CUPTI's kernel records, first kernel's start to last kernel's end; needs cupti-python; fails closed "
+         "on any kernel it cannot account for); the record names it", upstream=False,
+         choices=("events", "cupti"), examples=("cupti", "events")),
     # the timed region is an axis (one case per region); layer keeps the historic test ids
     Option("timed_region", str, "what one timed call is: layer (vLLM's layer step: KV-cache write + attention, "
            "MLA projections included) or attention (the backend's attention call alone on an already written cache)",

@@ -55,6 +55,7 @@ class RunSettings:
     noise_target: float = _D["noise_target"]  # stop early once the mean's relative standard error is below this
     placements: int = _D["placements"]  # allocations of the buffers a case is timed on (rounds split between them)
     inject_delay: float = _D["inject_delay"]  # test-only: spin this fraction of a call's time after each call
+    timer: Literal["events", "cupti"] = _D["timer"]  # how a GPU round is timed (measure/timing.py)
     min_rounds: int = 10  # not an option: the fewest rounds before noise_target may stop timing
     seed: int = _D["seed"]
     kernel_profile: bool = _D["kernel_profile"]  # one torch.profiler pass per GPU case: kernel durations and roles
@@ -471,7 +472,12 @@ def build_study(yaml_fields: dict[str, Any] | None, cli: dict[str, Any]) -> Stud
     if unused_scales:
         notes.setdefault("kv_scales", []).append(unused_scales)
     fields_["notes"] = tuple(n for group in notes.values() for n in group)
-    return Study(**fields_, model=parts["model"], run=RunSettings(**parts["run"]))
+    run = RunSettings(**parts["run"])
+    if run.timer == "cupti" and run.device == "cpu":
+        origin = "--timer" if options.given(cli, options.BY_NAME["timer"]) is not None else "key 'timer'"
+        raise StudyError(f"{origin} cupti: CUPTI times GPU kernels, and the device is cpu (time it with "
+                         f"--timer events, or run on a GPU)")
+    return Study(**fields_, model=parts["model"], run=run)
 
 
 def _unused_kv_scales(parts: dict[str, dict[str, Any]], sweeps: Sequence[Sweep], cli: dict[str, Any]) -> str | None:
