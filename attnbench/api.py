@@ -172,7 +172,8 @@ def run_mla_benchmark(backend: str, config: BenchmarkConfig, num_kv_splits: int 
     """Time one MLA case; the optional knobs force CUTLASS_MLA's split count or the builder's threshold."""
     _require_config(config)  # before its fields are copied below
     params = {}
-    for name, value, least in ((NUM_KV_SPLITS, num_kv_splits, 1), (REORDER_BATCH_THRESHOLD, reorder_batch_threshold, 0)):
+    knobs = ((NUM_KV_SPLITS, num_kv_splits, 1), (REORDER_BATCH_THRESHOLD, reorder_batch_threshold, 0))
+    for name, value, least in knobs:
         if value is None:
             continue
         try:  # the rule a swept knob value has on the command line and in YAML

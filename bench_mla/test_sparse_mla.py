@@ -3,7 +3,8 @@ step per sparse backend x batch spec x top-k pattern, the indices written by a m
 
 Opt-in (the study names a sparse backend or a top-k pattern):
 
-    pytest bench_mla --backends flashmla_sparse --collect-only -q   # test_sparse_mla[FLASHMLA_SPARSE-64q1s8k-topk=random]
+    pytest bench_mla --backends flashmla_sparse --collect-only -q
+    # test_sparse_mla[FLASHMLA_SPARSE-64q1s8k-topk=random] ...
     pytest bench_mla --bench-config configs/sparse_mla.yaml
     pytest bench_mla --bench-config configs/mha_vs_mqa.yaml   # dense MHA vs top-k MQA for sparse prefill rows
 """

@@ -1,4 +1,5 @@
-"""The axis table (attnbench/spec/axes.py): what it declares is what the parametrization, the ids and the case point do."""
+"""The axis table (attnbench/spec/axes.py): what it declares is what the parametrization, the ids and the case
+point do."""
 
 from __future__ import annotations
 

@@ -616,8 +616,8 @@ def test_collection_usage_errors_reach_the_user_under_xdist(tmp_path, args, toke
     proc = run_pytest(str(ROOT / "bench_attention"), "--device", "cpu", "-n", "2", "-p", "no:cacheprovider", *args,
                       cwd=tmp_path)
     assert proc.returncode == 4, proc.stdout + proc.stderr
-    assert [line for line in proc.stderr.splitlines() if line.strip()] == [f"ERROR: {line}" for line in
-                                                                            [proc.stderr.split("ERROR: ", 1)[1].strip()]]
+    message = proc.stderr.split("ERROR: ", 1)[1].strip()
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [f"ERROR: {message}"]
     assert token in proc.stderr
 
 

@@ -396,7 +396,8 @@ def test_a_malformed_not_timed_block_is_one_error_naming_the_file(tmp_path):
 
     path = tmp_path / "b.json"
     path.write_text(_json.dumps({"benchmarks": [], "machine_info": {}, "attnbench": {
-        "schema": 3, "not_timed": [{"status": "skipped", "reason": "r", "cases": ["t[a]"], "keys": [{"backend": 3}]}]}}))
+        "schema": 3,
+        "not_timed": [{"status": "skipped", "reason": "r", "cases": ["t[a]"], "keys": [{"backend": 3}]}]}}))
     with pytest.raises(ResultsFileError, match=r"b\.json: attnbench\.not_timed\[0\]\.keys"):
         load_results(path, allow_empty=True)
     path.write_text(_json.dumps({"benchmarks": [], "attnbench": {"schema": 3, "not_timed": [

@@ -66,8 +66,9 @@ def test_the_reference_reads_the_stored_fp8_values_times_their_scales():
     assert buf.key_cache.dtype == torch.float8_e4m3fn and buf.k_scale != 1.0 and buf.v_scale != 1.0
     got = buffers.attention_oracle(buf, layout, 0.25)()
     fmt = buf.kv_format
-    decoded = paged_attention(buf.query, fmt.decode(buf.key_cache, buf.k_scale), fmt.decode(buf.value_cache, buf.v_scale),
-                              layout.block_table, layout.query_lens, layout.kv_lens, 0.25)
+    decoded = paged_attention(buf.query, fmt.decode(buf.key_cache, buf.k_scale),
+                              fmt.decode(buf.value_cache, buf.v_scale), layout.block_table, layout.query_lens,
+                              layout.kv_lens, 0.25)
     assert torch.equal(got, decoded)
     # and not the stored elements alone: the scales matter
     unscaled = paged_attention(buf.query, buf.key_cache, buf.value_cache, layout.block_table, layout.query_lens,

@@ -149,10 +149,10 @@ def test_mixed_batch_bound_per_phase():
 # ---------------------------------------------------------------------------------------------- MLA
 # The timed step is vLLM's MLAAttention forward. Compulsory I/O is the layer's inputs and outputs only:
 # q at qk = nope + rope per head, the new tokens' 576-wide latent read and written to the cache, the
-# latent cache read once (whole pages; the prefill path reads only the context, kv - q), the output at H x v. Decode path = q absorption bmm with W_UK,
-# MQA over the 576-wide latent, V up-projection bmm with W_UV. Prefill path = kv_b_proj up-projection
-# of every latent, then MHA over qk 192 / v 128. Weights (H x (nope + v) x rank elements) once per call
-# per pipeline, never per request. Expectations are written out by hand from those definitions.
+# latent cache read once (whole pages; the prefill path reads only the context, kv - q), the output at H x v.
+# Decode path = q absorption bmm with W_UK, MQA over the 576-wide latent, V up-projection bmm with W_UV.
+# Prefill path = kv_b_proj up-projection of every latent, then MHA over qk 192 / v 128. Weights
+# (H x (nope + v) x rank elements) once per call per pipeline, never per request. Expectations are written out by hand from those definitions.
 
 MLA = MLAShape(num_q_heads=16, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
                block_size=64)
@@ -501,8 +501,9 @@ def test_attention_region_of_standard_attention_drops_exactly_the_cache_write():
     assert attention.sequential_floor_s == attention.overlap_floor_s
     assert attention.pct_of_peak == attention.pct_of_peak_overlap
     for req in reqs:
-        assert (metrics.request_work(req, shape).bytes - metrics.request_work(req, shape, timed_region="attention").bytes
-                == E * req.q_len * 8 * 256 * 2)
+        layer_bytes = metrics.request_work(req, shape).bytes
+        attention_bytes = metrics.request_work(req, shape, timed_region="attention").bytes
+        assert layer_bytes - attention_bytes == E * req.q_len * 8 * 256 * 2
 
 
 def test_attention_region_of_a_tiny_call_by_hand():

@@ -96,7 +96,8 @@ def test_flight_recorder_names_the_case_that_was_running(tmp_path: Path):
     story = read_flight_recorder(tmp_path, "gw3")
     assert story.current == "b" and story.record == {"backend": "Y"}
     cause = story.cause("killed by SIGABRT")
-    assert cause == "RuntimeError: CUDA error: unspecified launch failure; Fatal Python error: Aborted; killed by SIGABRT"
+    assert cause == ("RuntimeError: CUDA error: unspecified launch failure; Fatal Python error: Aborted; "
+                     "killed by SIGABRT")
     assert read_flight_recorder(tmp_path, "gw9").current is None
 
 
@@ -140,7 +141,8 @@ def test_n2_gives_the_serial_runs_cases_with_numbers_in_every_output(tmp_path: P
         # (CPU host timings of two workers on a shared 2-core box say nothing about noise; the GPU
         # comparison of serial and --gpus runs is in README, measured on the H200)
         assert b["stats"]["median"] > 0
-    assert sorted(p.name for p in storage.rglob("*.json")) == ["0001_serial.json", "0002_xdist.json"]  # workers save nothing
+    # workers save nothing
+    assert sorted(p.name for p in storage.rglob("*.json")) == ["0001_serial.json", "0002_xdist.json"]
     rows_one = json.loads((tmp_path / "serial_out.json").read_text())["results"]
     rows_two = json.loads((tmp_path / "xdist_out.json").read_text())["results"]
     key = lambda r: (r["backend"], r["batch_spec"])  # noqa: E731

@@ -174,8 +174,9 @@ def test_reference_reads_an_fp8_ds_mla_cache_as_its_dequantised_latents():
     buf.kv_cache = sparse_mla.fill_ds_mla_(cache, plain)
     indices = sparse_mla.batch_topk("random", reqs, 128, 0)
     from_fp8 = _sparse(buf, layout, weight, indices, shape)
-    assert (from_fp8 - _sparse(buf.__class__(buf.q, buf.kv_c, buf.k_pe, plain, buf.output, buf.kv_format), layout, weight,
-                               indices, shape)).abs().max() > 0  # fp8 rounding shows: the entry was decoded
+    from_plain = _sparse(buf.__class__(buf.q, buf.kv_c, buf.k_pe, plain, buf.output, buf.kv_format), layout, weight,
+                         indices, shape)
+    assert (from_fp8 - from_plain).abs().max() > 0  # fp8 rounding shows: the entry was decoded
     buf.kv_cache = sparse_mla.ds_mla_dequantize(cache)
     torch.testing.assert_close(from_fp8, _sparse(buf, layout, weight, indices, shape))
 
@@ -362,7 +363,8 @@ def test_sparse_cases_skip_with_a_reason_without_a_gpu(tmp_path):
 
 
 @pytest.mark.parametrize("args, token", [
-    ([BENCH_MLA, "--topk-pattern", "strided"], "--topk-pattern: must be random, prefix or sliding_window, got 'strided'"),
+    ([BENCH_MLA, "--topk-pattern", "strided"],
+     "--topk-pattern: must be random, prefix or sliding_window, got 'strided'"),
     ([f"{BENCH_MLA}/test_mla.py", "--backends", "flashmla_sparse"],
      "FLASHMLA_SPARSE runs sparse MLA only: test_sparse_mla runs it"),
     ([f"{BENCH_MLA}/test_sparse_mla.py", "--backends", "flashmla", "--topk-pattern", "random"],

@@ -214,7 +214,8 @@ def test_a_case_carries_each_swept_value_typed() -> None:
     cutlass = registry.lookup("CUTLASS_MLA", "mla")
     case = compose_case(study, registry.lookup("REFERENCE", "attention"), "q1s1k", (2, 64, "fp8"))
     key = case.key()
-    assert key.sweep == (SweptValue("num_kv_splits", 2), SweptValue("head_dim", 64), SweptValue("kv_cache_dtype", "fp8"))
+    assert key.sweep == (SweptValue("num_kv_splits", 2), SweptValue("head_dim", 64),
+                         SweptValue("kv_cache_dtype", "fp8"))
     assert (key.shape["head_dim"], key.shape["kv_cache_dtype"]) == (64, "fp8")
     assert key.variant == "num_kv_splits=2 head_dim=64 kv_cache_dtype=fp8"
     assert case.unsupported_sweep == "REFERENCE has no num_kv_splits knob in vLLM 0.26.0"  # the knob rule, per case
@@ -335,10 +336,11 @@ def test_bad_sweeps_are_one_usage_error_before_anything_runs(pytester, args, tok
 
 def test_the_product_round_trips_through_every_results_file_and_compare(pytester) -> None:
     storage = pytester.path / "storage"
-    common = [BENCH_ATTENTION, *CPU, "--num-q-heads", "8", "--batch-specs", "q1s128", *TWO_SWEEPS, "--sweep-param", "num_kv_splits",
-              "--sweep-values", "auto", "2", f"--benchmark-storage=file://{storage}", "-rs"]
-    first = run(pytester, *common, "--benchmark-save=base", "--benchmark-json=first.json", "--output-json=first.out.json",
-                "--output-csv=first.csv")
+    common = [BENCH_ATTENTION, *CPU, "--num-q-heads", "8", "--batch-specs", "q1s128", *TWO_SWEEPS,
+              "--sweep-param", "num_kv_splits", "--sweep-values", "auto", "2", f"--benchmark-storage=file://{storage}",
+              "-rs"]
+    first = run(pytester, *common, "--benchmark-save=base", "--benchmark-json=first.json",
+                "--output-json=first.out.json", "--output-csv=first.csv")
     assert first.ret == 0, "\n".join(first.outlines[-30:] + first.errlines)
     first.assert_outcomes(passed=4, skipped=4)  # num_kv_splits=2: REFERENCE has no such knob, the existing rule
     assert any(line.startswith("SKIPPED") and "REFERENCE has no num_kv_splits knob" in line for line in first.outlines)

@@ -165,7 +165,8 @@ def test_scheduler_order_properties(shapes, threshold):
 
 def test_scheduler_order_matches_vllm_swap_cycles():
     """vLLM's own interleaved example: regions [prefill, decode, extend, decode] -> rows [3, 1, 2, 0]."""
-    prefill, decode_a, extend, decode_b = BatchRequest(8, 8), BatchRequest(1, 9), BatchRequest(8, 30), BatchRequest(1, 20)
+    prefill, decode_a = BatchRequest(8, 8), BatchRequest(1, 9)
+    extend, decode_b = BatchRequest(8, 30), BatchRequest(1, 20)
     assert scheduler_order([prefill, decode_a, extend, decode_b], 4) == [decode_b, decode_a, extend, prefill]
 
 

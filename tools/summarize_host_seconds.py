@@ -18,11 +18,13 @@ def summarize(path: str) -> str:
     gpu = [b["stats"]["mean"] * b["stats"]["rounds"] * b["extra_info"]["timing"]["calls_per_round"] for b in benchmarks]
     total = [h["total"] for h in host]
     phases = ", ".join(f"{k} {sum(h.get(k, 0) for h in host):.1f}s" for k in ("setup", "verify", "timing", "profile"))
-    beyond = [t - g for b, t, g in zip(benchmarks[1:], total[1:], gpu[1:]) if b["extra_info"].get("pipeline") != "prefill"]
+    beyond = [t - g for b, t, g in zip(benchmarks[1:], total[1:], gpu[1:])
+              if b["extra_info"].get("pipeline") != "prefill"]
     line = (f"{path}: {len(benchmarks)} timed; host total {sum(total):.1f}s (first case {total[0]:.1f}s); {phases}; "
             f"timed GPU {sum(gpu):.1f}s")
     if beyond:
-        line += (f"; host beyond timed GPU per non-prefill case after the first: median {statistics.median(beyond):.3f}s,"
+        line += (f"; host beyond timed GPU per non-prefill case after the first: "
+                 f"median {statistics.median(beyond):.3f}s,"
                  f" p90 {sorted(beyond)[int(0.9 * len(beyond))]:.3f}s")
     gpus = sorted({json.dumps(b["extra_info"].get("gpu"), sort_keys=True) for b in benchmarks})
     return line + "\n   GPUs: " + "; ".join(gpus)

@@ -352,7 +352,8 @@ class BenchmarkView:
     samples: list[float] = field(default_factory=list)
 
     @classmethod
-    def of(cls, benchmark: Any, samples: Sequence[float], mode: str, rounds: int, warmup_rounds: int) -> "BenchmarkView":
+    def of(cls, benchmark: Any, samples: Sequence[float], mode: str, rounds: int,
+           warmup_rounds: int) -> "BenchmarkView":
         options = {"disable_gc": False, "timer": TIMER_NAMES.get(mode, mode), "min_rounds": rounds,
                    "max_time": 0.0, "min_time": 0.0, "warmup": warmup_rounds}
         return cls(benchmark.name, benchmark.fullname, benchmark.group, benchmark.param,

@@ -74,8 +74,8 @@ def case_key(item: pytest.Item) -> CaseKey | None:
 
 def curve_points(specs: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], tuple[Curve, int]]:
     """(family, backend, spec) -> (curve, q). A curve is (family, backend, batch size, kv length), as in
-    ``reporting.analysis.crossover_table``: kv is None when it varies with q, and splits the curve only where one batch size
-    holds the same q at several kv lengths."""
+    ``reporting.analysis.crossover_table``: kv is None when it varies with q, and splits the curve only where one
+    batch size holds the same q at several kv lengths."""
     stats: dict[tuple[str, str, str], tuple[int, int, int]] = {}
     for family, backend, spec in set(specs):
         s = get_batch_stats(parse_batch_spec(spec))
@@ -296,7 +296,8 @@ class CrossoverSearch:
                 level: int | None) -> None:
         assert self.state is not None
         self.state.tell(curve, q, pipeline, m.seconds, m.rel_stderr, m.status)
-        self.log.append({"kind": "result", "curve": list(curve), "q": q, "pipeline": pipeline,  # type: ignore[call-overload]
+        self.log.append({"kind": "result", "curve": list(curve), "q": q,  # type: ignore[call-overload]
+                         "pipeline": pipeline,
                          "seconds": m.seconds, "rel_stderr": m.rel_stderr, "status": m.status,
                          "level": level, "reason": reason,
                          "default": default})

@@ -88,7 +88,8 @@ def crossover_table(results: Iterable[CaseOutcome]) -> list[Crossover]:
     by_group: dict[tuple, dict[tuple[int, int], dict[str, CaseOutcome]]] = defaultdict(lambda: defaultdict(dict))
     for r in results:
         if r.key.pipeline in ("decode", "prefill") and r.timed:
-            by_group[(r.key.study, r.key.family, r.key.backend, r.key.batch_size)][(r.key.q_len, r.key.kv_len)][r.key.pipeline] = r
+            group = by_group[(r.key.study, r.key.family, r.key.backend, r.key.batch_size)]
+            group[(r.key.q_len, r.key.kv_len)][r.key.pipeline] = r
     rows: list[Crossover] = []
     for (study, family, backend, batch_size), points in by_group.items():
         both = {qk: t for qk, t in points.items() if len(t) == 2}

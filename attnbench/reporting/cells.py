@@ -3,8 +3,9 @@
 Ordering: batch specs by size (``CaseKey.size_key``), sweep values with the backend default
 first (points of several swept parameters value by value), backends in the order the results name them.
 A sweep's column is its point (``sweep_point``): the bare value of a single sweep, whose parameter the title
-names, or the values of several, shown "2 · 64" under a title naming "num_kv_splits × head_dim". Formatting: µs with significant digits (or the
-digits the measured noise supports), shares and changes as percentages, speed-ups, MiB.
+names, or the values of several, shown "2 · 64" under a title naming "num_kv_splits × head_dim". Formatting: µs
+with significant digits (or the digits the measured noise supports), shares and changes as percentages, speed-ups,
+MiB.
 """
 
 from __future__ import annotations

@@ -328,7 +328,8 @@ def _caption(group: Sequence[CaseOutcome]) -> str:
         marks += ("; K/V ZERO-FILLED (--kv-fill zeros): not representative of a model's cache, and the "
                   "verification cannot catch wrong attention weights")
     on_gpu = bool(first.key.device) and str(first.key.device).startswith("cuda")
-    cache = (f"{first.key.cache_state} L2" if on_gpu else "L2 not controlled (host timer)") if first.key.cache_state else ""
+    cache = ((f"{first.key.cache_state} L2" if on_gpu else "L2 not controlled (host timer)")
+             if first.key.cache_state else "")
     where = ", ".join(p for p in (f"device {first.key.device}" if first.key.device else "", cache) if p)
     return ". ".join(p for p in (f"{shape}; {where}" if shape and where else shape or where, unit, marks) if p) + "."
 

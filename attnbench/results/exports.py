@@ -1,13 +1,13 @@
 """Files of results: CSV and JSON exports, the append-only journal, and loading any of them back.
 
 * The CSV and JSON exports (written by ``reporting.formatter.ResultsFormatter``, upstream attention_benchmarks'
-  interface) keep upstream's column / key names (``backend, batch_spec, num_layers, mean_time, std_time, throughput, memory_mb``
-  lead the CSV; JSON records carry ``config`` and ``throughput_tokens_per_sec``); more
+  interface) keep upstream's column / key names (``backend, batch_spec, num_layers, mean_time, std_time,
+  throughput, memory_mb`` lead the CSV; JSON records carry ``config`` and ``throughput_tokens_per_sec``); more
   columns follow. A swept parameter has a column of its own, ``sweep.<param>`` (``sweep.num_kv_splits``,
   ``sweep.kv_cache_dtype``), one per parameter any row sweeps, after the fixed columns; ``sweep_param`` /
   ``sweep_value`` keep naming the one swept parameter of a single sweep, as they always did, and are empty on the
-  rows of a case of several (JSON rows carry those in ``sweeps``: ``record.CaseKey``). The JSON is ``{"schema", "created", "machine_info", "results": [...]}``, each result a
-  ``CaseOutcome.to_json`` row.
+  rows of a case of several (JSON rows carry those in ``sweeps``: ``record.CaseKey``). The JSON is
+  ``{"schema", "created", "machine_info", "results": [...]}``, each result a ``CaseOutcome.to_json`` row.
 * ``Journal`` appends one such row per finished case, a JSON line, and fsyncs it, so a crash mid-study
   loses nothing already measured; the final CSV/JSON are written from it.
 * ``load_results`` reads any of: a journal (JSON lines), this module's JSON, upstream's JSON

@@ -200,8 +200,8 @@ class CaseOutcome:
             key = record.key
         else:
             key = CaseKey.from_json(key_json)
-        times = Times.of(samples) if samples else summary_times(row, ("mean_time", "median_time", "std_time", "min_time",
-                                                          "max_time", "iqr_time", "rounds"))
+        times = Times.of(samples) if samples else summary_times(
+            row, ("mean_time", "median_time", "std_time", "min_time", "max_time", "iqr_time", "rounds"))
         return cls(key, row.get("status") or PASSED, row.get("error"), record, times, row.get("fullname"),
                    row.get("timer"))
 

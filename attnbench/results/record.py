@@ -102,7 +102,8 @@ def _part(cls: type, data: Any, where: str) -> Any:
             require(is_finite(value), f"{label} is {show(value)}, expected a finite number")
             values[name] = value
         elif kind == "int":
-            require(isinstance(value, int) and not isinstance(value, bool), f"{label} is {show(value)}, expected an integer")
+            require(isinstance(value, int) and not isinstance(value, bool),
+                    f"{label} is {show(value)}, expected an integer")
             values[name] = value
         elif kind == "str":
             require(isinstance(value, str), f"{label} is {show(value)}, expected a string")
@@ -427,7 +428,8 @@ class Verification:
 
     def summary(self) -> str:
         parts = [f"rel_error={self.rel_error:.3e} (tol {self.rel_tol:.0e})" if self.rel_error is not None else "",
-                 f"max_abs_error={self.max_abs_error:.3e} (tol {self.abs_tol:.3e})" if self.max_abs_error is not None else "",
+                 f"max_abs_error={self.max_abs_error:.3e} (tol {self.abs_tol:.3e})"
+                 if self.max_abs_error is not None else "",
                  f"{self.nonfinite} NaN/inf, first at {self.first_nonfinite}" if self.nonfinite else "",
                  f"cache write: {self.cache_problem}" if self.cache_problem else "",
                  f"worst request #{self.worst_requests[0]}: rel_error={self.worst_request_rel_errors[0]:.3e}"

@@ -132,7 +132,8 @@ def canonical_name(name: str) -> str:
         if info is not None:
             return info.name
     raise UnknownBackendError(
-        f"unknown backend {name if len(name) <= 120 else name[:120] + '...'!r}; valid backends: {', '.join(all_names())} "
+        f"unknown backend {name if len(name) <= 120 else name[:120] + '...'!r}; "
+        f"valid backends: {', '.join(all_names())} "
         f"(lowercase aliases such as flash, triton, flashinfer, flashmla, flashattn_mla, cutlass_mla are accepted)"
     )
 

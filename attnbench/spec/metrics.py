@@ -97,8 +97,8 @@ QUERY_QUANT = "query_quant"  # the layer's fp8 quantisation of q before a quanti
 # int4_per_token_head's Hadamard rotations (vLLM's single_rht): of the new K and V before the cache write, of q
 # before the attention kernel and of its output after it; each reads and writes its tensor in the model dtype
 KV_ROTATION = "kv_rotation"
-KERNEL_GROUPS = (CACHE_WRITE, QUERY_QUANT, KV_ROTATION, ATTENTION, "decode_q_absorb", "decode_q_quant", "decode_attention",
-                 "decode_v_up", "prefill_kv_up", "prefill_attention")
+KERNEL_GROUPS = (CACHE_WRITE, QUERY_QUANT, KV_ROTATION, ATTENTION, "decode_q_absorb", "decode_q_quant",
+                 "decode_attention", "decode_v_up", "prefill_kv_up", "prefill_attention")
 FP8_BYTES = 1
 # The per-phase bound label lists phases in batch order (vLLM's builders put decodes first).
 LABEL_ORDER = ("decode", "extend", "prefill")
@@ -141,7 +141,8 @@ class SparseSelection:
     entry_bytes: int  # one latent cache entry: (rank + rope) x element size, or 656 for fp8_ds_mla
 
 
-def sparse_mqa_groups(req: BatchRequest, shape: MLAShape, selection: SparseSelection, layer: bool) -> dict[str, WorkCount]:
+def sparse_mqa_groups(req: BatchRequest, shape: MLAShape, selection: SparseSelection,
+                      layer: bool) -> dict[str, WorkCount]:
     """The MQA pipeline's attention group of a sparse request: the dense decode path's formulas with the
     selected pairs and selected rows in place of the causal pairs and the whole paged context."""
     e, hq, latent, rank, rope = (shape.elem_bytes, shape.num_q_heads, shape.head_dim, shape.kv_lora_rank,
@@ -185,9 +186,9 @@ def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
     sparse MLA request's top-k selection (its MQA-pipeline rows attend only those keys).
 
     The cache's bytes are its stored entries' (``shape.kv_entry_bytes``: one byte per element for fp8, plus the
-    inline scale for a per-(token, head) format; MLA: ``shape.kv_elem_bytes`` per latent element). ``quantized_query``: the
-    attention kernel reads q as fp8, which the layer step quantises first (its own group, or for MLA decode
-    the absorbed q's concat-and-quantise); the attention region finds it quantised."""
+    inline scale for a per-(token, head) format; MLA: ``shape.kv_elem_bytes`` per latent element).
+    ``quantized_query``: the attention kernel reads q as fp8, which the layer step quantises first (its own group, or
+    for MLA decode the absorbed q's concat-and-quantise); the attention region finds it quantised."""
     _check_region(timed_region)
     layer = timed_region == "layer"
     e, c = shape.elem_bytes, shape.kv_elem_bytes
@@ -321,7 +322,8 @@ def phase_work(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Sequen
 
 def kernel_groups(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Sequence[str] | None = None,
                   attention_paths: Sequence[str] | None = None, *, timed_region: str = "layer",
-                  quantized_query: bool = False, sparse: Sequence[SparseSelection] | None = None) -> dict[str, WorkCount]:
+                  quantized_query: bool = False, sparse: Sequence[SparseSelection] | None = None
+                  ) -> dict[str, WorkCount]:
     """WorkCount per kernel group (``KERNEL_GROUPS`` order, empty groups left out): the partition of the call's
     work over the kernels that run one after another. MLA weights go to the GEMMs of each pipeline used.
 
@@ -365,7 +367,8 @@ def sequential_floor_seconds(groups: Mapping[str, WorkCount], peak_flops: float 
     return sum(max(w.flops / peak_flops, w.bytes / peak_bytes_per_s) for w in groups.values())
 
 
-def bound_label(phases: Mapping[str, WorkCount], peak_flops: float | None, peak_bytes_per_s: float | None) -> str | None:
+def bound_label(phases: Mapping[str, WorkCount], peak_flops: float | None,
+                peak_bytes_per_s: float | None) -> str | None:
     """"memory" / "compute" for a one-phase call; per phase for a mixed one, e.g. "decode:mem+prefill:comp"."""
     present = [p for p in LABEL_ORDER if p in phases]
     if not present or not peak_flops or not peak_bytes_per_s:

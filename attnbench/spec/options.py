@@ -319,7 +319,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("timed_region", str, "what one timed call is: layer (vLLM's layer step: KV-cache write + attention, "
            "MLA projections included) or attention (the backend's attention call alone on an already written cache)",
            flags=("--timed-region",), yaml=("timed_region", "benchmark.timed_region"), default=("layer",),
-           many=True, lone=True, metavar="layer|attention", check=_regions, examples=(["attention"], ["layer", "attention"])),
+           many=True, lone=True, metavar="layer|attention", check=_regions,
+           examples=(["attention"], ["layer", "attention"])),
     # sparse MLA's mock indexer: an axis (one case per pattern) of bench_mla's test_sparse_mla; upstream's YAML
     # spells one pattern as sparse_mla_topk_pattern. Unset: random, and sparse cases are collected only where the
     # study names a sparse backend or a pattern (plugin.sparse_opt_in)
@@ -334,7 +335,8 @@ OPTIONS: tuple[Option, ...] = (
          upstream=False, choices=KV_FILLS, examples=("zeros", "random")),
     _run("kv_scales", str, "calibrated", "a quantised (fp8) cache's per-tensor scales: calibrated (the layer's "
          "calc_kv_scales on the step's inputs, as vLLM's calculate_kv_scales sets q/k/v scales) or unit (1.0, vLLM's "
-         "default for a checkpoint without scales)", upstream=False, choices=KV_SCALES, examples=("unit", "calibrated")),
+         "default for a checkpoint without scales)", upstream=False, choices=KV_SCALES,
+         examples=("unit", "calibrated")),
     _run("profile_memory", bool, False, "record peak device memory per case", const=True, examples=(True, False)),
     _run("seed", int, 0, "seed for every random input", metavar="N", check=at_least(0), examples=(3, 7)),
     _run("kernel_profile", bool, True, "skip the per-case torch.profiler pass (kernel durations, attention share)",

@@ -96,7 +96,8 @@ class Study:
     notes: tuple[str, ...] = ()  # what was merged or dropped while resolving (repeated specs...), to show the user
 
     def backends_for(self, family: str) -> list[registry.BackendInfo]:
-        names = list(self.backends) if self.backends is not None else registry.default_backends(family)  # type: ignore[arg-type]
+        names = (list(self.backends) if self.backends is not None
+                 else registry.default_backends(family))  # type: ignore[arg-type]
         return registry.for_family(names, family)  # type: ignore[arg-type]
 
     def specs_for(self, family: str, limit: int | None = None, notes: list[str] | None = None,
@@ -111,7 +112,8 @@ class Study:
         where = f"{self.source or 'the study'}: key 'batch_sizes'"
         if limit is not None and len(specs) * len(self.batch_sizes) > limit:
             raise StudyError(f"{where}: {len(self.batch_sizes)} batch sizes x {len(specs)} batch specs = "
-                             f"{len(specs) * len(self.batch_sizes)} specs, more than the limit {limit}: split the study")
+                             f"{len(specs) * len(self.batch_sizes)} specs, more than the limit {limit}: "
+                             f"split the study")
         # decode_vs_prefill style: each spec describes one request group, repeated per batch size.
         out: dict[str, str] = {}  # the expanded spec -> what it came from, for the note on repeats
         repeats = []
@@ -300,7 +302,8 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
             _check(isinstance(value, dict), where, key, f"must be a mapping (valid keys: {', '.join(_SECTIONS[key])})")
             for sub, v in value.items():
                 spelled = f"{key}.{sub}"
-                _check(sub in _SECTIONS[key], where, spelled, f"unknown key (valid: {', '.join(sorted(_SECTIONS[key]))})")
+                _check(sub in _SECTIONS[key], where, spelled,
+                       f"unknown key (valid: {', '.join(sorted(_SECTIONS[key]))})")
                 take(spelled, v)
         elif key in options.BY_YAML:
             take(key, value)
@@ -327,8 +330,9 @@ def parse_study_dict(raw: dict[str, Any], where: str, default_name: str = "study
             _check(False, where, key, f"unknown key (valid: {', '.join(_TOP_KEYS)}, or a backend name)")
     if ranges:  # generated specs join the listed ones, after them; a batch in both is run once
         listed = out.get("batch_specs", ())
-        out["batch_specs"], note = unique_batches(listed + ranges, f"{where}: keys 'batch_specs' and "
-                                                  f"'batch_spec_ranges'" if listed else f"{where}: key 'batch_spec_ranges'")
+        origin = (f"{where}: keys 'batch_specs' and 'batch_spec_ranges'" if listed
+                  else f"{where}: key 'batch_spec_ranges'")
+        out["batch_specs"], note = unique_batches(listed + ranges, origin)
         if note and listed:
             notes.setdefault("batch_specs", []).append(note)
     problem = _mode_problem(out)

@@ -60,7 +60,8 @@ def write_model_config(folder: Path, shape: AttentionShape | MLAShape, indexer: 
               "tie_word_embeddings": False}
     if isinstance(shape, AttentionShape):
         cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-               "hidden_size": shape.num_q_heads * shape.head_dim, "intermediate_size": 4 * shape.num_q_heads * shape.head_dim,
+               "hidden_size": shape.num_q_heads * shape.head_dim,
+               "intermediate_size": 4 * shape.num_q_heads * shape.head_dim,
                "num_attention_heads": shape.num_q_heads, "num_key_value_heads": shape.num_kv_heads,
                "head_dim": shape.head_dim, **common}
     else:
@@ -281,7 +282,8 @@ class VllmLayerAdapter:
             if problems:
                 raise SkipCase(f"{name} in vLLM {VLLM_VERSION}: {', '.join(problems)} (head_size={shape.head_dim}, "
                                f"dtype={shape.dtype}, kv_cache_dtype={cache_dtype(shape)}, "
-                               f"block_size={shape.block_size}, SM{''.join(map(str, torch.cuda.get_device_capability(self.device)))})")
+                               f"block_size={shape.block_size}, "
+                               f"SM{''.join(map(str, torch.cuda.get_device_capability(self.device)))})")
             return
         if hasattr(cls, "supports_head_size") and not cls.supports_head_size(shape.head_dim):
             raise SkipCase(f"{name} does not support head size {shape.head_dim} in vLLM {VLLM_VERSION}")

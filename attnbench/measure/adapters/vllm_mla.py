@@ -58,7 +58,8 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
 
         shape = self.shape
         dtype = torch_dtype(shape.dtype)
-        kv_b_proj = ColumnParallelLinear(shape.kv_lora_rank, shape.num_q_heads * (shape.qk_nope_head_dim + shape.v_head_dim),
+        kv_b_proj = ColumnParallelLinear(shape.kv_lora_rank,
+                                         shape.num_q_heads * (shape.qk_nope_head_dim + shape.v_head_dim),
                                          bias=False, quant_config=None, params_dtype=dtype, disable_tp=True,
                                          prefix=f"model.layers.{index}.self_attn.kv_b_proj")
         weight = buffers.make_kv_b_proj_weight(shape, self.device, self.case.run.seed + 10_001 + index)
