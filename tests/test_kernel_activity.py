@@ -82,55 +82,102 @@ def test_without_cupti_python_the_timer_is_unavailable_with_how_to_get_it(monkey
         ka.Collector()
 
 
-def test_the_collector_hands_over_cuptis_kernel_records_and_leaves_cupti_as_it_found_it(monkeypatch):
-    calls = []
+class FakeCupti:
+    """Test-only stand-in for cupti-python's ``cupti`` module: a clock, and records that a flush delivers."""
 
-    class FakeCupti:  # test-only stand-in for cupti-python's module: records what the collector asks of it
-        class ActivityKind:
-            CONCURRENT_KERNEL, MEMCPY = 10, 1
+    class ActivityKind:
+        CONCURRENT_KERNEL, MEMCPY, MEMSET, RUNTIME = 10, 1, 2, 5
 
-        def activity_register_callbacks(self, requested, completed):
-            self.completed = completed
-            calls.append("register")
+    def __init__(self, refuse=None):
+        self.calls, self.pending, self.now, self.refuse = [], [], 1_000, refuse
 
-        def activity_enable(self, kind):
-            calls.append(("enable", kind))
+    def activity_register_callbacks(self, requested, completed):
+        self.completed = completed
+        self.calls.append("register")
 
-        def activity_disable(self, kind):
-            calls.append(("disable", kind))
+    def activity_enable(self, kind):
+        if kind == self.refuse:
+            raise RuntimeError("CUPTI_ERROR_NOT_INITIALIZED")
+        self.calls.append(("enable", kind))
 
-        def activity_flush_all(self, forced):
-            record = types.SimpleNamespace
-            self.completed([record(kind=10, name="k", start=5, end=9), record(kind=1, name="copy", start=1, end=2)])
-            calls.append("flush")
+    def activity_disable(self, kind):
+        self.calls.append(("disable", kind))
 
-        def finalize(self):
-            calls.append("finalize")
+    def activity_flush_all(self, forced):
+        delivered, self.pending = self.pending, []
+        self.completed(delivered)
 
-        def get_timestamp(self):
-            return 42
+    def finalize(self):
+        self.calls.append("finalize")
 
+    def get_timestamp(self):
+        self.now += 1_000
+        return self.now
+
+    def launch(self, *activities):
+        """Activities of a round that starts now: (kind, name, offset, duration) each, in ns."""
+        start = self.now + 1
+        self.now += 500
+        self.pending += [types.SimpleNamespace(kind=kind, name=name, start=start + at, end=start + at + took)
+                         for kind, name, at, took in activities]
+
+
+@pytest.fixture
+def fake_cupti(monkeypatch):
     module = types.ModuleType("cupti")
     module.cupti = FakeCupti()
     monkeypatch.setitem(sys.modules, "cupti", module)
+    return module.cupti
+
+
+K, COPY, SET = FakeCupti.ActivityKind.CONCURRENT_KERNEL, FakeCupti.ActivityKind.MEMCPY, FakeCupti.ActivityKind.MEMSET
+
+
+def test_a_collector_times_rounds_by_their_activities_and_holds_later_rounds_to_the_first(fake_cupti):
+    one_round = [(K, "cache_kernel", 0, 10), (SET, None, 12, 3), (K, "attention_kernel", 20, 100), (COPY, None, 130, 5)]
     with ka.Collector() as collector:
-        assert collector.timestamp() == 42
-        assert collector.take() == [KernelActivity("k", 5, 9)]  # kernels only; the memcpy is not a kernel
-        assert collector.take() == [KernelActivity("k", 5, 9)]  # each flush's records, once
-    assert calls[:2] == ["register", ("enable", 10)]
-    assert calls[-2:] == [("disable", 10), "finalize"]
+        first = collector.time_round(lambda: fake_cupti.launch(*one_round))
+        assert first == pytest.approx(135e-9)  # the memset and the trailing memcpy are part of the round
+        assert collector.expected == ("cache_kernel", "memset", "attention_kernel", "memcpy")
+        fake_cupti.launch((K, "verification_kernel", 0, 50))  # between rounds: not the round's
+        assert collector.time_round(lambda: fake_cupti.launch(*one_round)) == pytest.approx(135e-9)
+        with pytest.raises(ActivityError, match="^round 2: 1 kernel.s. missing .* first missing 'memcpy'"):
+            collector.time_round(lambda: fake_cupti.launch(*one_round[:3]))
+
+        def with_work_queued_before():  # a kernel that started before the round's first timestamp ends inside it
+            fake_cupti.launch(*one_round)
+            fake_cupti.pending.append(types.SimpleNamespace(kind=K, name="queued_before", start=fake_cupti.now - 2_000,
+                                                            end=fake_cupti.now - 400))
+
+        with pytest.raises(ActivityError, match="'queued_before' ran outside every timed round"):
+            collector.time_round(with_work_queued_before)
+    assert fake_cupti.calls[:4] == ["register", ("enable", K), ("enable", COPY), ("enable", SET)]
+    assert fake_cupti.calls[-4:] == [("disable", SET), ("disable", COPY), ("disable", K), "finalize"]
+
+
+def test_a_refused_enable_is_unavailable_and_disables_what_was_enabled(fake_cupti):
+    fake_cupti.refuse = FakeCupti.ActivityKind.MEMSET
+    with pytest.raises(ka.TimerUnavailable, match="CUPTI refused to record kernels: CUPTI_ERROR_NOT_INITIALIZED"):
+        with ka.Collector():
+            pass
+    assert fake_cupti.calls[-3:] == [("disable", COPY), ("disable", K), "finalize"]
 
 
 # ------------------------------------------------------------------ the option, the record and the gate
 
-def test_cupti_on_the_cpu_is_refused_before_any_work_naming_the_flag():
+def test_cupti_on_the_cpu_or_without_cupti_python_is_refused_before_any_work_naming_the_flag(monkeypatch):
+    from attnbench.spec import study
     from attnbench.spec.study import StudyError, build_study
 
+    monkeypatch.setattr(study, "cupti_missing", lambda: False)
     with pytest.raises(StudyError, match=r"^--timer cupti: CUPTI times GPU kernels, and the device is cpu"):
         build_study(None, {"device": "cpu", "timer": "cupti"})
     with pytest.raises(StudyError, match=r"^key 'timer' cupti"):
         build_study({"run": {"timer": "cupti"}}, {"device": "cpu"})
     assert build_study(None, {"timer": "cupti"}).run.timer == "cupti"  # on a GPU it is the study's timer
+    monkeypatch.setattr(study, "cupti_missing", lambda: True)
+    with pytest.raises(StudyError, match=r"^--timer cupti: needs cupti-python, which is not installed"):
+        build_study(None, {"timer": "cupti"})
 
 
 def test_the_record_names_the_cupti_timer_and_keeps_the_events_median_beside_it():
@@ -142,18 +189,38 @@ def test_the_record_names_the_cupti_timer_and_keeps_the_events_median_beside_it(
     assert TimingSummary("cuda-events", timer="cupti").timer_name == "cupti_kernel_span(eager)"
 
 
-def test_the_gate_never_calls_a_change_between_a_cupti_and_an_events_timing():
-    import dataclasses
+def _stored_entry(timing, seconds: float) -> dict:
+    """A case as pytest-benchmark stores it, through the shim that makes its entry (the timer name included)."""
+    import statistics
+    import types
 
-    from attnbench.reporting.verdicts import UNSURE, compare_results
-    from tests.factories import timed
+    from attnbench.pytest_plugin.bench_shim import BenchmarkView
+    from attnbench.results.record import CaseKey, CaseRecord, Verification
 
-    base = [dataclasses.replace(timed("FLASHMLA", "q1s1k", 1e-5, samples=[1e-5] * 20), timer="cupti_kernel_span(x)")]
-    slower = [dataclasses.replace(timed("FLASHMLA", "q1s1k", 2e-5, samples=[2e-5] * 20), timer="cuda_events(x)")]
-    [verdict] = compare_results(base, slower)
+    samples = [seconds * (1 + 0.001 * i) for i in range(20)]
+    record = CaseRecord(CaseKey("FLASHMLA", "q1s1k", family="mla", study="s"), timing, Verification("passed"))
+    fixture = types.SimpleNamespace(name="test_mla[FLASHMLA-q1s1k]", fullname="bench_mla/test_mla.py::test_mla["
+                                    "FLASHMLA-q1s1k]", group=None, param="FLASHMLA-q1s1k", params=None,
+                                    extra_info=record.to_json(include_samples=False))
+    view = BenchmarkView.of(fixture, samples, timing.timer_name, len(samples), 0).to_dict()
+    stats = {"data": samples, "median": statistics.median(samples), "mean": statistics.fmean(samples),
+             "stddev": statistics.stdev(samples), "min": min(samples), "max": max(samples), "iqr": 0.0,
+             "rounds": len(samples)}
+    return {**view, "stats": stats}
+
+
+def test_the_gate_never_calls_a_change_between_a_cupti_and_an_events_timing_read_from_storage():
+    from attnbench.reporting.verdicts import SLOWER, UNSURE, compare_results
+    from attnbench.results.exports import from_benchmark_entry
+    from attnbench.results.record import TimingSummary
+
+    cupti, events = TimingSummary("cuda-graph", timer="cupti"), TimingSummary("cuda-graph")
+    base = from_benchmark_entry(_stored_entry(cupti, 1e-5))
+    assert base.timer == "cupti_kernel_span(cuda_graph_replay)"  # what pytest-benchmark's storage names
+    [verdict] = compare_results([base], [from_benchmark_entry(_stored_entry(events, 2e-5))])
     assert verdict.verdict == UNSURE and "not comparable" in verdict.note
-    same_timer = [dataclasses.replace(slower[0], timer="cupti_kernel_span(x)")]
-    assert compare_results(base, same_timer)[0].verdict != UNSURE  # the check is the timer, nothing else
+    # the same timer on both sides: the doubling is SLOWER, so the rule is the timer and nothing else
+    assert compare_results([base], [from_benchmark_entry(_stored_entry(cupti, 2e-5))])[0].verdict == SLOWER
 
 
 def test_the_events_median_of_cupti_rounds_reaches_the_record_and_pools_over_placements():
@@ -171,4 +238,4 @@ def test_the_events_median_of_cupti_rounds_reaches_the_record_and_pools_over_pla
     assert "event_samples" not in info and info["events_median_s"] == 2.0 and info["timer"] == "cupti"
     assert TimingSummary(**info).timer_name == "cupti_kernel_span(cuda_graph_replay)"
     with pytest.raises(ValueError, match="--timer cupti times GPU kernels, and the device is cpu"):
-        timing.measure([lambda: None], device=torch.device("cpu"), repeats=1, warmup_iters=0, timer="cupti")
+        timing.measure([lambda: None], device=torch.device("cpu"), repeats=1, warmup_iters=0, cupti=object())

@@ -1,17 +1,20 @@
 """A kernel-only timer from CUPTI's activity records (``--timer cupti``).
 
-A round's time is from its first kernel's start to its last kernel's end, on the device's clock: the graph launch
-and the host's part are left out, as FlashInfer's ``bench_gpu_time_with_cupti`` does. Each round runs between two
-CUPTI timestamps taken on the host (before the replay, after the synchronize), so a kernel belongs to the one round
-whose bracket holds it.
+A round's time is from its first activity's start to its last one's end, on the device's clock (kernels, memcpys
+and memsets): the graph launch and the host's part are left out, as FlashInfer's ``bench_gpu_time_with_cupti``
+does. Each round runs between two CUPTI timestamps taken on the host (before the replay, after the synchronize),
+so an activity belongs to the one round whose bracket holds it. CUPTI sees this process only: another process on
+the GPU is not in the records (the events' median beside it, ``timing.events_median_s``, and the clocks are the
+check for that).
 
-It fails closed. A reference round under collection (never a sample) fixes the round's kernels, by
-name and in start order; every timed round must launch exactly those. A kernel outside every bracket, a round with a
-kernel missing, extra or out of order (a record CUPTI dropped is a kernel missing), or a record without valid
-timestamps is an ``ActivityError`` naming what differs, never a number.
+It fails closed. A reference round under collection (never a sample) fixes the round's activities, by name and in
+start order, for every placement of the case; every later round must launch exactly those. An activity of this
+process that started before a round and ran into it, a round with one missing, extra or out of order (a record
+CUPTI dropped is one missing), or a record without valid timestamps is an ``ActivityError`` naming the round and
+what differs, never a number.
 
 Nothing is excluded: this suite makes L2 cold by rotating buffer sets (``timing.buffer_sets_needed``), which
-launches no kernel, so every kernel in a round is the layer's own (and ``--inject-delay``'s spin, which is meant
+launches no kernel, so every activity in a round is the layer's own (and ``--inject-delay``'s spin, which is meant
 to be timed). A flush or rotation kernel would have to be named in ``EXCLUDED``, matched exactly.
 """
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 EXCLUDED: frozenset[str] = frozenset()  # kernel names that are not the timed work (exact match): none here
 _BUFFER_BYTES = 8 * 1024 * 1024
@@ -35,15 +38,12 @@ class TimerUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class KernelActivity:
-    """One kernel as CUPTI recorded it (CONCURRENT_KERNEL), timestamps in ns on CUPTI's clock."""
+    """One activity as CUPTI recorded it: a kernel by its name, or a "memcpy" / "memset"; timestamps in ns on
+    CUPTI's clock."""
 
     name: str
     start_ns: int
     end_ns: int
-
-    @classmethod
-    def of(cls, record: Any) -> "KernelActivity":
-        return cls(str(record.name), int(record.start), int(record.end))
 
 
 def _short(name: str) -> str:
@@ -67,7 +67,7 @@ def assign(kernels: Iterable[KernelActivity], brackets: Sequence[tuple[int, int]
         i = bisect.bisect_right(starts, kernel.start_ns) - 1
         if i < 0 or kernel.end_ns > brackets[i][1]:
             raise ActivityError(f"kernel {_short(kernel.name)!r} ran outside every timed round "
-                                f"(start {kernel.start_ns} ns): something else used the GPU while it was timed")
+                                f"(start {kernel.start_ns} ns): work queued before the round ran into it")
         rounds[i].append(kernel)
     for members in rounds:
         members.sort(key=lambda k: (k.start_ns, k.end_ns))
@@ -106,10 +106,10 @@ def span_seconds(kernels: Sequence[KernelActivity]) -> float:
 
 
 def round_spans(kernels: Iterable[KernelActivity], brackets: Sequence[tuple[int, int]],
-                expected: Sequence[str] | None) -> tuple[list[float], tuple[str, ...]]:
+                expected: Sequence[str] | None, first: int = 0) -> tuple[list[float], tuple[str, ...]]:
     """Each round's span, after checking that every round launched ``expected`` (None: the first round's kernels,
-    which then fix it). Returns the spans and the expected names. A record CUPTI dropped shows as a kernel missing
-    from its round."""
+    which then fix it). Returns the spans and the expected names; rounds are numbered from ``first`` in errors. A
+    record CUPTI dropped shows as a kernel missing from its round."""
     rounds = assign(kernels, brackets)
     if expected is None and rounds:
         expected = tuple(k.name for k in rounds[0])
@@ -120,13 +120,16 @@ def round_spans(kernels: Iterable[KernelActivity], brackets: Sequence[tuple[int,
     for i, members in enumerate(rounds):
         problem = difference(expected, [k.name for k in members])
         if problem is not None:
-            raise ActivityError(f"round {i}: {problem}")
+            raise ActivityError(f"round {first + i}: {problem}")
         spans.append(span_seconds(members))
     return spans, expected
 
 
 class Collector:
-    """CUPTI's CONCURRENT_KERNEL records while it is entered; ``bracket()`` timestamps a round on CUPTI's clock."""
+    """CUPTI's records of one case's timed rounds (kernels, memcpys and memsets), on while it is entered.
+
+    One per case, across its placements: the reference round of the first placement fixes the round's activities
+    for all of them. ``time_round`` brackets one round with CUPTI timestamps and returns its span."""
 
     def __init__(self) -> None:
         try:
@@ -134,8 +137,12 @@ class Collector:
         except ImportError as exc:
             raise TimerUnavailable(f"--timer cupti needs cupti-python (pip install cupti-python): {exc}") from None
         self._cupti = cupti
-        self.kernels: list[KernelActivity] = []
-        self.dropped = 0
+        self._kinds = {cupti.ActivityKind.CONCURRENT_KERNEL: None, cupti.ActivityKind.MEMCPY: "memcpy",
+                       cupti.ActivityKind.MEMSET: "memset"}  # kind -> the name a record shows as (None: its own)
+        self._records: list[KernelActivity] = []
+        self._enabled: list[Any] = []
+        self.expected: tuple[str, ...] | None = None  # the reference round's activities, by name in start order
+        self.rounds = 0  # rounds bracketed so far (the reference round is round 0)
 
     def __enter__(self) -> "Collector":
         cupti = self._cupti
@@ -145,29 +152,45 @@ class Collector:
 
         def completed(activities: list[Any]) -> None:
             for record in activities:
-                if record.kind == cupti.ActivityKind.CONCURRENT_KERNEL:
-                    self.kernels.append(KernelActivity.of(record))
+                if record.kind in self._kinds:
+                    name = self._kinds[record.kind] or str(record.name)
+                    self._records.append(KernelActivity(name, int(record.start), int(record.end)))
 
         try:
             cupti.activity_register_callbacks(requested, completed)
-            cupti.activity_enable(cupti.ActivityKind.CONCURRENT_KERNEL)
+            for kind in self._kinds:
+                cupti.activity_enable(kind)
+                self._enabled.append(kind)
         except Exception as exc:  # CUPTI in use by another profiler, or not permitted
+            self._close()
             raise TimerUnavailable(f"--timer cupti: CUPTI refused to record kernels: {exc}") from None
         return self
 
-    def timestamp(self) -> int:
-        return int(self._cupti.get_timestamp())
-
-    def take(self) -> list[KernelActivity]:
-        """Every record so far (flushed), handed over once."""
+    def _take(self) -> list[KernelActivity]:
         self._cupti.activity_flush_all(1)
-        taken, self.kernels = self.kernels, []
+        taken, self._records = self._records, []
         return taken
 
-    def __exit__(self, *exc: Any) -> None:
+    def time_round(self, run: Callable[[], Any]) -> float:
+        """Seconds from the first activity's start to the last one's end while ``run()`` (which returns once the
+        round is done on the device) ran; checked against the reference round (the first, when there is none)."""
+        self._take()  # work between rounds (verification, a new placement's buffers) is not the round's
+        begin = int(self._cupti.get_timestamp())
+        run()
+        bracket = (begin, int(self._cupti.get_timestamp()))
+        spans, self.expected = round_spans(self._take(), [bracket], self.expected, first=self.rounds)
+        self.rounds += 1
+        return spans[0]
+
+    def _close(self) -> None:
         cupti = self._cupti
         try:
             cupti.activity_flush_all(1)
         finally:
-            cupti.activity_disable(cupti.ActivityKind.CONCURRENT_KERNEL)
+            for kind in reversed(self._enabled):
+                cupti.activity_disable(kind)
+            self._enabled.clear()
             cupti.finalize()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._close()

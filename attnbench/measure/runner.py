@@ -6,6 +6,7 @@ is one measurement, not two.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import math
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from attnbench.measure import clocks, hardware, timing
+from attnbench.measure import clocks, hardware, kernel_activity, timing
 from attnbench.spec import metrics
 from attnbench.spec.cases import BenchCase
 from attnbench.spec.contract import CaseAdapter, LayerCall, SkipCase, load_adapter
@@ -174,30 +175,32 @@ def _time_placements(layers: list[LayerCall], adapter: CaseAdapter, case: BenchC
     groups: list[timing.Timing] = []
     oracles: dict[int, torch.Tensor] = {} if expected is None else {0: expected}
     delay_s: float | None = None
-    for group in range(placements):
-        spacer = None
-        if group:
-            count = len(layers)
-            layers.clear()  # the last placement's buffers go before the next is allocated
-            layers, spacer = _reallocate(adapter, count, device, case.run.seed, group)
-        t = timing.measure([layer.run for layer in layers], device=device, repeats=share + (group < extra),
-                           warmup_iters=case.run.warmup_iters if group == 0 else min(case.run.warmup_iters, 2),
-                           min_rounds=min_rounds, noise_target=case.run.noise_target,
-                           cache_state=case.run.cache_state, buffer_sets=sets,
-                           working_set_bytes=len(layers) * adapter.bytes_per_layer, context=adapter.context,
-                           sample=monitor.sample if monitor else None,
-                           delay_fraction=case.run.inject_delay, delay_s=delay_s, timer=case.run.timer)
-        delay_s = t.injected_delay_s
-        groups.append(t)
-        clock.lap("timing")
-        if expected is not None:
-            with adapter.context():  # oracles of buffer sets other than 0 may run vLLM code (kv_b_proj)
-                verification = _verify_after_timing(layers, oracles, case, rows, verification, group)
-            clock.lap("verify")
-            if verification.after_timing["status"] != "passed":
-                raise VerificationFailed(f"{case.backend.name} {case.batch_spec}: the last timed round's output does "
-                                         f"not match REFERENCE: {verification.after_timing['reason']}")
-        del spacer
+    # --timer cupti: one collector for the case, so that its reference round holds every placement to the same work
+    with kernel_activity.Collector() if case.run.timer == "cupti" else contextlib.nullcontext() as cupti:
+        for group in range(placements):
+            spacer = None
+            if group:
+                count = len(layers)
+                layers.clear()  # the last placement's buffers go before the next is allocated
+                layers, spacer = _reallocate(adapter, count, device, case.run.seed, group)
+            t = timing.measure([layer.run for layer in layers], device=device, repeats=share + (group < extra),
+                               warmup_iters=case.run.warmup_iters if group == 0 else min(case.run.warmup_iters, 2),
+                               min_rounds=min_rounds, noise_target=case.run.noise_target,
+                               cache_state=case.run.cache_state, buffer_sets=sets,
+                               working_set_bytes=len(layers) * adapter.bytes_per_layer, context=adapter.context,
+                               sample=monitor.sample if monitor else None,
+                               delay_fraction=case.run.inject_delay, delay_s=delay_s, cupti=cupti)
+            delay_s = t.injected_delay_s
+            groups.append(t)
+            clock.lap("timing")
+            if expected is not None:
+                with adapter.context():  # oracles of buffer sets other than 0 may run vLLM code (kv_b_proj)
+                    verification = _verify_after_timing(layers, oracles, case, rows, verification, group)
+                clock.lap("verify")
+                if verification.after_timing["status"] != "passed":
+                    raise VerificationFailed(f"{case.backend.name} {case.batch_spec}: the last timed round's output "
+                                             f"does not match REFERENCE: {verification.after_timing['reason']}")
+            del spacer
     t = timing.Timing.pooled(groups)
     part = clocks.summarize(before, t.round_samples, monitor.sample(), monitor.max_sm_mhz) if monitor else None
     return t, verification, part, layers

@@ -16,9 +16,9 @@ rounds, because where the buffers land in device memory moves a case's time by u
 than the spread of the rounds on one allocation), and a number taken on one placement would carry that offset
 into every comparison between two processes. ``placement_rounds`` says which rounds came from which placement.
 
-``timer="cupti"`` (``--timer cupti``) takes each round's time from CUPTI's kernel records instead of the CUDA events:
-first kernel's start to last kernel's end (``kernel_activity``), failing closed; the events still run, and their
-median is kept beside it (``events_median_s``) so that the two timers reconcile on every case.
+``cupti`` (``--timer cupti``: a ``kernel_activity.Collector``, one per case) takes each round's time from CUPTI's
+records instead of the CUDA events: first activity's start to last one's end, failing closed; the events still
+run, and their median is kept beside it (``events_median_s``) so that the two timers reconcile on every case.
 
 ``delay_fraction``/``delay_s`` (``--inject-delay``) add a fixed spin after every call inside the timed region:
 it exists to test the regression gate against a known slowdown, and the record says so.
@@ -154,18 +154,18 @@ def measure(steps: Sequence[Step], *, device: torch.device, repeats: int, warmup
             buffer_sets: int = 1, working_set_bytes: int = 0, use_graph: bool = True,
             context: Callable[[], ContextManager[Any]] = nullcontext,
             sample: Callable[[], Any] | None = None, delay_fraction: float = 0.0,
-            delay_s: float | None = None, timer: str = "events") -> Timing:
+            delay_s: float | None = None, cupti: kernel_activity.Collector | None = None) -> Timing:
     """Time ``steps`` (each one attention call) and return seconds per call, per round.
 
     ``context`` is entered around all host-side calls (e.g. vLLM's forward context); graph
     replays run no Python and need none. ``sample`` (the GPU's clocks) is called once per timed
     round while the round runs on the device; its results are ``Timing.round_samples``.
     ``delay_s`` (or, when None, ``delay_fraction`` x the call's own time) is spun after every call.
-    ``timer``: "events" (CUDA events around each round) or "cupti" (CUPTI's kernel span; a GPU only).
+    ``cupti``: time the rounds by CUPTI's records (an entered collector; a GPU only), else by CUDA events.
     """
     if not steps:
         raise ValueError("nothing to time")
-    if timer == "cupti" and device.type != "cuda":
+    if cupti is not None and device.type != "cuda":
         raise ValueError(f"--timer cupti times GPU kernels, and the device is {device}")
     common = dict(cache_state=cache_state, buffer_sets=buffer_sets, working_set_bytes=working_set_bytes,
                   l2_bytes=l2_bytes(device))
@@ -181,7 +181,7 @@ def measure(steps: Sequence[Step], *, device: torch.device, repeats: int, warmup
             finally:
                 torch.set_num_threads(threads)
         return _measure_cuda(list(steps), device, repeats, warmup_iters, min_rounds, noise_target, use_graph,
-                             common, sample, delay_fraction, delay_s, timer)
+                             common, sample, delay_fraction, delay_s, cupti)
 
 
 def calls_for_round(rotation_s: float, steps: int, target_s: float = ROUND_TARGET_S) -> int:
@@ -234,8 +234,7 @@ def _measure_host(steps: list[Step], repeats: int, warmup: int, min_rounds: int,
 def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup: int, min_rounds: int,
                   noise_target: float, use_graph: bool, common: dict[str, Any],
                   sample: Callable[[], Any] | None = None, delay_fraction: float = 0.0,
-                  delay_s: float | None = None, timer: str = "events") -> Timing:
-    collector = kernel_activity.Collector() if timer == "cupti" else None  # cupti-python missing: said before work
+                  delay_s: float | None = None, cupti: kernel_activity.Collector | None = None) -> Timing:
     with torch.cuda.device(device):
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -296,35 +295,31 @@ def _measure_cuda(steps: list[Step], device: torch.device, repeats: int, warmup:
 
         readings: list[Any] = []
         event_samples: list[float] = []
-        kernels: tuple[str, ...] | None = None  # under CUPTI, the kernels a round launches (the reference round's)
 
-        def one_round() -> float:
-            nonlocal kernels
+        def events_round() -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin = collector.timestamp() if collector is not None else 0
             start.record()
             run()
             end.record()
             if sample is not None:
                 readings.append(sample())  # the replay is queued: this reads the clocks while it runs
             end.synchronize()
-            event_s = start.elapsed_time(end) / 1e3 / calls
-            if collector is None:
-                return event_s
-            spans, kernels = kernel_activity.round_spans(collector.take(), [(begin, collector.timestamp())], kernels)
-            event_samples.append(event_s)
-            return spans[0] / calls
+            return start.elapsed_time(end) / 1e3 / calls
 
+        def cupti_round() -> float:
+            assert cupti is not None
+            return cupti.time_round(lambda: event_samples.append(events_round())) / calls
+
+        one_round = events_round if cupti is None else cupti_round
+        if cupti is not None and cupti.expected is None:
+            one_round()  # the case's reference round: it fixes what every later round must launch
+            del readings[:], event_samples[:]
         warmup = warmup_rounds_for(rotation_s * inner, warmup)
-        with collector if collector is not None else nullcontext():
-            if collector is not None:
-                one_round()  # the reference round: it fixes the kernels every later round must launch
-                del readings[:], event_samples[:]
-            samples, stopped = _run_rounds(one_round, repeats, warmup, min_rounds, noise_target)
+        samples, stopped = _run_rounds(one_round, repeats, warmup, min_rounds, noise_target)
     return Timing(samples, mode, calls, warmup, stopped, capture_error=capture_error,
                   estimated_call_s=rotation_s / len(steps), round_target_s=ROUND_TARGET_S,
                   round_samples=readings[warmup:], injected_delay_s=delay_s or None,
-                  timer=timer if collector is not None else None, event_samples=event_samples[warmup:],
+                  timer="cupti" if cupti is not None else None, event_samples=event_samples[warmup:],
                   **common)  # the timed rounds' readings only
 
 

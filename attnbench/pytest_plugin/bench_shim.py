@@ -38,7 +38,7 @@ from weakref import WeakKeyDictionary
 
 import pytest
 
-from attnbench.results.record import TIMER_NAMES
+from attnbench.results.record import timer_name
 
 
 def session_of(config: pytest.Config) -> Any | None:
@@ -315,14 +315,15 @@ def _check_benchmark_timer(parser: pytest.Parser) -> None:
     _retype(parser, "--benchmark-timer", checked_loader)
 
 
-def feed_samples(benchmark: Any, samples: Sequence[float], mode: str, rounds: int, warmup_rounds: int) -> None:
-    """Make ``samples`` (seconds per call, one per round) the fixture's stats."""
+def feed_samples(benchmark: Any, samples: Sequence[float], timer: str, rounds: int, warmup_rounds: int) -> None:
+    """Make ``samples`` (seconds per call, one per round) the fixture's stats; ``timer`` is what took them
+    (``record.timer_name``)."""
     if samples:  # the fixture was used, if not by its own calls: else it warns "not used at all" at teardown
         benchmark._mode = "attnbench's device-time samples"
     if benchmark.disabled or not samples:
         return
     stats = benchmark._make_stats(1)
-    stats.options.update(timer=TIMER_NAMES.get(mode, mode), min_rounds=rounds, warmup=warmup_rounds)
+    stats.options.update(timer=timer, min_rounds=rounds, warmup=warmup_rounds)
     for sample in samples:
         stats.update(sample)
 
@@ -352,9 +353,9 @@ class BenchmarkView:
     samples: list[float] = field(default_factory=list)
 
     @classmethod
-    def of(cls, benchmark: Any, samples: Sequence[float], mode: str, rounds: int,
+    def of(cls, benchmark: Any, samples: Sequence[float], timer: str, rounds: int,
            warmup_rounds: int) -> "BenchmarkView":
-        options = {"disable_gc": False, "timer": TIMER_NAMES.get(mode, mode), "min_rounds": rounds,
+        options = {"disable_gc": False, "timer": timer, "min_rounds": rounds,
                    "max_time": 0.0, "min_time": 0.0, "warmup": warmup_rounds}
         return cls(benchmark.name, benchmark.fullname, benchmark.group, benchmark.param,
                    dict(benchmark.params) if benchmark.params is not None else None,

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from attnbench.pytest_plugin import bench_shim
+from attnbench.results.record import timer_name
 from attnbench.spec.cases import BenchCase
 from attnbench.spec.contract import SkipCase
 from attnbench.measure.runner import CaseResult, execute
@@ -24,7 +25,7 @@ def record(benchmark: Any, result: CaseResult) -> None:
     """Feed ``result``'s per-round samples into ``benchmark`` as its stats, with structured extra_info."""
     benchmark.extra_info.update(result.extra_info())
     t = result.timing
-    bench_shim.feed_samples(benchmark, t.samples, t.mode, t.rounds, t.warmup_rounds)
+    bench_shim.feed_samples(benchmark, t.samples, timer_name(t.mode, t.timer), t.rounds, t.warmup_rounds)
 
 
 def run_benchmark(case: BenchCase, benchmark: Any, config: pytest.Config | None = None) -> CaseResult:

@@ -44,7 +44,7 @@ from attnbench.results.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case
 from attnbench.pytest_plugin.plugin import STUDY_KEY, case_point
 from attnbench.spec.axes import case_of_key
 from attnbench.results.record import SCHEMA as RECORD_SCHEMA
-from attnbench.results.record import CaseRecord
+from attnbench.results.record import CaseRecord, timer_name
 from attnbench.pytest_plugin.benchmark_feed import CASE_RESULT_ATTRIBUTE
 from attnbench.spec.study import Study
 
@@ -117,7 +117,7 @@ def benchmark_view(item: pytest.Item) -> BenchmarkView | None:
     if measured is None or not measured.timing.samples:
         return None
     t = measured.timing
-    return BenchmarkView.of(bench, t.samples, t.mode, t.rounds, t.warmup_rounds)
+    return BenchmarkView.of(bench, t.samples, timer_name(t.mode, t.timer), t.rounds, t.warmup_rounds)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -234,7 +234,7 @@ def compare_runs(baselines: Sequence[Sequence[CaseOutcome]], new: Sequence[CaseO
                                                                         ("new", _clocks(result)))
                               if c is not None and c.throttled)
         injected = _injected(result)
-        other_timer = _other_timer(base, result)
+        other_timer = _other_timer(bases[0], result)
         if other_timer is not None:  # CUPTI's kernel span leaves out what the events count: not the same number
             verdict = UNSURE
         note = "; ".join(n for n in (other_timer, note, throttled, injected) if n) or None
@@ -454,9 +454,10 @@ def _pooled(bases: Sequence[CaseOutcome]) -> CaseOutcome:
 
 def _other_timer(base: CaseOutcome, result: CaseOutcome) -> str | None:
     """Why two timings are not comparable when one is CUPTI's kernel span and the other is not (None: they are)."""
-    if base.timer is None or result.timer is None or ("cupti" in base.timer) == ("cupti" in result.timer):
+    timers = [r.record.timing.timer_name if r.record is not None else r.timer for r in (base, result)]
+    if None in timers or ("cupti" in timers[0]) == ("cupti" in timers[1]):  # type: ignore[operator]
         return None
-    return f"baseline timed by {base.timer}, new by {result.timer}: not comparable, so never SLOWER or FASTER"
+    return f"baseline timed by {timers[0]}, new by {timers[1]}: not comparable, so never SLOWER or FASTER"
 
 
 def _injected(result: CaseOutcome) -> str | None:

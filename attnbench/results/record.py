@@ -37,6 +37,11 @@ TIMER_NAMES = {"cuda-graph": "cuda_events(cuda_graph_replay)", "cuda-events": "c
 CUPTI_TIMER_NAMES = {"cuda-graph": "cupti_kernel_span(cuda_graph_replay)", "cuda-events": "cupti_kernel_span(eager)"}
 
 
+def timer_name(mode: str, timer: str | None) -> str:
+    """pytest-benchmark's name for what timed a case: its timing ``mode`` under its ``timer`` (None: events/host)."""
+    return (CUPTI_TIMER_NAMES if timer == "cupti" else TIMER_NAMES).get(mode, mode)
+
+
 class RecordError(ValueError):
     """A record or pytest-benchmark entry that is not a well-formed result; the message says what is wrong.
 
@@ -375,8 +380,7 @@ class TimingSummary:
 
     @property
     def timer_name(self) -> str:
-        names = CUPTI_TIMER_NAMES if self.timer == "cupti" else TIMER_NAMES
-        return names.get(self.mode, self.mode)
+        return timer_name(self.mode, self.timer)
 
     @property
     def unstable(self) -> bool:

@@ -11,6 +11,7 @@ walks a file and merges the surfaces, and the YAML sections no table row can des
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -477,11 +478,19 @@ def build_study(yaml_fields: dict[str, Any] | None, cli: dict[str, Any]) -> Stud
         notes.setdefault("kv_scales", []).append(unused_scales)
     fields_["notes"] = tuple(n for group in notes.values() for n in group)
     run = RunSettings(**parts["run"])
-    if run.timer == "cupti" and run.device == "cpu":
+    if run.timer == "cupti":  # said here, before any case, rather than by every case as it fails
         origin = "--timer" if options.given(cli, options.BY_NAME["timer"]) is not None else "key 'timer'"
-        raise StudyError(f"{origin} cupti: CUPTI times GPU kernels, and the device is cpu (time it with "
-                         f"--timer events, or run on a GPU)")
+        if run.device == "cpu":
+            raise StudyError(f"{origin} cupti: CUPTI times GPU kernels, and the device is cpu (time it with "
+                             f"--timer events, or run on a GPU)")
+        if cupti_missing():
+            raise StudyError(f"{origin} cupti: needs cupti-python, which is not installed (pip install cupti-python)")
     return Study(**fields_, model=parts["model"], run=run)
+
+
+def cupti_missing() -> bool:
+    """Whether cupti-python (``--timer cupti``'s CUPTI bindings) is missing from this environment."""
+    return importlib.util.find_spec("cupti") is None
 
 
 def _unused_kv_scales(parts: dict[str, dict[str, Any]], sweeps: Sequence[Sweep], cli: dict[str, Any]) -> str | None:
