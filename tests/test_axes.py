@@ -11,7 +11,8 @@ import pytest
 from attnbench.pytest_plugin import plugin
 from attnbench.spec import axes
 from attnbench.spec import backends as registry
-from attnbench.spec.axes import AXES, Bench, CasePoint, case_count, case_id, case_of_key
+from attnbench.spec.axes import (AXES, Bench, CasePoint, case_count, case_id, case_of_key, joined_id,
+                                  labelled_values)
 from attnbench.spec.study import StudyError, build_study
 
 
@@ -24,10 +25,12 @@ def test_case_point_has_one_field_per_axis_in_the_tables_order():
     assert len({axis.argname for axis in AXES}) == len(AXES)
 
 
-def test_every_axis_is_a_fixture_that_bench_case_takes():
-    # parametrize may name only fixtures the test takes: bench_case's signature is the table's argnames
+def test_every_axis_is_a_fixture_that_bench_case_takes(request):
+    # parametrize may name only fixtures the test takes: bench_case's signature is the table's argnames, and each
+    # is a registered fixture whose value, where a benchmark does not apply the axis, is the row's default
     taken = list(inspect.signature(plugin._bench_case).parameters)
     assert taken == ["request", "bench_study", *axes.ARGNAMES]
+    assert [request.getfixturevalue(axis.argname) for axis in AXES] == [axis.default for axis in AXES]
 
 
 def test_the_axes_that_apply_follow_family_mode_and_kind():
@@ -46,6 +49,15 @@ def test_ids_leave_out_the_default_region_and_join_the_rest_in_table_order():
     assert case_id(bench, used, ("FLASHMLA", "8q1s1k", "layer", "decode")) == "FLASHMLA-8q1s1k-decode"
     assert case_id(bench, used, ("FLASHMLA", "8q1s1k", "attention", "prefill")) == \
         "FLASHMLA-8q1s1k-attention-only-prefill"
+
+
+def test_labelled_values_give_the_parts_that_case_id_joins():
+    bench = _bench(backends=("REFERENCE",), batch_specs=("q1s1k",), timed_region=("layer", "attention"))
+    used = axes.axes_of(bench)
+    labelled = labelled_values(bench, used)
+    assert labelled[2] == [("layer", ""), ("attention", "attention-only")]
+    assert joined_id(part for _, part in (labelled[0][0], labelled[1][0], labelled[2][1])) == \
+        case_id(bench, used, ("REFERENCE", "q1s1k", "attention")) == "REFERENCE-q1s1k-attention-only"
 
 
 def test_case_count_is_the_product_and_names_its_factors():
@@ -88,7 +100,8 @@ def test_params_without_a_backend_or_spec_are_not_a_case():
     assert CasePoint.of({"bench_backend": "REFERENCE", "bench_spec": "q1"}, None) is None  # no family to look in
 
 
-def test_a_study_too_big_is_refused_before_its_specs_expand():
-    with pytest.raises(StudyError, match="more than the limit"):
-        _bench(backends=("REFERENCE",), batch_specs=("q1", "q2", "q3"),
-               yaml={"batch_sizes": list(range(1, 100_001))}).specs
+def test_counting_a_study_with_too_many_batch_specs_is_refused_before_they_expand():
+    bench = _bench(backends=("REFERENCE",), batch_specs=("q1", "q2", "q3"),
+                   yaml={"batch_sizes": list(range(1, 100_001))})
+    with pytest.raises(StudyError, match="300000 specs, more than the limit"):
+        case_count(bench)

@@ -182,7 +182,7 @@ def check_benchmark_storage(config: pytest.Config) -> None:
 def _unused(metafunc: pytest.Metafunc, why: str) -> None:
     """Give this benchmark no case; ``why`` is shown if the whole session ends up with nothing to run."""
     metafunc.config.stash[UNUSED_KEY].setdefault(str(metafunc.definition.path), why)
-    metafunc.parametrize("bench_backend", [pytest.param(None, marks=pytest.mark.attnbench_unused)])
+    metafunc.parametrize(axes.BACKEND.argname, [pytest.param(None, marks=pytest.mark.attnbench_unused)])
 
 
 _BENCH_DIR = {"attention": "bench_attention", "mla": "bench_mla"}
@@ -267,11 +267,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         _unused(metafunc, str(exc))
         return
     used = axes.axes_of(bench)
-    params = []
-    for values in itertools.product(*(axis.values(bench) for axis in used)):
-        point = CasePoint.of({axis.argname: value for axis, value in zip(used, values)}, family)
-        params.append(pytest.param(*values, id=axes.case_id(bench, used, values), marks=_backend_marks(point.backend)))
-    metafunc.parametrize([axis.argname for axis in used], params)
+    assert used[0] is axes.BACKEND
+    marks = {b.name: _backend_marks(b) for b in backends}  # the backend axis's values are their names
+    metafunc.parametrize([axis.argname for axis in used], [
+        pytest.param(*(value for value, _ in case), id=axes.joined_id(part for _, part in case),
+                     marks=marks[case[0][0]])
+        for case in itertools.product(*axes.labelled_values(bench, used))])
 
 
 def _axis_fixture(axis: axes.Axis) -> Any:
@@ -292,12 +293,12 @@ def bench_study(request: pytest.FixtureRequest) -> Study:
 def _bench_case(request: pytest.FixtureRequest, bench_study: Study, **axis_values: Any) -> BenchCase:
     """The case this test id stands for, composed from the parametrized axes and the study."""
     point = case_point(request.node)
-    assert point is not None, f"{request.node.nodeid}: {axis_values.get('bench_backend')!r} is not a benchmark backend"
+    assert point is not None, f"{request.node.nodeid}: {axis_values.get(axes.BACKEND.argname)!r} is not a benchmark backend"
     return point.case(bench_study)
 
 
 # The fixture's parameters are the axes' (pytest reads a fixture's arguments from its signature): a test that takes
-# ``bench_case`` then takes every axis, which parametrize needs, and a new axis is a row in ``axes.AXES`` only.
+# ``bench_case`` then takes every axis, which parametrize needs, and the plugin needs no edit for a new axis.
 _bench_case.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in ("request", "bench_study")]
     + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in axes.ARGNAMES])

@@ -18,6 +18,7 @@ from attnbench.measure.crossover_search import (CrossoverAnswer, Point, crossove
                                                 vllm_default)
 from attnbench.reporting.cells import is_default_point, spec_order, sweep_point
 from attnbench.results.outcome import CaseOutcome
+from attnbench.spec.cases import DECODE, PREFILL
 
 
 def group_results(results: Iterable[CaseOutcome]) -> dict[tuple[str, str], list[CaseOutcome]]:
@@ -87,7 +88,7 @@ def crossover_table(results: Iterable[CaseOutcome]) -> list[Crossover]:
     """
     by_group: dict[tuple, dict[tuple[int, int], dict[str, CaseOutcome]]] = defaultdict(lambda: defaultdict(dict))
     for r in results:
-        if r.key.pipeline in ("decode", "prefill") and r.timed:
+        if r.key.pipeline in (DECODE, PREFILL) and r.timed:
             group = by_group[(r.key.study, r.key.family, r.key.backend, r.key.batch_size)]
             group[(r.key.q_len, r.key.kv_len)][r.key.pipeline] = r
     rows: list[Crossover] = []

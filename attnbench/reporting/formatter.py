@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from attnbench.results.exports import CSV_COLUMNS, SCHEMA, atomic_write, csv_row, now, sweep_columns
 from attnbench.results.outcome import CaseOutcome
+from attnbench.spec.cases import DECODE, PREFILL
 from attnbench.reporting.analysis import crossover_records
 
 
@@ -75,6 +76,6 @@ def crossover_csv_path(path: str | os.PathLike[str]) -> Path:
 
 def crossover_rows(results: list[CaseOutcome]) -> list[dict[str, Any]]:
     """The decode_vs_prefill answers as plain rows (empty for any other study)."""
-    if not any(r.key.pipeline in ("decode", "prefill") for r in results):
+    if not any(r.key.pipeline in (DECODE, PREFILL) for r in results):
         return []
     return crossover_records(results)

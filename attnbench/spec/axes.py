@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from attnbench.results.record import CaseKey, region_label, topk_label
 from attnbench.spec import backends as registry
@@ -109,6 +109,7 @@ AXES: tuple[Axis, ...] = (
          applies=lambda bench: bench.mode in PIPELINES),
 )
 ARGNAMES = tuple(axis.argname for axis in AXES)
+BACKEND = AXES[0]  # the first axis, always applied: a case's backend (the plugin marks each case by it)
 
 
 def axes_of(bench: Bench) -> list[Axis]:
@@ -124,9 +125,19 @@ def case_count(bench: Bench) -> tuple[int, str]:
     return math.prod(n for _, n in sizes), " x ".join(w for w in words if w)
 
 
+def labelled_values(bench: Bench, axes: Sequence[Axis]) -> list[list[tuple[Any, str]]]:
+    """Each axis's values with their parts of the test id, each made once (the product reuses them)."""
+    return [[(value, axis.ident(bench, value)) for value in axis.values(bench)] for axis in axes]
+
+
+def joined_id(parts: Iterable[str]) -> str:
+    """One case's test id from its axes' parts, in the table's order: joined by ``-``, empty parts left out."""
+    return "-".join(part for part in parts if part)
+
+
 def case_id(bench: Bench, axes: Sequence[Axis], values: Sequence[Any]) -> str:
-    """One case's test id: its axes' parts joined by ``-``, those without one left out."""
-    return "-".join(part for part in (axis.ident(bench, value) for axis, value in zip(axes, values)) if part)
+    """One case's test id, from its axes' values."""
+    return joined_id(axis.ident(bench, value) for axis, value in zip(axes, values))
 
 
 @dataclass(frozen=True)
@@ -154,8 +165,8 @@ class CasePoint:
         return cls(**{**value, "backend": backend, "sweep_values": tuple(value["sweep_values"])})
 
     def case(self, study: Study) -> BenchCase:
-        return compose_case(study, self.backend, self.batch_spec, self.sweep_values, self.pipeline,
-                            self.timed_region, self.topk_pattern)
+        return compose_case(study, self.backend, self.batch_spec, sweep_values=self.sweep_values,
+                            pipeline=self.pipeline, timed_region=self.timed_region, topk_pattern=self.topk_pattern)
 
 
 def compose_case(study: Study, backend: registry.BackendInfo, batch_spec: str, sweep_values: Any = (),
@@ -178,8 +189,9 @@ def case_of_key(study: Study, key: CaseKey) -> BenchCase | None:
     if backend is None:
         return None
     try:
-        case = CasePoint(backend, key.batch_spec, key.timed_region, tuple(s.value for s in key.sweep),
-                         key.topk_pattern, key.pipeline).case(study)
+        case = CasePoint(backend, key.batch_spec, timed_region=key.timed_region,
+                         sweep_values=tuple(s.value for s in key.sweep), topk_pattern=key.topk_pattern,
+                         pipeline=key.pipeline).case(study)
     except (ValueError, KeyError):
         return None
     return case if case.key() == key else None

@@ -112,7 +112,7 @@ def attended_pairs(q_len: int, kv_len: int) -> int:
 
 @dataclass(frozen=True)
 class WorkCount:
-    """WorkCount of a request, a phase or a call. ``flops`` includes ``projection_flops``; ``bytes`` includes
+    """The work counted for a request, a phase or a kernel group. ``flops`` includes ``projection_flops``; ``bytes`` includes
     ``weight_bytes`` (both zero for standard attention)."""
 
     pairs: int = 0
@@ -223,7 +223,7 @@ def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
     if path == "decode" and not layer:
         # forward_mqa alone: the absorbed q (rank + rope per head) in, the latent output (rank per head) out
         groups["decode_attention"] = WorkCount(pairs, 2 * hq * (latent + rank) * pairs,
-                                          qe * t * hq * latent + c * kv_read * latent + e * t * hq * rank, 1, t)
+                                               qe * t * hq * latent + c * kv_read * latent + e * t * hq * rank, 1, t)
     elif path == "decode":
         absorb = 2 * t * hq * nope * rank  # q_nope [T,Hq,nope] x W_UK [Hq,nope,rank]
         v_up = 2 * t * hq * rank * v  # latent out [T,Hq,rank] x W_UV [Hq,rank,v]
@@ -234,7 +234,7 @@ def request_groups(req: BatchRequest, shape: Shape, mla_path: str | None = None,
         # MQA over the latent: scores over rank + rope, values over the rank-wide latent; it reads q_pe and the
         # whole kv (the new tokens were just written) from the cache. Absorbed q and latent out are intermediates.
         groups["decode_attention"] = WorkCount(pairs, 2 * hq * (latent + rank) * pairs,
-                                          (0 if quantized_query else q_pe) + c * kv_read * latent, 1, t)
+                                               (0 if quantized_query else q_pe) + c * kv_read * latent, 1, t)
         groups["decode_v_up"] = WorkCount(flops=v_up, bytes=e * t * hq * v, projection_flops=v_up)  # writes the output
     else:
         # kv_b_proj up-projects every new and cached latent; only the context (kv - q, whole pages) is read
@@ -302,7 +302,7 @@ def _resolve_path(req: BatchRequest, mla_path: str | None) -> str:
 def phase_work(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Sequence[str] | None = None, *,
                timed_region: str = "layer", quantized_query: bool = False,
                sparse: Sequence[SparseSelection] | None = None) -> dict[str, WorkCount]:
-    """WorkCount per phase (prefill / extend / decode) and ``total``; MLA weights once per pipeline used."""
+    """The work per phase (prefill / extend / decode) and ``total``; MLA weights once per pipeline used."""
     out = {p: WorkCount() for p in PHASES}
     phases_on: dict[str, list[str]] = {}  # MLA pipeline -> the phases whose requests run on it
     for i, req in enumerate(requests):
@@ -324,7 +324,7 @@ def kernel_groups(requests: Sequence[BatchRequest], shape: Shape, mla_paths: Seq
                   attention_paths: Sequence[str] | None = None, *, timed_region: str = "layer",
                   quantized_query: bool = False, sparse: Sequence[SparseSelection] | None = None
                   ) -> dict[str, WorkCount]:
-    """WorkCount per kernel group (``KERNEL_GROUPS`` order, empty groups left out): the partition of the call's
+    """The work per kernel group (``KERNEL_GROUPS`` order, empty groups left out): the partition of the call's
     work over the kernels that run one after another. MLA weights go to the GEMMs of each pipeline used.
 
     ``attention_paths`` (standard attention only): per request, which attention kernel runs it, for a
