@@ -269,3 +269,11 @@ def test_an_unstable_case_is_marked_and_named_with_its_spread() -> None:
     assert warning_lines([moving]) == ["1 case gave another output on one more identical call (verified within "
                                        "tolerance both times; verification.after_timing.rerun_max_abs_diff): "
                                        "FLASH_ATTN q1s512 0.004"]
+    replayed = replace(steady, record=replace(steady.record, verification=replace(
+        steady.record.verification, after_timing={"status": "passed", "rerun_identical": True,
+                                                  "timed_identical_to_first_call": False,
+                                                  "timed_first_call_max_abs_diff": 0.002})))
+    assert warning_lines([replayed]) == ["1 case timed an output other than the first, eager call's (a graph "
+                                         "replay's, under the graph timer; verified within tolerance both times; "
+                                         "verification.after_timing.timed_first_call_max_abs_diff): "
+                                         "FLASH_ATTN q1s512 0.002"]

@@ -131,6 +131,17 @@ def test_the_check_after_timing_shows_whether_one_more_call_gives_exactly_the_ti
     assert result.record().to_json()["verification"]["after_timing"]["rerun_identical"] is False
 
 
+def test_the_check_after_timing_shows_whether_the_timed_output_is_the_first_eager_calls():
+    honest = runner.execute(_case("honest", placements=2)).verification.after_timing
+    assert honest["timed_identical_to_first_call"] is True and honest["timed_first_call_max_abs_diff"] == 0.0
+    differs = runner.execute(_case("replay_differs", placements=2))  # every call after the first, steadily
+    after = differs.verification.after_timing
+    assert after["status"] == "passed" and after["placements_checked"] == 2  # within tolerance: shown, not failed
+    assert after["timed_identical_to_first_call"] is False and 0 < after["timed_first_call_max_abs_diff"] < 0.1
+    assert after["rerun_identical"] is True  # steady: only the first call differs
+    assert differs.record().to_json()["verification"]["after_timing"]["timed_identical_to_first_call"] is False
+
+
 def test_a_backend_whose_timed_calls_go_wrong_fails_after_timing():
     with pytest.raises(runner.VerificationFailed, match="last timed round") as info:
         runner.execute(_case("replay_drift"))

@@ -128,14 +128,14 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
             started = time.perf_counter()
             for layer in layers:
                 layer.prepare()  # the attention region's cache write; nothing for the layer step
-            verification, expected = _verify(layers[0], case, rows, time.perf_counter() - started)
+            verification, expected, first_output = _verify(layers[0], case, rows, time.perf_counter() - started)
         clock.lap("verify")
         if not verification.passed:
             raise VerificationFailed(f"{case.backend.name} {case.batch_spec}: output does not match REFERENCE: "
                                  f"{verification.summary()}")
         if time_it:
             t, verification, clock_part, layers = _time_placements(layers, adapter, case, device, sets, expected,
-                                                                   rows, verification, clock)
+                                                                   rows, verification, clock, first_output)
         else:
             t = timing.Timing([], "none", 0, 0, "not-timed", case.run.cache_state, sets,
                               n_buffers * adapter.bytes_per_layer, l2)
@@ -163,7 +163,7 @@ def _execute(case: BenchCase, device: torch.device, time_it: bool) -> CaseResult
 
 def _time_placements(layers: list[LayerCall], adapter: CaseAdapter, case: BenchCase, device: torch.device,
                      sets: int, expected: torch.Tensor | None, rows: list[int], verification: Verification,
-                     clock: "_PhaseClock"
+                     clock: "_PhaseClock", first_output: torch.Tensor | None = None
                      ) -> tuple[timing.Timing, Verification, Clocks | None, list[LayerCall]]:
     """Time the case on ``case.run.placements`` allocations of its buffers, checking each one's output after its
     rounds: the same seeded data at other addresses, so the spread of the rounds covers where the buffers land."""
@@ -195,7 +195,8 @@ def _time_placements(layers: list[LayerCall], adapter: CaseAdapter, case: BenchC
             clock.lap("timing")
             if expected is not None:
                 with adapter.context():  # oracles of buffer sets other than 0 may run vLLM code (kv_b_proj)
-                    verification = _verify_after_timing(layers, oracles, case, rows, verification, group)
+                    verification = _verify_after_timing(layers, oracles, case, rows, verification, group,
+                                                        first_output)
                 clock.lap("verify")
                 if verification.after_timing["status"] != "passed":
                     raise VerificationFailed(f"{case.backend.name} {case.batch_spec}: the last timed round's output "
@@ -241,10 +242,11 @@ class _PhaseClock:
 
 
 def _verify(layer: LayerCall, case: BenchCase, rows: list[int], prepare_s: float
-            ) -> tuple[Verification, torch.Tensor | None]:
-    """The eager gate on layer buffer 0, and the REFERENCE output it used (kept for the check after timing)."""
+            ) -> tuple[Verification, torch.Tensor | None, torch.Tensor | None]:
+    """The eager gate on layer buffer 0, the REFERENCE output it used and the call's own output (both kept for the
+    check after timing)."""
     if case.backend.is_reference:
-        return Verification.oracle(), None
+        return Verification.oracle(), None, None
     start = time.perf_counter()
     layer.run()  # the first call: JIT compilation (FlashInfer, Triton) and autotuning happen here, untimed
     output = layer.result()
@@ -259,7 +261,7 @@ def _verify(layer: LayerCall, case: BenchCase, rows: list[int], prepare_s: float
     if layer.unquantized_oracle is not None:  # a quantised cache: what quantising it costs in accuracy
         cost = compare(output, layer.unquantized_oracle(), dtype=shape.dtype).rel_error
         verification = dataclasses.replace(verification, unquantized_rel_error=cost)
-    return verification, expected
+    return verification, expected, output.clone()
 
 
 # The check after timing recomputes the REFERENCE of every buffer set but the first while this stays small:
@@ -277,21 +279,30 @@ def sets_to_check_after_timing(case: BenchCase, n_buffers: int) -> int:
     return max(1, min(n_buffers, affordable))
 
 
-def _rerun_agreement(layer: LayerCall) -> dict[str, Any]:
-    """Whether one more call, outside the timed loop (eager, no graph), gives exactly the output the last timed
-    round left: a kernel whose result moves between identical calls (atomics, a race) is shown, not failed, since
-    it may still be within the REFERENCE's tolerance. Buffer 0 of the first placement only: one call and one
-    comparison per case (later placements carry its answer)."""
+def _agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[bool, float]:
+    """Whether two outputs are bit for bit the same, and their largest difference (inf where a NaN differs)."""
+    identical = bool(torch.equal(a, b))
+    return identical, 0.0 if identical else float((a.float() - b.float()).abs().nan_to_num(nan=float("inf")).max())
+
+
+def _rerun_agreement(layer: LayerCall, first_output: torch.Tensor | None) -> dict[str, Any]:
+    """Whether the output the last timed round left (a graph replay's, under the graph timer) is exactly the first,
+    eagerly verified call's, and whether one more eager call gives it again: a kernel whose result moves between
+    identical calls (atomics, a race) or between eager and replay is shown, not failed, since both passed the
+    REFERENCE. Buffer 0 of the first placement only: one call and two comparisons per case (later placements carry
+    the answers)."""
     replayed = layer.result().clone()
+    out: dict[str, Any] = {}
+    if first_output is not None:
+        out["timed_identical_to_first_call"], out["timed_first_call_max_abs_diff"] = _agreement(replayed, first_output)
     layer.run()
-    again = layer.result()
-    identical = bool(torch.equal(replayed, again))
-    diff = 0.0 if identical else float((replayed.float() - again.float()).abs().nan_to_num(nan=float("inf")).max())
-    return {"rerun_identical": identical, "rerun_max_abs_diff": diff}
+    out["rerun_identical"], out["rerun_max_abs_diff"] = _agreement(replayed, layer.result())
+    return out
 
 
 def _verify_after_timing(layers: list[LayerCall], oracles: dict[int, torch.Tensor], case: BenchCase, rows: list[int],
-                         eager: Verification, placement: int = 0) -> Verification:
+                         eager: Verification, placement: int = 0, first_output: torch.Tensor | None = None
+                         ) -> Verification:
     """Check the outputs the last timed round (the graph's last replay) left against the REFERENCE: the replay
     computes what was verified eagerly. ``oracles`` holds each buffer's REFERENCE output once computed (buffer 0's
     is the eager check's): every placement holds the same data, so later placements only compare."""
@@ -314,9 +325,9 @@ def _verify_after_timing(layers: list[LayerCall], oracles: dict[int, torch.Tenso
                              "buffers": len(layers), "rel_error": worst.rel_error,
                              "worst_request_rel_error": (worst.worst_request_rel_errors or (None,))[0]}
     if placement == 0:
-        after.update(_rerun_agreement(layers[0]))
+        after.update(_rerun_agreement(layers[0], first_output))
     else:
-        after.update({k: v for k, v in (eager.after_timing or {}).items() if k.startswith("rerun_")})
+        after.update({k: v for k, v in (eager.after_timing or {}).items() if k.startswith(("rerun_", "timed_"))})
     if placement:
         after["placements_checked"] = placement + 1
     if failed is not None:

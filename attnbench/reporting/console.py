@@ -103,7 +103,8 @@ def _named(cases: Sequence[CaseOutcome], detail: Callable[[CaseOutcome], str]) -
 
 def warning_lines(results: Sequence[CaseOutcome]) -> list[str]:
     """What a reader of the numbers must know about some cases: timings that spread too far for their median to be
-    one number (≈ in the tables), and outputs that one more identical call did not reproduce exactly."""
+    one number (≈ in the tables), outputs that one more identical call did not reproduce exactly, and timed outputs
+    that are not exactly the first (eager) call's."""
     recorded = [r for r in results if r.record is not None]
     lines = []
     unstable = [r for r in recorded if r.unstable]
@@ -116,4 +117,12 @@ def warning_lines(results: Sequence[CaseOutcome]) -> list[str]:
         lines.append(f"{len(moving)} case{'s' if len(moving) != 1 else ''} gave another output on one more identical "
                      f"call (verified within tolerance both times; verification.after_timing.rerun_max_abs_diff): "
                      + _named(moving, lambda r: f" {r.record.verification.after_timing['rerun_max_abs_diff']:.2g}"))
+    replayed = [r for r in recorded
+                if (r.record.verification.after_timing or {}).get("timed_identical_to_first_call") is False]
+    if replayed:
+        lines.append(f"{len(replayed)} case{'s' if len(replayed) != 1 else ''} timed an output other than the first, "
+                     f"eager call's (a graph replay's, under the graph timer; verified within tolerance both times; "
+                     f"verification.after_timing.timed_first_call_max_abs_diff): "
+                     + _named(replayed, lambda r:
+                              f" {r.record.verification.after_timing['timed_first_call_max_abs_diff']:.2g}"))
     return lines

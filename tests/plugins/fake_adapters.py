@@ -114,6 +114,12 @@ def make_jittery(case: BenchCase) -> FakeAttentionAdapter:
     return adapter
 
 
+def make_replay_differs(case: BenchCase) -> FakeAttentionAdapter:
+    # every call after the first (the eager, verified one) 1 % off in one request, the same each time: within the
+    # per-request tolerance (2 %), as a graph replay that computes other than eager but steadily would be
+    return FakeAttentionAdapter(case, wrong_from=1, wrong_request=0, factor=1.01)
+
+
 def make_one_wrong_request(case: BenchCase) -> FakeAttentionAdapter:
     # 3 % off in one request: far beyond bf16 tolerance (2 %) there, tiny in the global error of many
     return FakeAttentionAdapter(case, wrong_from=0, wrong_request=0, factor=1.03)
