@@ -281,12 +281,22 @@ def oracle_transient_bytes(layout: BatchLayout, num_heads: int, head_width: int)
                for r in layout.requests)
 
 
+def reference_output_bytes(num_tokens: int, num_heads: int, head_width: int) -> int:
+    """The REFERENCE output a case keeps from its first check to the check after timing: float32 [T, H, width]."""
+    return 4 * num_tokens * num_heads * head_width
+
+
 def mla_step_transient_bytes(layout: BatchLayout, shape: MLAShape, paths: list[str]) -> int:
-    """Intermediates vLLM's MLA step allocates beyond the layer buffers (measured order of magnitude):
-    absorbed q and the latent output for decode rows (bf16 + fp32 split-KV partials), and the
-    up-projected K/V of new + cached tokens for prefill rows."""
-    h = shape.num_q_heads
+    """Intermediates vLLM's MLA step allocates beyond the layer buffers: absorbed q and the latent output for
+    decode rows (bf16 + fp32 split-KV partials, measured order of magnitude); for the new tokens of prefill rows,
+    vLLM 0.26.0's forward_mha holds kv_b_proj's output [T, H, nope + v], k = [k_nope, k_pe] [T, H, qk] and the
+    attention's output [T, H, v] at once (FlashAttention 3 and 4 take v unpadded); a prefill row's context is
+    up-projected in chunks, counted as its K and V. 256q1k's prefill at 128 heads: kv_b_proj's output alone is the
+    16 GiB allocation an H100 run failed on, when this counted 20 GiB for the whole step."""
+    h, e = shape.num_q_heads, shape.elem_bytes
+    nope, qk, v = shape.qk_nope_head_dim, shape.qk_head_dim, shape.v_head_dim
     rows = list(zip(layout.requests, paths))
     decode = sum(r.q_len for r, p in rows if p == "decode") * h * shape.kv_lora_rank * (2 + 2 + 4)
-    prefill = sum(r.kv_len for r, p in rows if p != "decode") * h * (shape.qk_head_dim + shape.v_head_dim) * 2
-    return decode + prefill
+    new = sum(r.q_len for r, p in rows if p != "decode")
+    context = sum(r.kv_len - r.q_len for r, p in rows if p != "decode")
+    return decode + e * h * (new * (nope + v + qk + v) + context * (qk + v))

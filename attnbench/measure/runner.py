@@ -241,6 +241,11 @@ class _PhaseClock:
         self._last = now
 
 
+# The first call's output is kept for the exact comparison after timing up to this size (every decode case of the
+# shipped studies; not the largest prefills, whose memory the estimate does not count twice).
+FIRST_OUTPUT_KEPT_BYTES = 256 * 2**20
+
+
 def _verify(layer: LayerCall, case: BenchCase, rows: list[int], prepare_s: float
             ) -> tuple[Verification, torch.Tensor | None, torch.Tensor | None]:
     """The eager gate on layer buffer 0, the REFERENCE output it used and the call's own output (both kept for the
@@ -261,7 +266,9 @@ def _verify(layer: LayerCall, case: BenchCase, rows: list[int], prepare_s: float
     if layer.unquantized_oracle is not None:  # a quantised cache: what quantising it costs in accuracy
         cost = compare(output, layer.unquantized_oracle(), dtype=shape.dtype).rel_error
         verification = dataclasses.replace(verification, unquantized_rel_error=cost)
-    return verification, expected, output.clone()
+    # kept for comparing the timed output with it exactly, where that costs no memory a large case needs
+    kept = output.clone() if output.numel() * output.element_size() <= FIRST_OUTPUT_KEPT_BYTES else None
+    return verification, expected, kept
 
 
 # The check after timing recomputes the REFERENCE of every buffer set but the first while this stays small:

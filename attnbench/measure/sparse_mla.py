@@ -27,8 +27,6 @@ back here too (``ds_mla_quantize`` / ``ds_mla_dequantize``), so the reference re
 from __future__ import annotations
 
 import dataclasses
-
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import torch

@@ -38,7 +38,6 @@ from weakref import WeakKeyDictionary
 
 import pytest
 
-from attnbench.results.record import timer_name
 
 
 def session_of(config: pytest.Config) -> Any | None:

@@ -9,8 +9,9 @@ Flow of one session:
    boundary with the report.
 2. ``pytest_runtest_logreport`` (in the controlling process) appends it to the journal
    ``<output>.partial.jsonl`` (fsync per line) and to the session's list.
-3. ``pytest_sessionfinish`` writes the final CSV/JSON from the journal, the plots, and the
-   verdicts against ``--baseline-json`` (failing the run on SLOWER with ``--fail-on-regression``).
+3. ``pytest_sessionfinish`` writes the final CSV/JSON from the journal, the plots, and has the gate
+   (``gate.RegressionGate``) judge the run against ``--baseline-json`` (failing it on SLOWER with
+   ``--fail-on-regression``).
 4. ``pytest_terminal_summary`` prints the tables.
 
 ``--resume FILE`` deselects cases FILE already timed (matched by ``case_key``) and carries
@@ -23,7 +24,6 @@ import dataclasses
 import datetime as _dt
 import os
 import platform
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,17 +32,15 @@ import pytest
 
 from attnbench.pytest_plugin.bench_shim import (STDOUT, BenchmarkView, add_to_session, benchmark_json_emptied,
                                                 benchmark_json_path, recorded_samples)
-from attnbench.measure import recheck
+from attnbench.pytest_plugin.gate import RegressionGate
 from attnbench.spec.cases import BenchCase
-from attnbench.reporting.verdicts import (SLOWER, GpuMismatch, Verdict, check_gpu, compare_rechecked, counts,
-                                          recorded_gpu, tally_line, verdict_table, write_verdict_json)
+from attnbench.reporting.verdicts import recorded_gpu
 from attnbench.results.exports import (NOT_TIMED_SCHEMA, Journal, LoadedResults, ResultsFileError, load_results,
                                        merge_results, partial_path, path_conflict, unusable_folder_reason,
                                        unwritable_reason)
 from attnbench.reporting.formatter import ResultsFormatter, crossover_csv_path, crossover_rows
 from attnbench.results.outcome import FAILED, PASSED, SKIPPED, CaseOutcome, case_key, describe_key, devicekind_of
 from attnbench.pytest_plugin.plugin import STUDY_KEY, case_point
-from attnbench.spec.axes import case_of_key
 from attnbench.results.record import SCHEMA as RECORD_SCHEMA
 from attnbench.results.record import CaseRecord, timer_name
 from attnbench.pytest_plugin.benchmark_feed import CASE_RESULT_ATTRIBUTE
@@ -152,10 +150,7 @@ class ReportingSession:
     resume_path: str | None = None
     resumed: LoadedResults | None = None
     done_keys: set[tuple] = field(default_factory=set)
-    baselines: list[LoadedResults] = field(default_factory=list)  # --baseline-json: one per run of the baseline code
-    baseline_gpu: str | None = None
-    new_gpu: str | None = None
-    verdicts: list[Verdict] | None = None
+    gate: RegressionGate | None = None  # --baseline-json given
     journal: Journal | None = None
     other_tests: bool = False  # a test that is not a benchmark case reported
     final: list[CaseOutcome] = field(default_factory=list)
@@ -175,26 +170,8 @@ class ReportingSession:
             self._keep_rows_of_this_study()
             self.done_keys = {case_key(r) for r in self.resumed.results if r.timed}
         if opt("baseline_json") and not is_xdist_worker(self.config):
-            self._load_baselines(opt("baseline_json"))
-
-    def _load_baselines(self, paths: list[str]) -> None:
-        """Every --baseline-json file, read and checked before any case runs: a mismatch found after hours of
-        measuring helps nobody."""
-        self.new_gpu = current_gpu_name(self.study)
-        for path in paths:
-            try:
-                loaded = load_results(path)
-            except ResultsFileError as exc:
-                raise pytest.UsageError(f"--baseline-json: {exc}") from None
-            gpu = recorded_gpu(loaded)
-            try:
-                warning = check_gpu(gpu, self.new_gpu, self.config.getoption("allow_gpu_mismatch"))
-            except GpuMismatch as exc:
-                raise pytest.UsageError(f"--baseline-json {path}: {exc}") from None
-            if warning and warning not in self.warnings:
-                self.warnings.append(warning)
-            self.baselines.append(loaded)
-            self.baseline_gpu = self.baseline_gpu or gpu
+            self.gate = RegressionGate(self.config, self.study, current_gpu_name(self.study), self.notes, self.warnings)
+            self.gate.load(opt("baseline_json"))
 
     def _keep_rows_of_this_study(self) -> None:
         """--resume carries only rows of this study measured on this GPU (another study's journal must not slip its
@@ -375,8 +352,8 @@ class ReportingSession:
             self._write_outputs()
         if self.config.getoption("plot") and any(r.timed for r in self.final):
             self._write_plots()
-        if self.baselines:
-            self._compare(session)
+        if self.gate is not None:
+            self.gate.judge(self.final, session)
         self._fail_if_nothing_timed(session)
 
     def _fail_if_nothing_timed(self, session: pytest.Session) -> None:
@@ -424,56 +401,6 @@ class ReportingSession:
         self.notes.append(f"wrote {len(paths)} plot(s): {', '.join(map(str, paths))}" if paths else
                           "--plot: nothing to plot")
 
-    def _compare(self, session: pytest.Session) -> None:
-        opt = self.config.getoption
-        threshold = opt("verdict_threshold")
-        self.verdicts = compare_rechecked([b.results for b in self.baselines], self.final,
-                                          lambda leaning: self._recheck(leaning, opt("recheck")), threshold=threshold)
-        self.config.hook.pytest_attnbench_verdicts(config=self.config, verdicts=self.verdicts)
-        baseline = " ".join(opt("baseline_json"))
-        if opt("verdict_json"):
-            path = write_verdict_json(opt("verdict_json"), self.verdicts, baseline=baseline,
-                                      new="(this pytest session)", threshold=threshold, confidence=0.95,
-                                      baseline_gpu=self.baseline_gpu, new_gpu=self.new_gpu, warnings=self.warnings)
-            self.notes.append(f"wrote verdicts to {path}")
-        slower = counts(self.verdicts)[SLOWER]
-        if slower and opt("fail_on_regression"):
-            self.warnings.append(f"{slower} case(s) SLOWER than {baseline}: failing the run "
-                                 f"(--fail-on-regression)")
-            if session.exitstatus == pytest.ExitCode.OK:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-    def _recheck(self, suspects: set[tuple], processes: int) -> dict[tuple, list[CaseOutcome]]:
-        """The cases of ``suspects`` (``case_key``s whose first verdict leans slower), timed again in ``processes``
-        fresh processes each (one process per GPU the first run used, one after another), by ``case_key``."""
-        by_gpu: dict[str | None, list[tuple[tuple, BenchCase]]] = {}
-        for outcome in self.final:
-            key = case_key(outcome)
-            if key not in suspects or outcome.record is None:
-                continue
-            case = case_of_key(self.study, outcome.key)
-            if case is None:
-                self.warnings.append(f"--recheck: cannot rebuild {describe_key(outcome)} from its record; "
-                                     "its verdict rests on this process alone")
-                continue
-            gpu = outcome.record.gpu.uuid if outcome.record.gpu else None
-            by_gpu.setdefault(gpu, []).append((key, case))
-        found: dict[tuple, list[CaseOutcome]] = {}
-        started = time.perf_counter()
-        for _ in range(processes):
-            for gpu, group in by_gpu.items():
-                outcomes, note = recheck.in_fresh_process([case for _, case in group], gpu_uuid=gpu)
-                if note:
-                    self.warnings.append(f"--recheck: {note}")
-                for (key, _), again in zip(group, outcomes):
-                    if again is not None:
-                        found.setdefault(key, []).append(again)
-        if processes:
-            count = sum(len(g) for g in by_gpu.values())
-            self.notes.append(f"--recheck: re-timed {count} case(s) that leaned slower in {processes} fresh "
-                              f"process(es) each ({time.perf_counter() - started:.0f} s)")
-        return found
-
     @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's, which may raise on --benchmark-compare-fail
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if is_xdist_worker(self.config):
@@ -498,15 +425,11 @@ class ReportingSession:
                 terminalreporter.write_line(f"attnbench: {spent}")
             for line in warning_lines(ran):
                 terminalreporter.write_line(f"attnbench: warning: {line}", yellow=True)
-        if self.verdicts is not None:
+        if self.gate is not None:
             from attnbench.reporting.console import render_renderables
 
-            threshold = 100 * self.config.getoption("verdict_threshold")
-            title = f"Verdicts vs {' '.join(self.config.getoption('baseline_json'))} (threshold ±{threshold:g}%)"
-            terminalreporter.write(render_renderables([verdict_table(self.verdicts, title)], writer.fullwidth,
-                                                      writer.hasmarkup))
-            tally = counts(self.verdicts)
-            terminalreporter.write_line(tally_line(self.verdicts), red=bool(tally[SLOWER]), green=not tally[SLOWER])
+            self.gate.write_summary(terminalreporter,
+                                    lambda parts: render_renderables(parts, writer.fullwidth, writer.hasmarkup))
         for line in self.notes:
             terminalreporter.write_line(f"attnbench: {line}")
         for line in self.warnings:

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as _dt
 import json
 import os

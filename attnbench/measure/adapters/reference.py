@@ -32,7 +32,7 @@ def calibrate_like_vllm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tu
     return float(k.abs().max()) / K_RANGE or 1.0, float(v.abs().max()) / V_RANGE or 1.0
 
 
-def scales_for(kv_scales: str) -> layers.Calibrate:
+def scales_for(kv_scales: str) -> buffers.Calibrate:
     """The REFERENCE's scales for run setting ``kv_scales``: calibrated like vLLM's layer, or unit."""
     return calibrate_like_vllm if kv_scales == "calibrated" else (lambda q, k, v: (1.0, 1.0))
 

@@ -77,14 +77,15 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
 
     def estimate_bytes(self, num_layer_buffers: int) -> int:
         return (num_layer_buffers * self.bytes_per_layer
-                + buffers.oracle_transient_bytes(self.layout, self.shape.num_q_heads, 2 * self.shape.head_dim))
+                + buffers.oracle_transient_bytes(self.layout, self.shape.num_q_heads, 2 * self.shape.head_dim)
+                + buffers.reference_output_bytes(self.layout.num_tokens, self.shape.num_q_heads, self.shape.head_dim))
 
     def _make_layer(self, index: int) -> LayerCall:
         shape, layout, layer = self.shape, self.layout, self.layers[index]
 
         fmt = self.kv_format
 
-        def allocate() -> layers.AttentionCache:
+        def allocate() -> buffers.AttentionCache:
             # as vLLM allocates it: raw bytes for a quantised cache, which the backend views as fp8; a
             # per-(token, head) one with each entry's head dim padded for its inline float32 scale
             kv = vllm_common.allocate_kv_cache(self.backend_cls, layout.num_blocks, layout.block_size,

@@ -113,7 +113,8 @@ class VllmSparseMLAAdapter(VllmMLAAdapter):
         shape, layout = self.shape, self.layout
         return (num_layer_buffers * self.bytes_per_layer
                 + buffers.mla_step_transient_bytes(layout, shape, self.mla_paths)
-                + sparse_mla.oracle_transient_bytes(self.requests, shape.num_q_heads, self.topk))
+                + sparse_mla.oracle_transient_bytes(self.requests, shape.num_q_heads, self.topk)
+                + buffers.reference_output_bytes(layout.num_tokens, shape.num_q_heads, shape.v_head_dim))
 
     def _make_layer(self, index: int) -> LayerCall:
         shape, layout, layer = self.shape, self.layout, self.layers[index]
