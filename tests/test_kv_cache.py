@@ -225,23 +225,36 @@ def test_a_bare_assert_inside_a_backend_is_reported_with_its_source_line():
 
 def test_the_mla_prefill_transient_counts_what_forward_mha_holds_at_once():
     # vLLM 0.26.0's forward_mha, new tokens: kv_b_proj's output [T, H, nope + v], k [T, H, qk] and the attention's
-    # output [T, H, v] together; 256q1k at 128 heads: kv_b_proj's output alone is 16 GiB (what an H100 run failed
-    # to allocate when the estimate counted 20 GiB for everything)
+    # output [T, H, v] together; at 256q1k and 128 heads kv_b_proj's output alone is 16 GiB
     from attnbench.measure.buffers import mla_step_transient_bytes, reference_output_bytes
     from attnbench.spec.shapes import MLAShape
     from attnbench.spec.workload import build_layout
     from grammar import parse_batch_spec
 
     shape = MLAShape(num_q_heads=128)
-    reqs = parse_batch_spec("256q1k")
-    layout = build_layout(reqs, shape.block_size, "cpu")
-    tokens, h = 256 * 1024, 128
-    kv_b_proj_output = tokens * h * (shape.qk_nope_head_dim + shape.v_head_dim) * 2
-    assert kv_b_proj_output == 16 * 2**30
-    k, attention_output = tokens * h * shape.qk_head_dim * 2, tokens * h * shape.v_head_dim * 2
-    assert mla_step_transient_bytes(layout, shape, ["prefill"] * 256) == kv_b_proj_output + k + attention_output
-    # a context is up-projected in chunks: its K and V, not the new tokens' three tensors
-    with_context = build_layout(parse_batch_spec("q1s1k"), shape.block_size, "cpu")
-    assert mla_step_transient_bytes(with_context, shape, ["prefill"]) == \
-        h * 2 * (1 * (128 + 128 + 192 + 128) + 1023 * (192 + 128))
-    assert reference_output_bytes(tokens, h, shape.v_head_dim) == 16 * 2**30  # float32, kept through timing
+    h, nope, qk, v = 128, shape.qk_nope_head_dim, shape.qk_head_dim, shape.v_head_dim
+    layout = build_layout(parse_batch_spec("256q1k"), shape.block_size, "cpu")
+    tokens = 256 * 1024
+    assert tokens * h * (nope + v) * 2 == 16 * 2**30
+    assert mla_step_transient_bytes(layout, shape, ["prefill"] * 256, 65536) == 2 * tokens * h * (nope + v + qk + v)
+    assert reference_output_bytes(tokens, h, v) == 16 * 2**30  # float32, kept through timing
+    # a context is up-projected one workspace chunk at a time: one chunk when it fits ...
+    one = build_layout(parse_batch_spec("q1s1k"), shape.block_size, "cpu")
+    new_tokens = 1 * (nope + v + qk + v)
+    assert mla_step_transient_bytes(one, shape, ["prefill"], 65536) == 2 * h * (
+        new_tokens + 1023 * (nope + v + qk) + 1 * v)
+    # ... two chunks' alive and three outputs when it does not
+    assert mla_step_transient_bytes(one, shape, ["prefill"], 512) == 2 * h * (
+        new_tokens + 2 * 512 * (nope + v + qk) + 3 * 1 * v)
+    assert mla_step_transient_bytes(one, shape, ["decode"], 512) == 1 * h * shape.kv_lora_rank * 8
+
+
+def test_the_chunked_prefill_workspace_follows_vllms_rule():
+    from attnbench.measure.adapters.vllm_common import chunked_prefill_workspace_tokens
+    from attnbench.spec.workload import build_layout
+    from grammar import parse_batch_spec
+
+    small = build_layout(parse_batch_spec("q1s1k"), 64, "cpu")  # max_model_len 2048: 8 x 2048 tokens
+    assert chunked_prefill_workspace_tokens(small) == 8 * 2048
+    long = build_layout(parse_batch_spec("q1s64k"), 64, "cpu")  # capped at 64k tokens
+    assert chunked_prefill_workspace_tokens(long) == 64 * 1024

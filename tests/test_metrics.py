@@ -152,7 +152,8 @@ def test_mixed_batch_bound_per_phase():
 # latent cache read once (whole pages; the prefill path reads only the context, kv - q), the output at H x v.
 # Decode path = q absorption bmm with W_UK, MQA over the 576-wide latent, V up-projection bmm with W_UV.
 # Prefill path = kv_b_proj up-projection of every latent, then MHA over qk 192 / v 128. Weights
-# (H x (nope + v) x rank elements) once per call per pipeline, never per request. Expectations are written out by hand from those definitions.
+# (H x (nope + v) x rank elements) once per call per pipeline, never per request. Expectations are written out by
+# hand from those definitions.
 
 MLA = MLAShape(num_q_heads=16, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
                block_size=64)

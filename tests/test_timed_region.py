@@ -216,3 +216,24 @@ def test_clock_summary_flags_throttled_rounds_and_names_the_reasons():
 def test_no_uuid_or_no_nvml_means_no_clocks_not_made_up_ones():
     assert clocks.ClockMonitor.for_uuid(None, nvml=FakeNvml([(1, 0)])) is None
     assert clocks.summarize(None, [None, None], None, None) is None
+
+
+def test_an_output_too_large_to_keep_leaves_the_first_call_comparison_unanswered(monkeypatch):
+    from attnbench.measure import buffers
+
+    monkeypatch.setattr(buffers, "FIRST_OUTPUT_KEPT_BYTES", 0)  # every output is "too large" to keep
+    after = runner.execute(_case("replay_differs")).verification.after_timing
+    assert after["timed_identical_to_first_call"] is None and after["timed_first_call_max_abs_diff"] is None
+    assert after["status"] == "passed" and after["rerun_identical"] is True  # the other checks still run
+
+
+def test_the_agreement_of_two_outputs_names_their_largest_difference_a_differing_nan_as_infinite():
+    a = torch.zeros(64, 4)
+    b = a.clone()
+    b[63, 1] = 0.5  # in the last chunk
+    b[0, 0] = float("nan")  # a NaN that differs counts as infinitely far
+    assert runner._agreement(a, a.clone()) == (True, 0.0)
+    identical, worst = runner._agreement(a, b)
+    assert identical is False and worst == float("inf")
+    b[0, 0] = 0.0
+    assert runner._agreement(a, b) == (False, 0.5)

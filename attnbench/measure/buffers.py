@@ -286,17 +286,34 @@ def reference_output_bytes(num_tokens: int, num_heads: int, head_width: int) -> 
     return 4 * num_tokens * num_heads * head_width
 
 
-def mla_step_transient_bytes(layout: BatchLayout, shape: MLAShape, paths: list[str]) -> int:
-    """Intermediates vLLM's MLA step allocates beyond the layer buffers: absorbed q and the latent output for
-    decode rows (bf16 + fp32 split-KV partials, measured order of magnitude); for the new tokens of prefill rows,
-    vLLM 0.26.0's forward_mha holds kv_b_proj's output [T, H, nope + v], k = [k_nope, k_pe] [T, H, qk] and the
-    attention's output [T, H, v] at once (FlashAttention 3 and 4 take v unpadded); a prefill row's context is
-    up-projected in chunks, counted as its K and V. 256q1k's prefill at 128 heads: kv_b_proj's output alone is the
-    16 GiB allocation an H100 run failed on, when this counted 20 GiB for the whole step."""
+def mla_step_transient_bytes(layout: BatchLayout, shape: MLAShape, paths: list[str], workspace_tokens: int) -> int:
+    """Intermediates vLLM's MLA step allocates beyond the layer buffers. Decode rows: absorbed q and the latent output
+    (bf16 + fp32 split-KV partials, measured order of magnitude). Prefill rows, as vLLM 0.26.0's forward_mha holds
+    them at once: for the new tokens kv_b_proj's output [T, H, nope + v], k = [k_nope, k_pe] [T, H, qk] and the
+    attention's output [T, H, v] (FlashAttention 3 and 4 take v unpadded); for a context, the same up-projection
+    of one chunk of at most ``workspace_tokens`` cached tokens (two chunks' alive while the next allocates) and
+    up to three outputs over the rows' tokens (the chunk's, the running one and the merge's). At 256q1k and 128
+    heads the new tokens' kv_b_proj output alone is 16 GiB."""
     h, e = shape.num_q_heads, shape.elem_bytes
     nope, qk, v = shape.qk_nope_head_dim, shape.qk_head_dim, shape.v_head_dim
     rows = list(zip(layout.requests, paths))
     decode = sum(r.q_len for r, p in rows if p == "decode") * h * shape.kv_lora_rank * (2 + 2 + 4)
-    new = sum(r.q_len for r, p in rows if p != "decode")
-    context = sum(r.kv_len - r.q_len for r, p in rows if p != "decode")
-    return decode + e * h * (new * (nope + v + qk + v) + context * (qk + v))
+    prefill = [r for r, p in rows if p != "decode"]
+    new = sum(r.q_len for r in prefill)
+    context = sum(r.kv_len - r.q_len for r in prefill)
+    with_context = sum(r.q_len for r in prefill if r.kv_len > r.q_len)
+    chunk = min(context, max(1, workspace_tokens))
+    several = context > chunk
+    chunks = chunk * (nope + v + qk) * (2 if several else 1) + with_context * v * (3 if several else 1)
+    return decode + e * h * (new * (nope + v + qk + v) + (chunks if context else 0))
+
+
+# The first call's output is kept for the exact comparison with the timed output up to this size (every decode
+# case of the shipped studies but the largest reorder_threshold batches; not the largest prefills).
+FIRST_OUTPUT_KEPT_BYTES = 256 * 2**20
+
+
+def after_timing_bytes(output_bytes: int) -> int:
+    """What the checks after timing hold beyond the buffers: the timed output's copy (one more call follows), the
+    first call's output where it is kept, and the comparison's float32 working rows (in chunks of at most 64 MiB)."""
+    return output_bytes + min(output_bytes, FIRST_OUTPUT_KEPT_BYTES) + 64 * 2**20

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from attnbench.measure import clocks, hardware, kernel_activity, timing
+from attnbench.measure import buffers, clocks, hardware, kernel_activity, timing
 from attnbench.spec import metrics
 from attnbench.spec.cases import BenchCase
 from attnbench.spec.contract import CaseAdapter, LayerCall, SkipCase, load_adapter
@@ -241,11 +241,6 @@ class _PhaseClock:
         self._last = now
 
 
-# The first call's output is kept for the exact comparison after timing up to this size (every decode case of the
-# shipped studies; not the largest prefills, whose memory the estimate does not count twice).
-FIRST_OUTPUT_KEPT_BYTES = 256 * 2**20
-
-
 def _verify(layer: LayerCall, case: BenchCase, rows: list[int], prepare_s: float
             ) -> tuple[Verification, torch.Tensor | None, torch.Tensor | None]:
     """The eager gate on layer buffer 0, the REFERENCE output it used and the call's own output (both kept for the
@@ -267,7 +262,7 @@ def _verify(layer: LayerCall, case: BenchCase, rows: list[int], prepare_s: float
         cost = compare(output, layer.unquantized_oracle(), dtype=shape.dtype).rel_error
         verification = dataclasses.replace(verification, unquantized_rel_error=cost)
     # kept for comparing the timed output with it exactly, where that costs no memory a large case needs
-    kept = output.clone() if output.numel() * output.element_size() <= FIRST_OUTPUT_KEPT_BYTES else None
+    kept = output.clone() if output.numel() * output.element_size() <= buffers.FIRST_OUTPUT_KEPT_BYTES else None
     return verification, expected, kept
 
 
@@ -287,9 +282,16 @@ def sets_to_check_after_timing(case: BenchCase, n_buffers: int) -> int:
 
 
 def _agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[bool, float]:
-    """Whether two outputs are bit for bit the same, and their largest difference (inf where a NaN differs)."""
-    identical = bool(torch.equal(a, b))
-    return identical, 0.0 if identical else float((a.float() - b.float()).abs().nan_to_num(nan=float("inf")).max())
+    """Whether two outputs are bit for bit the same, and their largest difference (inf where a NaN differs), taken
+    over row chunks of at most 64 MiB of float32 so that a large output needs no full-size float copies."""
+    if torch.equal(a, b):
+        return True, 0.0
+    rows = max(1, (16 * 2**20) // max(1, a[0].numel()))  # 16 Mi elements: 64 MiB per float32 chunk
+    worst = 0.0
+    for start in range(0, a.shape[0], rows):
+        part = (a[start:start + rows].float() - b[start:start + rows].float()).abs().nan_to_num(nan=float("inf"))
+        worst = max(worst, float(part.max()))
+    return False, worst
 
 
 def _rerun_agreement(layer: LayerCall, first_output: torch.Tensor | None) -> dict[str, Any]:
@@ -299,8 +301,8 @@ def _rerun_agreement(layer: LayerCall, first_output: torch.Tensor | None) -> dic
     REFERENCE. Buffer 0 of the first placement only: one call and two comparisons per case (later placements carry
     the answers)."""
     replayed = layer.result().clone()
-    out: dict[str, Any] = {}
-    if first_output is not None:
+    out: dict[str, Any] = {"timed_identical_to_first_call": None, "timed_first_call_max_abs_diff": None}
+    if first_output is not None:  # None: an output over buffers.FIRST_OUTPUT_KEPT_BYTES, not kept
         out["timed_identical_to_first_call"], out["timed_first_call_max_abs_diff"] = _agreement(replayed, first_output)
     layer.run()
     out["rerun_identical"], out["rerun_max_abs_diff"] = _agreement(replayed, layer.result())
@@ -346,8 +348,6 @@ def _check_memory_before_layout(case: BenchCase, device: torch.device) -> None:
     """Skip, with the numbers, a case that cannot fit even before its adapter builds anything: the block table
     of ``q1s1000000k`` alone is 64 M blocks of host memory. A lower bound (every layer's buffers once, no
     oracle or backend workspace): the adapter's own estimate (``_check_memory``) still follows."""
-    from attnbench.measure import buffers
-
     shape = case.effective_shape
     size = layout_size(case.requests, shape.block_size)
     per_layer = (buffers.attention_buffer_bytes if case.family == "attention" else buffers.mla_buffer_bytes)(

@@ -2,11 +2,11 @@
 
 ``plugin`` (options, parametrization, collection), ``bench_shim`` (pytest-benchmark's private internals, in one
 module), ``benchmark_feed`` (a case's samples into the benchmark fixture), ``reporting_plugin`` (the terminal
-summary, exports, resume) with ``gate`` (the regression gate it runs), ``scaleout`` (xdist workers pinned to GPUs), ``search_plugin`` (adaptive crossover
-searches) and ``hookspec`` (the suite's own hooks, registered by ``plugin``). ``PARTS`` is the one list of them:
-the root ``conftest.py`` registers it for the suite's benchmark folders. It is not a ``pytest11`` entry point on
-purpose: an installed entry point would add the suite's options (``--device``, ``--backends``, ...) and hooks to
-every pytest run in the environment, other projects' included.
+summary, exports, resume) with ``gate`` (the regression gate it runs), ``scaleout`` (xdist workers pinned to
+GPUs), ``search_plugin`` (adaptive crossover searches) and ``hookspec`` (the suite's own hooks, registered by
+``plugin``). ``PARTS`` is the one list of them: the root ``conftest.py`` registers it for the suite's benchmark
+folders. It is not a ``pytest11`` entry point on purpose: an installed entry point would add the suite's options
+(``--device``, ``--backends``, ...) and hooks to every pytest run in the environment, other projects' included.
 """
 
 PARTS = ["attnbench.pytest_plugin.plugin", "attnbench.pytest_plugin.bench_shim",

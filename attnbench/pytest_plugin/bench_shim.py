@@ -39,7 +39,6 @@ from weakref import WeakKeyDictionary
 import pytest
 
 
-
 def session_of(config: pytest.Config) -> Any | None:
     return getattr(config, "_benchmarksession", None)
 

@@ -31,8 +31,8 @@ class RegressionGate:
     config: pytest.Config
     study: Study
     new_gpu: str | None
-    notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    notes: list[str]  # the summary's lines: the session's lists, shared, so that the order of lines is one
+    warnings: list[str]
     baselines: list[LoadedResults] = field(default_factory=list)  # one per run of the baseline code
     baseline_gpu: str | None = None
     verdicts: list[Verdict] | None = None

@@ -293,7 +293,8 @@ def bench_study(request: pytest.FixtureRequest) -> Study:
 def _bench_case(request: pytest.FixtureRequest, bench_study: Study, **axis_values: Any) -> BenchCase:
     """The case this test id stands for, composed from the parametrized axes and the study."""
     point = case_point(request.node)
-    assert point is not None, f"{request.node.nodeid}: {axis_values.get(axes.BACKEND.argname)!r} is not a benchmark backend"
+    backend = axis_values.get(axes.BACKEND.argname)
+    assert point is not None, f"{request.node.nodeid}: {backend!r} is not a benchmark backend"
     return point.case(bench_study)
 
 

@@ -112,8 +112,8 @@ def attended_pairs(q_len: int, kv_len: int) -> int:
 
 @dataclass(frozen=True)
 class WorkCount:
-    """The work counted for a request, a phase or a kernel group. ``flops`` includes ``projection_flops``; ``bytes`` includes
-    ``weight_bytes`` (both zero for standard attention)."""
+    """The work counted for a request, a phase or a kernel group. ``flops`` includes ``projection_flops``;
+    ``bytes`` includes ``weight_bytes`` (both zero for standard attention)."""
 
     pairs: int = 0
     flops: int = 0

@@ -78,7 +78,9 @@ class VllmAttentionAdapter(vllm_common.VllmLayerAdapter):
     def estimate_bytes(self, num_layer_buffers: int) -> int:
         return (num_layer_buffers * self.bytes_per_layer
                 + buffers.oracle_transient_bytes(self.layout, self.shape.num_q_heads, 2 * self.shape.head_dim)
-                + buffers.reference_output_bytes(self.layout.num_tokens, self.shape.num_q_heads, self.shape.head_dim))
+                + buffers.reference_output_bytes(self.layout.num_tokens, self.shape.num_q_heads, self.shape.head_dim)
+                + buffers.after_timing_bytes(
+                    self.layout.num_tokens * self.shape.num_q_heads * self.shape.head_dim * self.shape.elem_bytes))
 
     def _make_layer(self, index: int) -> LayerCall:
         shape, layout, layer = self.shape, self.layout, self.layers[index]

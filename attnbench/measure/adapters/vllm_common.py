@@ -90,6 +90,14 @@ def limits_for(layout: BatchLayout) -> dict[str, int]:
             "max_num_batched_tokens": max(layout.num_tokens, max_len, 2048)}
 
 
+def chunked_prefill_workspace_tokens(layout: BatchLayout) -> int:
+    """The cached tokens vLLM 0.26.0's MLA prefill up-projects per context chunk under ``limits_for`` (its
+    ``determine_chunked_prefill_workspace_size``)."""
+    limits = limits_for(layout)
+    size = min(max(8 * limits["max_model_len"], 4 * limits["max_num_seqs"] * layout.block_size), 64 * 1024)
+    return max(size, limits["max_num_seqs"] * layout.block_size)
+
+
 def make_vllm_config(backend_name: str, model_dir: Path, shape: AttentionShape | MLAShape,
                      limits: dict[str, int], sparse_mla_force_mqa: bool = False) -> Any:
     from vllm.config import (AttentionConfig, CacheConfig, DeviceConfig, ModelConfig, ParallelConfig,

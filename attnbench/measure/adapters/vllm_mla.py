@@ -118,9 +118,12 @@ class VllmMLAAdapter(vllm_common.VllmLayerAdapter):
     def estimate_bytes(self, num_layer_buffers: int) -> int:
         shape, layout = self.shape, self.layout
         return (num_layer_buffers * self.bytes_per_layer
-                + buffers.mla_step_transient_bytes(layout, shape, self.mla_paths)
+                + buffers.mla_step_transient_bytes(layout, shape, self.mla_paths,
+                                                   vllm_common.chunked_prefill_workspace_tokens(layout))
                 + buffers.oracle_transient_bytes(layout, shape.num_q_heads, shape.qk_head_dim + shape.v_head_dim)
-                + buffers.reference_output_bytes(layout.num_tokens, shape.num_q_heads, shape.v_head_dim))
+                + buffers.reference_output_bytes(layout.num_tokens, shape.num_q_heads, shape.v_head_dim)
+                + buffers.after_timing_bytes(layout.num_tokens * shape.num_q_heads * shape.v_head_dim
+                                             * shape.elem_bytes))
 
     def _make_layer(self, index: int) -> LayerCall:
         shape, layout, layer = self.shape, self.layout, self.layers[index]
