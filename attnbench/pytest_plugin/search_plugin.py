@@ -39,7 +39,7 @@ SEARCH_DIR_KEY = "attnbench_search_dir"  # workerinput key: the shared results d
 PLUGIN_NAME = "attnbench-crossover-search"
 _INFO_KEY = pytest.StashKey[dict]()
 
-CaseKey = tuple[str, str, str, str]  # family, backend, batch spec, pipeline
+SearchSlot = tuple[str, str, str, str]  # family, backend, batch spec, pipeline: a case's place in a search
 
 
 @pytest.hookimpl(trylast=True)  # after attnbench.pytest_plugin.plugin has resolved the study
@@ -64,7 +64,7 @@ def search_info(item: pytest.Item) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------ curves
 
-def case_key(item: pytest.Item) -> CaseKey | None:
+def search_slot(item: pytest.Item) -> SearchSlot | None:
     """(family, backend, batch spec, pipeline) of a decode_vs_prefill case; None for any other item."""
     point = case_point(item)
     if point is None or point.pipeline not in PIPELINES:
@@ -181,7 +181,7 @@ class CrossoverSearch:
 
     @pytest.hookimpl(trylast=True)  # after attnbench.pytest_plugin.plugin dropped the unused benchmarks
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        slots = [(i, item, key) for i, item in enumerate(items) if (key := case_key(item)) is not None]
+        slots = [(i, item, key) for i, item in enumerate(items) if (key := search_slot(item)) is not None]
         if not slots:
             return
         self.where = curve_points((f, b, s) for _, _, (f, b, s, _) in slots)
@@ -194,7 +194,7 @@ class CrossoverSearch:
         levels = {c: search_levels(qs) for c, qs in self.grids.items()}
         rank = {c: i for i, c in enumerate(self.grids)}
 
-        def order(entry: tuple[int, pytest.Item, CaseKey]) -> tuple:
+        def order(entry: tuple[int, pytest.Item, SearchSlot]) -> tuple:
             curve, q, pipeline = self.keys[entry[1].nodeid]
             return levels[curve][q], rank[curve], q, PIPELINES.index(pipeline)
 
