@@ -11,9 +11,13 @@ import pytest
 from attnbench.pytest_plugin import plugin
 from attnbench.spec import axes
 from attnbench.spec import backends as registry
-from attnbench.spec.axes import (AXES, Bench, CasePoint, case_count, case_id, case_of_key, joined_id,
-                                  labelled_values)
+from attnbench.spec.axes import AXES, Bench, CasePoint, case_count, case_of_key, joined_id, labelled_values
 from attnbench.spec.study import StudyError, build_study
+
+
+def case_id(bench: Bench, used, values) -> str:
+    """A case's test id from its axes' values, as the plugin joins them."""
+    return joined_id(axis.ident(bench, value) for axis, value in zip(used, values))
 
 
 def _bench(family: str = "attention", mode: str = "standard", kind: str = registry.DENSE, yaml=None, **cli) -> Bench:
@@ -51,7 +55,7 @@ def test_ids_leave_out_the_default_region_and_join_the_rest_in_table_order():
         "FLASHMLA-8q1s1k-attention-only-prefill"
 
 
-def test_labelled_values_give_the_parts_that_case_id_joins():
+def test_labelled_values_give_the_parts_that_the_id_joins():
     bench = _bench(backends=("REFERENCE",), batch_specs=("q1s1k",), timed_region=("layer", "attention"))
     used = axes.axes_of(bench)
     labelled = labelled_values(bench, used)

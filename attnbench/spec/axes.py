@@ -135,11 +135,6 @@ def joined_id(parts: Iterable[str]) -> str:
     return "-".join(part for part in parts if part)
 
 
-def case_id(bench: Bench, axes: Sequence[Axis], values: Sequence[Any]) -> str:
-    """One case's test id, from its axes' values."""
-    return joined_id(axis.ident(bench, value) for axis, value in zip(axes, values))
-
-
 @dataclass(frozen=True)
 class CasePoint:
     """A benchmark item's axes as its test id holds them, one field per ``AXES`` row. ``CasePoint.of`` is the one
